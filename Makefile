@@ -1,0 +1,47 @@
+# The two commands a new user needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GATEWAY_ADDRESS ?= 127.0.0.1:8080
+DEVNET_ADDRESS ?= 127.0.0.1:4943
+
+.PHONY: run test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps clean
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+ext: $(STAMP)
+	$(PY) setup.py --quiet build_ext --inplace -j 2
+
+run: ext
+	$(PY) -m icws_fast.devnet.run_all --devnet-address $(DEVNET_ADDRESS) --gateway-address $(GATEWAY_ADDRESS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check icws_fast tests benchmarks loadtest
+	$(VENV)/bin/ruff format --check icws_fast tests benchmarks loadtest
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+interop-deps:
+	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
+
+# Compiled mode: the extensions must import (a broken build fails instead of falling back).
+pytest: ext interop-deps
+	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q
+
+# Pure mode: every test but the slow end-to-end ones, on the pure-Python twins.
+pytest-pure: ext
+	ICWS_FAST_PURE=1 $(PY) -m pytest -q -m "not slow and not interop"
+
+test: lint typecheck pytest pytest-pure
+
+bench: ext
+	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest benchmarks --benchmark-only --benchmark-enable -q
+
+clean:
+	rm -rf build $(VENV) icws_fast/_ext/*.c icws_fast/_ext/*.so .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""icws_fast: IC WebSocket for the Internet Computer — gateway, client SDK, CDK and devnet."""
+
+__version__ = "0.1.0"

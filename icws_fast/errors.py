@@ -1,0 +1,75 @@
+"""The one error hierarchy of icws_fast.
+
+Every exception raised on purpose by the package derives from :class:`IcwsError`.
+Decoders fed hostile bytes raise only subclasses of :class:`DecodeError`, so
+callers can catch exactly what the network can cause.
+"""
+
+from __future__ import annotations
+
+
+class IcwsError(Exception):
+    """Base class of every icws_fast error."""
+
+
+class DecodeError(IcwsError, ValueError):
+    """Bytes or text could not be decoded (malformed, truncated, over a limit)."""
+
+
+class CborError(DecodeError):
+    """Malformed or over-limit CBOR."""
+
+
+class CandidError(DecodeError):
+    """Malformed Candid bytes, a value that does not fit its type, or a bad type expression."""
+
+
+class InvalidPrincipal(DecodeError):
+    """A principal's text or bytes are not valid."""
+
+
+class HashTreeError(DecodeError):
+    """A hash tree is malformed, or a lookup hit a node where the path cannot continue."""
+
+
+class CertificateError(IcwsError):
+    """A certificate failed verification; ``reason`` names the check that failed."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class EnvelopeError(IcwsError):
+    """An envelope is malformed or fails the checks the IC applies (signature, expiry, sender...)."""
+
+
+class SignatureError(EnvelopeError):
+    """A signature does not verify, or a key is malformed."""
+
+
+class AgentError(IcwsError):
+    """An error talking to a replica (transport, HTTP status, malformed answer)."""
+
+
+class TransportError(AgentError):
+    """The replica could not be reached or the connection broke; retrying may help."""
+
+
+class RejectError(AgentError):
+    """The IC rejected a call or query; carries the reject code, message and error code."""
+
+    def __init__(self, reject_code: int, reject_message: str, error_code: str | None = None) -> None:
+        self.reject_code = reject_code
+        self.reject_message = reject_message
+        self.error_code = error_code
+        super().__init__(f"reject code {reject_code}: {reject_message}" + (f" ({error_code})" if error_code else ""))
+
+
+class AgentTimeout(AgentError):
+    """A request to the replica did not finish in time."""
+
+
+class ProtocolError(IcwsError):
+    """A peer broke the IC WebSocket protocol (bad message, sequence number, state)."""

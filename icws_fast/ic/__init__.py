@@ -1,0 +1,1 @@
+"""IC primitives: the pure-Python reference implementations."""

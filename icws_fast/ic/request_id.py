@@ -1,0 +1,80 @@
+"""The representation-independent hash of the IC (request ids, delegations, query responses).
+
+Python mapping of the hashed values: ``bytes`` -> blob, ``str`` -> text, ``int`` (and
+``bool``, as 0/1) -> nat as unsigned LEB128, :class:`SignedInt` -> int as signed LEB128,
+``list``/``tuple`` -> array, ``dict`` -> nested map, :class:`Principal` -> its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final
+
+from icws_fast.ic.principal import Principal
+
+REQUEST_DOMAIN: Final = b"\x0aic-request"
+
+
+class SignedInt(int):
+    """An ``int`` that hashes as signed LEB128 (Candid/IC ``int``) instead of ``nat``."""
+
+
+def leb128(n: int) -> bytes:
+    """Unsigned LEB128 of a non-negative integer."""
+    if n < 0:
+        raise ValueError("leb128 takes a non-negative integer")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def sleb128(n: int) -> bytes:
+    """Signed LEB128 of an integer."""
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40):
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def hash_value(value: Any) -> bytes:
+    """``H(value)`` of the representation-independent hash."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(value).digest()
+    if isinstance(value, str):
+        return hashlib.sha256(value.encode("utf-8")).digest()
+    if isinstance(value, SignedInt):
+        return hashlib.sha256(sleb128(value)).digest()
+    if isinstance(value, int):
+        return hashlib.sha256(leb128(int(value))).digest()
+    if isinstance(value, Principal):
+        return hashlib.sha256(value.bytes).digest()
+    if isinstance(value, dict):
+        return hash_of_map(value)
+    if isinstance(value, (list, tuple)):
+        return hashlib.sha256(b"".join(hash_value(v) for v in value)).digest()
+    raise TypeError(f"cannot hash a value of type {type(value).__name__}")
+
+
+def hash_of_map(mapping: dict[str, Any]) -> bytes:
+    """``hash_of_map``: sha256 over the sorted ``H(key) || H(value)`` pairs. ``None`` values are skipped."""
+    pairs = sorted(
+        hashlib.sha256(key.encode("utf-8")).digest() + hash_value(value)
+        for key, value in mapping.items()
+        if value is not None
+    )
+    return hashlib.sha256(b"".join(pairs)).digest()
+
+
+def request_id(content: dict[str, Any]) -> bytes:
+    """The 32-byte request id of an envelope's ``content`` map."""
+    return hash_of_map(content)
