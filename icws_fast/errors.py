@@ -73,3 +73,16 @@ class AgentTimeout(AgentError):
 
 class ProtocolError(IcwsError):
     """A peer broke the IC WebSocket protocol (bad message, sequence number, state)."""
+
+
+class ProtocolDecodeError(ProtocolError, DecodeError):
+    """A message of the IC WebSocket protocol is malformed (bad CBOR or Candid, wrong shape or field type)."""
+
+
+class ConnectionClosed(IcwsError):
+    """The IC WebSocket connection is closed; ``code`` and ``reason`` are those it closed with."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"connection closed with code {code}" + (f": {reason}" if reason else ""))
