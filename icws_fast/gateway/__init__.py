@@ -1,0 +1,6 @@
+"""The IC WebSocket gateway: a drop-in for omnia-network/ic-websocket-gateway 1.4.x.
+
+Run it with ``icws-gateway`` (:mod:`icws_fast.gateway.cli`) or embed
+:class:`icws_fast.gateway.server.Gateway`. This package module imports nothing, so the
+byte-level helpers of :mod:`icws_fast.gateway.fanout` load without the rest.
+"""

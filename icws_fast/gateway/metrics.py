@@ -1,0 +1,123 @@
+"""Prometheus metrics of the gateway, and the HTTP endpoint that serves them with /health and /ready.
+
+Names follow the Rust gateway (``clients_connected``, ``active_pollers``, ``poller_duration``,
+``connection_opening_time``, ``connection_duration``, ``client_connected_count``,
+``tls_resolution_time``) so existing dashboards keep working. Unlike the Rust gateway, no
+metric is labelled by client key: the only label with open-ended values is the canister id,
+whose number is bounded by what the gateway serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# Latency buckets from 1 ms to 30 s: poll round trips and connection set-up both live here.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_DURATION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
+
+
+class GatewayMetrics:
+    """Every metric of one gateway, in its own registry (several gateways can share a process in tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.clients_connected = Gauge("clients_connected", "WebSocket connections currently open", registry=r)
+        self.client_connected_count = Counter(
+            "client_connected_count", "IC WebSocket sessions set up (ws_open relayed)", ["canister_id"], registry=r
+        )
+        self.active_pollers = Gauge("active_pollers", "Canister pollers currently running", registry=r)
+        self.poller_duration = Histogram(
+            "poller_duration",
+            "Round trip of one ws_get_messages poll, in seconds",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.connection_opening_time = Histogram(
+            "connection_opening_time",
+            "From the WebSocket upgrade to the first canister message relayed, in seconds",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.connection_duration = Histogram(
+            "connection_duration",
+            "Lifetime of a WebSocket connection, in seconds",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.tls_resolution_time = Histogram(
+            "tls_resolution_time", "TLS handshake time, in seconds", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.messages_to_clients = Counter(
+            "relayed_messages_to_clients", "Canister messages relayed to clients", ["canister_id"], registry=r
+        )
+        self.bytes_to_clients = Counter(
+            "relayed_bytes_to_clients", "Bytes of canister messages relayed to clients", ["canister_id"], registry=r
+        )
+        self.envelopes_to_ic = Counter(
+            "relayed_envelopes_to_ic", "Client envelopes relayed to the IC", ["canister_id", "outcome"], registry=r
+        )
+        self.polled_messages = Counter(
+            "polled_messages", "Messages returned by ws_get_messages polls", ["canister_id"], registry=r
+        )
+        self.dropped_messages = Counter(
+            "dropped_messages",
+            "Polled messages not relayed, by reason (no such client, invalid certificate or tree...)",
+            ["reason"],
+            registry=r,
+        )
+        self.errors = Counter("errors", "Errors by kind", ["kind"], registry=r)
+        self.closed_connections = Counter(
+            "closed_connections", "Connections the gateway closed, by close code", ["code"], registry=r
+        )
+        self.send_queue_bytes = Histogram(
+            "client_send_queue_bytes",
+            "Bytes waiting in a client's send buffer when a message is queued",
+            buckets=(0, 1024, 16384, 65536, 262144, 1048576, 4194304, 16777216),
+            registry=r,
+        )
+        self.ws_close_calls = Counter("ws_close_calls", "ws_close calls made, by outcome", ["outcome"], registry=r)
+
+
+class HealthServer:
+    """``/metrics``, ``/health`` (the process is up) and ``/ready`` (accepting clients) over HTTP."""
+
+    def __init__(self, metrics: GatewayMetrics, is_ready: Callable[[], bool]) -> None:
+        self._metrics = metrics
+        self._is_ready = is_ready
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one, then found in :attr:`port`)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/health", self._serve_health)
+        app.router.add_get("/ready", self._serve_ready)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _serve_metrics(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve_health(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _serve_ready(self, _request: web.Request) -> web.Response:
+        if self._is_ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")

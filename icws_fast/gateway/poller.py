@@ -1,0 +1,211 @@
+"""One poller per canister: ``ws_get_messages`` in a loop, each batch checked once and fanned out.
+
+Nonce discipline (what makes "nothing lost, nothing repeated" hold): the poller asks for the
+messages from ``nonce`` on and moves ``nonce`` past the last message of a batch only after the
+batch has been handed to the sessions. A timeout, a transport error or an unreadable reply
+re-polls with the same nonce, so the canister returns the same messages again and none is
+skipped; a message is never handed out twice because the nonce only grows. The first batch
+after start may begin anywhere (the canister may have dropped acknowledged messages), as
+in the Rust gateway; later batches must continue where the previous one ended.
+
+Each batch is verified once: the certificate against the IC root key for this canister, the
+witness tree against the canister's certified data in it, and each message's content hash
+against the tree. A batch whose certificate or tree fails is dropped (and counted) instead
+of relayed: a client would reject it anyway, and the gateway must not relay what it cannot
+vouch for. The nonce still moves past it, or the poller would fetch it forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from icws_fast.errors import (
+    AgentError,
+    AgentTimeout,
+    CertificateError,
+    DecodeError,
+    IcwsError,
+    ProtocolDecodeError,
+    ProtocolError,
+    RejectError,
+)
+from icws_fast.gateway import fanout
+from icws_fast.gateway.metrics import GatewayMetrics
+from icws_fast.ic import hashtree
+from icws_fast.ic.certificate import Certificate
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.types import (
+    LABEL_WEBSOCKET,
+    CanisterOutputMessage,
+    ClientKey,
+    decode_get_messages_result,
+    encode_get_messages_args,
+    parse_message_nonce,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PollingAgent(Protocol):
+    """What the poller needs from :class:`icws_fast.ic.agent.Agent`."""
+
+    async def query(self, canister_id: Principal, method: str, arg: bytes) -> bytes: ...
+
+
+class Recipient(Protocol):
+    """A client connection the poller delivers to."""
+
+    def deliver(self, frame: bytes) -> None:
+        """Send one CanisterToClientMessage frame (never blocks; a slow consumer gets closed instead)."""
+
+
+class CanisterFailure(IcwsError):
+    """The canister answered the poll with an error: its clients cannot be served any more."""
+
+
+class CanisterPoller:
+    """Polls one canister and delivers each message to the session registered for its client key."""
+
+    def __init__(
+        self,
+        agent: PollingAgent,
+        canister_id: Principal,
+        routes: dict[ClientKey, Recipient],
+        *,
+        metrics: GatewayMetrics,
+        root_key_der: bytes | None,
+        interval_s: float,
+        poll_timeout_s: float = 5.0,
+        max_backoff_s: float = 5.0,
+        start_nonce: int = 0,
+        on_nonce: Callable[[int], None] | None = None,
+    ) -> None:
+        """``routes`` is the live client-key -> recipient map of this canister, owned by the gateway.
+
+        ``root_key_der`` None skips certificate checks (only for tests of the bare relay).
+        ``on_nonce`` learns each new next-nonce, so a restarted poller resumes where this one stopped.
+        """
+        self.agent = agent
+        self.canister_id = canister_id
+        self.routes = routes
+        self.metrics = metrics
+        self.root_key_der = root_key_der
+        self.interval_s = interval_s
+        self.poll_timeout_s = poll_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.nonce = start_nonce
+        self._first_batch = True
+        self._on_nonce = on_nonce
+        self._label = canister_id.to_text()
+
+    async def run(self) -> None:
+        """Poll until cancelled; raises :class:`CanisterFailure` when the canister answers with an error."""
+        loop = asyncio.get_running_loop()
+        backoff = 0.0
+        while True:
+            started = loop.time()
+            try:
+                async with asyncio.timeout(self.poll_timeout_s):
+                    reply = await self.agent.query(
+                        self.canister_id, "ws_get_messages", encode_get_messages_args(self.nonce)
+                    )
+            except (TimeoutError, AgentTimeout):
+                # As the Rust gateway: a timed-out poll is repeated at once with the same nonce.
+                self.metrics.errors.labels("poll_timeout").inc()
+                continue
+            except RejectError as exc:
+                raise CanisterFailure(f"canister rejected ws_get_messages: {exc.reject_message}") from exc
+            except AgentError as exc:
+                backoff = min(self.max_backoff_s, max(self.interval_s, backoff * 2))
+                self.metrics.errors.labels("poll_transport").inc()
+                log.warning("polling %s failed (%s); retrying in %.2fs", self._label, exc, backoff)
+                await asyncio.sleep(backoff)
+                continue
+            self.metrics.poller_duration.observe(loop.time() - started)
+            try:
+                end_of_queue = self._handle_reply(reply)
+            except ProtocolDecodeError as exc:
+                backoff = min(self.max_backoff_s, max(self.interval_s, backoff * 2))
+                self.metrics.errors.labels("poll_decode").inc()
+                log.warning("undecodable ws_get_messages reply from %s (%s); retrying", self._label, exc)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            if not end_of_queue:
+                continue
+            await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))
+
+    def _handle_reply(self, reply: bytes) -> bool:
+        """Deliver one poll's messages; returns whether the canister's queue is drained."""
+        try:
+            batch = decode_get_messages_result(reply)
+        except ProtocolDecodeError:
+            raise
+        except ProtocolError as exc:
+            raise CanisterFailure(str(exc)) from exc
+        messages = batch.messages
+        if not messages:
+            return batch.is_end_of_queue
+        nonces = [parse_message_nonce(m.key) for m in messages]
+        if any(b != a + 1 for a, b in itertools.pairwise(nonces)) or (
+            not self._first_batch and nonces[0] != self.nonce
+        ):
+            self.metrics.errors.labels("poll_nonce_gap").inc()
+            log.warning("%s returned non-consecutive message nonces %d..%d", self._label, nonces[0], nonces[-1])
+        self.metrics.polled_messages.labels(self._label).inc(len(messages))
+        self._deliver(messages, batch.cert, batch.tree)
+        self._first_batch = False
+        self.nonce = nonces[-1] + 1
+        if self._on_nonce is not None:
+            self._on_nonce(self.nonce)
+        return batch.is_end_of_queue
+
+    def _checked_tree(self, cert: bytes, tree: bytes) -> hashtree.Node | None:
+        """The batch's witness tree if the certificate and tree hold up, else None (counted)."""
+        try:
+            certificate = Certificate.from_cbor(cert)
+            certificate.verify(self.root_key_der, effective_canister_id=self.canister_id)
+            certified = certificate.lookup_value([b"canister", self.canister_id.bytes, b"certified_data"])
+            node = hashtree.parse(tree)
+            if hashtree.reconstruct(node) != certified:
+                raise CertificateError("tree", "the witness tree does not match the certified data")
+        except (CertificateError, DecodeError) as exc:
+            self.metrics.dropped_messages.labels("invalid_certificate").inc()
+            log.error("dropping a batch from %s: %s", self._label, exc)
+            return None
+        return node
+
+    def _deliver(self, messages: Sequence[CanisterOutputMessage], cert: bytes, tree: bytes) -> None:
+        node = self._checked_tree(cert, tree) if self.root_key_der is not None else None
+        if self.root_key_der is not None and node is None:
+            return
+        suffix: bytes | None = None
+        routes = self.routes
+        sent = 0
+        sent_bytes = 0
+        for message in messages:
+            recipient = routes.get(message.client_key)
+            if recipient is None:
+                self.metrics.dropped_messages.labels("unknown_client").inc()
+                continue
+            label = message.key.encode()
+            content = message.content
+            if node is not None:
+                found = hashtree.lookup_path(node, [LABEL_WEBSOCKET, label])
+                if found.status != "Found" or found.value != hashlib.sha256(content).digest():
+                    self.metrics.dropped_messages.labels("invalid_certificate").inc()
+                    continue
+            if suffix is None:
+                suffix = fanout.batch_suffix(cert, tree)
+            frame = fanout.encode_message(label, content, suffix)
+            recipient.deliver(frame)
+            sent += 1
+            sent_bytes += len(frame)
+        if sent:
+            self.metrics.messages_to_clients.labels(self._label).inc(sent)
+            self.metrics.bytes_to_clients.labels(self._label).inc(sent_bytes)

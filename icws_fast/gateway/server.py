@@ -1,0 +1,456 @@
+"""The gateway: picows WebSocket server, per-canister pollers, relays to the IC, drain.
+
+Threading model: everything runs on one event loop (uvloop when available). A connection
+is a :class:`ClientConnection` (a picows listener) driving a sans-IO
+:class:`~icws_fast.protocol.session.GatewaySession`; frames are handled in the picows
+callback without a task. A connection gets at most one task, and only while it has
+envelopes to relay (they must reach the IC one at a time, in order). Canister messages are
+written straight into the client's transport by the canister's poller; the transport's
+write buffer is the per-client send queue, and a client whose buffer grows past
+``max_send_buffer`` is closed as a slow consumer instead of growing the gateway's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+from icws_fast.errors import CallPending, IcwsError, ProtocolDecodeError, RejectError
+from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
+from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
+from icws_fast.ic.identity import Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol import session as proto
+from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GatewayConfig:
+    """Everything a gateway needs to run; the CLI fills it from flags, tests build it directly."""
+
+    ic_url: str = "http://127.0.0.1:4943"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    polling_interval_s: float = 0.1
+    poll_timeout_s: float = 5.0
+    metrics_host: str | None = "0.0.0.0"
+    metrics_port: int = 9000
+    ssl_context: ssl.SSLContext | None = None
+    max_clients: int = 10_000
+    max_clients_per_ip: int = 100
+    max_message_size: int = 256 * 1024
+    max_send_buffer: int = 4 * 1024 * 1024
+    max_pending_relays: int = 32
+    handshake_timeout_s: float = 5.0
+    open_timeout_s: float = 10.0
+    close_timeout_s: float = 2.0
+    ping_interval_s: float = 20.0
+    drain_timeout_s: float = 10.0
+    verify_certificates: bool = True
+    allowed_canisters: frozenset[Principal] | None = None
+    root_key_der: bytes | None = None
+
+
+class ClientConnection(WSListener):  # type: ignore[misc]
+    """One client WebSocket: feeds frames to its session and carries out the session's actions."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.peer_ip = ""
+        self.transport: WSTransport | None = None
+        self.session: proto.GatewaySession | None = None
+        self.connected_at = 0.0
+        self._opened = False
+        self._counted = False
+        self._relays: collections.deque[proto.Relay] = collections.deque()
+        self._relay_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # picows callbacks -------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        gw = self.gateway
+        self.transport = transport
+        self.connected_at = gw.loop.time()
+        refusal = gw.admit(self)
+        if refusal is not None:
+            gw.metrics.errors.labels("connection_refused").inc()
+            self._send_close(proto.CLOSE_TRY_AGAIN_LATER, refusal)
+            return
+        self._counted = True
+        gw.metrics.clients_connected.inc()
+        self.session = proto.GatewaySession(
+            gw.principal,
+            now=self.connected_at,
+            open_timeout_s=gw.config.open_timeout_s,
+            allowed_canisters=gw.config.allowed_canisters,
+        )
+        self._timer = gw.loop.call_later(gw.config.open_timeout_s, self._on_open_timeout)
+        self._apply(self.session.handshake())
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        session = self.session
+        if session is None:
+            return
+        msg_type = frame.msg_type
+        if msg_type is WSMsgType.BINARY and frame.fin:
+            self._apply(session.receive(frame.get_payload_as_bytes(), now_ns=time.time_ns()))
+        elif msg_type is WSMsgType.TEXT and frame.fin:
+            self._apply(session.receive(b"", binary=False))
+        elif msg_type is WSMsgType.CLOSE:
+            # Answer the client's close handshake, then let the transport go.
+            if not transport.is_close_frame_sent:
+                transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif msg_type in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
+            self._apply(session.close(proto.CLOSE_UNSUPPORTED_DATA, "fragmented messages are not supported"))
+        # PING is answered by picows itself; PONG needs nothing.
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        gw = self.gateway
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._relays.clear()
+        if self._counted:
+            self._counted = False
+            gw.metrics.clients_connected.dec()
+            gw.metrics.connection_duration.observe(gw.loop.time() - self.connected_at)
+        gw.release(self)
+        if self.session is not None:
+            self._apply(self.session.connection_lost())
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is above its high-water mark; deliver() checks the size itself."""
+
+    def resume_writing(self) -> None:
+        """See :meth:`pause_writing`."""
+
+    # what the poller calls ---------------------------------------------------------------
+
+    def deliver(self, frame: bytes) -> None:
+        """Send one CanisterToClientMessage, or close the client if it does not keep up."""
+        transport = self.transport
+        session = self.session
+        if transport is None or session is None or session.state is proto.SessionState.CLOSED:
+            return
+        buffered = transport.underlying_transport.get_write_buffer_size()
+        if buffered + len(frame) > self.gateway.config.max_send_buffer:
+            self.gateway.metrics.errors.labels("slow_consumer").inc()
+            self._apply(
+                session.close(
+                    proto.CLOSE_POLICY_VIOLATION,
+                    f"slow consumer: {buffered} bytes unread, limit {self.gateway.config.max_send_buffer}",
+                )
+            )
+            return
+        transport.send(WSMsgType.BINARY, frame)
+        if not self._opened:
+            self._opened = True
+            session.delivered()
+            self.gateway.metrics.connection_opening_time.observe(self.gateway.loop.time() - self.connected_at)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close from the gateway's side (drain, canister failure)."""
+        if self.session is not None:
+            self._apply(self.session.close(code, reason))
+        elif self.transport is not None:
+            self._send_close(code, reason)
+
+    # carrying out actions ----------------------------------------------------------------
+
+    def _apply(self, actions: Iterable[proto.Action]) -> None:
+        gw = self.gateway
+        for action in actions:
+            if isinstance(action, proto.SendFrame):
+                if self.transport is not None:
+                    self.transport.send(WSMsgType.BINARY, action.data)
+            elif isinstance(action, proto.Relay):
+                self._queue_relay(action)
+            elif isinstance(action, proto.Register):
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                gw.register(action.canister_id, action.client_key, self)
+            elif isinstance(action, proto.Close):
+                self._send_close(action.code, action.reason)
+            elif isinstance(action, proto.Unregister):
+                gw.unregister(action.canister_id, action.client_key, self, after=self._relay_task)
+
+    def _queue_relay(self, relay: proto.Relay) -> None:
+        if len(self._relays) >= self.gateway.config.max_pending_relays:
+            assert self.session is not None
+            self._apply(self.session.close(proto.CLOSE_POLICY_VIOLATION, "too many requests waiting for the IC"))
+            return
+        self._relays.append(relay)
+        if self._relay_task is None:
+            self._relay_task = self.gateway.loop.create_task(self._run_relays())
+
+    async def _run_relays(self) -> None:
+        """Relay queued envelopes one at a time: a later call must not overtake an earlier one."""
+        try:
+            while self._relays:
+                relay = self._relays.popleft()
+                error = await self.gateway.relay(relay)
+                if self.session is not None:
+                    result = self.session.open_result if relay.is_open else self.session.relay_result
+                    self._apply(result(error))
+        finally:
+            self._relay_task = None
+
+    def _on_open_timeout(self) -> None:
+        self._timer = None
+        if self.session is not None:
+            self._apply(self.session.tick(self.gateway.loop.time()))
+
+    def _send_close(self, code: int, reason: str) -> None:
+        """Send a close frame and make sure the transport goes away even if the client never answers."""
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        self.gateway.metrics.closed_connections.labels(str(code)).inc()
+        if not transport.is_close_frame_sent:
+            transport.send_close(WSCloseCode(code), proto.truncate_reason(reason).encode())
+        self.gateway.loop.call_later(self.gateway.config.close_timeout_s, transport.disconnect, False)
+
+
+class Gateway:
+    """The gateway service: ``await start()``, serve, ``await drain()``."""
+
+    def __init__(self, config: GatewayConfig, identity: Identity, agent: Any) -> None:
+        """``agent`` is an :class:`icws_fast.ic.agent.Agent` signed by ``identity``; the gateway closes it."""
+        self.config = config
+        self.identity = identity
+        self.principal: Principal = identity.sender
+        self.agent = agent
+        self.metrics = GatewayMetrics()
+        self.loop = asyncio.get_event_loop()
+        self.connections: set[ClientConnection] = set()
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._routes: dict[Principal, dict[ClientKey, Recipient]] = {}
+        self._pollers: dict[Principal, asyncio.Task[None]] = {}
+        self._nonces: dict[Principal, int] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._health: HealthServer | None = None
+        self._accepting = False
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> None:
+        """Fetch what is needed from the replica, then listen for clients and for metrics scrapes."""
+        self.loop = asyncio.get_running_loop()
+        if self.config.root_key_der is None and self.config.verify_certificates:
+            self.config.root_key_der = await self.agent.fetch_root_key()
+        cfg = self.config
+        self._server = await ws_create_server(
+            self._listener_for,
+            cfg.host,
+            cfg.port,
+            ssl=cfg.ssl_context,
+            websocket_handshake_timeout=cfg.handshake_timeout_s,
+            max_frame_size=cfg.max_message_size,
+            enable_auto_ping=cfg.ping_interval_s > 0,
+            auto_ping_idle_timeout=max(cfg.ping_interval_s, 0.001),
+            auto_ping_reply_timeout=max(cfg.ping_interval_s, 0.001),
+            logger_name="icws_fast.gateway.picows",
+            use_aiofastnet=False,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        if cfg.metrics_host is not None:
+            self._health = HealthServer(self.metrics, lambda: self._accepting)
+            await self._health.start(cfg.metrics_host, cfg.metrics_port)
+            self.metrics_port = self._health.port
+        self._accepting = True
+        log.info("gateway %s listening on %s:%d", self.principal, cfg.host, self.port)
+
+    def _listener_for(self, request: WSUpgradeRequest) -> WSListener | None:
+        return ClientConnection(self)
+
+    # connection bookkeeping ------------------------------------------------------------
+
+    def admit(self, conn: ClientConnection) -> str | None:
+        """Count a new connection in, or say why it is refused."""
+        assert conn.transport is not None
+        peer = conn.transport.underlying_transport.get_extra_info("peername")
+        conn.peer_ip = str(peer[0]) if peer else ""
+        if not self._accepting:
+            return "gateway is shutting down"
+        if len(self.connections) >= self.config.max_clients:
+            return "too many clients"
+        if self._per_ip[conn.peer_ip] >= self.config.max_clients_per_ip:
+            return "too many connections from this address"
+        self.connections.add(conn)
+        self._per_ip[conn.peer_ip] += 1
+        return None
+
+    def release(self, conn: ClientConnection) -> None:
+        """Forget a connection that went away (no-op for refused ones)."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self._per_ip[conn.peer_ip] -= 1
+            if self._per_ip[conn.peer_ip] <= 0:
+                del self._per_ip[conn.peer_ip]
+
+    def register(self, canister_id: Principal, client_key: ClientKey, conn: Recipient) -> None:
+        """Route ``canister_id``'s messages for ``client_key`` to ``conn``; the first client starts the poller."""
+        routes = self._routes.setdefault(canister_id, {})
+        previous = routes.get(client_key)
+        if isinstance(previous, ClientConnection) and previous is not conn:
+            # A client key is one session: a second connection with the same key replaces the first.
+            previous.close(proto.CLOSE_POLICY_VIOLATION, "replaced by a new connection with the same client key")
+        routes[client_key] = conn
+        self.metrics.client_connected_count.labels(canister_id.to_text()).inc()
+        if canister_id not in self._pollers:
+            self._start_poller(canister_id, routes)
+
+    def unregister(
+        self, canister_id: Principal, client_key: ClientKey, conn: Recipient, *, after: asyncio.Task[None] | None
+    ) -> None:
+        """Stop routing to ``conn`` and call ``ws_close`` (after ``after``, the connection's relay in flight)."""
+        routes = self._routes.get(canister_id)
+        if routes is not None and routes.get(client_key) is conn:
+            del routes[client_key]
+            if not routes:
+                del self._routes[canister_id]
+                self._stop_poller(canister_id)
+        self._spawn(self._ws_close(canister_id, client_key, after))
+
+    def _start_poller(self, canister_id: Principal, routes: dict[ClientKey, Recipient]) -> None:
+        def remember(nonce: int) -> None:
+            self._nonces[canister_id] = nonce
+
+        poller = CanisterPoller(
+            self.agent,
+            canister_id,
+            routes,
+            metrics=self.metrics,
+            root_key_der=self.config.root_key_der if self.config.verify_certificates else None,
+            interval_s=self.config.polling_interval_s,
+            poll_timeout_s=self.config.poll_timeout_s,
+            start_nonce=self._nonces.get(canister_id, 0),
+            on_nonce=remember,
+        )
+        task = self.loop.create_task(self._run_poller(poller))
+        self._pollers[canister_id] = task
+        self.metrics.active_pollers.inc()
+        log.info("poller for %s started", canister_id)
+
+    def _stop_poller(self, canister_id: Principal) -> None:
+        task = self._pollers.pop(canister_id, None)
+        if task is not None:
+            task.cancel()
+            self.metrics.active_pollers.dec()
+            log.info("poller for %s stopped", canister_id)
+
+    async def _run_poller(self, poller: CanisterPoller) -> None:
+        try:
+            await poller.run()
+        except CanisterFailure as exc:
+            log.error("poller for %s failed: %s", poller.canister_id, exc)
+            self.metrics.errors.labels("canister").inc()
+            self._fail_canister(poller.canister_id, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug must not leave clients waiting on a dead poller: close them and say so.
+            log.exception("poller for %s crashed", poller.canister_id)
+            self.metrics.errors.labels("poller_crash").inc()
+            self._fail_canister(poller.canister_id, "gateway poller failure")
+
+    def _fail_canister(self, canister_id: Principal, reason: str) -> None:
+        if self._pollers.pop(canister_id, None) is not None:
+            self.metrics.active_pollers.dec()
+        for conn in list(self._routes.get(canister_id, {}).values()):
+            if isinstance(conn, ClientConnection):
+                conn.close(proto.CLOSE_INTERNAL_ERROR, reason)
+
+    # calls to the IC ---------------------------------------------------------------------
+
+    async def relay(self, relay: proto.Relay) -> str | None:
+        """Submit a client's envelope; None when the canister accepted it, else the error to close with."""
+        label = relay.canister_id.to_text()
+        error: str | None = None
+        outcome = "ok"
+        try:
+            decode_unit_result(await self.agent.submit_signed(relay.canister_id, relay.envelope))
+        except CallPending:
+            # Accepted, but only the client may read the outcome: the canister's reply reaches
+            # the client through its queue (a failed ws_message closes the client from there).
+            outcome = "pending"
+        except RejectError as exc:
+            error = f"rejected: {exc.reject_message}"
+        except ProtocolDecodeError:
+            error = "the canister's reply is not a CanisterWs result"
+        except IcwsError as exc:
+            # ProtocolError carries the canister's Err text; others are the agent's or replica's errors.
+            error = str(exc) or type(exc).__name__
+        self.metrics.envelopes_to_ic.labels(label, outcome if error is None else "error").inc()
+        return error
+
+    async def _ws_close(self, canister_id: Principal, client_key: ClientKey, after: asyncio.Task[None] | None) -> None:
+        if after is not None and not after.done():
+            # ws_close must not reach the canister before the client's ws_open (or last message) does.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(after)
+        error: str | None = None
+        try:
+            decode_unit_result(await self.agent.call(canister_id, "ws_close", encode_ws_close_args(client_key)))
+        except IcwsError as exc:
+            error = str(exc)
+        if error is None:
+            self.metrics.ws_close_calls.labels("ok").inc()
+        else:
+            # Usual when the canister already dropped the client (its own close, keep-alive timeout).
+            self.metrics.ws_close_calls.labels("error").inc()
+            log.debug("ws_close for %s on %s: %s", client_key, canister_id, error)
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # shutdown --------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop accepting, close every session with 1001, call ``ws_close`` for each, stop everything."""
+        self._accepting = False
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close(proto.CLOSE_GOING_AWAY, "gateway shutting down")
+        deadline = self.loop.time() + self.config.drain_timeout_s
+        while (self.connections or self._background) and self.loop.time() < deadline:
+            pending = list(self._background)
+            if pending:
+                await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()))
+            else:
+                await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.disconnect(False)
+        for canister_id in list(self._pollers):
+            self._stop_poller(canister_id)
+        for task in list(self._background):
+            task.cancel()
+        if self._health is not None:
+            await self._health.stop()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        close = getattr(self.agent, "close", None)
+        if close is not None:
+            await close()
+        log.info("gateway drained")

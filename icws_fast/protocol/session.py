@@ -1,0 +1,325 @@
+"""The gateway side of one IC WebSocket connection, as a sans-IO state machine.
+
+A :class:`GatewaySession` is fed what arrives on the WebSocket (frames, the
+outcome of relays, the passing of time) and answers with *actions* for the I/O
+layer to carry out: send a frame, relay an envelope to the IC, register the client
+with its canister's poller, close the connection, call ``ws_close``. It owns no
+socket and reads no clock; times are passed in, in seconds on any monotonic scale.
+
+States follow the Rust gateway (``client_session.rs``): ``INIT`` until the first
+client frame, which must be a signed ``call`` of ``ws_open`` naming this gateway;
+``SETUP`` while that call is relayed and the canister's first message is awaited;
+``OPEN`` once a canister message has been delivered; ``CLOSED`` for good. A frame in
+``SETUP`` is a protocol violation (a client waits for the canister's OpenMessage
+before it sends), as in the Rust gateway.
+
+Every frame is hostile input: anything malformed ends in a :class:`Close` action,
+never in an exception escaping :meth:`GatewaySession.receive`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Final
+
+from icws_fast import _ext
+from icws_fast.errors import CborError, IcwsError
+from icws_fast.ic import cbor
+from icws_fast.ic.envelope import parse_envelope, verify_envelope
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.types import ClientKey, decode_ws_open_args, encode_handshake
+
+# WebSocket close codes (RFC 6455 section 7.4.1) the gateway uses, with what they mean here.
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001  # the gateway is draining
+CLOSE_UNSUPPORTED_DATA: Final = 1003  # a text or fragmented frame
+CLOSE_POLICY_VIOLATION: Final = 1008  # the IC WebSocket protocol was broken, or a limit was hit
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011  # the replica or the canister failed
+CLOSE_TRY_AGAIN_LATER: Final = 1013  # connection limits
+# The longest close reason a close frame can carry (125-byte payload minus the 2-byte code).
+MAX_CLOSE_REASON: Final = 123
+# Envelopes nest a few levels (delegations are the deepest); anything deeper is an attack.
+_ENVELOPE_MAX_DEPTH: Final = 32
+_SELF_DESCRIBE: Final = b"\xd9\xd9\xf7"
+_ENVELOPE_LABEL: Final = b"envelope"
+_NOT_A_CLIENT_REQUEST: Final = "a ClientRequest must be a CBOR map with the single key 'envelope'"
+
+
+class SessionState(enum.Enum):
+    """Where a session is in the protocol."""
+
+    INIT = "init"
+    SETUP = "setup"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrame:
+    """Send ``data`` to the client as one binary frame."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Route the canister's messages for ``client_key`` to this session (starts the poller if needed).
+
+    Emitted *before* the ``ws_open`` relay, so the canister's OpenMessage cannot be polled
+    and dropped in the window between the call being certified and the registration.
+    """
+
+    canister_id: Principal
+    client_key: ClientKey
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Submit ``envelope`` (the client's signed envelope bytes, unchanged) to the IC.
+
+    Relays of one session must run one at a time and in order: the CDK rejects a
+    ``ws_message`` whose sequence number is not the next one, so a later call must not
+    overtake an earlier one. ``is_open`` marks the ``ws_open`` call, whose result
+    decides the session (see :meth:`GatewaySession.open_result`).
+    """
+
+    canister_id: Principal
+    envelope: bytes
+    is_open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the WebSocket with ``code`` and ``reason``."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister:
+    """Stop routing the canister's messages to this session and call ``ws_close`` for its client key."""
+
+    canister_id: Principal
+    client_key: ClientKey
+
+
+Action = SendFrame | Register | Relay | Close | Unregister
+
+
+def truncate_reason(reason: str) -> str:
+    """``reason`` cut to what a close frame can carry, on a UTF-8 character boundary."""
+    raw = reason.encode("utf-8")
+    if len(raw) <= MAX_CLOSE_REASON:
+        return reason
+    return raw[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
+
+
+def _read_head(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(major type, argument, offset after the head) of the definite-length CBOR head at ``pos``."""
+    end = len(data)
+    if pos >= end:
+        raise CborError("truncated ClientRequest")
+    ib = data[pos]
+    major, info = ib >> 5, ib & 0x1F
+    pos += 1
+    if info < 24:
+        return major, info, pos
+    if info > 27:
+        raise CborError("ClientRequest uses an indefinite or reserved length")
+    width = 1 << (info - 24)
+    if pos + width > end:
+        raise CborError("truncated ClientRequest")
+    return major, int.from_bytes(data[pos : pos + width], "big"), pos + width
+
+
+def envelope_span(data: bytes) -> tuple[int, int]:
+    """The (start, end) offsets of the ``envelope`` value in a ClientRequest ``{"envelope": ...}``.
+
+    The gateway relays the client's envelope bytes unchanged, so it needs where they lie
+    in the frame rather than a re-encoded copy. Only the one-entry map the clients send is
+    accepted (optionally behind the self-describe tag); the value then runs to the end of
+    the frame, so its span is known without walking it. Whether the value is a well-formed
+    envelope is for the caller's decoder to say. Any other shape raises
+    :class:`~icws_fast.errors.CborError`.
+    """
+    pos = 3 if data[:3] == _SELF_DESCRIBE else 0
+    major, count, pos = _read_head(data, pos)
+    if major != 5 or count != 1:
+        raise CborError(_NOT_A_CLIENT_REQUEST)
+    major, length, pos = _read_head(data, pos)
+    if major != 3 or data[pos : pos + length] != _ENVELOPE_LABEL:
+        raise CborError(_NOT_A_CLIENT_REQUEST)
+    pos += length
+    if pos >= len(data):
+        raise CborError("a ClientRequest has no envelope value")
+    return pos, len(data)
+
+
+_compiled = _ext.compiled("_fanout")
+if _compiled is not None:
+    envelope_span = _compiled.envelope_span
+
+
+class GatewaySession:
+    """One client connection as the gateway sees it (sans-IO)."""
+
+    __slots__ = (
+        "_open_deadline",
+        "_registered",
+        "_verify",
+        "allowed_canisters",
+        "canister_id",
+        "client_key",
+        "gateway_principal",
+        "state",
+    )
+
+    def __init__(
+        self,
+        gateway_principal: Principal,
+        *,
+        now: float,
+        open_timeout_s: float,
+        allowed_canisters: frozenset[Principal] | None = None,
+        verify_signatures: bool = True,
+    ) -> None:
+        """``open_timeout_s``: how long the client may take to send its ``ws_open``.
+
+        ``allowed_canisters`` (None: any) limits the canisters clients may open sessions to.
+        ``verify_signatures`` checks the ``ws_open`` envelope's signature and expiry here, so a
+        forged or stale open costs the gateway no call to the IC.
+        """
+        self.gateway_principal = gateway_principal
+        self.allowed_canisters = allowed_canisters
+        self.state = SessionState.INIT
+        self.canister_id: Principal | None = None
+        self.client_key: ClientKey | None = None
+        self._open_deadline: float | None = now + open_timeout_s
+        self._verify = verify_signatures
+        self._registered = False
+
+    def handshake(self) -> list[Action]:
+        """What to send as soon as the WebSocket is up: the GatewayHandshakeMessage."""
+        return [SendFrame(encode_handshake(self.gateway_principal))]
+
+    def receive(self, data: bytes, *, binary: bool = True, now_ns: int | None = None) -> list[Action]:
+        """Actions for one complete client message (``binary`` false: it came as a text frame).
+
+        ``now_ns`` (wall clock, ns since the epoch) is the time the ``ws_open`` envelope's
+        expiry is checked against; None leaves the choice to :func:`verify_envelope`.
+        """
+        if self.state is SessionState.CLOSED:
+            return []
+        if not binary:
+            return self._fail(CLOSE_UNSUPPORTED_DATA, "text frames are not supported; send CBOR in binary frames")
+        if self.state is SessionState.INIT:
+            return self._receive_open(data, now_ns)
+        if self.state is SessionState.SETUP:
+            return self._fail(CLOSE_POLICY_VIOLATION, "client sent a message before the connection was open")
+        return self._receive_message(data)
+
+    def _client_request(self, data: bytes) -> tuple[dict[str, Any], bytes]:
+        """The decoded envelope of a ClientRequest and its raw bytes (relayed unchanged)."""
+        start, end = envelope_span(data)
+        envelope_bytes = data[start:end]
+        envelope = cbor.decode(envelope_bytes, max_depth=_ENVELOPE_MAX_DEPTH)
+        if not isinstance(envelope, dict) or not isinstance(envelope.get("content"), dict):
+            raise CborError("the envelope has no content map")
+        return envelope, envelope_bytes
+
+    def _receive_open(self, data: bytes, now_ns: int | None) -> list[Action]:
+        try:
+            decoded, envelope_bytes = self._client_request(data)
+            envelope = parse_envelope(decoded)
+            if envelope.request_type != "call":
+                return self._fail(CLOSE_POLICY_VIOLATION, "the first message must be a call envelope")
+            if envelope.method_name != "ws_open":
+                return self._fail(CLOSE_POLICY_VIOLATION, "the first message must call ws_open")
+            canister_id = envelope.canister_id
+            if canister_id is None or (
+                self.allowed_canisters is not None and canister_id not in self.allowed_canisters
+            ):
+                return self._fail(CLOSE_POLICY_VIOLATION, "this gateway does not serve that canister")
+            sender = envelope.sender
+            if sender is None or sender.is_anonymous:
+                return self._fail(CLOSE_POLICY_VIOLATION, "ws_open needs a non-anonymous sender")
+            nonce, gateway = decode_ws_open_args(envelope.arg or b"")
+            if gateway != self.gateway_principal:
+                return self._fail(CLOSE_POLICY_VIOLATION, "ws_open names another gateway principal")
+            if self._verify:
+                verify_envelope(envelope, now_ns=now_ns, effective_canister_id=canister_id)
+        except IcwsError as exc:
+            return self._fail(CLOSE_POLICY_VIOLATION, f"invalid ws_open: {exc}")
+        self.canister_id = canister_id
+        self.client_key = ClientKey(sender, nonce)
+        self.state = SessionState.SETUP
+        self._open_deadline = None
+        self._registered = True
+        return [Register(canister_id, self.client_key), Relay(canister_id, envelope_bytes, True)]
+
+    def _receive_message(self, data: bytes) -> list[Action]:
+        assert self.canister_id is not None and self.client_key is not None
+        try:
+            envelope, envelope_bytes = self._client_request(data)
+        except IcwsError as exc:
+            return self._fail(CLOSE_POLICY_VIOLATION, f"invalid client request: {exc}")
+        content = envelope["content"]
+        # The IC re-checks all of this; checking here keeps another client's or another
+        # canister's traffic from being relayed under this session's name.
+        if content.get("request_type") != "call":
+            return self._fail(CLOSE_POLICY_VIOLATION, "the gateway relays call envelopes only")
+        if content.get("canister_id") != self.canister_id.bytes:
+            return self._fail(CLOSE_POLICY_VIOLATION, "the envelope is for another canister")
+        if content.get("sender") != self.client_key.client_principal.bytes:
+            return self._fail(CLOSE_POLICY_VIOLATION, "the envelope has another sender")
+        return [Relay(self.canister_id, envelope_bytes, False)]
+
+    def open_result(self, error: str | None) -> list[Action]:
+        """The outcome of the ``ws_open`` relay: None if the canister accepted it, else why not."""
+        if error is None or self.state is SessionState.CLOSED:
+            return []
+        return self._fail(CLOSE_INTERNAL_ERROR, f"ws_open failed: {error}")
+
+    def relay_result(self, error: str | None) -> list[Action]:
+        """The outcome of a ``ws_message`` relay: None if accepted, else the canister's or replica's error."""
+        if error is None or self.state is SessionState.CLOSED:
+            return []
+        return self._fail(CLOSE_INTERNAL_ERROR, f"ws_message failed: {error}")
+
+    def delivered(self) -> None:
+        """A canister message was sent to the client: a session in ``SETUP`` is now ``OPEN``."""
+        if self.state is SessionState.SETUP:
+            self.state = SessionState.OPEN
+
+    def tick(self, now: float) -> list[Action]:
+        """Time has passed: a client that has not sent its ``ws_open`` in time is closed."""
+        if self._open_deadline is not None and now >= self._open_deadline and self.state is SessionState.INIT:
+            return self._fail(CLOSE_POLICY_VIOLATION, "no ws_open message in time")
+        return []
+
+    def close(self, code: int, reason: str) -> list[Action]:
+        """The gateway closes the session (drain, slow consumer, poller failure...)."""
+        if self.state is SessionState.CLOSED:
+            return []
+        return self._fail(code, reason)
+
+    def connection_lost(self) -> list[Action]:
+        """The WebSocket is gone (either side closed it): clean up, calling ``ws_close`` if ``ws_open`` went out."""
+        self.state = SessionState.CLOSED
+        self._open_deadline = None
+        return self._cleanup()
+
+    def _fail(self, code: int, reason: str) -> list[Action]:
+        self.state = SessionState.CLOSED
+        self._open_deadline = None
+        return [Close(code, truncate_reason(reason)), *self._cleanup()]
+
+    def _cleanup(self) -> list[Action]:
+        """The one Unregister for a session that registered; later calls return nothing."""
+        if not self._registered or self.canister_id is None or self.client_key is None:
+            return []
+        self._registered = False
+        return [Unregister(self.canister_id, self.client_key)]
