@@ -1,0 +1,252 @@
+"""Hash trees against the shared vectors, plus build/witness round trips and fuzzing of parse."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from icws_fast.errors import CborError, HashTreeError, IcwsError
+from icws_fast.ic import cbor, hashtree
+from icws_fast.ic.hashtree import HashedTree, LookupResult
+
+try:
+    from tests.conftest import load_vectors
+except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
+    from conftest import load_vectors  # type: ignore[no-redef]
+
+RECORDS = load_vectors("hash_trees")
+
+
+def _from_json(tree: list[Any]) -> hashtree.Node:
+    """The node tuple of a vector's JSON tree (hex strings for labels, values and hashes)."""
+    tag = tree[0]
+    if tag == 0:
+        return hashtree.empty()
+    if tag == 1:
+        return hashtree.fork(_from_json(tree[1]), _from_json(tree[2]))
+    if tag == 2:
+        return hashtree.labeled(bytes.fromhex(tree[1]), _from_json(tree[2]))
+    if tag == 3:
+        return hashtree.leaf(bytes.fromhex(tree[1]))
+    return hashtree.pruned(bytes.fromhex(tree[1]))
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[r["id"] for r in RECORDS])
+def test_vector_parse_encode_reconstruct(record: dict[str, Any]) -> None:
+    data = bytes.fromhex(record["cbor_hex"])
+    node = hashtree.parse(data)
+    assert node == _from_json(record["tree"])
+    assert hashtree.parse(cbor.decode(data)) == node
+    assert hashtree.parse(hashtree.to_cbor(node)) == node
+    assert hashtree.reconstruct(node).hex() == record["root_hash"]
+    assert hashtree.reconstruct_pure(node).hex() == record["root_hash"]
+    if "certified_data_it_must_not_match" in record:
+        assert hashtree.reconstruct(node).hex() != record["certified_data_it_must_not_match"]
+
+
+LOOKUPS = [(r, i, lk) for r in RECORDS for i, lk in enumerate(r.get("lookups", []))]
+
+
+@pytest.mark.parametrize(
+    "record,lookup", [(r, lk) for r, _, lk in LOOKUPS], ids=[f"{r['id']}-{i}" for r, i, _ in LOOKUPS]
+)
+def test_vector_lookups(record: dict[str, Any], lookup: dict[str, Any]) -> None:
+    node = hashtree.parse(bytes.fromhex(record["cbor_hex"]))
+    path = [bytes.fromhex(label) for label in lookup["path"]]
+    if lookup["mode"] == "lookup_path":
+        results = [hashtree.lookup_path(node, path), hashtree.lookup_path_pure(node, path)]
+        for result in results:
+            assert result.status == lookup["expected"]
+            if result.status == "Found":
+                assert result.value.hex() == lookup["value_hex"]
+            else:
+                assert result.value is None
+    else:
+        result = hashtree.lookup_subtree(node, path)
+        assert result.status == lookup["expected"]
+        if result.status == "Found":
+            assert result.value == _from_json(lookup["subtree"])
+
+
+def test_str_labels_are_utf8() -> None:
+    node = hashtree.build({"time": b"\x01", "a": {"b": b"c"}})
+    assert hashtree.lookup_path(node, ["a", "b"]) == LookupResult("Found", b"c")
+    assert hashtree.lookup_path(node, [b"a", b"b"]) == LookupResult("Found", b"c")
+
+
+def test_spec_domain_separators() -> None:
+    # Independent recomputation of the spec's reconstruct for one node of each kind.
+    import hashlib
+
+    def h(*parts: bytes) -> bytes:
+        return hashlib.sha256(b"".join(parts)).digest()
+
+    leaf = h(b"\x10ic-hashtree-leaf", b"v")
+    lab = h(b"\x13ic-hashtree-labeled", b"k", leaf)
+    emp = h(b"\x11ic-hashtree-empty")
+    root = h(b"\x10ic-hashtree-fork", lab, emp)
+    tree = hashtree.fork(hashtree.labeled(b"k", hashtree.leaf(b"v")), hashtree.empty())
+    assert hashtree.reconstruct(tree) == root
+    assert emp == hashtree.EMPTY_HASH
+    assert hashtree.fork_hash(lab, emp) == root
+    assert hashtree.labeled_hash(b"k", hashtree.leaf_hash(b"v")) == lab
+    assert hashtree.reconstruct(hashtree.pruned(root)) == root
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        [5],
+        [0, b""],
+        [1, [0]],
+        [2, "text-label", [0]],
+        [3, 7],
+        [4, b"short"],
+        [True],
+        ["x"],
+        {"a": 1},
+        b"not-a-list",
+        [1, [0], [9]],
+    ],
+)
+def test_parse_rejects_malformed_shapes(bad: Any) -> None:
+    with pytest.raises(HashTreeError):
+        hashtree.parse(bad)
+    with pytest.raises(HashTreeError):
+        hashtree.parse(cbor.encode(bad))
+
+
+def test_parse_depth_limit() -> None:
+    deep: hashtree.Node = hashtree.empty()
+    for _ in range(300):
+        deep = hashtree.labeled(b"a", deep)
+    with pytest.raises(HashTreeError):
+        hashtree.parse(deep)
+    with pytest.raises(HashTreeError):
+        hashtree.parse(hashtree.to_cbor(deep))
+    shallow: hashtree.Node = hashtree.empty()
+    for _ in range(100):
+        shallow = hashtree.labeled(b"a", shallow)
+    assert hashtree.parse(hashtree.to_cbor(shallow)) == shallow
+
+
+def test_parse_rejects_bad_cbor_as_hashtree_error() -> None:
+    with pytest.raises(HashTreeError) as info:
+        hashtree.parse(b"\x83\x01")
+    assert isinstance(info.value.__cause__, CborError)
+
+
+def test_fuzz_parse_only_raises_package_errors() -> None:
+    rng = random.Random(1234)
+    seeds = [bytes.fromhex(r["cbor_hex"]) for r in RECORDS]
+    for _ in range(3000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            op = rng.randrange(3)
+            pos = rng.randrange(len(data)) if data else 0
+            if op == 0 and data:
+                data[pos] = rng.randrange(256)
+            elif op == 1:
+                del data[pos : pos + rng.randint(1, 8)]
+            else:
+                data[pos:pos] = rng.randbytes(rng.randint(1, 8))
+        try:
+            node = hashtree.parse(bytes(data))
+        except IcwsError:
+            continue
+        hashtree.reconstruct(node)
+        hashtree.lookup_path(node, [b"a", b"b"])
+
+
+def _sample_mapping(n: int) -> dict[bytes, Any]:
+    return {
+        b"time": b"\x01\x02",
+        b"canister": {f"c{i:04d}".encode(): {b"certified_data": bytes([i % 256]) * 32} for i in range(n)},
+        b"request_status": {bytes([i]) * 32: {b"status": b"replied", b"reply": b"r" * i} for i in range(0, 250, 7)},
+    }
+
+
+def test_build_is_sorted_and_balanced_and_matches_reconstruct() -> None:
+    mapping = _sample_mapping(100)
+    hashed = HashedTree(mapping)
+    tree = hashtree.build(mapping)
+    assert hashtree.reconstruct(tree) == hashed.root_hash == hashtree.reconstruct_pure(tree)
+    canisters = hashtree.lookup_subtree(tree, [b"canister"]).value
+    labels = [node[1] for node in hashtree.flatten_forks(canisters)]
+    assert labels == sorted(labels) and len(labels) == 100
+
+    def depth(node: hashtree.Node) -> int:
+        return 1 + max(depth(node[1]), depth(node[2])) if node[0] == 1 else 0
+
+    assert depth(canisters) == 7  # ceil(log2(100))
+    for i in range(100):
+        found = hashtree.lookup_path(tree, [b"canister", f"c{i:04d}".encode(), b"certified_data"])
+        assert found == LookupResult("Found", bytes([i % 256]) * 32)
+
+
+def test_witness_keeps_paths_prunes_rest_and_proves_absence() -> None:
+    mapping = _sample_mapping(100)
+    full = hashtree.build(mapping)
+    root = hashtree.reconstruct(full)
+    paths = [[b"time"], [b"canister", b"c0042", b"certified_data"], [b"canister", b"c0042x"], [b"canister", b"a"]]
+    paths += [[b"canister", b"zzz"], [b"request_status", bytes([7]) * 32]]
+    wit = hashtree.witness(mapping, paths)
+    assert hashtree.reconstruct(wit) == root
+    assert len(hashtree.to_cbor(wit)) < len(hashtree.to_cbor(full)) // 5
+    assert hashtree.lookup_path(wit, [b"time"]) == LookupResult("Found", b"\x01\x02")
+    assert hashtree.lookup_path(wit, [b"canister", b"c0042", b"certified_data"]).value == bytes([42]) * 32
+    for missing in ([b"canister", b"c0042x"], [b"canister", b"a"], [b"canister", b"zzz"], [b"nothing"]):
+        assert hashtree.lookup_path(wit, missing).status == "Absent", missing
+    assert hashtree.lookup_path(wit, [b"canister", b"c0043", b"certified_data"]).status == "Unknown"
+    subtree = hashtree.lookup_subtree(wit, [b"request_status", bytes([7]) * 32]).value
+    assert hashtree.lookup_path(subtree, [b"status"]) == LookupResult("Found", b"replied")
+    # A path through a leaf keeps the leaf; a path to a subtree keeps it whole.
+    wit2 = hashtree.witness(mapping, [[b"time", b"deeper"], [b"request_status"]])
+    assert hashtree.lookup_path(wit2, [b"time"]).status == "Found"
+    assert (
+        hashtree.lookup_subtree(wit2, [b"request_status"]).value
+        == hashtree.lookup_subtree(full, [b"request_status"]).value
+    )
+    assert hashtree.witness(mapping, [[]]) == full
+
+
+def test_witness_reuses_hashed_subtrees_and_empty_mapping() -> None:
+    inner = HashedTree({b"x": b"1", b"y": b"2"})
+    outer = HashedTree({b"websocket": inner, b"other": {b"z": b"3"}})
+    assert hashtree.reconstruct(outer.tree()) == outer.root_hash
+    assert outer.root_hash == hashtree.reconstruct(
+        hashtree.build({b"websocket": {b"x": b"1", b"y": b"2"}, b"other": {b"z": b"3"}})
+    )
+    wit = outer.witness([[b"websocket", b"y"]])
+    assert hashtree.reconstruct(wit) == outer.root_hash
+    assert hashtree.lookup_path(wit, [b"websocket", b"y"]).value == b"2"
+    assert hashtree.build({}) == hashtree.empty()
+    assert hashtree.witness({}, [[b"a"]]) == hashtree.empty()
+    assert hashtree.lookup_path(hashtree.witness({}, [[b"a"]]), [b"a"]).status == "Absent"
+    with pytest.raises(HashTreeError):
+        HashedTree({b"a": b"1", "a": b"2"})
+
+
+_label = st.binary(min_size=0, max_size=4)
+_mapping = st.recursive(
+    st.binary(max_size=8),
+    lambda children: st.dictionaries(_label, children, max_size=6),
+    max_leaves=30,
+).filter(lambda m: isinstance(m, dict))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_mapping, st.lists(st.lists(_label, min_size=1, max_size=3), max_size=4))
+def test_witness_answers_like_the_full_tree(mapping: dict[bytes, Any], paths: list[list[bytes]]) -> None:
+    full = hashtree.build(mapping)
+    wit = hashtree.witness(mapping, paths)
+    assert hashtree.reconstruct(wit) == hashtree.reconstruct(full) == HashedTree(mapping).root_hash
+    for path in paths:
+        expected = hashtree.lookup_path(full, path)
+        got = hashtree.lookup_path(wit, path)
+        assert got == expected, path
