@@ -86,3 +86,20 @@ class ConnectionClosed(IcwsError):
         self.code = code
         self.reason = reason
         super().__init__(f"connection closed with code {code}" + (f": {reason}" if reason else ""))
+
+
+class HttpStatusError(AgentError):
+    """A replica answered with an HTTP error status; carries the status and the start of its text body."""
+
+    def __init__(self, status: int, text: str) -> None:
+        self.status = status
+        self.text = text
+        super().__init__(f"HTTP {status}: {text}" if text else f"HTTP {status}")
+
+
+class CallPending(AgentError):
+    """A relayed call was accepted but its outcome is not certified yet, and only its sender may poll for it."""
+
+    def __init__(self, request_id: bytes) -> None:
+        self.request_id = request_id
+        super().__init__(f"call 0x{request_id.hex()} accepted; its outcome can only be read by its sender")

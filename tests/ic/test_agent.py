@@ -1,0 +1,561 @@
+"""The async agent against real HTTP servers on loopback.
+
+``ScriptedReplica`` is a small replica written here from the interface specification: it signs real
+BLS certificates and Ed25519 query signatures, and it can be told to misbehave (404 on v3, 202, stale or
+wrongly signed certificates, corrupt node signatures, hostile bodies) so that every branch of the agent is
+exercised. The end-to-end tests at the bottom run the agent against the real devnet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from icws_fast.errors import (
+    AgentError,
+    AgentTimeout,
+    CallPending,
+    CertificateError,
+    EnvelopeError,
+    HttpStatusError,
+    IcwsError,
+    RejectError,
+    TransportError,
+)
+from icws_fast.ic import agent as agent_module
+from icws_fast.ic import bls, cbor, hashtree
+from icws_fast.ic.agent import MAINNET_ROOT_KEY, Agent, is_mainnet_url
+from icws_fast.ic.certificate import sign_certificate
+from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content
+from icws_fast.ic.identity import AnonymousIdentity, Ed25519Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.ic.request_id import hash_of_map, leb128
+from tests.conftest import load_vectors
+
+CANISTER = Principal.from_text("rwlgt-iiaaa-aaaaa-aaaaa-cai")
+MINUTE_NS = 60 * 1_000_000_000
+
+
+@dataclass
+class Request:
+    """A call the scripted replica has accepted."""
+
+    sender: bytes
+    method: str
+    arg: bytes
+    polls: int = 0
+
+
+@dataclass
+class ScriptedReplica:
+    """A replica over aiohttp that follows the spec unless a test tells it to misbehave."""
+
+    v3: str = "sync"  # "sync" | "202" | "404"
+    clock_offset_ns: int = 0  # shifts the certificates' /time
+    sign_with_other_key: bool = False
+    corrupt_node_signature: bool = False
+    polls_before_done: int = 0  # read_state answers "received" this many times first
+    hostile: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # endpoint kind -> (status, body)
+    hang: asyncio.Event | None = None  # when set, every request waits on it
+    hits: list[str] = field(default_factory=list)
+    requests: dict[bytes, Request] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.secret_key = bls.generate_secret_key(b"scripted replica root key")
+        self.root_key = bls.der_encode_public_key(bls.public_key(self.secret_key))
+        other = bls.generate_secret_key(b"someone else's key")
+        self.signing_key = other if self.sign_with_other_key else self.secret_key
+        self.node = Ed25519Identity.from_seed(bytes(range(32)))
+        self.node_id = Principal.self_authenticating(self.node.der_public_key).bytes
+        self.subnet_id = Principal.self_authenticating(self.root_key).bytes
+
+    # -- state ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def outcome(method: str, arg: bytes) -> dict[bytes, bytes]:
+        if method == "fail":
+            return {b"status": b"rejected", b"reject_code": leb128(4), b"reject_message": b"no", b"error_code": b"E1"}
+        if method == "forgotten":
+            return {b"status": b"done"}
+        return {b"status": b"replied", b"reply": b"echo:" + arg}
+
+    def certificate(self, extra: dict[bytes, Any]) -> bytes:
+        mapping: dict[bytes, Any] = {
+            b"time": leb128(time.time_ns() + self.clock_offset_ns),
+            b"subnet": {
+                self.subnet_id: {
+                    b"public_key": self.root_key,
+                    b"node": {self.node_id: {b"public_key": self.node.der_public_key}},
+                }
+            },
+            **extra,
+        }
+        return sign_certificate(hashtree.build(mapping), self.signing_key)
+
+    def status_subtree(self, rid: bytes) -> dict[bytes, Any]:
+        req = self.requests.get(rid)
+        if req is None:
+            return {}
+        req.polls += 1
+        if req.polls <= self.polls_before_done:
+            return {b"request_status": {rid: {b"status": b"received"}}}
+        return {b"request_status": {rid: self.outcome(req.method, req.arg)}}
+
+    # -- HTTP -------------------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        kind = request.match_info.get("kind", "status")
+        version = request.match_info.get("version", "v2")
+        self.hits.append(f"{version}/{kind}")
+        if self.hang is not None:
+            await self.hang.wait()
+        if kind in self.hostile:
+            status, body = self.hostile[kind]
+            return web.Response(status=status, body=body)
+        if kind == "status":
+            return self.cbor({"root_key": self.root_key, "impl_version": "scripted"})
+        env = parse_envelope(await request.read())
+        if kind == "call":
+            return self.call(version, env)
+        if kind == "query":
+            return self.query(env)
+        assert env.paths is not None
+        rid = env.paths[0][1] if env.paths[0][0] == b"request_status" else b""
+        known = self.requests.get(rid)
+        if known is not None and known.sender != env.sender.bytes:
+            # The spec lets only a request's sender read its status.
+            return web.Response(status=403, text="request status of another sender")
+        extra = self.status_subtree(rid) if rid else {}
+        return self.cbor({"certificate": self.certificate(extra)})
+
+    def call(self, version: str, env: Any) -> web.Response:
+        if version == "v3" and self.v3 == "404":
+            return web.Response(status=404, text="not found")
+        if env.method_name == "inspect_reject":
+            rejection = {"reject_code": 3, "reject_message": "refused", "error_code": "IC0302"}
+            if version == "v3":
+                return self.cbor({"status": "non_replicated_rejection", **rejection})
+            return self.cbor(rejection)
+        self.requests[env.request_id] = Request(env.sender.bytes, env.method_name, env.arg)
+        if version == "v3" and self.v3 == "sync":
+            return self.cbor(
+                {"status": "replied", "certificate": self.certificate(self.status_subtree(env.request_id))}
+            )
+        return web.Response(status=202)
+
+    def query(self, env: Any) -> web.Response:
+        timestamp = time.time_ns()
+        if env.method_name == "fail":
+            fields: dict[str, Any] = {
+                "status": "rejected",
+                "reject_code": 4,
+                "reject_message": "query says no",
+                "error_code": "IC0406",
+            }
+        else:
+            fields = {"status": "replied", "reply": {"arg": b"echo:" + env.arg}}
+        message = b"\x0bic-response" + hash_of_map({**fields, "timestamp": timestamp, "request_id": env.request_id})
+        signature = self.node.sign(message)
+        if self.corrupt_node_signature:
+            signature = bytes([signature[0] ^ 1]) + signature[1:]
+        node_sig = {"timestamp": timestamp, "signature": signature, "identity": self.node_id}
+        return self.cbor({**fields, "signatures": [node_sig]})
+
+    @staticmethod
+    def cbor(value: Any) -> web.Response:
+        return web.Response(body=cbor.encode(value), content_type="application/cbor")
+
+
+@pytest.fixture
+async def replica_server() -> AsyncIterator[tuple[ScriptedReplica, str]]:
+    replica = ScriptedReplica()
+    app = web.Application()
+    app.router.add_get("/api/v2/status", replica.handle)
+    app.router.add_post("/api/{version}/canister/{canister}/{kind}", replica.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield replica, f"http://{host}:{port}"
+    finally:
+        if replica.hang is not None:
+            replica.hang.set()
+        await runner.cleanup()
+
+
+def reconfigure(replica: ScriptedReplica, **changes: Any) -> None:
+    for name, value in changes.items():
+        setattr(replica, name, value)
+    replica.__post_init__()
+
+
+async def agent_for(url: str, replica: ScriptedReplica, **kwargs: Any) -> Agent:
+    agent = Agent(url, kwargs.pop("identity", Ed25519Identity.generate()), **kwargs)
+    await agent.fetch_root_key()
+    assert agent.root_key == replica.root_key
+    return agent
+
+
+# -- root key and URLs ----------------------------------------------------------------------------------
+
+
+def test_mainnet_root_key_is_the_published_one() -> None:
+    keys = {r["root_key_der_hex"] for r in load_vectors("certificates") if r["root_key_name"] == "ic_mainnet"}
+    assert keys == {MAINNET_ROOT_KEY.hex()}
+
+
+@pytest.mark.parametrize(
+    ("url", "mainnet"),
+    [
+        ("https://icp-api.io", True),
+        ("https://ic0.app/", True),
+        ("https://boundary.icp0.io", True),
+        ("http://127.0.0.1:4943", False),
+        ("https://notic0.app", False),
+        ("https://ic0.app.example.com", False),
+    ],
+)
+def test_is_mainnet_url(url: str, mainnet: bool) -> None:
+    assert is_mainnet_url(url) is mainnet
+
+
+async def test_mainnet_root_key_is_never_fetched() -> None:
+    # Port 9 on loopback has no listener: any request would fail with TransportError.
+    async with Agent("http://127.0.0.1:9", root_key=None) as local, Agent("https://icp-api.io") as mainnet:
+        assert await mainnet.fetch_root_key() == MAINNET_ROOT_KEY
+        assert mainnet.verify_query_signatures and not local.verify_query_signatures
+        with pytest.raises(AgentError, match="root key"):
+            _ = local.root_key
+
+
+async def test_fetch_root_key_and_status(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with Agent(url) as agent:
+        assert (await agent.status())["impl_version"] == "scripted"
+        assert await agent.fetch_root_key() == replica.root_key
+
+
+async def test_certified_answer_needs_a_root_key(replica_server: tuple[ScriptedReplica, str]) -> None:
+    _, url = replica_server
+    async with Agent(url) as agent:
+        with pytest.raises(AgentError, match="root key"):
+            await agent.call(CANISTER, "echo", b"x")
+
+
+# -- update calls ---------------------------------------------------------------------------------------
+
+
+async def test_call_v3_synchronous(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica) as agent:
+        assert await agent.call(CANISTER, "echo", b"hi") == b"echo:hi"
+        assert await agent.call(str(CANISTER), "echo", b"hi") == b"echo:hi"
+    assert replica.hits[1:] == ["v3/call", "v3/call"]
+    assert len(replica.requests) == 2  # the nonce makes identical calls distinct requests
+
+
+async def test_call_v3_202_polls_read_state(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    reconfigure(replica, v3="202", polls_before_done=2)
+    async with await agent_for(url, replica) as agent:
+        assert await agent.call(CANISTER, "echo", b"later") == b"echo:later"
+    assert replica.hits[1:] == ["v3/call", "v2/read_state", "v2/read_state", "v2/read_state"]
+
+
+async def test_call_falls_back_to_v2_once_v3_is_missing(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    reconfigure(replica, v3="404")
+    async with await agent_for(url, replica) as agent:
+        assert await agent.call(CANISTER, "echo", b"a") == b"echo:a"
+        assert await agent.call(CANISTER, "echo", b"b") == b"echo:b"
+    assert replica.hits[1:] == ["v3/call", "v2/call", "v2/read_state", "v2/call", "v2/read_state"]
+
+
+@pytest.mark.parametrize("v3", ["sync", "202", "404"])
+async def test_certified_reject(replica_server: tuple[ScriptedReplica, str], v3: str) -> None:
+    replica, url = replica_server
+    reconfigure(replica, v3=v3)
+    async with await agent_for(url, replica) as agent:
+        with pytest.raises(RejectError) as info:
+            await agent.call(CANISTER, "fail", b"")
+    assert (info.value.reject_code, info.value.reject_message, info.value.error_code) == (4, "no", "E1")
+
+
+@pytest.mark.parametrize("v3", ["sync", "404"])
+async def test_non_replicated_rejection(replica_server: tuple[ScriptedReplica, str], v3: str) -> None:
+    replica, url = replica_server
+    reconfigure(replica, v3=v3)
+    async with await agent_for(url, replica) as agent:
+        with pytest.raises(RejectError) as info:
+            await agent.call(CANISTER, "inspect_reject", b"")
+    assert (info.value.reject_code, info.value.reject_message, info.value.error_code) == (3, "refused", "IC0302")
+
+
+async def test_done_call_has_no_reply(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica) as agent:
+        with pytest.raises(AgentError, match="done"):
+            await agent.call(CANISTER, "forgotten", b"")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"sign_with_other_key": True}, "invalid-signature"),
+        ({"clock_offset_ns": -10 * MINUTE_NS}, "time-too-old"),
+        ({"clock_offset_ns": 10 * MINUTE_NS}, "time-in-future"),
+    ],
+)
+async def test_certificates_are_verified(
+    replica_server: tuple[ScriptedReplica, str], changes: dict[str, Any], reason: str
+) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica) as agent:
+        reconfigure(replica, **changes, root_key=replica.root_key)
+        # The agent keeps the key it fetched; the replica now signs with another key or at another time.
+        for attempt in (agent.call(CANISTER, "echo", b""), agent.read_state(CANISTER, [[b"time"]])):
+            with pytest.raises(CertificateError) as info:
+                await attempt
+            assert info.value.reason == reason
+
+
+async def test_polling_ends_at_the_ingress_expiry(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    reconfigure(replica, v3="202", polls_before_done=10**6)
+    identity = Ed25519Identity.generate()
+    content = call_content(
+        identity.sender, CANISTER, "echo", b"", ingress_expiry_ns=time.time_ns() + 200_000_000, nonce=b"n"
+    )
+    async with await agent_for(url, replica, identity=identity) as agent:
+        with pytest.raises(AgentTimeout, match="ingress expiry"):
+            await agent.submit_signed(CANISTER, build_envelope(identity, content))
+
+
+# -- relaying envelopes signed elsewhere ----------------------------------------------------------------
+
+
+def signed_call(identity: Any, method: str = "echo", arg: bytes = b"relayed") -> bytes:
+    return build_envelope(identity, call_content(identity.sender, CANISTER, method, arg, nonce=b"relay"))
+
+
+async def test_submit_signed_v3_returns_the_certified_reply(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    client = Ed25519Identity.generate()
+    async with await agent_for(url, replica) as gateway:
+        assert await gateway.submit_signed(CANISTER, signed_call(client)) == b"echo:relayed"
+        with pytest.raises(RejectError):
+            await gateway.submit_signed(CANISTER, signed_call(client, "fail"))
+    (req,) = (r for r in replica.requests.values() if r.method == "echo")
+    assert req.sender == client.sender.bytes  # relayed unchanged: the client is the caller
+
+
+async def test_submit_signed_other_sender_cannot_be_polled(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    reconfigure(replica, v3="202")
+    envelope = signed_call(Ed25519Identity.generate())
+    async with await agent_for(url, replica) as gateway:
+        with pytest.raises(CallPending) as info:
+            await gateway.submit_signed(CANISTER, envelope)
+    assert info.value.request_id == parse_envelope(envelope).request_id
+    assert "v2/read_state" not in replica.hits
+
+
+@pytest.mark.parametrize("sender", ["anonymous", "own"])
+async def test_submit_signed_polls_as_the_sender(replica_server: tuple[ScriptedReplica, str], sender: str) -> None:
+    replica, url = replica_server
+    reconfigure(replica, v3="404", polls_before_done=1)
+    own = Ed25519Identity.generate()
+    signer = AnonymousIdentity() if sender == "anonymous" else own
+    async with await agent_for(url, replica, identity=own) as gateway:
+        assert await gateway.submit_signed(CANISTER, signed_call(signer)) == b"echo:relayed"
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        b"",
+        b"\xff\x00",
+        cbor.encode({"content": {}}),
+        build_envelope(AnonymousIdentity(), read_state_content(Principal.anonymous(), [[b"time"]])),
+        build_envelope(
+            AnonymousIdentity(), call_content(Principal.anonymous(), CANISTER, "echo", b"", request_type="query")
+        ),
+    ],
+)
+async def test_submit_signed_refuses_what_is_not_a_call(
+    replica_server: tuple[ScriptedReplica, str], envelope: bytes
+) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica) as gateway:
+        with pytest.raises(EnvelopeError):
+            await gateway.submit_signed(CANISTER, envelope)
+    assert replica.hits == ["v2/status"]
+
+
+# -- queries and read_state -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verify", [True, False])
+async def test_query(replica_server: tuple[ScriptedReplica, str], verify: bool) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica, verify_query_signatures=verify) as agent:
+        assert await agent.query(CANISTER, "echo", b"q") == b"echo:q"
+        with pytest.raises(RejectError) as info:
+            await agent.query(CANISTER, "fail", b"")
+        assert await agent.query(CANISTER, "echo", b"again") == b"echo:again"
+    assert (info.value.reject_code, info.value.reject_message, info.value.error_code) == (4, "query says no", "IC0406")
+    # Node keys are read once (certified /subnet), then cached.
+    assert replica.hits.count("v2/read_state") == (1 if verify else 0)
+
+
+async def test_query_node_signatures_are_checked(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    reconfigure(replica, corrupt_node_signature=True)
+    async with await agent_for(url, replica, verify_query_signatures=True) as agent:
+        for method in ("echo", "fail"):
+            with pytest.raises(CertificateError, match="node_signature"):
+                await agent.query(CANISTER, method, b"")
+    async with await agent_for(url, replica, verify_query_signatures=False) as agent:
+        assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+
+
+async def test_query_from_an_unknown_node_is_refused(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica, verify_query_signatures=True) as agent:
+        assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+        replica.node = Ed25519Identity.from_seed(bytes(32))
+        replica.node_id = Principal.self_authenticating(replica.node.der_public_key).bytes
+        # The answer is signed by a node the certified subnet does not list (the cache is refreshed first).
+        original = replica.certificate
+        replica.certificate = lambda extra: original({**extra, b"subnet": {}})  # type: ignore[method-assign]
+        with pytest.raises(CertificateError, match="node_signature"):
+            await agent.query(CANISTER, "echo", b"")
+
+
+async def test_read_state(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica) as agent:
+        cert = await agent.read_state(CANISTER, [[b"time"]])
+    assert abs(cert.time_ns - time.time_ns()) < MINUTE_NS
+
+
+# -- transport failures and hostile answers -------------------------------------------------------------
+
+
+async def test_http_error_status_carries_the_text(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica) as agent:
+        for status in (400, 403, 429, 500, 503):
+            replica.hostile["query"] = (status, b"replica says: bad request")
+            with pytest.raises(HttpStatusError) as info:
+                await agent.query(CANISTER, "echo", b"")
+            assert (info.value.status, info.value.text) == (status, "replica says: bad request")
+
+
+HOSTILE_BODIES = [
+    b"",
+    b"\xd9\xd9\xf7",
+    b"\xff",
+    b"not cbor at all",
+    cbor.encode([1, 2, 3]),
+    cbor.encode({"status": "replied"}),
+    cbor.encode({"status": "replied", "reply": {"arg": "text, not bytes"}}),
+    cbor.encode({"status": "replied", "reply": [b""]}),
+    cbor.encode({"status": "rejected", "reject_code": "4", "reject_message": "x"}),
+    cbor.encode({"status": "rejected", "reject_code": 4, "reject_message": b"x"}),
+    cbor.encode({"status": "non_replicated_rejection", "reject_code": 1}),
+    cbor.encode({"status": 7}),
+    cbor.encode({"status": "replied", "certificate": "text"}),
+    cbor.encode({"status": "replied", "certificate": b"\x00"}),
+    cbor.encode({"status": "replied", "certificate": cbor.encode({"tree": [0], "signature": b""})}),
+    cbor.encode({"certificate": cbor.encode({"tree": [9], "signature": b""})}),
+    cbor.encode({"root_key": 5}),
+    cbor.encode({"reject_code": 4}),
+    b"\x9f" * 300,
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+async def test_hostile_answers_raise_only_icws_errors(replica_server: tuple[ScriptedReplica, str], body: bytes) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica, verify_query_signatures=True) as agent:
+        for kind in ("status", "call", "query", "read_state"):
+            replica.hostile[kind] = (200, body)
+        attempts = [
+            agent.fetch_root_key(),
+            agent.call(CANISTER, "echo", b""),
+            agent.query(CANISTER, "echo", b""),
+            agent.read_state(CANISTER, [[b"time"]]),
+        ]
+        for attempt in attempts:
+            with contextlib.suppress(IcwsError):
+                await attempt
+
+
+async def test_node_signature_entries_are_validated(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica, verify_query_signatures=True) as agent:
+        for signatures in ([], None, [b"x"], [{"timestamp": "1", "signature": b"", "identity": b""}]):
+            replica.hostile["query"] = (
+                200,
+                cbor.encode({"status": "replied", "reply": {"arg": b""}, "signatures": signatures}),
+            )
+            with pytest.raises(CertificateError, match="node_signature"):
+                await agent.query(CANISTER, "echo", b"")
+        stale = {"timestamp": time.time_ns() - 10 * MINUTE_NS, "signature": b"s", "identity": replica.node_id}
+        replica.hostile["query"] = (
+            200,
+            cbor.encode({"status": "replied", "reply": {"arg": b""}, "signatures": [stale]}),
+        )
+        with pytest.raises(CertificateError, match="not recent"):
+            await agent.query(CANISTER, "echo", b"")
+
+
+async def test_oversized_answer(replica_server: tuple[ScriptedReplica, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    replica, url = replica_server
+    monkeypatch.setattr(agent_module, "MAX_RESPONSE_BYTES", 1000)
+    replica.hostile["query"] = (200, b"\x00" * 1001)
+    async with await agent_for(url, replica) as agent:
+        with pytest.raises(AgentError, match="over"):
+            await agent.query(CANISTER, "echo", b"")
+
+
+async def test_timeout(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica, timeout_s=5.0) as agent:
+        replica.hang = asyncio.Event()
+        with pytest.raises(AgentTimeout):
+            await agent.query(CANISTER, "echo", b"", timeout_s=0.1)
+        replica.hang.set()
+        replica.hang = None
+        assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+
+
+async def test_connection_refused() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with Agent(f"http://127.0.0.1:{port}", root_key=MAINNET_ROOT_KEY) as agent:
+        with pytest.raises(TransportError):
+            await agent.status()
+        with pytest.raises(TransportError):
+            await agent.call(CANISTER, "echo", b"")
+
+
+async def test_agent_reopens_after_close(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    agent = await agent_for(url, replica)
+    await agent.close()
+    await agent.close()
+    assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+    await agent.close()
