@@ -1,0 +1,1 @@
+"""The Python canister development kit (the canister side of icws_fast)."""

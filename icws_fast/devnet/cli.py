@@ -1,0 +1,77 @@
+"""``icws-devnet``: run the devnet replica.
+
+On start it prints one JSON line ``{"canisters": {name: id}, "root_key": hex, "url": ...}`` on
+stdout (launchers and tests read it) and serves the same at ``GET /_devnet/canisters``. SIGINT or
+SIGTERM stops it cleanly (the state is persisted when ``--state-dir`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+
+from icws_fast.devnet.server import DEFAULT_ROUND_MS, Devnet
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icws-devnet", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--address", default="127.0.0.1:4943", help="host:port to listen on (default, like dfx: %(default)s)"
+    )
+    parser.add_argument("--state-dir", help="persist keys and canister state here (restarts keep ids, root key, state)")
+    parser.add_argument(
+        "--round-ms", type=float, default=DEFAULT_ROUND_MS, help="round length in milliseconds (default %(default)s)"
+    )
+    parser.add_argument("--root-key-file", help="load the BLS root secret key (hex) from this file; created if missing")
+    parser.add_argument(
+        "--subnet-delegation",
+        action="store_true",
+        help="certify through a delegation from the root key to a subnet key (as mainnet application subnets)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    devnet = Devnet(
+        args.address,
+        round_ms=args.round_ms,
+        state_dir=args.state_dir,
+        root_key_file=args.root_key_file,
+        subnet_delegation=args.subnet_delegation,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await devnet.start()
+    try:
+        print(json.dumps(devnet.info()), flush=True)
+        await stop.wait()
+    finally:
+        await devnet.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop  # noqa: PLC0415 - optional accelerator
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""The devnet's replicated state machine: one subnet, one node, Python canisters, certified rounds.
+
+Transport-free: the HTTP layer (:mod:`icws_fast.devnet.server`) validates envelopes and calls
+:meth:`Replica.submit`, :meth:`Replica.query` and :meth:`Replica.read_state_certificate`; a
+round timer calls :meth:`Replica.run_round`.
+
+A round, as on the IC: induct the queued ingress messages in arrival order and execute them (one
+canister runs one message at a time: Python canister code never awaits), run the timers that are
+due at the round's time, prune the ingress history, then update the state tree, hash it and sign
+its root once (BLS). Every ``read_state`` and every synchronous call of that round is answered
+with a witness of that one signed tree, so a round costs one signature however many requests it
+serves.
+
+Canister ids follow a local replica's scheme: the 8-byte big-endian index followed by
+``0x01 0x01``; the first canister has index 0 (``rwlgt-iiaaa-aaaaa-aaaaa-cai``). The subnet
+hosts the range ``[index 0, index 0xFFFFF]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time as _time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from icws_fast.cdk.api import Canister
+from icws_fast.devnet.runtime import CanisterHost, Reject, canister_not_found, method_not_found
+from icws_fast.devnet.tree import LabeledMap, Node
+from icws_fast.ic import bls, cbor
+from icws_fast.ic.certificate import STATE_ROOT_DOMAIN, sign_certificate
+from icws_fast.ic.identity import Ed25519Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.ic.request_id import hash_of_map, leb128
+
+log = logging.getLogger(__name__)
+
+RESPONSE_DOMAIN: Final = b"\x0bic-response"
+CANISTER_RANGE_SIZE: Final = 1 << 20
+# How long a replied/rejected status stays after the request expired ("done"), before it is forgotten.
+DONE_RETENTION_NS: Final = 5 * 60 * 1_000_000_000
+# Delegation certificates are re-signed this often, so their /time stays recent like the IC's.
+DELEGATION_REFRESH_NS: Final = 5 * 60 * 1_000_000_000
+
+DelegationFormat = Literal["flat", "tree"]
+
+
+def canister_id_from_index(index: int) -> Principal:
+    """The canister id of a local replica's ``index``-th canister."""
+    return Principal(index.to_bytes(8, "big") + b"\x01\x01")
+
+
+@dataclass
+class IngressStatus:
+    """One entry of the ingress history (``/request_status/<request_id>``)."""
+
+    status: str  # "received" | "replied" | "rejected" | "done"
+    sender: Principal
+    canister_id: Principal
+    expiry_ns: int
+    reply: bytes | None = None
+    reject: Reject | None = None
+
+    def subtree(self) -> LabeledMap:
+        entries: dict[bytes, Any] = {b"status": self.status.encode()}
+        if self.status == "replied" and self.reply is not None:
+            entries[b"reply"] = self.reply
+        elif self.status == "rejected" and self.reject is not None:
+            entries[b"reject_code"] = leb128(self.reject.code)
+            entries[b"reject_message"] = self.reject.message.encode()
+            entries[b"error_code"] = self.reject.error_code.encode()
+        return LabeledMap(entries)
+
+
+@dataclass
+class _Message:
+    request_id: bytes
+    sender: Principal
+    canister_id: Principal
+    method: str
+    arg: bytes
+    expiry_ns: int
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key material of the devnet: root key, optional subnet key (delegation), node key."""
+
+    root_secret_key: bytes
+    node_seed: bytes
+    subnet_secret_key: bytes | None = None
+
+
+class Replica:
+    """The state of the devnet subnet and the logic of rounds; no I/O."""
+
+    def __init__(
+        self,
+        canisters: Mapping[str, type[Canister]],
+        keys: Keys,
+        *,
+        canister_indices: Mapping[str, int] | None = None,
+        restored: Mapping[str, tuple[Canister, bytes]] | None = None,
+        clock: Callable[[], int] = _time.time_ns,
+    ) -> None:
+        self.clock = clock
+        self.keys = keys
+        self.root_key_der = bls.der_encode_public_key(bls.public_key(keys.root_secret_key))
+        self._node = Ed25519Identity.from_seed(keys.node_seed)
+        self.node_id = Principal.self_authenticating(self._node.der_public_key)
+        if keys.subnet_secret_key is None:
+            # Without a delegation the certificates come from the root subnet, whose id agents derive
+            # from the root key (ic-agent: Principal::self_authenticating(root_key)).
+            self._signing_key = keys.root_secret_key
+            self.subnet_key_der = self.root_key_der
+        else:
+            self._signing_key = keys.subnet_secret_key
+            self.subnet_key_der = bls.der_encode_public_key(bls.public_key(keys.subnet_secret_key))
+        self.subnet_id = Principal.self_authenticating(self.subnet_key_der)
+        self.delegated = keys.subnet_secret_key is not None
+        self.range_low = canister_id_from_index(0)
+        self.range_high = canister_id_from_index(CANISTER_RANGE_SIZE - 1)
+
+        self.time_ns = self.clock()
+        self.round = 0
+        # Assign ids: persisted names keep their index; new names take the next free ones, in order.
+        self.canister_indices: dict[str, int] = dict(canister_indices or {})
+        next_index = max(self.canister_indices.values(), default=-1) + 1
+        for name in canisters:
+            if name not in self.canister_indices:
+                self.canister_indices[name] = next_index
+                next_index += 1
+        self.canister_ids: dict[str, Principal] = {}
+        self.hosts: dict[Principal, CanisterHost] = {}
+        for name, canister_class in canisters.items():
+            canister_id = canister_id_from_index(self.canister_indices[name])
+            self.canister_ids[name] = canister_id
+            saved = (restored or {}).get(name)
+            if saved is not None and isinstance(saved[0], canister_class):
+                host = CanisterHost.restore(canister_id, canister_class, saved[0], saved[1], self.time_ns)
+            else:
+                host = CanisterHost.install(canister_id, canister_class, self.time_ns)
+            self.hosts[canister_id] = host
+
+        self.ingress: dict[bytes, IngressStatus] = {}
+        self._queue: list[_Message] = []
+        self._queued: set[bytes] = set()
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._expiring: list[tuple[int, bytes]] = []
+        self._forgetting: list[tuple[int, bytes]] = []
+
+        self._requests = LabeledMap()
+        self._canisters = LabeledMap()
+        self._certified_data: dict[Principal, bytes] = {}
+        self._root = LabeledMap(
+            {
+                b"time": leb128(self.time_ns),
+                b"request_status": self._requests,
+                b"canister": self._canisters,
+                b"subnet": self._subnet_subtree(include_ranges=True),
+                b"canister_ranges": self._ranges_subtree(),
+            }
+        )
+        self._signature = b""
+        self._delegations: dict[DelegationFormat, dict[str, Any]] = {}
+        self._delegation_time = 0
+        self._data_certificates: dict[Principal, bytes] = {}
+        self.run_round()
+
+    # -- static parts of the tree ----------------------------------------------------------------------
+
+    def _ranges_cbor(self) -> bytes:
+        return cbor.encode([[self.range_low.bytes, self.range_high.bytes]])
+
+    def _subnet_subtree(self, *, include_ranges: bool) -> LabeledMap:
+        entries: dict[bytes, Any] = {b"public_key": self.subnet_key_der}
+        if include_ranges:
+            entries[b"canister_ranges"] = self._ranges_cbor()
+        entries[b"node"] = LabeledMap({self.node_id.bytes: LabeledMap({b"public_key": self._node.der_public_key})})
+        return LabeledMap({self.subnet_id.bytes: LabeledMap(entries)})
+
+    def _ranges_subtree(self) -> LabeledMap:
+        # /canister_ranges/<subnet_id>/<shard>: one shard, labeled by the lowest canister id it holds.
+        return LabeledMap({self.subnet_id.bytes: LabeledMap({self.range_low.bytes: self._ranges_cbor()})})
+
+    def hosts_canister(self, canister_id: Principal) -> bool:
+        """Whether ``canister_id`` lies in the subnet's canister range (hosted or not)."""
+        raw = canister_id.bytes
+        return len(raw) == 10 and self.range_low.bytes <= raw <= self.range_high.bytes
+
+    # -- delegation ---------------------------------------------------------------------------------------
+
+    def _refresh_delegations(self) -> None:
+        """Sign the root subnet's delegation certificates (flat and tree layouts of the canister ranges)."""
+        subnet_entries: dict[bytes, Any] = {b"public_key": self.subnet_key_der}
+        layouts: dict[DelegationFormat, LabeledMap] = {
+            # The older layout: /subnet/<id>/canister_ranges (api v2 endpoints and v3 call).
+            "flat": LabeledMap(
+                {
+                    b"time": leb128(self.time_ns),
+                    b"subnet": LabeledMap(
+                        {self.subnet_id.bytes: LabeledMap({**subnet_entries, b"canister_ranges": self._ranges_cbor()})}
+                    ),
+                }
+            ),
+            # The sharded layout: /canister_ranges/<id>/<shard> (v4 call, v3 read_state and query).
+            "tree": LabeledMap(
+                {
+                    b"time": leb128(self.time_ns),
+                    b"subnet": LabeledMap({self.subnet_id.bytes: LabeledMap(subnet_entries)}),
+                    b"canister_ranges": self._ranges_subtree(),
+                }
+            ),
+        }
+        for layout, tree in layouts.items():
+            certificate = sign_certificate(tree.full(), self.keys.root_secret_key)
+            self._delegations[layout] = {"subnet_id": self.subnet_id.bytes, "certificate": certificate}
+        self._delegation_time = self.time_ns
+
+    def certificate(self, tree: Node, layout: DelegationFormat = "flat") -> bytes:
+        """Encode a certificate for ``tree``, a witness of the latest certified state."""
+        content: dict[str, Any] = {"tree": tree, "signature": self._signature}
+        if self.delegated:
+            content["delegation"] = self._delegations[layout]
+        return cbor.encode(content)
+
+    # -- ingress ---------------------------------------------------------------------------------------------
+
+    def known_request(self, request_id: bytes) -> bool:
+        """Whether a request id is queued or in the ingress history (a replay is not executed again)."""
+        return request_id in self.ingress or request_id in self._queued
+
+    def submit(
+        self,
+        request_id: bytes,
+        *,
+        sender: Principal,
+        canister_id: Principal,
+        method: str,
+        arg: bytes,
+        expiry_ns: int,
+    ) -> None:
+        """Queue an ingress message for the next round; a known request id is ignored (no re-execution)."""
+        if self.known_request(request_id):
+            return
+        self._queued.add(request_id)
+        self._queue.append(_Message(request_id, sender, canister_id, method, arg, expiry_ns))
+
+    def ingress_precheck(self, canister_id: Principal, method: str) -> Reject | None:
+        """The IC's ingress filter: the reject a call gets before it is even accepted, if any."""
+        host = self.hosts.get(canister_id)
+        if host is None:
+            return canister_not_found(canister_id)
+        if host.method_kind(method) is None:
+            return method_not_found(canister_id, "update", method)
+        return None
+
+    def wait_certified(self, request_id: bytes) -> asyncio.Future[None]:
+        """A future resolved after the round that certifies a final status for ``request_id``."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = self.ingress.get(request_id)
+        if entry is not None and entry.status != "received":
+            future.set_result(None)
+        else:
+            self._waiters.setdefault(request_id, []).append(future)
+        return future
+
+    def cancel_wait(self, request_id: bytes, future: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(request_id)
+        if waiters is not None and future in waiters:
+            waiters.remove(future)
+            if not waiters:
+                del self._waiters[request_id]
+
+    # -- queries --------------------------------------------------------------------------------------------
+
+    def query(self, canister_id: Principal, method: str, arg: bytes, sender: Principal) -> bytes:
+        """Run a query against the current state; raises :class:`Reject`."""
+        host = self.hosts.get(canister_id)
+        if host is None:
+            raise canister_not_found(canister_id)
+        return host.execute(
+            method,
+            arg,
+            sender,
+            self.clock(),
+            is_query=True,
+            certificate=lambda: self.data_certificate(canister_id),
+        )
+
+    def data_certificate(self, canister_id: Principal) -> bytes:
+        """The latest round's certificate of ``canister_id``'s certified data (what ic0.data_certificate gives)."""
+        certificate = self._data_certificates.get(canister_id)
+        if certificate is None:
+            tree = self._root.witness([(b"time",), (b"canister", canister_id.bytes, b"certified_data")])
+            certificate = self._data_certificates[canister_id] = self.certificate(tree)
+        return certificate
+
+    def sign_response(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """A node signature over a query response (``fields`` carries status, reply/reject, request_id)."""
+        timestamp = self.clock()
+        signed = RESPONSE_DOMAIN + hash_of_map({**fields, "timestamp": timestamp})
+        return {"timestamp": timestamp, "signature": self._node.sign(signed), "identity": self.node_id.bytes}
+
+    # -- read_state -------------------------------------------------------------------------------------------
+
+    def read_state_certificate(self, paths: list[list[bytes]], layout: DelegationFormat) -> bytes:
+        """A certificate of the latest certified state revealing ``paths`` (and always ``/time``)."""
+        return self.certificate(self._root.witness([[b"time"], *paths]), layout)
+
+    # -- rounds --------------------------------------------------------------------------------------------------
+
+    def run_round(self) -> None:
+        """Execute one round and certify the resulting state."""
+        now = max(self.clock(), self.time_ns + 1)
+        self.time_ns = now
+        self.round += 1
+
+        queue, self._queue = self._queue, []
+        self._queued.clear()
+        for message in queue:
+            self._execute(message, now)
+        for host in self.hosts.values():
+            host.run_due_timers(now)
+        for canister_id, host in self.hosts.items():
+            if self._certified_data.get(canister_id) != host.certified_data:
+                self._certified_data[canister_id] = host.certified_data
+                self._canisters.set(canister_id.bytes, LabeledMap({b"certified_data": host.certified_data}))
+        self._prune(now)
+
+        self._root.set(b"time", leb128(now))
+        self._root.set(b"request_status", self._requests)
+        self._root.set(b"canister", self._canisters)
+        # One signature per round: every witness of this tree has the same root hash, so all the
+        # certificates of the round share it (sign_certificate would sign once per certificate).
+        root_hash = self._root.root_hash()
+        self._signature = bls.sign(self._signing_key, STATE_ROOT_DOMAIN + root_hash)
+        if self.delegated and now - self._delegation_time >= DELEGATION_REFRESH_NS:
+            self._refresh_delegations()
+        self._data_certificates.clear()
+
+        for message in queue:
+            for future in self._waiters.pop(message.request_id, ()):
+                if not future.done():
+                    future.set_result(None)
+
+    def _execute(self, message: _Message, now: int) -> None:
+        entry = IngressStatus("received", message.sender, message.canister_id, message.expiry_ns)
+        host = self.hosts.get(message.canister_id)
+        try:
+            if host is None:
+                raise canister_not_found(message.canister_id)
+            entry.reply = host.execute(message.method, message.arg, message.sender, now, is_query=False)
+            entry.status = "replied"
+        except Reject as reject:
+            entry.reject = reject
+            entry.status = "rejected"
+        self._record(message.request_id, entry)
+
+    def _record(self, request_id: bytes, entry: IngressStatus) -> None:
+        self.ingress[request_id] = entry
+        self._requests.set(request_id, entry.subtree())
+        heapq.heappush(self._expiring, (entry.expiry_ns, request_id))
+
+    def _prune(self, now: int) -> None:
+        """Expired requests lose their reply (status ``done``); later they are forgotten entirely."""
+        while self._expiring and self._expiring[0][0] < now:
+            expiry, request_id = heapq.heappop(self._expiring)
+            entry = self.ingress.get(request_id)
+            if entry is not None:
+                entry.status, entry.reply, entry.reject = "done", None, None
+                self._requests.set(request_id, entry.subtree())
+                heapq.heappush(self._forgetting, (expiry + DONE_RETENTION_NS, request_id))
+        while self._forgetting and self._forgetting[0][0] < now:
+            _, request_id = heapq.heappop(self._forgetting)
+            self.ingress.pop(request_id, None)
+            self._requests.delete(request_id)

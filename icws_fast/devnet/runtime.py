@@ -1,0 +1,274 @@
+"""Hosting one Python canister: method dispatch, Candid, the system API, timers, traps -> rejects.
+
+The texts and error codes of rejects follow the replica's (``ic_error_types`` and the execution
+environment), so clients and logs read the same as against a real replica.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from icws_fast.cdk import api
+from icws_fast.errors import CandidError, IcwsError
+from icws_fast.ic import candid
+from icws_fast.ic.principal import Principal
+
+log = logging.getLogger(__name__)
+
+# Reject codes of the interface specification.
+SYS_FATAL = 1
+SYS_TRANSIENT = 2
+DESTINATION_INVALID = 3
+CANISTER_REJECT = 4
+CANISTER_ERROR = 5
+
+_DOCS = "http://internetcomputer.org/docs/current/references/execution-errors"
+
+
+class Reject(IcwsError):
+    """The outcome of a message that did not reply: reject code, message and IC error code."""
+
+    def __init__(self, code: int, message: str, error_code: str) -> None:
+        super().__init__(f"{error_code}: {message}")
+        self.code = code
+        self.message = message
+        self.error_code = error_code
+
+
+def canister_not_found(canister_id: Principal) -> Reject:
+    return Reject(DESTINATION_INVALID, f"Canister {canister_id} not found", "IC0301")
+
+
+def method_not_found(canister_id: Principal, kind: str, method: str) -> Reject:
+    return Reject(
+        CANISTER_ERROR,
+        f"Error from Canister {canister_id}: Canister has no {kind} method '{method}'.\n"
+        f"Check that the method being called is exported by the target canister. "
+        f"See documentation: {_DOCS}#method-not-found",
+        "IC0536",
+    )
+
+
+def _called_trap(canister_id: Principal, message: str) -> Reject:
+    return Reject(
+        CANISTER_ERROR,
+        f"Error from Canister {canister_id}: Canister called `ic0.trap` with message: '{message}'.\n"
+        f"Consider gracefully handling failures from this canister or altering the canister to handle "
+        f"exceptions. See documentation: {_DOCS}#trapped-explicitly",
+        "IC0503",
+    )
+
+
+def _trapped(canister_id: Principal, exc: BaseException) -> Reject:
+    # A Python exception is the devnet's analogue of a Wasm trap (unreachable, out of bounds...).
+    return Reject(
+        CANISTER_ERROR,
+        f"Error from Canister {canister_id}: Canister trapped: {type(exc).__name__}: {exc}.\n"
+        f"Consider gracefully handling failures from this canister or altering the canister to handle "
+        f"exceptions. See documentation: {_DOCS}#trapped",
+        "IC0502",
+    )
+
+
+@dataclass(order=True)
+class _Timer:
+    due_ns: int
+    timer_id: int
+    interval_ns: int | None
+    fn: Callable[[], None] = field(compare=False)
+
+
+class _Context(api.System):
+    """The system API for one execution (a message, a timer or a lifecycle hook)."""
+
+    __slots__ = ("_caller", "_certificate", "_host", "_is_query", "_now_ns")
+
+    def __init__(
+        self,
+        host: CanisterHost,
+        caller: Principal,
+        now_ns: int,
+        *,
+        is_query: bool,
+        certificate: Callable[[], bytes | None] | None = None,
+    ) -> None:
+        self._host = host
+        self._caller = caller
+        self._now_ns = now_ns
+        self._is_query = is_query
+        self._certificate = certificate
+
+    def caller(self) -> Principal:
+        return self._caller
+
+    def time(self) -> int:
+        return self._now_ns
+
+    def canister_self(self) -> Principal:
+        return self._host.canister_id
+
+    def certified_data_set(self, data: bytes) -> None:
+        if self._is_query:
+            api.trap("ic0_certified_data_set cannot be executed in non replicated query mode")
+        self._host.certified_data = data
+
+    def data_certificate(self) -> bytes | None:
+        return self._certificate() if self._is_query and self._certificate is not None else None
+
+    def _add_timer(self, delay_ns: int, interval_ns: int | None, fn: Callable[[], None]) -> int:
+        if self._is_query:
+            api.trap("timers cannot be set in non replicated query mode")
+        if delay_ns < 0:
+            api.trap(f"timer delay must not be negative, got {delay_ns}")
+        return self._host.add_timer(self._now_ns + delay_ns, interval_ns, fn)
+
+    def set_timer(self, delay_ns: int, fn: Callable[[], None]) -> int:
+        return self._add_timer(delay_ns, None, fn)
+
+    def set_timer_interval(self, interval_ns: int, fn: Callable[[], None]) -> int:
+        if interval_ns <= 0:
+            api.trap(f"timer interval must be positive, got {interval_ns}")
+        return self._add_timer(interval_ns, interval_ns, fn)
+
+    def clear_timer(self, timer_id: int) -> None:
+        self._host.cancel_timer(timer_id)
+
+
+class CanisterHost:
+    """One canister instance with its certified data and timers; executes messages synchronously.
+
+    Python canister code runs to completion without awaiting, so executing messages one after the
+    other in the devnet's event loop gives the IC's guarantee that a canister runs one message at a
+    time.
+    """
+
+    def __init__(self, canister_id: Principal, canister_class: type[api.Canister], instance: api.Canister) -> None:
+        self.canister_id = canister_id
+        self.canister_class = canister_class
+        self.instance = instance
+        self.methods = canister_class.exported_methods()
+        self.certified_data = b""
+        self._timers: list[_Timer] = []
+        self._live_timers: set[int] = set()
+        self._timer_ids = itertools.count(1)
+
+    @classmethod
+    def install(cls, canister_id: Principal, canister_class: type[api.Canister], now_ns: int) -> CanisterHost:
+        """Create the canister and run its ``init`` hook (a trap there is logged, as a failed install)."""
+        host = cls(canister_id, canister_class, canister_class())
+        host._run_hook(host.instance.init, now_ns)
+        return host
+
+    @classmethod
+    def restore(
+        cls,
+        canister_id: Principal,
+        canister_class: type[api.Canister],
+        instance: api.Canister,
+        certified_data: bytes,
+        now_ns: int,
+    ) -> CanisterHost:
+        """Rehost a persisted instance and run ``post_upgrade`` (timers are not persisted, as on upgrade)."""
+        host = cls(canister_id, canister_class, instance)
+        host.certified_data = certified_data
+        host._run_hook(instance.post_upgrade, now_ns)
+        return host
+
+    def _run_hook(self, hook: Callable[[], None], now_ns: int) -> None:
+        with api.system_context(_Context(self, self.canister_id, now_ns, is_query=False)):
+            try:
+                hook()
+            except Exception as exc:
+                log.error("canister %s: %s failed: %r", self.canister_id, hook.__name__, exc)
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    def method_kind(self, method: str) -> str | None:
+        spec = self.methods.get(method)
+        return None if spec is None else spec.kind
+
+    def execute(
+        self,
+        method: str,
+        arg: bytes,
+        caller: Principal,
+        now_ns: int,
+        *,
+        is_query: bool,
+        certificate: Callable[[], bytes | None] | None = None,
+    ) -> bytes:
+        """Run ``method`` and return the Candid-encoded reply; raise :class:`Reject` otherwise.
+
+        An update called through the query endpoint runs as a query (as the IC allows); a query
+        method is not callable as an update from the call endpoint only in the sense that it
+        executes in replicated mode, which the IC allows too.
+        """
+        spec = self.methods.get(method)
+        if spec is None:
+            raise method_not_found(self.canister_id, "query" if is_query else "update", method)
+        context = _Context(self, caller, now_ns, is_query=is_query, certificate=certificate)
+        with api.system_context(context):
+            try:
+                args = candid.decode(arg, list(spec.arg_types))
+            except CandidError as exc:
+                raise _called_trap(self.canister_id, f"failed to decode call arguments: {exc}") from None
+            try:
+                result = getattr(self.instance, method)(*args)
+            except api.Trap as exc:
+                raise _called_trap(self.canister_id, exc.message) from None
+            except Exception as exc:
+                raise _trapped(self.canister_id, exc) from None
+            try:
+                return candid.encode(list(spec.ret_types), _result_values(result, len(spec.ret_types)))
+            except (CandidError, TypeError, ValueError) as exc:
+                raise _called_trap(self.canister_id, f"failed to encode the reply: {exc}") from None
+
+    # -- timers ------------------------------------------------------------------------------------------
+
+    def add_timer(self, due_ns: int, interval_ns: int | None, fn: Callable[[], None]) -> int:
+        timer_id = next(self._timer_ids)
+        heapq.heappush(self._timers, _Timer(due_ns, timer_id, interval_ns, fn))
+        self._live_timers.add(timer_id)
+        return timer_id
+
+    def cancel_timer(self, timer_id: int) -> None:
+        self._live_timers.discard(timer_id)  # the heap entry is dropped lazily when it comes due
+
+    def run_due_timers(self, now_ns: int) -> int:
+        """Run every timer due at ``now_ns`` in due order; returns how many ran.
+
+        A timer that traps is logged and otherwise ignored (as the IC drops a failed timer task);
+        an interval timer is rescheduled from the current time, so a slow devnet never bursts.
+        """
+        ran = 0
+        while self._timers and self._timers[0].due_ns <= now_ns:
+            timer = heapq.heappop(self._timers)
+            if timer.timer_id not in self._live_timers:
+                continue
+            if timer.interval_ns is None:
+                self._live_timers.discard(timer.timer_id)
+            else:
+                timer.due_ns = now_ns + timer.interval_ns
+                heapq.heappush(self._timers, timer)
+            ran += 1
+            with api.system_context(_Context(self, self.canister_id, now_ns, is_query=False)):
+                try:
+                    timer.fn()
+                except Exception as exc:
+                    log.warning("canister %s: timer %d trapped: %r", self.canister_id, timer.timer_id, exc)
+        return ran
+
+
+def _result_values(result: Any, count: int) -> list[Any]:
+    if count == 0:
+        return []
+    if count == 1:
+        return [result]
+    if not isinstance(result, tuple) or len(result) != count:
+        raise TypeError(f"a method with {count} results must return a tuple of {count} values")
+    return list(result)

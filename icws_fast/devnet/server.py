@@ -1,0 +1,478 @@
+"""The devnet's HTTP interface (the IC's public API, aiohttp) and the in-process :class:`Devnet`.
+
+Endpoints, at the versions the interface specification defines:
+
+- ``GET /api/v2/status``: CBOR ``{root_key, impl_version, replica_health_status, certified_height}``;
+- ``POST /api/v2/canister/<ecid>/call``: asynchronous, ``202 Accepted``;
+- ``POST /api/v3/canister/<ecid>/call`` and ``/api/v4/...``: synchronous, ``200 {status: "replied",
+  certificate}`` once the round that executed the call is certified (``202`` after 10 s, as the
+  replica's timeout); v3 certificates carry the flat delegation layout, v4 the sharded one;
+- ``POST /api/v{2,3}/canister/<ecid>/query``: signed query responses;
+- ``POST /api/v{2,3}/canister/<ecid>/read_state`` and ``/api/v{2,3}/subnet/<subnet_id>/read_state``;
+- ``GET /_devnet/canisters``: ``{"canisters": {name: id}, "root_key": hex, "url": ...}``.
+
+Every request body is hostile: malformed CBOR or envelopes get ``400`` with a plain-text reason,
+oversized bodies ``413``, unknown routes ``404``; a handler never lets an exception escape.
+Status codes and texts follow the replica's HTTP endpoints (``rs/http_endpoints/public``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from icws_fast.cdk.api import Canister
+from icws_fast.devnet import storage
+from icws_fast.devnet.replica import DelegationFormat, Replica
+from icws_fast.devnet.runtime import Reject
+from icws_fast.errors import EnvelopeError, InvalidPrincipal, SignatureError
+from icws_fast.ic import cbor
+from icws_fast.ic.envelope import MAX_INGRESS_TTL_NS, PERMITTED_DRIFT_NS, Envelope, parse_envelope, verify_envelope
+from icws_fast.ic.principal import Principal
+
+log = logging.getLogger(__name__)
+
+CBOR_CONTENT_TYPE: Final = "application/cbor"
+IMPL_VERSION: Final = "icws-devnet-0.1.0"
+# The replica's limits: 2 MiB per ingress message on application subnets, 5 MiB per HTTP body.
+MAX_INGRESS_BYTES: Final = 2 * 1024 * 1024
+MAX_BODY_BYTES: Final = 5 * 1024 * 1024
+SYNC_CALL_TIMEOUT_S: Final = 10.0
+MAX_PATHS: Final = 1000
+DEFAULT_ROUND_MS: Final = 50
+PERSIST_INTERVAL_S: Final = 30.0
+
+
+class HttpFailure(Exception):
+    """A request the replica answers with a plain-text HTTP error."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def _format_time(ns: int) -> str:
+    """A time as the replica prints it in errors: ``2025-05-01 23:55:18.005285297 UTC``."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    try:
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return f"{ns} ns"
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text}.{nanos:09d} UTC" if nanos else f"{text} UTC"
+
+
+def _cbor_response(value: Any) -> web.Response:
+    return web.Response(body=cbor.encode(value), content_type=CBOR_CONTENT_TYPE)
+
+
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text)
+
+
+class _Api:
+    """The request handlers, bound to one :class:`Replica`."""
+
+    def __init__(self, devnet: Devnet) -> None:
+        self.devnet = devnet
+
+    @property
+    def replica(self) -> Replica:
+        return self.devnet.replica
+
+    # -- request validation --------------------------------------------------------------------------
+
+    async def _envelope(self, request: web.Request, request_types: tuple[str, ...], what: str) -> Envelope:
+        content_type = request.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() != CBOR_CONTENT_TYPE:
+            raise HttpFailure(400, "Unexpected content-type, expected application/cbor.")
+        body = await request.read()
+        try:
+            env = parse_envelope(body)
+        except EnvelopeError as exc:
+            raise HttpFailure(400, f"Could not parse body as {what} message: {exc}") from None
+        if env.request_type not in request_types:
+            raise HttpFailure(
+                400, f"Could not parse body as {what} message: unexpected request_type {env.request_type!r}"
+            )
+        if env.request_type == "call" and len(body) > MAX_INGRESS_BYTES:
+            raise HttpFailure(
+                413,
+                f"Request 0x{env.request_id.hex()} is too large. Message byte size {len(body)} is larger "
+                f"than the max allowed {MAX_INGRESS_BYTES}.",
+            )
+        self._authenticate(env)
+        return env
+
+    def _authenticate(self, env: Envelope) -> None:
+        now = self.replica.clock()
+        low, high = now, now + MAX_INGRESS_TTL_NS + PERMITTED_DRIFT_NS
+        if not low <= env.ingress_expiry <= high:
+            raise HttpFailure(
+                400,
+                "Invalid request expiry: Specified ingress_expiry not within expected range: "
+                f"Minimum allowed expiry: {_format_time(low)}, Maximum allowed expiry: {_format_time(high)}, "
+                f"Provided expiry:        {_format_time(env.ingress_expiry)}",
+            )
+        try:
+            verify_envelope(env, now_ns=now)
+        except SignatureError as exc:
+            raise HttpFailure(400, f"Invalid signature: {exc}") from None
+        except EnvelopeError as exc:
+            raise HttpFailure(400, f"Failed to authenticate request 0x{env.request_id.hex()} due to: {exc}") from None
+
+    @staticmethod
+    def _principal_in_url(request: web.Request, key: str) -> Principal:
+        text = request.match_info[key]
+        try:
+            return Principal.from_text(text)
+        except InvalidPrincipal as exc:
+            raise HttpFailure(400, f"Malformed principal {text!r} in URL: {exc}") from None
+
+    def _canister_target(self, request: web.Request, env: Envelope) -> tuple[Principal, Principal]:
+        effective = self._principal_in_url(request, "ecid")
+        canister_id = env.canister_id
+        assert canister_id is not None  # call and query contents always name the canister
+        if canister_id.bytes != b"" and canister_id != effective:
+            raise HttpFailure(
+                400, f"Specified CanisterId {canister_id} does not match effective canister id in URL {effective}"
+            )
+        return effective, canister_id
+
+    # -- handlers ---------------------------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        return _cbor_response(
+            {
+                "root_key": self.replica.root_key_der,
+                "impl_version": IMPL_VERSION,
+                "replica_health_status": "healthy",
+                "certified_height": self.replica.round,
+            }
+        )
+
+    async def canisters(self, request: web.Request) -> web.Response:
+        return web.json_response(self.devnet.info())
+
+    async def call(self, request: web.Request) -> web.Response:
+        version = request.match_info["version"]
+        synchronous = version in ("v3", "v4")
+        env = await self._envelope(request, ("call",), "call")
+        _, canister_id = self._canister_target(request, env)
+        assert env.method_name is not None and env.arg is not None
+        request_id = env.request_id
+        replica = self.replica
+        if not replica.known_request(request_id):
+            reject = replica.ingress_precheck(canister_id, env.method_name)
+            if reject is not None:
+                return _cbor_response(self._non_replicated(reject, with_status=synchronous))
+            replica.submit(
+                request_id,
+                sender=env.sender,
+                canister_id=canister_id,
+                method=env.method_name,
+                arg=env.arg,
+                expiry_ns=env.ingress_expiry,
+            )
+        if not synchronous:
+            return web.Response(status=202)
+        waiter = replica.wait_certified(request_id)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), SYNC_CALL_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            replica.cancel_wait(request_id, waiter)
+            return _text(
+                202, "Message did not complete execution and certification within the replica defined timeout."
+            )
+        layout: DelegationFormat = "tree" if version == "v4" else "flat"
+        certificate = self.replica.read_state_certificate([[b"request_status", request_id]], layout)
+        return _cbor_response({"status": "replied", "certificate": certificate})
+
+    @staticmethod
+    def _non_replicated(reject: Reject, *, with_status: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "reject_code": reject.code,
+            "reject_message": reject.message,
+            "error_code": reject.error_code,
+        }
+        if with_status:
+            body = {"status": "non_replicated_rejection", **body}
+        return body
+
+    async def query(self, request: web.Request) -> web.Response:
+        env = await self._envelope(request, ("query",), "query")
+        _, canister_id = self._canister_target(request, env)
+        assert env.method_name is not None and env.arg is not None
+        replica = self.replica
+        fields: dict[str, Any]
+        try:
+            reply = replica.query(canister_id, env.method_name, env.arg, env.sender)
+        except Reject as reject:
+            fields = {
+                "status": "rejected",
+                "reject_code": reject.code,
+                "reject_message": reject.message,
+                "error_code": reject.error_code,
+            }
+        else:
+            fields = {"status": "replied", "reply": {"arg": reply}}
+        signature = replica.sign_response({**fields, "request_id": env.request_id})
+        return _cbor_response({**fields, "signatures": [signature]})
+
+    async def read_state(self, request: web.Request) -> web.Response:
+        version = request.match_info["version"]
+        env = await self._envelope(request, ("read_state",), "read_state")
+        effective = self._principal_in_url(request, "ecid")
+        assert env.paths is not None
+        self._check_canister_paths(env, effective)
+        layout: DelegationFormat = "tree" if version == "v3" else "flat"
+        return _cbor_response({"certificate": self.replica.read_state_certificate(env.paths, layout)})
+
+    async def subnet_read_state(self, request: web.Request) -> web.Response:
+        version = request.match_info["version"]
+        env = await self._envelope(request, ("read_state",), "read_state")
+        subnet_id = self._principal_in_url(request, "subnet_id")
+        if subnet_id != self.replica.subnet_id:
+            raise HttpFailure(404, f"Subnet {subnet_id} not found")
+        assert env.paths is not None
+        if len(env.paths) > MAX_PATHS:
+            raise HttpFailure(400, f"Too many paths: {len(env.paths)} (at most {MAX_PATHS})")
+        for path in env.paths:
+            if not path or path[0] not in (b"time", b"subnet", b"canister_ranges"):
+                raise HttpFailure(404, "Invalid path requested.")
+        layout: DelegationFormat = "tree" if version == "v3" else "flat"
+        return _cbor_response({"certificate": self.replica.read_state_certificate(env.paths, layout)})
+
+    def _check_canister_paths(self, env: Envelope, effective: Principal) -> None:
+        """The replica's checks of a canister ``read_state``'s paths."""
+        assert env.paths is not None
+        if len(env.paths) > MAX_PATHS:
+            raise HttpFailure(400, f"Too many paths: {len(env.paths)} (at most {MAX_PATHS})")
+        request_ids: set[bytes] = set()
+        for path in env.paths:
+            head = path[0] if path else b""
+            if head in (b"time", b"subnet", b"canister_ranges", b"api_boundary_nodes"):
+                continue
+            if head == b"canister" and (
+                (len(path) == 3 and path[2] in (b"module_hash", b"controllers"))
+                or (len(path) == 4 and path[2] == b"metadata")
+            ):
+                if path[1] != effective.bytes:
+                    try:
+                        requested = str(Principal(path[1]))
+                    except InvalidPrincipal:
+                        requested = "0x" + path[1].hex()
+                    raise HttpFailure(
+                        400,
+                        f"Effective principal id in URL {effective} does not match requested principal id: "
+                        f"{requested}.",
+                    )
+                continue
+            if head == b"request_status" and 2 <= len(path) <= 3:
+                request_ids.add(path[1])
+                continue
+            raise HttpFailure(404, "Invalid path requested.")
+        if len(request_ids) > 1:
+            raise HttpFailure(400, "Can only request a single request ID in request_status paths.")
+        for request_id in request_ids:
+            entry = self.replica.ingress.get(request_id)
+            if entry is None:
+                continue
+            if entry.sender != env.sender:
+                raise HttpFailure(403, "Request IDs must be for requests signed by the caller.")
+            if entry.canister_id.bytes != b"" and entry.canister_id != effective:
+                raise HttpFailure(
+                    400,
+                    f"Effective canister id in URL {effective} does not match requested canister id: "
+                    f"{entry.canister_id}.",
+                )
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn every failure into an HTTP answer; nothing a client sends may escape as an exception."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except HttpFailure as failure:
+        return _text(failure.status, failure.text)
+    except web.HTTPException:
+        raise  # aiohttp's own answers: 404 unknown route, 405, 413 body too large
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("internal error answering %s %s", request.method, request.path)
+        return _text(500, "Internal error in the devnet (see its log).")
+
+
+def build_app(devnet: Devnet) -> web.Application:
+    """The aiohttp application serving ``devnet``'s replica."""
+    api = _Api(devnet)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_middleware])
+    app.router.add_get("/api/v2/status", api.status)
+    app.router.add_get("/_devnet/canisters", api.canisters)
+    app.router.add_post(r"/api/{version:v[234]}/canister/{ecid}/call", api.call)
+    app.router.add_post(r"/api/{version:v[23]}/canister/{ecid}/query", api.query)
+    app.router.add_post(r"/api/{version:v[23]}/canister/{ecid}/read_state", api.read_state)
+    app.router.add_post(r"/api/{version:v[23]}/subnet/{subnet_id}/read_state", api.subnet_read_state)
+    return app
+
+
+def _default_canisters() -> dict[str, type[Canister]]:
+    """The demo canisters, when the CDK's ``icws_fast.devnet.canisters`` provides them."""
+    try:
+        from icws_fast.devnet.canisters import DEMO_CANISTERS  # noqa: PLC0415 - optional, written separately
+    except ImportError:
+        log.warning("icws_fast.devnet.canisters.DEMO_CANISTERS is not available: no canisters are hosted")
+        return {}
+    return dict(DEMO_CANISTERS)
+
+
+class Devnet:
+    """An in-process devnet: ``async with Devnet(address="127.0.0.1:0") as dn: ... dn.url ...``.
+
+    ``canisters`` maps names to canister classes (default: the demo canisters). With ``state_dir``
+    the keys and the canisters' state persist across restarts (same ids, root key and state);
+    ``root_key_file`` loads or stores the BLS root secret key; ``subnet_delegation`` certifies
+    through a delegation from the root key to a subnet key. :meth:`stop` and :meth:`start` can be
+    called again (the replica's state is kept in memory and the port is reused) to simulate a
+    replica going away under load.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:0",
+        canisters: Mapping[str, type[Canister]] | None = None,
+        *,
+        round_ms: float = DEFAULT_ROUND_MS,
+        state_dir: str | os.PathLike[str] | None = None,
+        root_key_file: str | os.PathLike[str] | None = None,
+        subnet_delegation: bool = False,
+        root_key_seed: bytes | None = None,
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"address must be host:port, got {address!r}")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.round_s = round_ms / 1000
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        canister_classes = dict(canisters) if canisters is not None else _default_canisters()
+        keys = storage.load_keys(
+            self.state_dir,
+            Path(root_key_file) if root_key_file is not None else None,
+            subnet_delegation=subnet_delegation,
+            root_key_seed=root_key_seed,
+        )
+        saved = storage.load_canisters(self.state_dir) if self.state_dir is not None else None
+        self.replica = Replica(
+            canister_classes,
+            keys,
+            canister_indices=saved.indices if saved else None,
+            restored=saved.canisters if saved else None,
+        )
+        self._runner: web.AppRunner | None = None
+        self._rounds: asyncio.Task[None] | None = None
+        self._last_persist = 0.0
+
+    # -- properties ----------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def root_key_der(self) -> bytes:
+        return self.replica.root_key_der
+
+    @property
+    def canister_ids(self) -> dict[str, Principal]:
+        return dict(self.replica.canister_ids)
+
+    @property
+    def subnet_id(self) -> Principal:
+        return self.replica.subnet_id
+
+    def info(self) -> dict[str, Any]:
+        """What the CLI prints on start and ``GET /_devnet/canisters`` serves."""
+        return {
+            "canisters": {name: str(canister_id) for name, canister_id in self.replica.canister_ids.items()},
+            "root_key": self.root_key_der.hex(),
+            "url": self.url,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve HTTP and run rounds (on the port of the previous start, if any)."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        if self.port == 0:
+            self.port = int(runner.addresses[0][1])
+        self._runner = runner
+        self._rounds = asyncio.create_task(self._run_rounds(), name="icws-devnet-rounds")
+
+    async def stop(self) -> None:
+        """Stop serving (open connections are closed) and persist the state when a state dir is set."""
+        rounds, self._rounds = self._rounds, None
+        if rounds is not None:
+            rounds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rounds
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        self.persist()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Devnet:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def persist(self) -> None:
+        """Write the canisters' state to the state dir (no-op without one)."""
+        if self.state_dir is not None:
+            storage.save_canisters(self.state_dir, self.replica)
+
+    async def _run_rounds(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time()
+        while True:
+            next_round += self.round_s
+            delay = next_round - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_round = loop.time()  # fell behind: do not try to catch up with a burst of rounds
+                await asyncio.sleep(0)
+            try:
+                self.replica.run_round()
+            except Exception:
+                log.exception("round %d failed", self.replica.round)
+            if self.state_dir is not None and loop.time() - self._last_persist >= PERSIST_INTERVAL_S:
+                self._last_persist = loop.time()
+                self.persist()

@@ -1,0 +1,243 @@
+"""The devnet's certified state tree, kept with cached hashes so that certifying a round is cheap.
+
+The IC certifies its whole state tree every round and answers each ``read_state`` with a witness
+(the tree with everything the request did not ask for replaced by ``Pruned`` hashes). Rebuilding
+and rehashing the whole tree for every round and every witness would make the devnet the
+bottleneck of a gateway benchmark (the ingress history alone holds every request of the last
+minutes), so :class:`LabeledMap` caches, per entry, the hash of its labeled node and, per block of
+entries, the hashes of the balanced forks above them:
+
+- entries are grouped into chunks by the first byte of their label (request ids are uniformly
+  distributed, so a round that touches ``k`` entries rehashes about ``k`` chunks, not the whole map);
+- each chunk is a balanced binary tree of forks over its sorted entries, and the map is a balanced
+  binary tree of forks over its sorted chunks. Any fork shape is a valid hash tree as long as an
+  in-order walk meets the labels sorted, which chunking by the first byte preserves.
+
+Nodes use the tuple form of :mod:`icws_fast.ic.hashtree` (``(0,)`` Empty, ``(1, l, r)`` Fork,
+``(2, label, t)`` Labeled, ``(3, v)`` Leaf, ``(4, h)`` Pruned); they encode to CBOR directly.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+from icws_fast.ic.hashtree import EMPTY_HASH, fork_hash, labeled_hash, leaf_hash
+
+Node = tuple[Any, ...]
+Value = Union[bytes, "LabeledMap"]
+Path = Sequence[bytes]
+
+EMPTY: Node = (0,)
+
+
+def _chunk_key(label: bytes) -> int:
+    return label[0] if label else -1
+
+
+class _Balanced:
+    """Range hashes of a balanced fork tree over a fixed sequence of node hashes."""
+
+    __slots__ = ("_ranges", "size")
+
+    def __init__(self, hashes: Sequence[bytes]) -> None:
+        self.size = len(hashes)
+        self._ranges: dict[tuple[int, int], bytes] = {}
+        if hashes:
+            self._fill(hashes, 0, len(hashes))
+
+    def _fill(self, hashes: Sequence[bytes], lo: int, hi: int) -> bytes:
+        if hi - lo == 1:
+            digest = hashes[lo]
+        else:
+            mid = (lo + hi) // 2
+            digest = fork_hash(self._fill(hashes, lo, mid), self._fill(hashes, mid, hi))
+        self._ranges[(lo, hi)] = digest
+        return digest
+
+    @property
+    def root(self) -> bytes:
+        return self._ranges[(0, self.size)] if self.size else EMPTY_HASH
+
+    def witness(self, wanted: dict[int, Callable[[], Node]]) -> Node:
+        """The fork tree with the items in ``wanted`` expanded (by their builders) and the rest pruned."""
+        if not self.size:
+            return EMPTY
+        indices = sorted(wanted)
+
+        def build(lo: int, hi: int) -> Node:
+            first = bisect.bisect_left(indices, lo)
+            if first == len(indices) or indices[first] >= hi:
+                return (4, self._ranges[(lo, hi)])
+            if hi - lo == 1:
+                return wanted[lo]()
+            mid = (lo + hi) // 2
+            return (1, build(lo, mid), build(mid, hi))
+
+        return build(0, self.size)
+
+
+class _Chunk:
+    """The entries of a map whose labels share a first byte."""
+
+    __slots__ = ("entry_hashes", "forks", "labels")
+
+    def __init__(self) -> None:
+        self.labels: list[bytes] = []
+        self.entry_hashes: dict[bytes, bytes] = {}
+        self.forks: _Balanced | None = None
+
+
+class LabeledMap:
+    """A mutable map ``label -> bytes leaf | LabeledMap`` that hashes like the IC's labeled forest.
+
+    Mutate it with :meth:`set` / :meth:`delete` (a nested map changed in place must be ``set`` again
+    so its parent rehashes it). :meth:`root_hash` recomputes only what changed since the last call.
+    """
+
+    __slots__ = ("_children", "_chunk_keys", "_chunks", "_dirty", "_top")
+
+    def __init__(self, items: dict[bytes, Value] | None = None) -> None:
+        self._children: dict[bytes, Value] = {}
+        self._chunks: dict[int, _Chunk] = {}
+        self._chunk_keys: list[int] = []
+        self._dirty: set[int] = set()
+        self._top: _Balanced | None = None
+        for label, value in (items or {}).items():
+            self.set(label, value)
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __contains__(self, label: object) -> bool:
+        return label in self._children
+
+    def get(self, label: bytes) -> Value | None:
+        return self._children.get(label)
+
+    def set(self, label: bytes, value: Value) -> None:
+        """Insert or replace the entry ``label``."""
+        key = _chunk_key(label)
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            chunk = self._chunks[key] = _Chunk()
+            bisect.insort(self._chunk_keys, key)
+        if label not in self._children:
+            bisect.insort(chunk.labels, label)
+        self._children[label] = value
+        chunk.entry_hashes.pop(label, None)
+        self._dirty.add(key)
+
+    def delete(self, label: bytes) -> None:
+        """Remove the entry ``label`` if present."""
+        if self._children.pop(label, None) is None:
+            return
+        key = _chunk_key(label)
+        chunk = self._chunks[key]
+        del chunk.labels[bisect.bisect_left(chunk.labels, label)]
+        chunk.entry_hashes.pop(label, None)
+        if chunk.labels:
+            self._dirty.add(key)
+        else:
+            del self._chunks[key]
+            del self._chunk_keys[bisect.bisect_left(self._chunk_keys, key)]
+            self._dirty.discard(key)
+            self._top = None
+
+    @staticmethod
+    def _value_hash(value: Value) -> bytes:
+        return leaf_hash(value) if isinstance(value, bytes) else value.root_hash()
+
+    def root_hash(self) -> bytes:
+        """The hash of the forest (``reconstruct`` of :meth:`full`)."""
+        if self._dirty or self._top is None:
+            for key in self._dirty:
+                chunk = self._chunks[key]
+                hashes = chunk.entry_hashes
+                for label in chunk.labels:
+                    if label not in hashes:
+                        hashes[label] = labeled_hash(label, self._value_hash(self._children[label]))
+                chunk.forks = _Balanced([hashes[label] for label in chunk.labels])
+            self._dirty.clear()
+            self._top = _Balanced([self._chunk_forks(key).root for key in self._chunk_keys])
+        return self._top.root
+
+    def _chunk_forks(self, key: int) -> _Balanced:
+        forks = self._chunks[key].forks
+        assert forks is not None  # set by root_hash before any reader gets here
+        return forks
+
+    def full(self) -> Node:
+        """The whole subtree, nothing pruned."""
+        return self.witness([()])
+
+    def witness(self, paths: Sequence[Path]) -> Node:
+        """The subtree revealing every path in ``paths`` (relative to this map), the rest pruned.
+
+        A path that ends inside this map reveals the whole subtree at its end. A label that is
+        absent is proven absent by revealing the labels next to it (with pruned subtrees), as a
+        verifier needs to answer ``Absent`` rather than ``Unknown``. A path that continues below a
+        leaf reveals the leaf.
+        """
+        self.root_hash()
+        if any(len(path) == 0 for path in paths):
+            wanted_all: dict[bytes, list[Path]] = {label: [()] for label in self._children}
+            return self._witness(wanted_all, set())
+        wanted: dict[bytes, list[Path]] = {}
+        neighbours: set[bytes] = set()
+        for path in paths:
+            label = path[0]
+            if label in self._children:
+                wanted.setdefault(label, []).append(path[1:])
+            else:
+                neighbours.update(self._neighbours(label))
+        return self._witness(wanted, neighbours - wanted.keys())
+
+    def _neighbours(self, label: bytes) -> list[bytes]:
+        """The labels right before and after an absent ``label`` (across chunks)."""
+        key = _chunk_key(label)
+        found: list[bytes] = []
+        i = bisect.bisect_left(self._chunk_keys, key)
+        chunk = self._chunks.get(key)
+        if chunk is not None:
+            j = bisect.bisect_left(chunk.labels, label)
+            if j > 0:
+                found.append(chunk.labels[j - 1])
+            elif i > 0:
+                found.append(self._chunks[self._chunk_keys[i - 1]].labels[-1])
+            if j < len(chunk.labels):
+                found.append(chunk.labels[j])
+            elif i + 1 < len(self._chunk_keys):
+                found.append(self._chunks[self._chunk_keys[i + 1]].labels[0])
+        else:
+            if i > 0:
+                found.append(self._chunks[self._chunk_keys[i - 1]].labels[-1])
+            if i < len(self._chunk_keys):
+                found.append(self._chunks[self._chunk_keys[i]].labels[0])
+        return found
+
+    def _entry(self, label: bytes, rests: list[Path] | None) -> Node:
+        value = self._children[label]
+        if rests is None:
+            return (2, label, (4, self._value_hash(value)))
+        if isinstance(value, bytes):
+            return (2, label, (3, value))
+        return (2, label, value.witness(rests))
+
+    def _witness(self, wanted: dict[bytes, list[Path]], neighbours: set[bytes]) -> Node:
+        if self._top is None or not self._chunk_keys:
+            return EMPTY
+        by_chunk: dict[int, dict[int, Callable[[], Node]]] = {}
+        for label in (*wanted, *neighbours):
+            key = _chunk_key(label)
+            index = bisect.bisect_left(self._chunks[key].labels, label)
+            rests = wanted.get(label)
+            by_chunk.setdefault(key, {})[index] = lambda label=label, rests=rests: self._entry(label, rests)
+        top_wanted: dict[int, Callable[[], Node]] = {}
+        for key, items in by_chunk.items():
+            forks = self._chunk_forks(key)
+            top_wanted[bisect.bisect_left(self._chunk_keys, key)] = lambda forks=forks, items=items: forks.witness(
+                items
+            )
+        return self._top.witness(top_wanted)
