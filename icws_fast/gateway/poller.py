@@ -165,11 +165,11 @@ class CanisterPoller:
             self._on_nonce(self.nonce)
         return batch.is_end_of_queue
 
-    def _checked_tree(self, cert: bytes, tree: bytes) -> hashtree.Node | None:
+    def _checked_tree(self, root_key_der: bytes, cert: bytes, tree: bytes) -> hashtree.Node | None:
         """The batch's witness tree if the certificate and tree hold up, else None (counted)."""
         try:
             certificate = Certificate.from_cbor(cert)
-            certificate.verify(self.root_key_der, effective_canister_id=self.canister_id)
+            certificate.verify(root_key_der, effective_canister_id=self.canister_id)
             certified = certificate.lookup_value([b"canister", self.canister_id.bytes, b"certified_data"])
             node = hashtree.parse(tree)
             if hashtree.reconstruct(node) != certified:
@@ -181,9 +181,11 @@ class CanisterPoller:
         return node
 
     def _deliver(self, messages: Sequence[CanisterOutputMessage], cert: bytes, tree: bytes) -> None:
-        node = self._checked_tree(cert, tree) if self.root_key_der is not None else None
-        if self.root_key_der is not None and node is None:
-            return
+        node: hashtree.Node | None = None
+        if self.root_key_der is not None:
+            node = self._checked_tree(self.root_key_der, cert, tree)
+            if node is None:
+                return
         suffix: bytes | None = None
         routes = self.routes
         sent = 0

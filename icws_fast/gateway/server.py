@@ -62,7 +62,7 @@ class GatewayConfig:
     root_key_der: bytes | None = None
 
 
-class ClientConnection(WSListener):  # type: ignore[misc]
+class ClientConnection(WSListener):
     """One client WebSocket: feeds frames to its session and carries out the session's actions."""
 
     def __init__(self, gateway: Gateway) -> None:

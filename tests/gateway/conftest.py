@@ -1,0 +1,18 @@
+"""Fixtures of the gateway tests: an in-process gateway (real sockets) and, when needed, a devnet."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from gw_harness import start_gateway
+
+from icws_fast.gateway.server import Gateway
+
+
+@pytest.fixture
+async def offline_gateway() -> AsyncIterator[Gateway]:
+    """A gateway whose replica is unreachable: enough for everything before a ws_open reaches the IC."""
+    gateway = await start_gateway("http://127.0.0.1:9", verify_certificates=False, open_timeout_s=1.0)
+    yield gateway
+    await gateway.drain()

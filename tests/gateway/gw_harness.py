@@ -1,0 +1,27 @@
+"""Starting gateways for the tests: in-process, real sockets on free loopback ports."""
+
+from __future__ import annotations
+
+from icws_fast.gateway.server import Gateway, GatewayConfig
+from icws_fast.ic.agent import Agent
+from icws_fast.ic.identity import Ed25519Identity
+
+
+async def start_gateway(ic_url: str, **overrides: object) -> Gateway:
+    """A gateway on a free loopback port, metrics on another; the caller drains it."""
+    settings: dict[str, object] = {
+        "ic_url": ic_url,
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "polling_interval_s": 0.02,
+        "close_timeout_s": 0.5,
+        "drain_timeout_s": 5.0,
+    }
+    settings.update(overrides)
+    config = GatewayConfig(**settings)  # type: ignore[arg-type]
+    identity = Ed25519Identity.generate()
+    gateway = Gateway(config, identity, Agent(ic_url, identity))
+    await gateway.start()
+    return gateway

@@ -1,0 +1,256 @@
+"""The sans-IO gateway session: every path through the state machine, with real signed envelopes."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import pytest
+from gw_rawclient import message_request, open_request, signed_request
+
+from icws_fast.errors import CborError
+from icws_fast.ic import cbor
+from icws_fast.ic.identity import Ed25519Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol import session as s
+from icws_fast.protocol.types import ClientKey, decode_handshake, encode_client_request, encode_ws_open_args
+
+CANISTER = Principal.from_text("rrkah-fqaaa-aaaaa-aaaaq-cai")
+OTHER_CANISTER = Principal.from_text("ryjl3-tyaaa-aaaaa-aaaba-cai")
+GATEWAY = Ed25519Identity.from_seed(b"\x07" * 32).sender
+
+
+def new_session(**kw: object) -> s.GatewaySession:
+    return s.GatewaySession(GATEWAY, now=0.0, open_timeout_s=10.0, **kw)  # type: ignore[arg-type]
+
+
+def opened(identity: Ed25519Identity, nonce: int = 5) -> tuple[s.GatewaySession, list[s.Action]]:
+    session = new_session()
+    return session, session.receive(open_request(identity, CANISTER, GATEWAY, nonce))
+
+
+def only_close(actions: list[s.Action]) -> s.Close:
+    closes = [a for a in actions if isinstance(a, s.Close)]
+    assert len(closes) == 1, actions
+    assert not any(isinstance(a, (s.Relay, s.Register, s.SendFrame)) for a in actions)
+    return closes[0]
+
+
+def test_handshake_names_the_gateway():
+    (action,) = new_session().handshake()
+    assert isinstance(action, s.SendFrame)
+    assert decode_handshake(action.data) == GATEWAY
+
+
+def test_valid_open_registers_then_relays_the_envelope_unchanged():
+    identity = Ed25519Identity.generate()
+    frame = open_request(identity, CANISTER, GATEWAY, 42)
+    session = new_session()
+    actions = session.receive(frame)
+    assert [type(a) for a in actions] == [s.Register, s.Relay]
+    register, relay = actions
+    assert register == s.Register(CANISTER, ClientKey(identity.sender, 42))
+    assert relay.is_open and relay.canister_id == CANISTER
+    assert frame.endswith(relay.envelope) and cbor.decode(frame)["envelope"] == cbor.decode(relay.envelope)
+    assert session.state is s.SessionState.SETUP
+    assert session.client_key == ClientKey(identity.sender, 42)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x00\x01garbage",
+        b"\xd9\xd9\xf7",
+        cbor.encode({"envelope": 5}),
+        cbor.encode({"envelope": {"content": {}}}),
+        cbor.encode({"envelope": {"content": {"request_type": "call"}}, "extra": 1}),
+        cbor.encode([1, 2, 3]),
+        b"\xa1\x68envelope" + b"\x81" * 10_000 + b"\x00",
+    ],
+)
+def test_garbage_first_message_closes_with_policy_violation(frame):
+    session = new_session()
+    close = only_close(session.receive(frame))
+    assert close.code == s.CLOSE_POLICY_VIOLATION
+    assert session.state is s.SessionState.CLOSED
+    assert session.receive(frame) == []
+
+
+def test_text_frame_closes_with_unsupported_data():
+    assert only_close(new_session().receive(b"hello", binary=False)).code == s.CLOSE_UNSUPPORTED_DATA
+
+
+def test_first_message_must_be_ws_open_call():
+    identity = Ed25519Identity.generate()
+    arg = encode_ws_open_args(1, GATEWAY)
+    query = signed_request(identity, CANISTER, "ws_open", arg, request_type="query")
+    assert "call envelope" in only_close(new_session().receive(query)).reason
+    other_method = signed_request(identity, CANISTER, "ws_message", arg)
+    assert "ws_open" in only_close(new_session().receive(other_method)).reason
+
+
+def test_open_naming_another_gateway_is_refused():
+    identity = Ed25519Identity.generate()
+    other = Ed25519Identity.generate().sender
+    close = only_close(new_session().receive(open_request(identity, CANISTER, other, 1)))
+    assert "gateway principal" in close.reason
+
+
+def test_open_with_bad_candid_is_refused():
+    identity = Ed25519Identity.generate()
+    close = only_close(new_session().receive(signed_request(identity, CANISTER, "ws_open", b"DIDL\x00\x00")))
+    assert close.code == s.CLOSE_POLICY_VIOLATION
+
+
+def test_canister_allow_list():
+    identity = Ed25519Identity.generate()
+    session = new_session(allowed_canisters=frozenset({OTHER_CANISTER}))
+    assert "canister" in only_close(session.receive(open_request(identity, CANISTER, GATEWAY, 1))).reason
+    session = new_session(allowed_canisters=frozenset({CANISTER}))
+    assert session.receive(open_request(identity, CANISTER, GATEWAY, 1))[0] == s.Register(
+        CANISTER, ClientKey(identity.sender, 1)
+    )
+
+
+def test_forged_signature_is_refused():
+    identity = Ed25519Identity.generate()
+    request = cbor.decode(open_request(identity, CANISTER, GATEWAY, 1))
+    request["envelope"]["sender_sig"] = bytes(64)
+    close = only_close(new_session().receive(cbor.encode(request)))
+    assert "invalid ws_open" in close.reason
+    # Without signature checks the same envelope gets through to the IC (which would refuse it).
+    assert isinstance(new_session(verify_signatures=False).receive(cbor.encode(request))[1], s.Relay)
+
+
+def test_anonymous_open_is_refused():
+    envelope = cbor.encode(
+        {
+            "content": {
+                "request_type": "call",
+                "sender": b"\x04",
+                "canister_id": CANISTER.bytes,
+                "method_name": "ws_open",
+                "arg": encode_ws_open_args(1, GATEWAY),
+                "ingress_expiry": 2**63,
+            }
+        }
+    )
+    assert only_close(new_session().receive(encode_client_request(envelope))).code == s.CLOSE_POLICY_VIOLATION
+
+
+def test_message_before_open_is_a_protocol_violation():
+    identity = Ed25519Identity.generate()
+    session, _ = opened(identity)
+    actions = session.receive(message_request(identity, CANISTER, ClientKey(identity.sender, 5), 1, b"x"))
+    assert [type(a) for a in actions] == [s.Close, s.Unregister]
+    assert actions[1] == s.Unregister(CANISTER, ClientKey(identity.sender, 5))
+
+
+def test_open_session_relays_messages_of_its_client_and_canister_only():
+    identity = Ed25519Identity.generate()
+    key = ClientKey(identity.sender, 5)
+    session, _ = opened(identity)
+    session.delivered()
+    assert session.state is s.SessionState.OPEN
+    frame = message_request(identity, CANISTER, key, 1, b"hello")
+    (relay,) = session.receive(frame)
+    assert relay == s.Relay(CANISTER, frame[-len(relay.envelope) :], False)
+
+    for bad in (
+        message_request(identity, OTHER_CANISTER, key, 2, b"x"),
+        message_request(Ed25519Identity.generate(), CANISTER, key, 2, b"x"),
+        signed_request(identity, CANISTER, "ws_message", b"", request_type="query"),
+        b"\xff",
+    ):
+        session, _ = opened(identity)
+        session.delivered()
+        actions = session.receive(bad)
+        assert [type(a) for a in actions] == [s.Close, s.Unregister]
+
+
+def test_failed_open_closes_once_and_unregisters_once():
+    identity = Ed25519Identity.generate()
+    session, _ = opened(identity)
+    actions = session.open_result("Anonymous principal not allowed")
+    assert [type(a) for a in actions] == [s.Close, s.Unregister]
+    assert actions[0].code == s.CLOSE_INTERNAL_ERROR and "Anonymous principal" in actions[0].reason
+    assert session.connection_lost() == []
+    assert session.relay_result("late") == []
+
+
+def test_relay_failure_closes_the_session():
+    identity = Ed25519Identity.generate()
+    session, _ = opened(identity)
+    session.delivered()
+    assert session.relay_result(None) == []
+    assert [type(a) for a in session.relay_result("rejected")] == [s.Close, s.Unregister]
+
+
+def test_connection_lost_unregisters_only_registered_sessions():
+    assert new_session().connection_lost() == []
+    identity = Ed25519Identity.generate()
+    session, _ = opened(identity)
+    assert session.connection_lost() == [s.Unregister(CANISTER, ClientKey(identity.sender, 5))]
+    assert session.connection_lost() == []
+
+
+def test_open_timeout():
+    session = new_session()
+    assert session.tick(9.9) == []
+    assert only_close(session.tick(10.0)).reason == "no ws_open message in time"
+    identity = Ed25519Identity.generate()
+    session, _ = opened(identity)
+    assert session.tick(1e9) == []
+
+
+def test_gateway_close_and_reason_truncation():
+    identity = Ed25519Identity.generate()
+    session, _ = opened(identity)
+    actions = session.close(s.CLOSE_GOING_AWAY, "é" * 200)
+    assert actions[0].code == s.CLOSE_GOING_AWAY
+    assert len(actions[0].reason.encode()) <= s.MAX_CLOSE_REASON
+    assert session.close(1000, "again") == []
+
+
+def _span_implementations():
+    impls = {"module": s.envelope_span}
+    with contextlib.suppress(ImportError):
+        impls["compiled"] = importlib.import_module("icws_fast._ext._fanout").envelope_span
+    return impls
+
+
+@pytest.mark.parametrize("span", list(_span_implementations().values()), ids=list(_span_implementations()))
+def test_envelope_span(span):
+    envelope = {"content": {"request_type": "call", "arg": b"\x00" * 300}, "sender_sig": b"s" * 64}
+    for self_describe in (True, False):
+        frame = cbor.encode({"envelope": envelope}, self_describe=self_describe)
+        start, end = span(frame)
+        assert cbor.decode(frame[start:end]) == envelope
+    # Non-shortest heads are still one map with one "envelope" key.
+    frame = b"\xb8\x01\x78\x08envelope" + cbor.encode(envelope, self_describe=False)
+    start, end = span(frame)
+    assert cbor.decode(frame[start:end]) == envelope
+
+
+@pytest.mark.parametrize("span", list(_span_implementations().values()), ids=list(_span_implementations()))
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\xd9\xd9\xf7",
+        b"\xa1",
+        b"\xa2\x68envelope\xa0\x61x\x00",
+        b"\xa1\x68envelopf\xa0",
+        b"\xa1\x68envelope",
+        b"\xbf\x68envelope\xa0\xff",
+        b"\xa1\x7f\xff",
+        b"\xa1\x1b" + b"\xff" * 8,
+        b"\xa1\x7b" + b"\xff" * 8 + b"envelope\xa0",
+        b"\x80",
+        b"\xa1\x48envelope\xa0",
+    ],
+)
+def test_envelope_span_rejects_other_shapes(span, frame):
+    with pytest.raises(CborError):
+        span(frame)
