@@ -51,6 +51,10 @@ PRUNED: Final = 4
 # A hostile tree nested deeper than this is rejected instead of exhausting the stack.
 # Real IC trees are a few dozen levels deep at most (balanced forks per level).
 MAX_DEPTH: Final = 256
+# Limit of reconstruct and lookup on trees built by hand (parsed trees are already within MAX_DEPTH):
+# both the pure and the compiled versions stop there, the compiled one before the C stack could overflow.
+MAX_NODE_DEPTH: Final = 512
+_ARITY: Final = (1, 3, 3, 2, 2)
 
 EMPTY_DOMAIN: Final = b"\x11ic-hashtree-empty"
 FORK_DOMAIN: Final = b"\x10ic-hashtree-fork"
@@ -188,27 +192,53 @@ def to_cbor(node: Node) -> bytes:
 # Reconstruction and lookup (pure versions; see the module docstring for the compiled twins)
 
 
-def reconstruct_pure(node: Node) -> bytes:
-    """The root hash of ``node`` (the interface specification's ``reconstruct``)."""
+def _tag(node: Any) -> int:
+    """The tag of ``node`` after checking that it is a tuple of the right arity with an int tag."""
+    if type(node) is not tuple or not node:
+        raise HashTreeError("a hash tree node is a non-empty tuple")
     tag = node[0]
+    if type(tag) is not int or not EMPTY <= tag <= PRUNED or len(node) != _ARITY[tag]:
+        raise HashTreeError(f"malformed hash tree node (tag {tag!r}, {len(node)} elements)")
+    return tag
+
+
+def _bytes(value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise HashTreeError(f"expected bytes in a hash tree node, got {type(value).__name__}")
+    return value
+
+
+def reconstruct_pure(node: Node) -> bytes:
+    """The root hash of ``node`` (the interface specification's ``reconstruct``).
+
+    Raises HashTreeError for a node that is not well formed (wrong tag, arity or
+    field types, a pruned hash that is not 32 bytes, nesting over ``MAX_NODE_DEPTH``).
+    """
+    return _reconstruct(node, MAX_NODE_DEPTH)
+
+
+def _reconstruct(node: Node, depth: int) -> bytes:
+    if depth <= 0:
+        raise HashTreeError("hash tree nested too deeply")
+    tag = _tag(node)
     if tag == FORK:
         h = hashlib.sha256(FORK_DOMAIN)
-        h.update(reconstruct_pure(node[1]))
-        h.update(reconstruct_pure(node[2]))
+        h.update(_reconstruct(node[1], depth - 1))
+        h.update(_reconstruct(node[2], depth - 1))
         return h.digest()
     if tag == LABELED:
         h = hashlib.sha256(LABELED_DOMAIN)
-        h.update(node[1])
-        h.update(reconstruct_pure(node[2]))
+        h.update(_bytes(node[1]))
+        h.update(_reconstruct(node[2], depth - 1))
         return h.digest()
     if tag == LEAF:
-        return leaf_hash(node[1])
+        return leaf_hash(_bytes(node[1]))
     if tag == PRUNED:
-        digest: bytes = node[1]
+        digest = _bytes(node[1])
+        if len(digest) != 32:
+            raise HashTreeError(f"a pruned hash is 32 bytes, got {len(digest)}")
         return digest
-    if tag == EMPTY:
-        return EMPTY_HASH
-    raise HashTreeError(f"unknown hash tree node tag {tag!r}")
+    return EMPTY_HASH
 
 
 def _find_label(label: bytes, tree: Node) -> LookupResult:
@@ -224,15 +254,17 @@ def _find_label(label: bytes, tree: Node) -> LookupResult:
     prev_tag = -1  # tag of the previous element of the flattened forest (-1: none yet)
     while stack:
         node = stack.pop()
-        tag = node[0]
+        tag = _tag(node)
         if tag == FORK:
+            if len(stack) >= MAX_NODE_DEPTH:
+                raise HashTreeError("hash tree nested too deeply")
             stack.append(node[2])
             stack.append(node[1])
             continue
         if tag == EMPTY:
             continue
         if tag == LABELED:
-            node_label = node[1]
+            node_label = _bytes(node[1])
             if node_label == label:
                 return LookupResult(FOUND, node[2])
             if node_label > label:
@@ -245,16 +277,19 @@ def _find_label(label: bytes, tree: Node) -> LookupResult:
 
 
 def lookup_path_pure(tree: Node, path: Path) -> LookupResult:
-    """The spec's ``lookup_path``: Found(leaf bytes), Absent, Unknown, or Error (the path ends at a fork/label)."""
+    """The spec's ``lookup_path``: Found(leaf bytes), Absent, Unknown, or Error (the path ends at a fork/label).
+
+    Raises HashTreeError when a node it visits is not well formed.
+    """
     node = tree
     for label in path:
         found = _find_label(_label_bytes(label), node)
         if found.status != FOUND:
             return found
         node = found.value
-    tag = node[0]
+    tag = _tag(node)
     if tag == LEAF:
-        return LookupResult(FOUND, node[1])
+        return LookupResult(FOUND, _bytes(node[1]))
     if tag == EMPTY:
         return LookupResult(ABSENT)
     if tag == PRUNED:
@@ -279,10 +314,11 @@ def flatten_forks(tree: Node) -> list[Node]:
     stack = [tree]
     while stack:
         node = stack.pop()
-        if node[0] == FORK:
+        tag = _tag(node)
+        if tag == FORK:
             stack.append(node[2])
             stack.append(node[1])
-        elif node[0] != EMPTY:
+        elif tag != EMPTY:
             out.append(node)
     return out
 

@@ -1,0 +1,165 @@
+"""The compiled hash tree twin gives exactly the pure results: vector trees, generated trees, malformed nodes."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from icws_fast import _ext
+from icws_fast.errors import HashTreeError
+from icws_fast.ic import hashtree
+
+try:
+    from tests.conftest import load_vectors
+except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
+    from conftest import load_vectors  # type: ignore[no-redef]
+
+compiled = _ext.compiled("_hashtree")
+pytestmark = pytest.mark.skipif(compiled is None, reason="compiled twin not built, or pure mode")
+
+TREES = [hashtree.parse(bytes.fromhex(r["cbor_hex"])) for r in load_vectors("hash_trees")]
+for _record in load_vectors("certificates"):
+    for _message in [_record["ws_message"]] if "ws_message" in _record else _record.get("ws_messages", []):
+        TREES.append(hashtree.parse(bytes.fromhex(_message["tree_cbor_hex"])))
+
+PATHS = [
+    [],
+    [b"a"],
+    [b"a", b"x"],
+    [b"b"],
+    [b"c"],
+    [b"d"],
+    [b"e"],
+    [b"time"],
+    [b"websocket"],
+    [b"websocket", b"x"],
+    [b"subnet"],
+    [b""],
+    [b"\xff" * 40],
+]
+
+
+def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", fn(*args))
+    except HashTreeError as exc:
+        return ("HashTreeError", str(exc))
+
+
+def _all_paths(tree: hashtree.Node, prefix: list[bytes], out: list[list[bytes]]) -> None:
+    """Every label path of ``tree``, plus a missing sibling after each, so all four statuses appear."""
+    for node in hashtree.flatten_forks(tree):
+        if node[0] == hashtree.LABELED:
+            path = [*prefix, node[1]]
+            out.append(path)
+            out.append([*prefix, node[1] + b"\x00"])
+            _all_paths(node[2], path, out)
+
+
+def test_compiled_is_bound() -> None:
+    assert compiled is not None
+    assert hashtree.reconstruct is compiled.reconstruct
+    assert hashtree.lookup_path is compiled.lookup_path
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_vector_trees_identical(tree: hashtree.Node) -> None:
+    assert compiled is not None
+    assert compiled.reconstruct(tree) == hashtree.reconstruct_pure(tree)
+    paths: list[list[bytes]] = []
+    _all_paths(tree, [], paths)
+    for path in PATHS + paths:
+        assert compiled.lookup_path(tree, path) == hashtree.lookup_path_pure(tree, path), path
+
+
+def test_sha256_at_block_boundaries() -> None:
+    assert compiled is not None
+    for n in [*range(0, 200), 1000, 4096, 65537]:
+        value = bytes((i * 7 + n) % 256 for i in range(n))
+        assert compiled.reconstruct(hashtree.leaf(value)) == hashlib.sha256(b"\x10ic-hashtree-leaf" + value).digest()
+        label_tree = hashtree.labeled(value, hashtree.empty())
+        assert compiled.reconstruct(label_tree) == hashtree.reconstruct_pure(label_tree)
+
+
+_labels = st.binary(max_size=3)
+_nodes = st.recursive(
+    st.one_of(
+        st.just(hashtree.empty()),
+        st.binary(max_size=70).map(hashtree.leaf),
+        st.binary(min_size=32, max_size=32).map(hashtree.pruned),
+    ),
+    lambda children: st.one_of(
+        st.tuples(children, children).map(lambda lr: hashtree.fork(*lr)),
+        st.tuples(_labels, children).map(lambda lc: hashtree.labeled(*lc)),
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_nodes, st.lists(st.lists(_labels, max_size=3), min_size=1, max_size=5))
+def test_generated_trees_identical(tree: hashtree.Node, paths: list[list[bytes]]) -> None:
+    assert compiled is not None
+    assert compiled.reconstruct(tree) == hashtree.reconstruct_pure(tree)
+    for path in paths:
+        assert compiled.lookup_path(tree, path) == hashtree.lookup_path_pure(tree, path)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.binary(max_size=6), st.binary(max_size=40), max_size=60), st.lists(st.binary(max_size=6)))
+def test_built_witnesses_identical(mapping: dict[bytes, bytes], labels: list[bytes]) -> None:
+    assert compiled is not None
+    wit = hashtree.witness({b"m": mapping}, [[b"m", label] for label in labels])
+    assert compiled.reconstruct(wit) == hashtree.reconstruct_pure(wit) == hashtree.HashedTree({b"m": mapping}).root_hash
+    for label in labels:
+        assert compiled.lookup_path(wit, [b"m", label]) == hashtree.lookup_path_pure(wit, [b"m", label])
+
+
+def _deep(n: int) -> hashtree.Node:
+    node: hashtree.Node = hashtree.leaf(b"x")
+    for _ in range(n):
+        node = (hashtree.FORK, node, hashtree.empty())
+    return node
+
+
+MALFORMED: list[Any] = [
+    (),
+    [1, (0,), (0,)],
+    (9,),
+    (True,),
+    ("1",),
+    (1, (0,)),
+    (2, "label", (0,)),
+    (2, bytearray(b"l"), (0,)),
+    (3, 5),
+    (3, b"v", b"w"),
+    (4, b"short"),
+    (0, 0),
+    (1, (0,), (7, b"")),
+    (2, b"a", [3, b"v"]),
+    None,
+    _deep(600),
+]
+
+
+@pytest.mark.parametrize("node", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_nodes_fail_alike(node: Any) -> None:
+    assert compiled is not None
+    assert _outcome(compiled.reconstruct, node) == _outcome(hashtree.reconstruct_pure, node)
+    assert _outcome(compiled.reconstruct, node)[0] == "HashTreeError"
+    for path in ([], [b"a"], [b"a", b"b"]):
+        assert _outcome(compiled.lookup_path, node, path) == _outcome(hashtree.lookup_path_pure, node, path)
+
+
+def test_label_types() -> None:
+    assert compiled is not None
+    tree = hashtree.build({b"a": {b"b": b"v"}})
+    for path in (["a", "b"], [bytearray(b"a"), memoryview(b"b")]):
+        assert compiled.lookup_path(tree, path) == hashtree.lookup_path_pure(tree, path)
+    for fn in (compiled.lookup_path, hashtree.lookup_path_pure):
+        with pytest.raises(TypeError):
+            fn(tree, [1])
