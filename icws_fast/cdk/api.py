@@ -142,7 +142,7 @@ class Canister:
         cached = cls.__dict__.get("_methods_cache")
         if cached is not None:
             return cached
-        defs = candid.parse_did(cls.CANDID).types if cls.CANDID.strip() else {}
+        defs = cls.CANDID if cls.CANDID.strip() else None
         methods: dict[str, MethodSpec] = {}
         for klass in reversed(cls.__mro__):
             for name, member in vars(klass).items():
