@@ -48,7 +48,10 @@ class EnvFilter(logging.Filter):
                 self.default = level
                 continue
             name = target.strip().replace("::", ".")
-            self.targets.append((_TARGET_ALIASES.get(name, name), level))
+            crate, dot, rest = name.partition(".")
+            if crate in _TARGET_ALIASES:
+                name = _TARGET_ALIASES[crate] + dot + rest
+            self.targets.append((name, level))
         # Longest target first, so the first match is the most specific one.
         self.targets.sort(key=lambda t: len(t[0]), reverse=True)
 
