@@ -1,0 +1,182 @@
+"""What the asyncio and the sync client share: options, the event dispatch, the close bookkeeping.
+
+Both flavours drive the same sans-IO :class:`~icws_fast.protocol.client.ClientProtocol`; they differ
+only in how bytes move (picows on an event loop, or a blocking socket) and in how waiting is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from icws_fast.errors import ConnectionClosed, IcwsError
+from icws_fast.ic.identity import Ed25519Identity, Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.client import (
+    ClientEvent,
+    ClientProtocol,
+    CloseConnection,
+    ErrorOccurred,
+    MessageReceived,
+    Opened,
+    SendFrame,
+)
+from icws_fast.protocol.types import ClientKey
+
+log = logging.getLogger("icws_fast.client")
+
+#: Close code of a connection that ended without a close frame (RFC 6455 section 7.1.5).
+CLOSE_ABNORMAL: Final = 1006
+#: The largest message the clients accept from a gateway (a batch certificate plus its tree is a few KiB).
+MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
+#: How long :meth:`close` waits for the gateway to answer the close frame.
+CLOSE_TIMEOUT_S: Final = 5.0
+
+
+def make_protocol(
+    *,
+    canister_id: Principal | str,
+    identity: Identity | None,
+    root_key_der: bytes,
+    message_type: str,
+    ack_interval_ms: int,
+    max_certificate_age_s: float,
+    open_timeout_s: float,
+) -> ClientProtocol:
+    """The sans-IO core for one connection; a fresh random Ed25519 identity when ``identity`` is None."""
+    return ClientProtocol(
+        canister_id if isinstance(canister_id, Principal) else Principal.from_text(canister_id),
+        Ed25519Identity.generate() if identity is None else identity,
+        root_key_der,
+        message_type,
+        ack_interval_ms=ack_interval_ms,
+        max_certificate_age_s=max_certificate_age_s,
+        open_timeout_ms=int(open_timeout_s * 1000),
+    )
+
+
+class ClientBase(ABC):
+    """Event dispatch and close bookkeeping shared by :class:`IcWebSocket` and :class:`SyncIcWebSocket`.
+
+    Callbacks (all optional, set as attributes or passed to ``connect``), as in the JS SDK:
+    ``on_open()``, ``on_message(value)``, ``on_close(code, reason)``, ``on_error(error)``. An exception in
+    a callback is logged and does not affect the connection. When ``on_message`` is set it receives
+    the application messages; otherwise they are queued for ``recv()`` and iteration.
+    """
+
+    def __init__(
+        self,
+        protocol: ClientProtocol,
+        *,
+        on_open: Callable[[], Any] | None = None,
+        on_message: Callable[[Any], Any] | None = None,
+        on_close: Callable[[int, str], Any] | None = None,
+        on_error: Callable[[IcwsError], Any] | None = None,
+    ) -> None:
+        self._protocol = protocol
+        self.on_open = on_open
+        self.on_message = on_message
+        self.on_close = on_close
+        self.on_error = on_error
+        #: The code and reason the connection closed with (None while it is not closed).
+        self.close_code: int | None = None
+        self.close_reason = ""
+        #: The failure that closed the connection, if one did.
+        self.error: IcwsError | None = None
+
+    @property
+    def canister_id(self) -> Principal:
+        return self._protocol.canister_id
+
+    @property
+    def client_key(self) -> ClientKey:
+        """This connection's client key (the identity's principal and the random client nonce)."""
+        return self._protocol.client_key
+
+    @property
+    def principal(self) -> Principal:
+        return self._protocol.client_key.client_principal
+
+    @property
+    def gateway_principal(self) -> Principal | None:
+        return self._protocol.gateway_principal
+
+    @property
+    def is_open(self) -> bool:
+        """True between the canister's OpenMessage and the close."""
+        return self._protocol.is_open and self.close_code is None
+
+    @staticmethod
+    def now_ns() -> int:
+        # Wall-clock time: certificates, ingress expiries and message timestamps are all Unix times.
+        return time.time_ns()
+
+    def _closed_error(self) -> ConnectionClosed:
+        exc = ConnectionClosed(CLOSE_ABNORMAL if self.close_code is None else self.close_code, self.close_reason)
+        exc.__cause__ = self.error
+        return exc
+
+    def _handle(self, events: Iterable[ClientEvent]) -> None:
+        """Carry out the protocol's events in order."""
+        for event in events:
+            if isinstance(event, SendFrame):
+                self._send_frame(event.data)
+            elif isinstance(event, MessageReceived):
+                if self.on_message is None:
+                    self._deliver(event.value)
+                else:
+                    self._callback(self.on_message, event.value)
+            elif isinstance(event, Opened):
+                self._opened()
+                self._callback(self.on_open)
+            elif isinstance(event, ErrorOccurred):
+                log.warning("IC WebSocket to %s failed: %s", self.canister_id, event.error)
+                self.error = event.error
+                self._callback(self.on_error, event.error)
+            elif isinstance(event, CloseConnection):
+                self._close_transport(event.code, event.reason)
+                self._finish(event.code, event.reason)
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Record the close once, wake every waiter, tell ``on_close``."""
+        if self.close_code is not None:
+            return
+        self._protocol.connection_lost()
+        self.close_code = code
+        self.close_reason = reason
+        self._wake_closed()
+        self._callback(self.on_close, code, reason)
+
+    def _callback(self, fn: Callable[..., Any] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            self._run_callback(fn, *args)
+        except Exception:
+            log.exception("IC WebSocket callback %r failed", fn)
+
+    def _run_callback(self, fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)
+
+    @abstractmethod
+    def _send_frame(self, data: bytes) -> None:
+        """Write one binary frame to the gateway."""
+
+    @abstractmethod
+    def _close_transport(self, code: int, reason: str) -> None:
+        """Send a close frame with ``code`` and ``reason`` and let the transport shut down."""
+
+    @abstractmethod
+    def _deliver(self, value: Any) -> None:
+        """Queue an application message for ``recv()``."""
+
+    @abstractmethod
+    def _opened(self) -> None:
+        """Wake whoever waits for the connection to open."""
+
+    @abstractmethod
+    def _wake_closed(self) -> None:
+        """Wake whoever waits for a message or the open: the connection is closed."""

@@ -1,0 +1,328 @@
+"""The asyncio IC WebSocket client, over picows.
+
+``ws = await IcWebSocket.connect(gateway_url, canister_id, ic_url)`` returns once the canister has
+confirmed the connection (its verified ``OpenMessage``); then ``await ws.send(value)``,
+``await ws.recv()``, ``async for value in ws`` and ``await ws.close()``. Every frame is handled on
+the event loop as it arrives: verification, acks and keep-alives do not wait for ``recv()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from icws_fast.client._common import (
+    CLOSE_ABNORMAL,
+    CLOSE_TIMEOUT_S,
+    MAX_MESSAGE_SIZE,
+    ClientBase,
+    log,
+    make_protocol,
+)
+from icws_fast.errors import ConnectionClosed, IcwsError, ProtocolError
+from icws_fast.ic.agent import Agent
+from icws_fast.ic.identity import Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.client import (
+    CLOSE_BY_APPLICATION,
+    CLOSE_NORMAL,
+    DEFAULT_ACK_INTERVAL_MS,
+    DEFAULT_MAX_CERTIFICATE_AGE_S,
+    DEFAULT_MESSAGE_TYPE,
+    DEFAULT_OPEN_TIMEOUT_MS,
+    ClientProtocol,
+)
+
+# WebSocket close codes (RFC 6455 section 7.4.1) for failures below the IC WebSocket protocol.
+_CLOSE_NO_STATUS = 1005
+_CLOSE_MESSAGE_TOO_BIG = 1009
+# Closes that end ``async for`` quietly: normal closure, going away, the canister's application close.
+_CLEAN_CLOSE_CODES = frozenset({CLOSE_NORMAL, 1001, CLOSE_BY_APPLICATION})
+
+
+class _Listener(WSListener):
+    """Reassembles messages from picows frames and hands them to the owning :class:`IcWebSocket`."""
+
+    def __init__(self, owner: IcWebSocket) -> None:
+        super().__init__()
+        self._owner = owner
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
+            # Text frames go the same way as binary ones: they fail CBOR decoding in the protocol,
+            # as they do in the JS SDK. A stray continuation just starts a message that then fails.
+            payload = frame.get_payload_as_bytes()
+            if frame.fin and not self._parts:
+                self._owner._on_message_bytes(payload)
+                return
+            self._size += len(payload)
+            if self._size > MAX_MESSAGE_SIZE:
+                self._owner._fail_transport(
+                    ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes"),
+                    _CLOSE_MESSAGE_TOO_BIG,
+                    "Message too big",
+                )
+                return
+            self._parts.append(payload)
+            if frame.fin:
+                data = b"".join(self._parts)
+                self._parts.clear()
+                self._size = 0
+                self._owner._on_message_bytes(data)
+        elif msg_type == WSMsgType.CLOSE:
+            self._owner._on_peer_close(frame.get_close_code(), frame.get_close_message())
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._owner._on_disconnected()
+
+    def pause_writing(self) -> None:
+        self._owner._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._owner._writable.set()
+
+
+class IcWebSocket(ClientBase):
+    """An IC WebSocket connection to a canister through a gateway, for asyncio (see the module docstring).
+
+    Build it with :meth:`connect`. Application messages are Candid values of ``message_type``
+    (records are dicts, see :mod:`icws_fast.ic.candid`). Callbacks are described in
+    :class:`~icws_fast.client._common.ClientBase`; a callback may be a coroutine function, whose
+    coroutine then runs as a task.
+    """
+
+    def __init__(self, protocol: ClientProtocol, **callbacks: Any) -> None:
+        super().__init__(protocol, **callbacks)
+        self._loop = asyncio.get_running_loop()
+        self._transport: WSTransport | None = None
+        self._messages: deque[Any] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._open = self._loop.create_future()
+        self._disconnected = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline_ns: int | None = None
+        self._close_fallback: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    async def connect(  # noqa: PLR0917 (the positional order is the documented API)
+        cls,
+        gateway_url: str,
+        canister_id: Principal | str,
+        ic_url: str,
+        identity: Identity | None = None,
+        message_type: str = DEFAULT_MESSAGE_TYPE,
+        ack_interval_ms: int = DEFAULT_ACK_INTERVAL_MS,
+        max_certificate_age_s: float = DEFAULT_MAX_CERTIFICATE_AGE_S,
+        *,
+        root_key_der: bytes | None = None,
+        open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_MS / 1000,
+        on_open: Callable[[], Any] | None = None,
+        on_message: Callable[[Any], Any] | None = None,
+        on_close: Callable[[int, str], Any] | None = None,
+        on_error: Callable[[IcwsError], Any] | None = None,
+    ) -> IcWebSocket:
+        """Open a connection and wait until the canister confirms it.
+
+        ``ic_url`` is the replica the certificates come from: the root key is built in for mainnet
+        URLs and fetched from ``/api/v2/status`` otherwise (as the JS SDK does), unless
+        ``root_key_der`` is given. ``identity`` defaults to a fresh random Ed25519 identity.
+        ``ack_interval_ms`` must equal the canister's send-ack interval. The whole opening
+        (WebSocket upgrade, gateway handshake, canister OpenMessage) must finish within
+        ``open_timeout_s``, else :class:`~icws_fast.errors.ConnectionClosed` (code 4000) is raised;
+        any other failure to open raises it too, with the cause chained.
+        """
+        if root_key_der is None:
+            async with Agent(ic_url) as agent:
+                root_key_der = await agent.fetch_root_key()
+        protocol = make_protocol(
+            canister_id=canister_id,
+            identity=identity,
+            root_key_der=root_key_der,
+            message_type=message_type,
+            ack_interval_ms=ack_interval_ms,
+            max_certificate_age_s=max_certificate_age_s,
+            open_timeout_s=open_timeout_s,
+        )
+        ws = cls(protocol, on_open=on_open, on_message=on_message, on_close=on_close, on_error=on_error)
+        await ws._start(gateway_url, open_timeout_s)
+        return ws
+
+    async def _start(self, gateway_url: str, open_timeout_s: float) -> None:
+        try:
+            self._transport, _ = await ws_connect(
+                lambda: _Listener(self),
+                gateway_url,
+                websocket_handshake_timeout=open_timeout_s,
+                max_frame_size=MAX_MESSAGE_SIZE,
+            )
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:  # picows' WSError is a RuntimeError
+            raise ConnectionClosed(CLOSE_ABNORMAL, f"cannot connect to {gateway_url}: {exc}") from exc
+        except RuntimeError as exc:
+            raise ConnectionClosed(CLOSE_ABNORMAL, f"WebSocket upgrade with {gateway_url} failed: {exc}") from exc
+        self._protocol.connection_made(self.now_ns())
+        self._schedule()
+        try:
+            await self._open
+        except BaseException:
+            # Cancelled (or failed) while opening: do not leave the socket behind.
+            self._transport.disconnect(graceful=False)
+            raise
+
+    # ---- the application's side ----------------------------------------------------------
+
+    async def send(self, value: Any) -> None:
+        """Send one application message (a value of the connection's Candid type).
+
+        Raises :class:`~icws_fast.errors.ConnectionClosed` once the connection is closed and
+        :class:`~icws_fast.errors.CandidError` when ``value`` does not fit the type. Waits while
+        the socket's write buffer is full.
+        """
+        if not self._writable.is_set():
+            await self._writable.wait()
+        if self.close_code is not None:
+            raise self._closed_error()
+        self._handle(self._protocol.send(value, self.now_ns()))
+        self._schedule()
+
+    async def recv(self) -> Any:
+        """The next application message; raises :class:`~icws_fast.errors.ConnectionClosed` once closed.
+
+        Messages that arrived before the close are still returned first.
+        """
+        while not self._messages:
+            if self.close_code is not None:
+                raise self._closed_error()
+            self._readable.clear()
+            await self._readable.wait()
+        return self._messages.popleft()
+
+    def __aiter__(self) -> IcWebSocket:
+        return self
+
+    async def __anext__(self) -> Any:
+        """Iteration ends at a normal close (1000, 1001, 4001); other closes raise ``ConnectionClosed``."""
+        try:
+            return await self.recv()
+        except ConnectionClosed as exc:
+            if exc.code in _CLEAN_CLOSE_CODES:
+                raise StopAsyncIteration from None
+            raise
+
+    async def close(self) -> None:
+        """Close the connection (code 1000) and wait until the socket is down."""
+        if self.close_code is None:
+            self._handle(self._protocol.close())
+        if self._transport is not None:
+            try:
+                await asyncio.wait_for(self._disconnected.wait(), CLOSE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                self._transport.disconnect(graceful=False)
+
+    async def __aenter__(self) -> IcWebSocket:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ---- the transport's side ------------------------------------------------------------
+
+    def _on_message_bytes(self, data: bytes) -> None:
+        self._handle(self._protocol.receive_frame(data, self.now_ns()))
+        self._schedule()
+
+    def _on_peer_close(self, code: WSCloseCode | None, message: bytes) -> None:
+        assert self._transport is not None
+        if self.close_code is None:
+            # Echo the peer's close frame, as RFC 6455 asks; a frame without a code reads as 1005.
+            echoed = WSCloseCode.NO_INFO if code is None else code
+            self._transport.send_close(echoed, message)
+            received = _CLOSE_NO_STATUS if echoed == WSCloseCode.NO_INFO else echoed.value
+            self._finish(received, message.decode("utf-8", "replace"))
+        self._transport.disconnect()
+
+    def _on_disconnected(self) -> None:
+        self._cancel_timers()
+        self._finish(CLOSE_ABNORMAL, "")
+        self._writable.set()  # wake a blocked send(): it raises ConnectionClosed
+        self._disconnected.set()
+
+    def _fail_transport(self, error: IcwsError, code: int, reason: str) -> None:
+        self.error = error
+        self._callback(self.on_error, error)
+        self._close_transport(code, reason)
+        self._finish(code, reason)
+
+    def _schedule(self) -> None:
+        """Arm the timer for the protocol's next deadline (open or ack timeout)."""
+        deadline = self._protocol.next_deadline_ns if self.close_code is None else None
+        if deadline == self._timer_deadline_ns:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline_ns = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_later(max(0.0, (deadline - self.now_ns()) / 1e9), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline_ns = None
+        self._handle(self._protocol.tick(self.now_ns()))
+        self._schedule()
+
+    def _cancel_timers(self) -> None:
+        for handle in (self._timer, self._close_fallback):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._close_fallback = None
+
+    # ---- ClientBase hooks ----------------------------------------------------------------
+
+    def _send_frame(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.send(WSMsgType.BINARY, data)
+
+    def _close_transport(self, code: int, reason: str) -> None:
+        assert self._transport is not None
+        self._transport.send_close(WSCloseCode(code), reason.encode())
+        # The gateway answers with its close frame and we disconnect then; this is for one that does not.
+        self._close_fallback = self._loop.call_later(CLOSE_TIMEOUT_S, self._transport.disconnect)
+
+    def _deliver(self, value: Any) -> None:
+        self._messages.append(value)
+        self._readable.set()
+
+    def _opened(self) -> None:
+        if not self._open.done():
+            self._open.set_result(None)
+
+    def _wake_closed(self) -> None:
+        self._readable.set()
+        if not self._open.done():
+            self._open.set_exception(self._closed_error())
+
+    def _run_callback(self, fn: Callable[..., Any], *args: Any) -> None:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("IC WebSocket callback task failed", exc_info=task.exception())

@@ -1,0 +1,379 @@
+"""The blocking IC WebSocket client: a plain socket, wsproto framing and one reader thread.
+
+``ws = SyncIcWebSocket.connect(gateway_url, canister_id, ic_url)``; ``ws.send(value)``,
+``ws.recv(timeout=None)``, ``for value in ws``, ``ws.close()``. It shares the sans-IO core with the
+asyncio client. A reader thread handles every frame as it arrives (verification, acks, keep-alives,
+timeouts), so the connection stays healthy while the application is busy elsewhere.
+
+Under gevent (Locust) nothing special is needed: after ``gevent.monkey.patch_all()`` (Locust does
+it) the socket, ``select``, the thread and the locks used here are all cooperative, so thousands
+of connections live in one process. No asyncio loop is involved, which is why this flavour does
+not reuse the asyncio agent: it reads the root key with one blocking ``/api/v2/status`` request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import ProtocolError as WsprotoError
+
+from icws_fast.client._common import (
+    CLOSE_ABNORMAL,
+    CLOSE_TIMEOUT_S,
+    MAX_MESSAGE_SIZE,
+    ClientBase,
+    make_protocol,
+)
+from icws_fast.errors import AgentError, CborError, ConnectionClosed, IcwsError, ProtocolError, TransportError
+from icws_fast.ic import cbor
+from icws_fast.ic.agent import MAINNET_ROOT_KEY, is_mainnet_url
+from icws_fast.ic.identity import Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.client import (
+    CLOSE_BY_APPLICATION,
+    CLOSE_NORMAL,
+    DEFAULT_ACK_INTERVAL_MS,
+    DEFAULT_MAX_CERTIFICATE_AGE_S,
+    DEFAULT_MESSAGE_TYPE,
+    DEFAULT_OPEN_TIMEOUT_MS,
+    ClientProtocol,
+)
+
+_READ_SIZE: Final = 65536
+_MAX_STATUS_SIZE: Final = 1 << 20
+_CLOSE_PROTOCOL_ERROR: Final = 1002
+_CLOSE_MESSAGE_TOO_BIG: Final = 1009
+_CLEAN_CLOSE_CODES: Final = frozenset({CLOSE_NORMAL, 1001, CLOSE_BY_APPLICATION})
+
+
+def fetch_root_key(ic_url: str, timeout_s: float = 10.0) -> bytes:
+    """The root key for ``ic_url``: built in for mainnet, else the ``root_key`` of its ``/api/v2/status``.
+
+    Raises :class:`~icws_fast.errors.TransportError` when the replica cannot be reached and
+    :class:`~icws_fast.errors.AgentError` when its answer carries no root key.
+    """
+    if is_mainnet_url(ic_url):
+        return MAINNET_ROOT_KEY
+    url = ic_url.rstrip("/") + "/api/v2/status"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            body = response.read(_MAX_STATUS_SIZE + 1)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        raise TransportError(f"cannot read {url}: {exc}") from exc
+    if len(body) > _MAX_STATUS_SIZE:
+        raise AgentError(f"the status of {ic_url} is larger than {_MAX_STATUS_SIZE} bytes")
+    try:
+        status = cbor.decode(body)
+    except CborError as exc:
+        raise AgentError(f"the status of {ic_url} is not CBOR: {exc}") from exc
+    key = status.get("root_key") if isinstance(status, dict) else None
+    if not isinstance(key, bytes):
+        raise AgentError(f"the status of {ic_url} carries no root_key byte string")
+    return key
+
+
+def _open_socket(gateway_url: str, timeout_s: float) -> tuple[socket.socket, str, str]:
+    """A connected (TLS for ``wss``) socket, the Host header and the request target."""
+    parts = urlsplit(gateway_url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {gateway_url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    sock = socket.create_connection((parts.hostname, port), timeout=timeout_s)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if secure:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
+    except BaseException:
+        sock.close()
+        raise
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return sock, parts.netloc, target
+
+
+class SyncIcWebSocket(ClientBase):
+    """A blocking IC WebSocket connection (see the module docstring); build it with :meth:`connect`.
+
+    Callbacks (see :class:`~icws_fast.client._common.ClientBase`) run on the reader thread.
+    """
+
+    def __init__(self, protocol: ClientProtocol, sock: socket.socket, ws: WSConnection, **callbacks: Any) -> None:
+        super().__init__(protocol, **callbacks)
+        self._sock = sock
+        self._ws = ws
+        # One re-entrant lock guards the protocol, wsproto and socket writes, so frames leave in
+        # sequence-number order whichever thread produced them; callbacks may call send().
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._messages: deque[Any] = deque()
+        self._opened_flag = False
+        self._close_deadline: float | None = None
+        self._reader = threading.Thread(target=self._read_loop, name="icws-client-reader", daemon=True)
+
+    @classmethod
+    def connect(  # noqa: PLR0917 (the positional order is the documented API)
+        cls,
+        gateway_url: str,
+        canister_id: Principal | str,
+        ic_url: str,
+        identity: Identity | None = None,
+        message_type: str = DEFAULT_MESSAGE_TYPE,
+        ack_interval_ms: int = DEFAULT_ACK_INTERVAL_MS,
+        max_certificate_age_s: float = DEFAULT_MAX_CERTIFICATE_AGE_S,
+        *,
+        root_key_der: bytes | None = None,
+        open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_MS / 1000,
+        on_open: Callable[[], Any] | None = None,
+        on_message: Callable[[Any], Any] | None = None,
+        on_close: Callable[[int, str], Any] | None = None,
+        on_error: Callable[[IcwsError], Any] | None = None,
+    ) -> SyncIcWebSocket:
+        """Open a connection and block until the canister confirms it; the arguments are those of
+        :meth:`icws_fast.client.IcWebSocket.connect`."""
+        if root_key_der is None:
+            root_key_der = fetch_root_key(ic_url, open_timeout_s)
+        protocol = make_protocol(
+            canister_id=canister_id,
+            identity=identity,
+            root_key_der=root_key_der,
+            message_type=message_type,
+            ack_interval_ms=ack_interval_ms,
+            max_certificate_age_s=max_certificate_age_s,
+            open_timeout_s=open_timeout_s,
+        )
+        deadline = time.monotonic() + open_timeout_s
+        try:
+            sock, host, target = _open_socket(gateway_url, open_timeout_s)
+        except OSError as exc:
+            raise ConnectionClosed(CLOSE_ABNORMAL, f"cannot connect to {gateway_url}: {exc}") from exc
+        try:
+            ws = cls._upgrade(sock, host, target, deadline)
+        except BaseException:
+            sock.close()
+            raise
+        client = cls(protocol, sock, ws, on_open=on_open, on_message=on_message, on_close=on_close, on_error=on_error)
+        client._start(deadline)
+        return client
+
+    @staticmethod
+    def _upgrade(sock: socket.socket, host: str, target: str, deadline: float) -> WSConnection:
+        """The WebSocket opening handshake, within ``deadline``."""
+        ws = WSConnection(ConnectionType.CLIENT)
+        try:
+            sock.sendall(ws.send(Request(host=host, target=target)))
+            while True:
+                sock.settimeout(max(0.0, deadline - time.monotonic()))
+                data = sock.recv(_READ_SIZE)
+                ws.receive_data(data or None)
+                for event in ws.events():
+                    if isinstance(event, AcceptConnection):
+                        sock.settimeout(None)
+                        return ws
+                    if isinstance(event, RejectConnection):
+                        raise ConnectionClosed(CLOSE_ABNORMAL, f"the gateway refused the upgrade ({event.status_code})")
+                if not data:
+                    raise ConnectionClosed(CLOSE_ABNORMAL, "the gateway closed the connection during the upgrade")
+        except (OSError, WsprotoError) as exc:
+            raise ConnectionClosed(CLOSE_ABNORMAL, f"WebSocket upgrade failed: {exc}") from exc
+
+    def _start(self, deadline: float) -> None:
+        with self._lock:
+            self._protocol.connection_made(self.now_ns())
+        self._reader.start()
+        with self._changed:
+            # The protocol's open timer closes the connection at the open timeout; the margin only
+            # covers a reader thread that never gets to run.
+            opened = self._changed.wait_for(
+                lambda: self._opened_flag or self.close_code is not None,
+                max(0.0, deadline - time.monotonic()) + CLOSE_TIMEOUT_S,
+            )
+            if self._opened_flag and self.close_code is None:
+                return
+        if not opened:
+            self._abort()
+        raise self._closed_error()
+
+    # ---- the application's side ----------------------------------------------------------
+
+    def send(self, value: Any) -> None:
+        """Send one application message; raises ``ConnectionClosed`` once closed, ``CandidError`` if it does not fit."""
+        with self._lock:
+            if self.close_code is None:
+                self._handle(self._protocol.send(value, self.now_ns()))
+            if self.close_code is not None:
+                raise self._closed_error()
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """The next application message.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds without one, ``ConnectionClosed`` once closed.
+        """
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._messages or self.close_code is not None, timeout):
+                raise TimeoutError(f"no message within {timeout} s")
+            if self._messages:
+                return self._messages.popleft()
+            raise self._closed_error()
+
+    def __iter__(self) -> Iterator[Any]:
+        """Messages until the connection closes; a normal close (1000, 1001, 4001) ends the loop quietly."""
+        while True:
+            try:
+                yield self.recv()
+            except ConnectionClosed as exc:
+                if exc.code in _CLEAN_CLOSE_CODES:
+                    return
+                raise
+
+    def close(self) -> None:
+        """Close the connection (code 1000) and wait until the socket is down."""
+        with self._lock:
+            if self.close_code is None:
+                self._handle(self._protocol.close())
+        if threading.current_thread() is not self._reader:
+            self._reader.join(CLOSE_TIMEOUT_S)
+            if self._reader.is_alive():
+                self._abort()
+                self._reader.join()
+
+    def __enter__(self) -> SyncIcWebSocket:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ---- the reader thread ---------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while self._ws.state is not ConnectionState.CLOSED:
+                timeout = self._wait_timeout()
+                if timeout is not None and timeout <= 0:
+                    if not self._on_deadline():
+                        break
+                    continue
+                pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()
+                if not pending and not select.select([self._sock], [], [], timeout)[0]:
+                    continue
+                data = self._sock.recv(_READ_SIZE)
+                with self._lock:
+                    self._ws.receive_data(data or None)
+                    for event in self._ws.events():
+                        if isinstance(event, (BytesMessage, TextMessage)):
+                            # Text goes the same way as binary: it fails CBOR decoding in the protocol.
+                            chunk = event.data.encode() if isinstance(event.data, str) else bytes(event.data)
+                            size += len(chunk)
+                            if size > MAX_MESSAGE_SIZE:
+                                self._fail_transport(
+                                    ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes"),
+                                    _CLOSE_MESSAGE_TOO_BIG,
+                                    "Message too big",
+                                )
+                                break
+                            parts.append(chunk)
+                            if event.message_finished:
+                                message = b"".join(parts)
+                                parts.clear()
+                                size = 0
+                                self._handle(self._protocol.receive_frame(message, self.now_ns()))
+                        elif isinstance(event, Ping):
+                            self._write(self._ws.send(event.response()))
+                        elif isinstance(event, CloseConnection):
+                            if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                                self._write(self._ws.send(event.response()))
+                            self._finish(event.code, event.reason or "")
+                if not data:
+                    break
+        except (OSError, WsprotoError) as exc:
+            with self._lock:
+                if self.close_code is None:
+                    self.error = ProtocolError(f"the connection to the gateway broke: {exc}")
+                    self._callback(self.on_error, self.error)
+        finally:
+            with self._lock:
+                self._finish(CLOSE_ABNORMAL, "")
+            self._sock.close()
+
+    def _wait_timeout(self) -> float | None:
+        """Seconds until the next protocol deadline or the close-handshake deadline; None for none."""
+        with self._lock:
+            if self._close_deadline is not None:
+                return self._close_deadline - time.monotonic()
+            deadline_ns = self._protocol.next_deadline_ns
+        return None if deadline_ns is None else (deadline_ns - self.now_ns()) / 1e9
+
+    def _on_deadline(self) -> bool:
+        """Handle a passed deadline; False when the reader should stop (the close frame went unanswered)."""
+        with self._lock:
+            if self._close_deadline is not None:
+                return False
+            self._handle(self._protocol.tick(self.now_ns()))
+            return True
+
+    def _fail_transport(self, error: IcwsError, code: int, reason: str) -> None:
+        self.error = error
+        self._callback(self.on_error, error)
+        self._close_transport(code, reason)
+        self._finish(code, reason)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            self.error = ProtocolError(f"writing to the gateway failed: {exc}")
+            self._finish(CLOSE_ABNORMAL, "")
+            self._abort()
+
+    def _abort(self) -> None:
+        """Tear the socket down so the reader thread wakes up and ends."""
+        with contextlib.suppress(OSError):  # already down
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    # ---- ClientBase hooks (called with the lock held) --------------------------------------
+
+    def _send_frame(self, data: bytes) -> None:
+        self._write(self._ws.send(Message(data=data)))
+
+    def _close_transport(self, code: int, reason: str) -> None:
+        if self._ws.state is ConnectionState.OPEN:
+            self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
+            self._close_deadline = time.monotonic() + CLOSE_TIMEOUT_S
+
+    def _deliver(self, value: Any) -> None:
+        self._messages.append(value)
+        self._changed.notify_all()
+
+    def _opened(self) -> None:
+        self._opened_flag = True
+        self._changed.notify_all()
+
+    def _wake_closed(self) -> None:
+        self._changed.notify_all()
