@@ -92,9 +92,16 @@ class _Api:
     # -- request validation --------------------------------------------------------------------------
 
     async def _envelope(self, request: web.Request, request_types: tuple[str, ...], what: str) -> Envelope:
+        """Read, parse and authenticate the envelope of ``request`` (in the replica's order of checks).
+
+        For a call or a query, the canister named in the content must be the effective canister id of
+        the URL (except for the management canister); for a canister ``read_state`` the URL's id is the
+        target that delegations with ``targets`` must allow.
+        """
         content_type = request.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip().lower() != CBOR_CONTENT_TYPE:
             raise HttpFailure(400, "Unexpected content-type, expected application/cbor.")
+        effective = self._principal_in_url(request, "ecid") if "ecid" in request.match_info else None
         body = await request.read()
         try:
             env = parse_envelope(body)
@@ -104,16 +111,17 @@ class _Api:
             raise HttpFailure(
                 400, f"Could not parse body as {what} message: unexpected request_type {env.request_type!r}"
             )
+        canister_id = env.canister_id
+        if effective is not None and canister_id is not None and canister_id.bytes and canister_id != effective:
+            raise HttpFailure(
+                400, f"Specified CanisterId {canister_id} does not match effective canister id in URL {effective}"
+            )
         if env.request_type == "call" and len(body) > MAX_INGRESS_BYTES:
             raise HttpFailure(
                 413,
                 f"Request 0x{env.request_id.hex()} is too large. Message byte size {len(body)} is larger "
                 f"than the max allowed {MAX_INGRESS_BYTES}.",
             )
-        self._authenticate(env)
-        return env
-
-    def _authenticate(self, env: Envelope) -> None:
         now = self.replica.clock()
         low, high = now, now + MAX_INGRESS_TTL_NS + PERMITTED_DRIFT_NS
         if not low <= env.ingress_expiry <= high:
@@ -124,11 +132,12 @@ class _Api:
                 f"Provided expiry:        {_format_time(env.ingress_expiry)}",
             )
         try:
-            verify_envelope(env, now_ns=now)
+            verify_envelope(env, now_ns=now, effective_canister_id=effective)
         except SignatureError as exc:
             raise HttpFailure(400, f"Invalid signature: {exc}") from None
         except EnvelopeError as exc:
             raise HttpFailure(400, f"Failed to authenticate request 0x{env.request_id.hex()} due to: {exc}") from None
+        return env
 
     @staticmethod
     def _principal_in_url(request: web.Request, key: str) -> Principal:
@@ -137,16 +146,6 @@ class _Api:
             return Principal.from_text(text)
         except InvalidPrincipal as exc:
             raise HttpFailure(400, f"Malformed principal {text!r} in URL: {exc}") from None
-
-    def _canister_target(self, request: web.Request, env: Envelope) -> tuple[Principal, Principal]:
-        effective = self._principal_in_url(request, "ecid")
-        canister_id = env.canister_id
-        assert canister_id is not None  # call and query contents always name the canister
-        if canister_id.bytes != b"" and canister_id != effective:
-            raise HttpFailure(
-                400, f"Specified CanisterId {canister_id} does not match effective canister id in URL {effective}"
-            )
-        return effective, canister_id
 
     # -- handlers ---------------------------------------------------------------------------------------------
 
@@ -167,8 +166,8 @@ class _Api:
         version = request.match_info["version"]
         synchronous = version in ("v3", "v4")
         env = await self._envelope(request, ("call",), "call")
-        _, canister_id = self._canister_target(request, env)
-        assert env.method_name is not None and env.arg is not None
+        canister_id = env.canister_id
+        assert canister_id is not None and env.method_name is not None and env.arg is not None
         request_id = env.request_id
         replica = self.replica
         if not replica.known_request(request_id):
@@ -210,8 +209,8 @@ class _Api:
 
     async def query(self, request: web.Request) -> web.Response:
         env = await self._envelope(request, ("query",), "query")
-        _, canister_id = self._canister_target(request, env)
-        assert env.method_name is not None and env.arg is not None
+        canister_id = env.canister_id
+        assert canister_id is not None and env.method_name is not None and env.arg is not None
         replica = self.replica
         fields: dict[str, Any]
         try:
