@@ -103,3 +103,10 @@ class CallPending(AgentError):
     def __init__(self, request_id: bytes) -> None:
         self.request_id = request_id
         super().__init__(f"call 0x{request_id.hex()} accepted; its outcome can only be read by its sender")
+
+
+class CdkError(IcwsError):
+    """The canister-side IC WebSocket CDK refused an operation (unknown client, gateway...).
+
+    The message is the Rust CDK's error text, which the ``ws_*`` methods return as ``Err``.
+    """
