@@ -154,7 +154,8 @@ class Agent:
     key is built in for mainnet URLs; elsewhere pass it, or call :meth:`fetch_root_key` (which trusts the
     replica, so only do that for a local or test network). ``timeout_s`` bounds every HTTP request unless a
     method is given its own ``timeout_s``. ``verify_query_signatures`` defaults to on for mainnet URLs only.
-    ``max_connections`` bounds the keep-alive pool. Use as ``async with Agent(...) as agent`` or call
+    ``sync_call=False`` skips the v3 endpoint (v2 call and polling only). ``max_connections`` bounds the
+    keep-alive pool. Use as ``async with Agent(...) as agent`` or call
     :meth:`close`.
     """
 
@@ -166,6 +167,7 @@ class Agent:
         root_key: bytes | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         verify_query_signatures: bool | None = None,
+        sync_call: bool = True,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.url = url.rstrip("/")
@@ -176,8 +178,8 @@ class Agent:
         self.verify_query_signatures = self.is_mainnet if verify_query_signatures is None else verify_query_signatures
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        # Cleared when a replica answers 404 on v3 call: later calls go straight to v2 instead of trying again.
-        self._v3_call = True
+        # Also cleared when a replica answers 404 on v3 call: later calls go straight to v2, not to v3 again.
+        self._v3_call = sync_call
         # Node public keys (DER) by node id, per effective canister id, for query signature checks.
         self._node_keys: dict[Principal, dict[bytes, bytes]] = {}
 
