@@ -5,19 +5,46 @@ Same signatures, results and errors as ``reconstruct_pure`` / ``lookup_path_pure
 (including the node checks and the ``MAX_NODE_DEPTH`` limit). SHA-256 runs here in
 C on stack buffers: a node's hash is written straight into its parent's hashing
 state, so reconstructing a tree allocates one bytes object (the root hash) instead
-of a hashlib object and a digest per node. SHA-256 is implemented here (FIPS 180-4)
-rather than linked from OpenSSL so that the extension builds with a bare C compiler;
-the inputs are a few dozen bytes per node, where call overhead, not block speed, dominates.
+of a hashlib object and a digest per node.
+
+SHA-256 comes from the OpenSSL library that Python's own ``hashlib`` has already
+loaded (found with ``dlopen(RTLD_NOLOAD)``, so no new dependency and no OpenSSL
+headers at build time; OpenSSL uses the CPU's SHA extensions). When that library is
+not found, or fails a known-answer test at import, a portable C SHA-256 (FIPS 180-4)
+in this module is used instead. ``SHA256_BACKEND`` says which one is active.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLong, PyLong_CheckExact
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 from icws_fast.errors import HashTreeError
+
+
+cdef extern from "<dlfcn.h>" nogil:
+    void *dlopen(const char *filename, int flags)
+    void *dlsym(void *handle, const char *symbol)
+    int RTLD_NOW
+    int RTLD_NOLOAD
+
+
+# OpenSSL's SHA256_Init / SHA256_Update / SHA256_Final (the context is opaque here: 112 bytes in
+# OpenSSL 1.1 and 3.x, given a larger buffer).
+ctypedef int (*ossl_init_t)(void *ctx) noexcept nogil
+ctypedef int (*ossl_update_t)(void *ctx, const void *data, size_t n) noexcept nogil
+ctypedef int (*ossl_final_t)(uint8_t *out, void *ctx) noexcept nogil
+
+cdef ossl_init_t ossl_init = NULL
+cdef ossl_update_t ossl_update = NULL
+cdef ossl_final_t ossl_final = NULL
+
+
+cdef union HashState:
+    Sha256 soft
+    uint64_t ossl[48]
 
 # Mirrors icws_fast.ic.hashtree (that module imports this one, so the values are repeated, not imported).
 cdef enum:
@@ -128,9 +155,79 @@ cdef void sha_final(Sha256 *s, uint8_t *out) noexcept nogil:
         out[4 * i + 3] = <uint8_t>s.h[i]
 
 
-cdef inline void sha_bytes(Sha256 *s, object value) noexcept:
+cdef inline void h_init(HashState *s) noexcept nogil:
+    if ossl_init != NULL:
+        ossl_init(s.ossl)
+    else:
+        sha_init(&s.soft)
+
+
+cdef inline void h_update(HashState *s, const uint8_t *data, size_t n) noexcept nogil:
+    if ossl_update != NULL:
+        ossl_update(s.ossl, data, n)
+    else:
+        sha_update(&s.soft, data, n)
+
+
+cdef inline void h_final(HashState *s, uint8_t *out) noexcept nogil:
+    if ossl_final != NULL:
+        ossl_final(out, s.ossl)
+    else:
+        sha_final(&s.soft, out)
+
+
+cdef inline void h_bytes(HashState *s, object value) noexcept:
     # Callers have checked PyBytes_CheckExact(value).
-    sha_update(s, <const uint8_t *>PyBytes_AS_STRING(value), <size_t>PyBytes_GET_SIZE(value))
+    h_update(s, <const uint8_t *>PyBytes_AS_STRING(value), <size_t>PyBytes_GET_SIZE(value))
+
+
+cdef bint load_openssl():
+    """Bind OpenSSL's SHA-256 from the libcrypto already in the process; False (unbound) if unusable."""
+    global ossl_init, ossl_update, ossl_final
+    cdef void *lib = NULL
+    cdef HashState s
+    cdef uint8_t out[32]
+    import _hashlib  # noqa: F401  (makes sure Python's libcrypto is loaded)
+
+    for name in (b"libcrypto.so.3", b"libcrypto.so.1.1", b"libcrypto.so"):
+        lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD)
+        if lib != NULL:
+            break
+    if lib == NULL:
+        return False
+    ossl_init = <ossl_init_t>dlsym(lib, b"SHA256_Init")
+    ossl_update = <ossl_update_t>dlsym(lib, b"SHA256_Update")
+    ossl_final = <ossl_final_t>dlsym(lib, b"SHA256_Final")
+    if ossl_init != NULL and ossl_update != NULL and ossl_final != NULL:
+        h_init(&s)
+        h_update(&s, <const uint8_t *>b"abc", 3)
+        h_final(&s, out)
+        if out[:32] == bytes.fromhex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"):
+            return True
+    ossl_init = NULL
+    ossl_update = NULL
+    ossl_final = NULL
+    return False
+
+
+SHA256_BACKEND = "openssl" if load_openssl() else "builtin"
+
+
+def set_sha256_backend(name):
+    """Switch SHA-256 to ``"builtin"`` or ``"openssl"`` (tests use it to cover both); returns the backend.
+
+    Asking for ``"openssl"`` when it cannot be loaded raises ValueError. Not thread-safe: call it
+    only while no reconstruction runs.
+    """
+    global SHA256_BACKEND, ossl_init, ossl_update, ossl_final
+    if name == "builtin":
+        ossl_init = NULL
+        ossl_update = NULL
+        ossl_final = NULL
+    elif name != "openssl" or not load_openssl():
+        raise ValueError(f"SHA-256 backend {name!r} is not available")
+    SHA256_BACKEND = name
+    return name
 
 
 cdef int node_tag(object node) except -1:
@@ -158,7 +255,7 @@ cdef inline object node_bytes(object node, Py_ssize_t index):
 
 cdef int hash_node(object node, uint8_t *out, int depth) except -1:
     """Write the 32-byte hash of ``node`` to ``out``."""
-    cdef Sha256 s
+    cdef HashState s
     cdef uint8_t left[32]
     cdef uint8_t right[32]
     cdef int tag
@@ -168,34 +265,34 @@ cdef int hash_node(object node, uint8_t *out, int depth) except -1:
     if tag == FORK:
         hash_node(<object>PyTuple_GET_ITEM(node, 1), left, depth - 1)
         hash_node(<object>PyTuple_GET_ITEM(node, 2), right, depth - 1)
-        sha_init(&s)
-        sha_update(&s, <const uint8_t *>FORK_DOMAIN, 17)
-        sha_update(&s, left, 32)
-        sha_update(&s, right, 32)
-        sha_final(&s, out)
+        h_init(&s)
+        h_update(&s, <const uint8_t *>FORK_DOMAIN, 17)
+        h_update(&s, left, 32)
+        h_update(&s, right, 32)
+        h_final(&s, out)
     elif tag == LABELED:
         label = node_bytes(node, 1)
         hash_node(<object>PyTuple_GET_ITEM(node, 2), right, depth - 1)
-        sha_init(&s)
-        sha_update(&s, <const uint8_t *>LABELED_DOMAIN, 20)
-        sha_bytes(&s, label)
-        sha_update(&s, right, 32)
-        sha_final(&s, out)
+        h_init(&s)
+        h_update(&s, <const uint8_t *>LABELED_DOMAIN, 20)
+        h_bytes(&s, label)
+        h_update(&s, right, 32)
+        h_final(&s, out)
     elif tag == LEAF:
         value = node_bytes(node, 1)
-        sha_init(&s)
-        sha_update(&s, <const uint8_t *>LEAF_DOMAIN, 17)
-        sha_bytes(&s, value)
-        sha_final(&s, out)
+        h_init(&s)
+        h_update(&s, <const uint8_t *>LEAF_DOMAIN, 17)
+        h_bytes(&s, value)
+        h_final(&s, out)
     elif tag == PRUNED:
         digest = node_bytes(node, 1)
         if PyBytes_GET_SIZE(digest) != 32:
             raise HashTreeError(f"a pruned hash is 32 bytes, got {PyBytes_GET_SIZE(digest)}")
         memcpy(out, PyBytes_AS_STRING(digest), 32)
     else:
-        sha_init(&s)
-        sha_update(&s, <const uint8_t *>EMPTY_DOMAIN, 18)
-        sha_final(&s, out)
+        h_init(&s)
+        h_update(&s, <const uint8_t *>EMPTY_DOMAIN, 18)
+        h_final(&s, out)
     return 0
 
 

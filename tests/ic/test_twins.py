@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -76,13 +77,35 @@ def test_vector_trees_identical(tree: hashtree.Node) -> None:
         assert compiled.lookup_path(tree, path) == hashtree.lookup_path_pure(tree, path), path
 
 
-def test_sha256_at_block_boundaries() -> None:
+@pytest.fixture(params=["builtin", "openssl"])
+def sha256_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each SHA-256 backend of the compiled twin in turn (OpenSSL when the process has it)."""
     assert compiled is not None
+    before = compiled.SHA256_BACKEND
+    try:
+        compiled.set_sha256_backend(request.param)
+    except ValueError:
+        pytest.skip("OpenSSL's SHA-256 is not loadable here")
+    yield request.param
+    compiled.set_sha256_backend(before)
+
+
+def test_sha256_at_block_boundaries(sha256_backend: str) -> None:
+    assert compiled is not None
+    assert sha256_backend == compiled.SHA256_BACKEND
     for n in [*range(0, 200), 1000, 4096, 65537]:
         value = bytes((i * 7 + n) % 256 for i in range(n))
         assert compiled.reconstruct(hashtree.leaf(value)) == hashlib.sha256(b"\x10ic-hashtree-leaf" + value).digest()
         label_tree = hashtree.labeled(value, hashtree.empty())
         assert compiled.reconstruct(label_tree) == hashtree.reconstruct_pure(label_tree)
+    for tree in TREES:
+        assert compiled.reconstruct(tree) == hashtree.reconstruct_pure(tree)
+
+
+def test_unknown_backend_rejected() -> None:
+    assert compiled is not None
+    with pytest.raises(ValueError):
+        compiled.set_sha256_backend("md5")
 
 
 _labels = st.binary(max_size=3)
