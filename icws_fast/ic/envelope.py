@@ -99,7 +99,8 @@ def build_envelope(identity: Identity, content: dict[str, Any]) -> bytes:
 
     An anonymous identity yields ``{content}`` only. ``content["sender"]`` must be the identity's principal.
     """
-    if content.get("sender") != identity.sender.bytes:
+    sender = content.get("sender")
+    if (sender.bytes if isinstance(sender, Principal) else sender) != identity.sender.bytes:
         raise ValueError("content sender is not the identity's principal")
     envelope: dict[str, Any] = {"content": content}
     der = identity.der_public_key
@@ -225,7 +226,7 @@ def _parse_delegations(value: Any) -> list[dict[str, Any]]:
     return value
 
 
-def parse_envelope(data: bytes | bytearray | memoryview | Mapping[str, Any]) -> Envelope:
+def parse_envelope(data: bytes | bytearray | memoryview | dict[str, Any]) -> Envelope:
     """Parse an envelope (CBOR bytes, or the map already decoded from an enclosing message).
 
     Checks the shape only; any malformation raises :class:`~icws_fast.errors.EnvelopeError`.

@@ -45,8 +45,9 @@ _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
 _E = TypeVar("_E", bound="_EcdsaIdentity")
 
 # PKCS#8 version 2 (RFC 5958 OneAsymmetricKey) Ed25519 keys, which `cryptography` does not read:
-# header, 32-byte seed, public-key field header, 32-byte public key. Older dfx wrote the public key
-# with an explicit [1] tag (a1 23 03 21 00), RFC 5958 uses the implicit one (81 21 00).
+# header, 32-byte seed, public-key field header, 32-byte public key. ring before 0.17 (and so older
+# dfx) wrote the public key with an explicit [1] tag (a1 23 03 21 00); ring 0.17 and RFC 5958 use the
+# implicit one (81 21 00).
 _ED25519_PKCS8_V2: Final = (
     (bytes.fromhex("3053020101300506032b657004220420"), bytes.fromhex("a123032100")),
     (bytes.fromhex("3051020101300506032b657004220420"), bytes.fromhex("812100")),
@@ -55,6 +56,8 @@ _ED25519_PKCS8_V2: Final = (
 
 class Identity(ABC):
     """Something that can send requests: a principal, and (unless anonymous) a key that signs them."""
+
+    __slots__ = ()
 
     @property
     def sender(self) -> Principal:
@@ -82,6 +85,8 @@ class Identity(ABC):
 class AnonymousIdentity(Identity):
     """The anonymous sender (principal ``2vxsx-fae``): requests carry no key and no signature."""
 
+    __slots__ = ()
+
     @property
     def sender(self) -> Principal:
         return Principal.anonymous()
@@ -104,30 +109,33 @@ def _load_pem(pem: str | bytes) -> Any:
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        seed = _ed25519_seed_from_pkcs8_v2(data)
-        if seed is not None:
-            return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-        raise DecodeError(f"unreadable private key PEM: {exc}") from None
+        key = _ed25519_from_pkcs8_v2(_pem_body(data, "PRIVATE KEY"))
+        if key is None:
+            raise DecodeError(f"unreadable private key PEM: {exc}") from None
+        return key
 
 
-def _ed25519_seed_from_pkcs8_v2(pem: bytes) -> bytes | None:
-    """The seed of a version-2 PKCS#8 Ed25519 key whose embedded public key matches it, else None."""
+def _pem_body(pem: bytes, label: str) -> bytes:
+    """The DER inside a single-block PEM with ``label``, or b"" when it is not one."""
     try:
         lines = pem.decode("ascii").strip().splitlines()
-        if lines[0] != "-----BEGIN PRIVATE KEY-----" or lines[-1] != "-----END PRIVATE KEY-----":
-            return None
-        body = base64.b64decode("".join(lines[1:-1]), validate=True)
-    except (ValueError, IndexError):
-        return None
+        if len(lines) < 2 or lines[0] != f"-----BEGIN {label}-----" or lines[-1] != f"-----END {label}-----":
+            return b""
+        return base64.b64decode("".join(lines[1:-1]), validate=True)
+    except ValueError:
+        return b""
+
+
+def _ed25519_from_pkcs8_v2(der: bytes) -> ed25519.Ed25519PrivateKey | None:
+    """The key of a version-2 PKCS#8 Ed25519 document whose embedded public key matches it, else None."""
     for header, pub_header in _ED25519_PKCS8_V2:
-        if len(body) == len(header) + 32 + len(pub_header) + 32 and body.startswith(header):
-            seed = body[len(header) : len(header) + 32]
-            if body[len(header) + 32 : len(header) + 32 + len(pub_header)] != pub_header:
+        if len(der) == len(header) + 32 + len(pub_header) + 32 and der.startswith(header):
+            seed_end = len(header) + 32
+            if der[seed_end : seed_end + len(pub_header)] != pub_header:
                 return None
-            key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-            if key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) != body[-32:]:
-                return None
-            return seed
+            key = ed25519.Ed25519PrivateKey.from_private_bytes(der[len(header) : seed_end])
+            public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            return key if public == der[-32:] else None
     return None
 
 
@@ -161,11 +169,35 @@ class Ed25519Identity(Identity):
             raise DecodeError(f"PEM holds a {type(key).__name__}, not an Ed25519 key")
         return cls(key)
 
+    @classmethod
+    def from_der(cls, der: bytes) -> Ed25519Identity:
+        """Load a PKCS#8 DER document, version 1 or 2.
+
+        The Rust gateway stores ring's ``generate_pkcs8`` output (version 2) in ``./data/key_pair``.
+        """
+        try:
+            key: Any = serialization.load_der_private_key(bytes(der), password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            key = _ed25519_from_pkcs8_v2(bytes(der))
+            if key is None:
+                raise DecodeError(f"unreadable PKCS#8 private key: {exc}") from None
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise DecodeError(f"DER holds a {type(key).__name__}, not an Ed25519 key")
+        return cls(key)
+
     def to_pem(self) -> str:
         """The PKCS#8 ``PRIVATE KEY`` PEM of the key."""
         return self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode("ascii")
+
+    def to_der(self) -> bytes:
+        """The version-2 PKCS#8 DER document of the key (with the public key), as ring 0.17 writes it."""
+        seed = self._key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        header, pub_header = _ED25519_PKCS8_V2[1]
+        return header + seed + pub_header + self._der[len(ED25519_DER_PREFIX) :]
 
     @property
     def der_public_key(self) -> bytes:

@@ -147,6 +147,9 @@ def test_builders() -> None:
     assert env.canister_id is None and env.method_name is None and env.arg is None
     with pytest.raises(ValueError):
         build_envelope(Ed25519Identity.generate(), content)
+    # The sender may also be given as a Principal.
+    as_principal = content | {"sender": sender}
+    assert parse_envelope(build_envelope(AnonymousIdentity(), as_principal)).sender == sender
 
 
 def test_parse_accepts_an_already_decoded_map() -> None:

@@ -133,6 +133,32 @@ def test_ed25519_pkcs8_v2_as_older_dfx_wrote() -> None:
         Ed25519Identity.from_pem(_pem("PRIVATE KEY", wrong))
 
 
+def test_ed25519_der_as_the_rust_gateway_stores_it() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    identity = Ed25519Identity.generate()
+    der = identity.to_der()
+    # ring 0.17's PKCS#8 v2 layout: header, seed, implicit [1] public key.
+    assert len(der) == 83
+    assert der.startswith(bytes.fromhex("3051020101300506032b657004220420"))
+    assert der[48:51] == bytes.fromhex("812100")
+    assert Ed25519Identity.from_der(der).der_public_key == identity.der_public_key
+    # python-ecdsa reads the same document independently.
+    assert ecdsa.SigningKey.from_der(der).get_verifying_key().to_string() == identity.der_public_key[-32:]
+    legacy = bytes.fromhex("3053020101300506032b657004220420") + der[16:48] + bytes.fromhex("a123032100") + der[-32:]
+    assert Ed25519Identity.from_der(legacy).der_public_key == identity.der_public_key
+    key = ed25519.Ed25519PrivateKey.generate()
+    v1 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    assert Ed25519Identity.from_der(v1).der_public_key == Ed25519Identity(key).der_public_key
+    k1_der = serialization.load_pem_private_key(Secp256k1Identity.generate().to_pem().encode(), None).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    for bad in (b"", der[:-1], der[:-1] + bytes([der[-1] ^ 1]), der + b"\x00", k1_der):
+        with pytest.raises(DecodeError):
+            Ed25519Identity.from_der(bad)
+
+
 @pytest.mark.parametrize(
     "pem",
     [
