@@ -55,7 +55,7 @@ async def serve(address: str, subnet_delegation: bool) -> None:
 
 @contextlib.contextmanager
 def running(*, subnet_delegation: bool = False) -> Iterator[dict[str, Any]]:
-    """Start this script as a subprocess; yield its start-up line (``url``, ``root_key``, ``canisters``)."""
+    """Start this script as a subprocess; yield its start-up line (``url``, ``root_key``, ``canisters``) and ``pid``."""
     command = [sys.executable, __file__, "--address", "127.0.0.1:0"]
     if subnet_delegation:
         command.append("--subnet-delegation")
@@ -66,6 +66,7 @@ def running(*, subnet_delegation: bool = False) -> Iterator[dict[str, Any]]:
         if not line:
             raise RuntimeError(f"the echo devnet exited with status {proc.wait()} before serving")
         info: dict[str, Any] = json.loads(line)
+        info["pid"] = proc.pid
         yield info
     finally:
         proc.terminate()
