@@ -6,6 +6,7 @@ environment), so clients and logs read the same as against a real replica.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import logging
@@ -204,9 +205,9 @@ class CanisterHost:
     ) -> bytes:
         """Run ``method`` and return the Candid-encoded reply; raise :class:`Reject` otherwise.
 
-        An update called through the query endpoint runs as a query (as the IC allows); a query
-        method is not callable as an update from the call endpoint only in the sense that it
-        executes in replicated mode, which the IC allows too.
+        As on the IC, an update method may be run through the query endpoint: its state changes
+        must then be discarded, so it runs on a copy of the canister. A query method called as an
+        update runs in replicated mode (its effects persist), as on the IC.
         """
         spec = self.methods.get(method)
         if spec is None:
@@ -218,7 +219,8 @@ class CanisterHost:
             except CandidError as exc:
                 raise _called_trap(self.canister_id, f"failed to decode call arguments: {exc}") from None
             try:
-                result = getattr(self.instance, method)(*args)
+                instance = copy.deepcopy(self.instance) if is_query and spec.kind == "update" else self.instance
+                result = getattr(instance, method)(*args)
             except api.Trap as exc:
                 raise _called_trap(self.canister_id, exc.message) from None
             except Exception as exc:
