@@ -45,7 +45,7 @@ from icws_fast.errors import (
     RejectError,
     TransportError,
 )
-from icws_fast.ic import cbor, hashtree
+from icws_fast.ic import bls, cbor, hashtree
 from icws_fast.ic.certificate import Certificate
 from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content
 from icws_fast.ic.identity import AnonymousIdentity, Identity, verify_signature
@@ -104,7 +104,12 @@ def _reject_error(answer: dict[str, Any], what: str) -> RejectError:
     code = answer.get("reject_code")
     message = answer.get("reject_message")
     error_code = answer.get("error_code")
-    if type(code) is not int or type(message) is not str or not (error_code is None or type(error_code) is str):
+    if (
+        type(code) is not int
+        or code < 0
+        or type(message) is not str
+        or not (error_code is None or type(error_code) is str)
+    ):
         raise AgentError(f"malformed {what} rejection: {answer!r:.300}")
     return RejectError(code, message, error_code)
 
@@ -272,8 +277,12 @@ class Agent:
             self._root_key = MAINNET_ROOT_KEY
             return MAINNET_ROOT_KEY
         key = (await self.status(timeout_s=timeout_s)).get("root_key")
-        if type(key) is not bytes or not key:
+        if type(key) is not bytes:
             raise AgentError(f"the status of {self.url} carries no root_key byte string")
+        try:
+            bls.der_decode_public_key(key)
+        except DecodeError as exc:
+            raise AgentError(f"the root key of {self.url} is not a DER BLS12-381 public key: {exc}") from exc
         self._root_key = key
         return key
 
@@ -467,13 +476,14 @@ class Agent:
         timeout_s: float | None,
     ) -> bytes:
         """Post a signed call (v3, else v2) and return its certified reply, polling when needed."""
+        v3_missing = False
         if self._v3_call:
             try:
                 status, data = await self._request("POST", f"/api/v3/canister/{canister_id}/call", body, timeout_s)
             except HttpStatusError as exc:
                 if exc.status != 404:
                     raise
-                self._v3_call = False
+                v3_missing = True
             else:
                 if status == 200:
                     answer = self._cbor_map(data, "call")
@@ -488,6 +498,10 @@ class Agent:
                 # 202 (or a certificate from before the call finished): the outcome must be polled.
                 return await self._poll(canister_id, rid, ingress_expiry, poller, timeout_s)
         status, data = await self._request("POST", f"/api/v2/canister/{canister_id}/call", body, timeout_s)
+        if v3_missing:
+            # v2 answered where v3 was 404: the replica lacks v3 (a 404 for an unknown canister would have
+            # repeated on v2), so later calls skip it.
+            self._v3_call = False
         if status == 200 and data:
             raise _reject_error(self._cbor_map(data, "call"), "call")
         return await self._poll(canister_id, rid, ingress_expiry, poller, timeout_s)

@@ -283,6 +283,19 @@ async def test_call_falls_back_to_v2_once_v3_is_missing(replica_server: tuple[Sc
     assert replica.hits[1:] == ["v3/call", "v2/call", "v2/read_state", "v2/call", "v2/read_state"]
 
 
+async def test_a_404_on_both_versions_is_not_a_missing_v3(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica) as agent:
+        # A boundary node answers 404 for an unknown canister on every endpoint version.
+        replica.hostile["call"] = (404, b"canister not found")
+        with pytest.raises(HttpStatusError) as info:
+            await agent.call(CANISTER, "echo", b"")
+        assert (info.value.status, info.value.text) == (404, "canister not found")
+        del replica.hostile["call"]
+        assert await agent.call(CANISTER, "echo", b"v3") == b"echo:v3"
+    assert replica.hits[1:] == ["v3/call", "v2/call", "v3/call"]
+
+
 @pytest.mark.parametrize("v3", ["sync", "202", "404"])
 async def test_certified_reject(replica_server: tuple[ScriptedReplica, str], v3: str) -> None:
     replica, url = replica_server
@@ -482,6 +495,7 @@ HOSTILE_BODIES = [
     cbor.encode({"status": "replied", "certificate": cbor.encode({"tree": [0], "signature": b""})}),
     cbor.encode({"certificate": cbor.encode({"tree": [9], "signature": b""})}),
     cbor.encode({"root_key": 5}),
+    cbor.encode({"root_key": b"0\x00"}),
     cbor.encode({"reject_code": 4}),
     b"\x9f" * 300,
 ]
@@ -520,6 +534,12 @@ async def test_node_signature_entries_are_validated(replica_server: tuple[Script
             cbor.encode({"status": "replied", "reply": {"arg": b""}, "signatures": [stale]}),
         )
         with pytest.raises(CertificateError, match="not recent"):
+            await agent.query(CANISTER, "echo", b"")
+        # A negative reject code cannot be hashed as a nat: the answer is malformed before any signature check.
+        fresh = {"timestamp": time.time_ns(), "signature": b"s", "identity": replica.node_id}
+        negative = {"status": "rejected", "reject_code": -1, "reject_message": "x", "signatures": [fresh]}
+        replica.hostile["query"] = (200, cbor.encode(negative))
+        with pytest.raises(AgentError, match="malformed query rejection"):
             await agent.query(CANISTER, "echo", b"")
 
 
