@@ -1,0 +1,245 @@
+"""The certified map of the IC WebSocket CDK: message key -> sha256(content), updated in O(log n) hashes.
+
+The Rust CDK keeps the map in an RB tree and certifies ``labeled_hash("websocket", root)``. A client only checks
+that the witness it gets reconstructs to the certified data and that ``lookup(["websocket", key])`` finds the
+hash of the message content, so any valid hash tree with the labels in order works. This one exploits the
+structure of the keys, ``"<gateway>_<nonce, 20 digits>"`` with consecutive nonces per gateway, appended at the end
+and deleted from the front:
+
+- per gateway, the entries sit at their nonce in an implicit binary trie over the 64-bit nonce space; a trie node
+  with one non-empty child *is* that child (no fork is emitted for it), so the tree is a plain fork tree over the
+  entries in nonce order. Inserting or deleting an entry rehashes only its ancestors that have two non-empty
+  children, about log2(queue length) forks;
+- the gateways' subtrees are joined by a balanced fork tree in key order (the keys of one gateway are contiguous in
+  the global order because they share the prefix ``"<gateway>_"``), with every range hash cached, so updating one
+  gateway costs log2(number of gateways) forks and only adding or dropping a gateway rebuilds that level.
+
+A witness for a range of one gateway's nonces keeps the labeled leaves of the range and prunes everything else, so
+its size is O(messages returned + log n).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from typing import Final
+
+from icws_fast.ic.hashtree import (
+    EMPTY_HASH,
+    FORK,
+    LABELED,
+    LEAF,
+    PRUNED,
+    Node,
+    fork_hash,
+    labeled_hash,
+    leaf_hash,
+)
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.types import LABEL_WEBSOCKET
+
+__all__ = ["CertifiedMessageMap"]
+
+_NONCE_BITS: Final = 64
+
+
+class _NonceTrie:
+    """The entries of one gateway, keyed by nonce (see the module docstring)."""
+
+    __slots__ = ("_entries", "_levels")
+
+    def __init__(self) -> None:
+        # _entries[nonce] = (label, leaf value); _levels[l][i] = hash of the trie node covering the nonces
+        # [i << l, (i + 1) << l), present only when that range holds an entry.
+        self._entries: dict[int, tuple[bytes, bytes]] = {}
+        self._levels: list[dict[int, bytes]] = [{} for _ in range(_NONCE_BITS + 1)]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def root_hash(self) -> bytes:
+        return self._levels[_NONCE_BITS].get(0, EMPTY_HASH)
+
+    def insert(self, nonce: int, label: bytes, value: bytes) -> None:
+        self._entries[nonce] = (label, value)
+        self._levels[0][nonce] = labeled_hash(label, leaf_hash(value))
+        self._rehash_ancestors(nonce)
+
+    def delete(self, nonce: int) -> None:
+        if self._entries.pop(nonce, None) is not None:
+            del self._levels[0][nonce]
+            self._rehash_ancestors(nonce)
+
+    def _rehash_ancestors(self, nonce: int) -> None:
+        index = nonce
+        below = self._levels[0]
+        for level in range(1, _NONCE_BITS + 1):
+            index >>= 1
+            here = self._levels[level]
+            left = below.get(2 * index)
+            right = below.get(2 * index + 1)
+            if left is not None and right is not None:
+                here[index] = fork_hash(left, right)
+            elif left is not None:
+                here[index] = left  # a node with one child is that child
+            elif right is not None:
+                here[index] = right
+            elif here.pop(index, None) is None:
+                return  # this subtree was already empty, so nothing above changes
+            below = here
+
+    def witness(self, first: int, last: int) -> Node:
+        """The subtree with the entries of nonces ``first..last`` revealed and everything else pruned.
+
+        Only for a non-empty trie (the map drops a gateway's trie when it empties).
+        """
+        return self._emit(_NONCE_BITS, 0, first, last)
+
+    def _emit(self, level: int, index: int, first: int, last: int) -> Node:
+        # Walk down the chain of one-child nodes until a fork, a leaf or a range outside [first, last].
+        while True:
+            start = index << level
+            if start > last or ((index + 1) << level) - 1 < first:
+                return (PRUNED, self._levels[level][index])
+            if level == 0:
+                label, value = self._entries[index]
+                return (LABELED, label, (LEAF, value))
+            below = self._levels[level - 1]
+            has_left = 2 * index in below
+            has_right = 2 * index + 1 in below
+            level -= 1
+            if has_left and has_right:
+                return (
+                    FORK,
+                    self._emit(level, 2 * index, first, last),
+                    self._emit(level, 2 * index + 1, first, last),
+                )
+            index = 2 * index if has_left else 2 * index + 1
+
+
+class CertifiedMessageMap:
+    """Message key -> sha256(content) for every queued message of every gateway, with its root hash kept current.
+
+    ``certified_data`` is what the canister certifies, ``witness(gateway, first, last)`` the tree
+    ``ws_get_messages`` returns for the nonces ``first..last`` of ``gateway``.
+    """
+
+    __slots__ = ("_forks", "_hashes", "_prefixes", "_tries")
+
+    def __init__(self) -> None:
+        self._tries: dict[Principal, _NonceTrie] = {}
+        # The non-empty gateways in key order (by "<text>_" prefix) and the balanced forks joining them.
+        self._prefixes: list[bytes] = []
+        self._hashes: list[bytes] = []
+        self._forks: dict[tuple[int, int], bytes] = {}
+
+    def __len__(self) -> int:
+        return sum(len(trie) for trie in self._tries.values())
+
+    def insert(self, gateway: Principal, nonce: int, key: str, content: bytes) -> None:
+        """Add the message ``key`` (whose nonce for ``gateway`` is ``nonce``) certifying ``sha256(content)``."""
+        trie = self._tries.get(gateway)
+        if trie is None:
+            trie = self._tries[gateway] = _NonceTrie()
+        trie.insert(nonce, key.encode(), hashlib.sha256(content).digest())
+        self._gateway_changed(gateway, trie)
+
+    def delete(self, gateway: Principal, nonces: list[int]) -> None:
+        """Remove the messages of ``gateway`` with these nonces (unknown ones are ignored)."""
+        trie = self._tries.get(gateway)
+        if trie is None or not nonces:
+            return
+        for nonce in nonces:
+            trie.delete(nonce)
+        self._gateway_changed(gateway, trie)
+
+    def remove_gateway(self, gateway: Principal) -> None:
+        """Remove every message of ``gateway``."""
+        trie = self._tries.pop(gateway, None)
+        if trie is not None and trie:
+            self._gateway_changed(gateway, _NonceTrie())
+
+    @property
+    def root_hash(self) -> bytes:
+        """The root hash of the map (the subtree under the ``websocket`` label)."""
+        return self._range_hash(0, len(self._hashes))
+
+    @property
+    def certified_data(self) -> bytes:
+        """``labeled_hash("websocket", root_hash)``: the 32 bytes the canister certifies."""
+        return labeled_hash(LABEL_WEBSOCKET, self.root_hash)
+
+    def witness(self, gateway: Principal, first: int, last: int) -> Node:
+        """``labeled("websocket", ...)`` revealing the messages of nonces ``first..last`` of ``gateway``."""
+        trie = self._tries.get(gateway)
+        position = self._position(gateway)
+        if trie is None or position is None:
+            return (LABELED, LABEL_WEBSOCKET, (PRUNED, self.root_hash))
+        return (LABELED, LABEL_WEBSOCKET, self._emit(0, len(self._hashes), position, trie.witness(first, last)))
+
+    # -- the gateway level: balanced forks over the non-empty gateways, every range hash cached ---------------
+
+    @staticmethod
+    def _prefix(gateway: Principal) -> bytes:
+        return gateway.to_text().encode() + b"_"
+
+    def _position(self, gateway: Principal) -> int | None:
+        prefix = self._prefix(gateway)
+        i = bisect.bisect_left(self._prefixes, prefix)
+        return i if i < len(self._prefixes) and self._prefixes[i] == prefix else None
+
+    def _gateway_changed(self, gateway: Principal, trie: _NonceTrie) -> None:
+        position = self._position(gateway)
+        if not trie:
+            self._tries.pop(gateway, None)
+            if position is not None:
+                del self._prefixes[position]
+                del self._hashes[position]
+                self._rebuild()
+            return
+        if position is None:
+            prefix = self._prefix(gateway)
+            i = bisect.bisect_left(self._prefixes, prefix)
+            self._prefixes.insert(i, prefix)
+            self._hashes.insert(i, trie.root_hash)
+            self._rebuild()
+            return
+        self._hashes[position] = trie.root_hash
+        # Rehash only the ranges on the path from the root to this gateway, bottom up.
+        path: list[tuple[int, int]] = []
+        lo, hi = 0, len(self._hashes)
+        while hi - lo > 1:
+            path.append((lo, hi))
+            mid = (lo + hi + 1) // 2
+            lo, hi = (lo, mid) if position < mid else (mid, hi)
+        for lo, hi in reversed(path):
+            mid = (lo + hi + 1) // 2
+            self._forks[(lo, hi)] = fork_hash(self._range_hash(lo, mid), self._range_hash(mid, hi))
+
+    def _rebuild(self) -> None:
+        self._forks.clear()
+        self._fill(0, len(self._hashes))
+
+    def _fill(self, lo: int, hi: int) -> bytes:
+        if hi - lo <= 1:
+            return self._range_hash(lo, hi)
+        mid = (lo + hi + 1) // 2
+        digest = fork_hash(self._fill(lo, mid), self._fill(mid, hi))
+        self._forks[(lo, hi)] = digest
+        return digest
+
+    def _range_hash(self, lo: int, hi: int) -> bytes:
+        if hi - lo == 0:
+            return EMPTY_HASH
+        if hi - lo == 1:
+            return self._hashes[lo]
+        return self._forks[(lo, hi)]
+
+    def _emit(self, lo: int, hi: int, position: int, subtree: Node) -> Node:
+        if hi - lo == 1:
+            return subtree
+        mid = (lo + hi + 1) // 2
+        if position < mid:
+            return (FORK, self._emit(lo, mid, position, subtree), (PRUNED, self._range_hash(mid, hi)))
+        return (FORK, (PRUNED, self._range_hash(lo, mid)), self._emit(mid, hi, position, subtree))

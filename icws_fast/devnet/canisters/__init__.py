@@ -1,0 +1,23 @@
+"""The demo canisters the devnet hosts by default, in a fixed order (so their canister ids are stable).
+
+- ``test``: the official ic-websocket-gateway test canister (ping / pong), see :mod:`.test_canister`;
+- ``chat``: broadcasts every message to every connected client, see :mod:`.chat`;
+- ``firehose``: sends configurable rounds of messages from a timer, for benchmarks, see :mod:`.firehose`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from icws_fast.cdk.api import Canister
+from icws_fast.devnet.canisters.chat import ChatCanister
+from icws_fast.devnet.canisters.firehose import FirehoseCanister
+from icws_fast.devnet.canisters.test_canister import TestCanister
+
+__all__ = ["DEMO_CANISTERS", "ChatCanister", "FirehoseCanister", "TestCanister"]
+
+DEMO_CANISTERS: Final[dict[str, type[Canister]]] = {
+    "test": TestCanister,
+    "chat": ChatCanister,
+    "firehose": FirehoseCanister,
+}
