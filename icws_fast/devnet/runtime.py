@@ -87,7 +87,7 @@ class _Timer:
 class _Context(api.System):
     """The system API for one execution (a message, a timer or a lifecycle hook)."""
 
-    __slots__ = ("_caller", "_certificate", "_host", "_is_query", "_now_ns")
+    __slots__ = ("_caller", "_certificate", "_host", "_is_query", "_now_ns", "timers_added")
 
     def __init__(
         self,
@@ -103,6 +103,7 @@ class _Context(api.System):
         self._now_ns = now_ns
         self._is_query = is_query
         self._certificate = certificate
+        self.timers_added: list[int] = []
 
     def caller(self) -> Principal:
         return self._caller
@@ -126,7 +127,9 @@ class _Context(api.System):
             api.trap("timers cannot be set in non replicated query mode")
         if delay_ns < 0:
             api.trap(f"timer delay must not be negative, got {delay_ns}")
-        return self._host.add_timer(self._now_ns + delay_ns, interval_ns, fn)
+        timer_id = self._host.add_timer(self._now_ns + delay_ns, interval_ns, fn)
+        self.timers_added.append(timer_id)
+        return timer_id
 
     def set_timer(self, delay_ns: int, fn: Callable[[], None]) -> int:
         return self._add_timer(delay_ns, None, fn)
@@ -213,6 +216,19 @@ class CanisterHost:
         if spec is None:
             raise method_not_found(self.canister_id, "query" if is_query else "update", method)
         context = _Context(self, caller, now_ns, is_query=is_query, certificate=certificate)
+        certified_data = self.certified_data
+        try:
+            return self._run(spec, method, arg, context, is_query=is_query)
+        except Reject:
+            # A trap discards the effects of the message. The canister's Python objects cannot be rolled
+            # back (canisters validate before they mutate), but the system state can: certified data
+            # and the timers the message set.
+            self.certified_data = certified_data
+            for timer_id in context.timers_added:
+                self.cancel_timer(timer_id)
+            raise
+
+    def _run(self, spec: api.MethodSpec, method: str, arg: bytes, context: _Context, *, is_query: bool) -> bytes:
         with api.system_context(context):
             try:
                 args = candid.decode(arg, list(spec.arg_types))
@@ -258,11 +274,16 @@ class CanisterHost:
                 timer.due_ns = now_ns + timer.interval_ns
                 heapq.heappush(self._timers, timer)
             ran += 1
-            with api.system_context(_Context(self, self.canister_id, now_ns, is_query=False)):
+            context = _Context(self, self.canister_id, now_ns, is_query=False)
+            certified_data = self.certified_data
+            with api.system_context(context):
                 try:
                     timer.fn()
                 except Exception as exc:
                     log.warning("canister %s: timer %d trapped: %r", self.canister_id, timer.timer_id, exc)
+                    self.certified_data = certified_data
+                    for timer_id in context.timers_added:
+                        self.cancel_timer(timer_id)
         return ran
 
 
