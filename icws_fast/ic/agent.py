@@ -71,6 +71,8 @@ POLL_FIRST_DELAY_S: Final = 0.02
 POLL_BACKOFF: Final = 1.5
 POLL_MAX_DELAY_S: Final = 1.0
 RESPONSE_DOMAIN: Final = b"\x0bic-response"
+#: More node signatures on one query answer than any subnet has nodes (the spec sends one) is malformed.
+MAX_NODE_SIGNATURES: Final = 100
 _NONCE_BYTES: Final = 16
 _CBOR_HEADERS: Final = {"Content-Type": "application/cbor"}
 _HTTP_TEXT_LIMIT: Final = 2000
@@ -366,6 +368,8 @@ class Agent:
         signatures = answer.get("signatures")
         if type(signatures) is not list or not signatures:
             raise CertificateError("node_signature", "the query answer carries no node signatures")
+        if len(signatures) > MAX_NODE_SIGNATURES:
+            raise CertificateError("node_signature", f"{len(signatures)} node signatures: more than a subnet has nodes")
         now = time.time_ns()
         for entry in signatures:
             timestamp = entry.get("timestamp") if type(entry) is dict else None

@@ -521,7 +521,8 @@ async def test_hostile_answers_raise_only_icws_errors(replica_server: tuple[Scri
 async def test_node_signature_entries_are_validated(replica_server: tuple[ScriptedReplica, str]) -> None:
     replica, url = replica_server
     async with await agent_for(url, replica, verify_query_signatures=True) as agent:
-        for signatures in ([], None, [b"x"], [{"timestamp": "1", "signature": b"", "identity": b""}]):
+        fresh = {"timestamp": time.time_ns(), "signature": b"s", "identity": replica.node_id}
+        for signatures in ([], None, [b"x"], [{"timestamp": "1", "signature": b"", "identity": b""}], [fresh] * 101):
             replica.hostile["query"] = (
                 200,
                 cbor.encode({"status": "replied", "reply": {"arg": b""}, "signatures": signatures}),
@@ -536,7 +537,6 @@ async def test_node_signature_entries_are_validated(replica_server: tuple[Script
         with pytest.raises(CertificateError, match="not recent"):
             await agent.query(CANISTER, "echo", b"")
         # A negative reject code cannot be hashed as a nat: the answer is malformed before any signature check.
-        fresh = {"timestamp": time.time_ns(), "signature": b"s", "identity": replica.node_id}
         negative = {"status": "rejected", "reject_code": -1, "reject_message": "x", "signatures": [fresh]}
         replica.hostile["query"] = (200, cbor.encode(negative))
         with pytest.raises(AgentError, match="malformed query rejection"):
