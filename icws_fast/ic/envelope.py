@@ -114,7 +114,10 @@ def build_envelope(identity: Identity, content: dict[str, Any]) -> bytes:
 
 
 class Envelope:
-    """A parsed envelope whose shape has been validated; field accessors for the content."""
+    """An envelope whose shape has been validated, as :func:`parse_envelope` returns it.
+
+    The content fields are exposed as attributes; those of the other request kind are None.
+    """
 
     __slots__ = (
         "_request_id",

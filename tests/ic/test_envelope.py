@@ -123,6 +123,30 @@ def test_each_scheme_round_trip(kind: Any) -> None:
     verify_envelope(env, now_ns=NOW, effective_canister_id=CANISTER)
 
 
+_IDENTITIES = [Ed25519Identity.from_seed(b"\x05" * 32), Secp256k1Identity.from_seed(b"\x05" * 32)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(_IDENTITIES),
+    st.sampled_from(["call", "query"]),
+    st.tuples(st.text(max_size=30), st.binary(max_size=200), st.none() | st.binary(max_size=32)),
+    st.integers(min_value=0, max_value=MAX_INGRESS_TTL_NS),
+)
+def test_round_trip_any_content(
+    identity: Identity, kind: str, fields: tuple[str, bytes, bytes | None], ahead: int
+) -> None:
+    method, arg, nonce = fields
+    content = call_content(
+        identity.sender, CANISTER, method, arg, ingress_expiry_ns=NOW + ahead, nonce=nonce, request_type=kind
+    )
+    env = parse_envelope(build_envelope(identity, content))
+    assert (env.request_type, env.method_name, env.arg, env.nonce) == (kind, method, arg, nonce)
+    assert env.request_id == request_id(content)
+    verify_envelope(env, now_ns=NOW, effective_canister_id=CANISTER)
+    assert parse_envelope(env.to_cbor()).request_id == env.request_id
+
+
 def test_anonymous_envelope_has_content_only() -> None:
     data = _signed(AnonymousIdentity())
     assert set(cbor.decode(data)) == {"content"}
