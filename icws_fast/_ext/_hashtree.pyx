@@ -1,8 +1,10 @@
 # cython: language_level=3
-"""Compiled twin of :mod:`icws_fast.ic.hashtree`: ``reconstruct`` and ``lookup_path``.
+"""Compiled twin of :mod:`icws_fast.ic.hashtree`: ``reconstruct``, ``lookup_path`` and the hash helpers.
 
 Same signatures, results and errors as ``reconstruct_pure`` / ``lookup_path_pure``
-(including the node checks and the ``MAX_NODE_DEPTH`` limit). SHA-256 runs here in
+(including the node checks and the ``MAX_NODE_DEPTH`` limit) and as the pure
+``leaf_hash`` / ``fork_hash`` / ``labeled_hash`` (which :class:`HashedTree`, the
+devnet and the CDK call once per node they build). SHA-256 runs here in
 C on stack buffers: a node's hash is written straight into its parent's hashing
 state, so reconstructing a tree allocates one bytes object (the root hash) instead
 of a hashlib object and a digest per node.
@@ -294,6 +296,44 @@ cdef int hash_node(object node, uint8_t *out, int depth) except -1:
         h_update(&s, <const uint8_t *>EMPTY_DOMAIN, 18)
         h_final(&s, out)
     return 0
+
+
+cdef bytes as_bytes(object value):
+    """``value`` as bytes: itself when it is bytes, a copy of any other buffer (TypeError otherwise)."""
+    if PyBytes_CheckExact(value):
+        return <bytes>value
+    return bytes(memoryview(value))
+
+
+cdef bytes digest3(const char *domain, size_t domain_len, bytes a, bytes b):
+    cdef HashState s
+    cdef uint8_t out[32]
+    h_init(&s)
+    h_update(&s, <const uint8_t *>domain, domain_len)
+    h_bytes(&s, a)
+    if b is not None:
+        h_bytes(&s, b)
+    h_final(&s, out)
+    return PyBytes_FromStringAndSize(<char *>out, 32)
+
+
+def leaf_hash(value):
+    """The hash of a Leaf holding ``value``."""
+    return digest3(LEAF_DOMAIN, 17, as_bytes(value), None)
+
+
+def fork_hash(left_hash, right_hash):
+    """The hash of a Fork whose children hash to ``left_hash`` and ``right_hash``."""
+    return digest3(FORK_DOMAIN, 17, as_bytes(left_hash), as_bytes(right_hash))
+
+
+def labeled_hash(label, subtree_hash):
+    """The hash of a Labeled node whose subtree hashes to ``subtree_hash`` (a ``str`` label is UTF-8)."""
+    if isinstance(label, str):
+        label = (<str>label).encode("utf-8")
+    elif not isinstance(label, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a hash tree label is bytes or str, not {type(label).__name__}")
+    return digest3(LABELED_DOMAIN, 20, as_bytes(label), as_bytes(subtree_hash))
 
 
 def reconstruct(node):

@@ -21,9 +21,9 @@ meaningful as the signer who produced it.
 root hash and any number of witnesses cost no hashing after construction, and a
 ``HashedTree`` can be reused as a value inside a bigger mapping.
 
-``reconstruct`` and ``lookup_path`` are rebound to the Cython twins of
-``icws_fast._ext._hashtree`` when they are built; ``reconstruct_pure`` and
-``lookup_path_pure`` stay reachable for comparison.
+``reconstruct``, ``lookup_path``, ``leaf_hash``, ``fork_hash`` and ``labeled_hash``
+are rebound to the Cython twins of ``icws_fast._ext._hashtree`` when they are
+built; the pure versions stay reachable as ``<name>_pure`` for comparison.
 """
 
 from __future__ import annotations
@@ -232,7 +232,9 @@ def _reconstruct(node: Node, depth: int) -> bytes:
         h.update(_reconstruct(node[2], depth - 1))
         return h.digest()
     if tag == LEAF:
-        return leaf_hash(_bytes(node[1]))
+        h = hashlib.sha256(LEAF_DOMAIN)
+        h.update(_bytes(node[1]))
+        return h.digest()
     if tag == PRUNED:
         digest = _bytes(node[1])
         if len(digest) != 32:
@@ -455,8 +457,14 @@ def witness(mapping: TreeMapping | HashedTree, paths: Iterable[Path]) -> Node:
 
 reconstruct: Callable[[Node], bytes] = reconstruct_pure
 lookup_path: Callable[[Node, Path], LookupResult] = lookup_path_pure
+leaf_hash_pure = leaf_hash
+fork_hash_pure = fork_hash
+labeled_hash_pure = labeled_hash
 
 _compiled = _ext.compiled("_hashtree")
 if _compiled is not None:
     reconstruct = _compiled.reconstruct
     lookup_path = _compiled.lookup_path
+    leaf_hash = _compiled.leaf_hash
+    fork_hash = _compiled.fork_hash
+    labeled_hash = _compiled.labeled_hash

@@ -186,3 +186,23 @@ def test_label_types() -> None:
     for fn in (compiled.lookup_path, hashtree.lookup_path_pure):
         with pytest.raises(TypeError):
             fn(tree, [1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=40), st.text(max_size=10))
+def test_hash_helpers_identical(data: bytes, other: bytes, text: str) -> None:
+    assert compiled is not None
+    assert hashtree.leaf_hash is compiled.leaf_hash
+    assert compiled.leaf_hash(data) == hashtree.leaf_hash_pure(data) == compiled.leaf_hash(bytearray(data))
+    assert compiled.fork_hash(data, other) == hashtree.fork_hash_pure(data, other)
+    assert compiled.fork_hash(memoryview(data), other) == hashtree.fork_hash_pure(data, other)
+    assert compiled.labeled_hash(data, other) == hashtree.labeled_hash_pure(data, other)
+    assert compiled.labeled_hash(text, other) == hashtree.labeled_hash_pure(text, other)
+
+
+def test_hash_helpers_reject_alike() -> None:
+    assert compiled is not None
+    for fn, args in [("leaf_hash", ("text",)), ("fork_hash", (b"", None)), ("labeled_hash", (1, b""))]:
+        for impl in (getattr(compiled, fn), getattr(hashtree, f"{fn}_pure")):
+            with pytest.raises(TypeError):
+                impl(*args)
