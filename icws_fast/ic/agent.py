@@ -162,8 +162,7 @@ class Agent:
     replica, so only do that for a local or test network). ``timeout_s`` bounds every HTTP request unless a
     method is given its own ``timeout_s``. ``verify_query_signatures`` defaults to on for mainnet URLs only.
     ``sync_call=False`` skips the v3 endpoint (v2 call and polling only). ``max_connections`` bounds the
-    keep-alive pool. Use as ``async with Agent(...) as agent`` or call
-    :meth:`close`.
+    keep-alive pool. Use as ``async with Agent(...) as agent`` or call :meth:`close`.
     """
 
     def __init__(
@@ -185,7 +184,7 @@ class Agent:
         self.verify_query_signatures = self.is_mainnet if verify_query_signatures is None else verify_query_signatures
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        # Also cleared when a replica answers 404 on v3 call: later calls go straight to v2, not to v3 again.
+        # Also cleared once a replica shows it has no v3 call endpoint, so that later calls go straight to v2.
         self._v3_call = sync_call
         # Node public keys (DER) by node id, per effective canister id, for query signature checks.
         self._node_keys: dict[Principal, dict[bytes, bytes]] = {}
@@ -216,8 +215,9 @@ class Agent:
     def _http(self) -> aiohttp.ClientSession:
         # Created on first use so that it binds to the running event loop, not the constructor's caller.
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            # The body limit of _request applies to decompressed bytes, so compressed answers are harmless.
+            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def _request(self, method: str, path: str, body: bytes | None, timeout_s: float | None) -> tuple[int, bytes]:
@@ -306,6 +306,7 @@ class Agent:
     async def _read_state_as(
         self, identity: Identity, canister_id: Principal, paths: Sequence[Sequence[bytes]], timeout_s: float | None
     ) -> Certificate:
+        """A verified read_state signed by ``identity`` (whose requests' statuses it may read)."""
         content = read_state_content(identity.sender, paths)
         _, data = await self._request(
             "POST", f"/api/v2/canister/{canister_id}/read_state", build_envelope(identity, content), timeout_s
