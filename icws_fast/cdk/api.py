@@ -139,7 +139,7 @@ class Canister:
 
         Raises :class:`~icws_fast.errors.CandidError` when a signature or ``CANDID`` does not parse.
         """
-        cached = cls.__dict__.get("_methods_cache")
+        cached: dict[str, MethodSpec] | None = cls.__dict__.get("_methods_cache")
         if cached is not None:
             return cached
         defs = cls.CANDID if cls.CANDID.strip() else None

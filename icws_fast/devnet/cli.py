@@ -14,6 +14,8 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from icws_fast.devnet.server import DEFAULT_ROUND_MS, Devnet
 
@@ -62,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
+    runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    with contextlib.suppress(ImportError):
         import uvloop  # noqa: PLC0415 - optional accelerator
 
         runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
         runner(_serve(args))
     return 0

@@ -20,7 +20,9 @@ Nodes use the tuple form of :mod:`icws_fast.ic.hashtree` (``(0,)`` Empty, ``(1, 
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Union
 
 from icws_fast.ic.hashtree import EMPTY_HASH, fork_hash, labeled_hash, leaf_hash
@@ -225,7 +227,7 @@ class LabeledMap:
             return (2, label, (3, value))
         return (2, label, value.witness(rests))
 
-    def _witness(self, wanted: dict[bytes, list[Path]], neighbours: set[bytes]) -> Node:
+    def _witness(self, wanted: dict[bytes, list[Path]], neighbours: AbstractSet[bytes]) -> Node:
         if self._top is None or not self._chunk_keys:
             return EMPTY
         by_chunk: dict[int, dict[int, Callable[[], Node]]] = {}
@@ -233,11 +235,9 @@ class LabeledMap:
             key = _chunk_key(label)
             index = bisect.bisect_left(self._chunks[key].labels, label)
             rests = wanted.get(label)
-            by_chunk.setdefault(key, {})[index] = lambda label=label, rests=rests: self._entry(label, rests)
+            by_chunk.setdefault(key, {})[index] = functools.partial(self._entry, label, rests)
         top_wanted: dict[int, Callable[[], Node]] = {}
         for key, items in by_chunk.items():
             forks = self._chunk_forks(key)
-            top_wanted[bisect.bisect_left(self._chunk_keys, key)] = lambda forks=forks, items=items: forks.witness(
-                items
-            )
+            top_wanted[bisect.bisect_left(self._chunk_keys, key)] = functools.partial(forks.witness, items)
         return self._top.witness(top_wanted)
