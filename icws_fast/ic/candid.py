@@ -1563,7 +1563,7 @@ class _DecoderCompiler:
         if isinstance(w, RecordType):
             return self._record(w, [(None, self.skip(f.type)) for f in w.fields], None, False)
         if isinstance(w, VariantType):
-            return self._variant([(None, self.skip(f.type)) for f in w.fields])
+            return self._variant([(None, self.skip(f.type)) for f in w.fields], discard=True)
         raise CandidError(f"unsupported wire type {w}")
 
     @staticmethod
@@ -1621,7 +1621,7 @@ class _DecoderCompiler:
                     table.append((wf.id, _mismatch(w, e)))  # only a value using this tag fails
                 else:
                     table.append((ef.key, self.decoder(wf.type, ef.type)))
-            return self._variant(table)
+            return self._variant(table, discard=False)
         if isinstance(e, FuncType) and isinstance(w, FuncType):
             return _dec_func if self.subtype(w, e) else _mismatch(w, e)
         if isinstance(e, ServiceType) and isinstance(w, ServiceType):
@@ -1758,7 +1758,7 @@ class _DecoderCompiler:
         return dec_record
 
     @staticmethod
-    def _variant(table: list[tuple[Any, _Decoder]]) -> _Decoder:
+    def _variant(table: list[tuple[Any, _Decoder]], *, discard: bool) -> _Decoder:
         entries = tuple(table)
         n = len(entries)
 
@@ -1774,7 +1774,7 @@ class _DecoderCompiler:
                 raise CandidError(_TOO_DEEP)
             key, f = entries[i]
             v, pos = f(data, pos, st, depth + 1)
-            return {key: v}, pos
+            return (None if discard else {key: v}), pos
 
         return dec_variant
 
