@@ -36,12 +36,13 @@ _KEYGEN_DOMAIN: Final = b"icws_fast-bls12381-keygen"
 def verify(signature: bytes, message: bytes, public_key: bytes) -> bool:
     """True when ``signature`` (48-byte G1) signs ``message`` under ``public_key`` (96-byte G2).
 
-    Never raises: wrong lengths, bytes that are not points, points outside the
-    prime-order subgroup and the identity (which would verify anything) give False.
+    Never raises for a bad signature or key: wrong types or lengths, bytes that are not
+    points, points outside the prime-order subgroup and the identity (which would make
+    forgeries trivial) give False.
     """
-    if len(signature) != SIGNATURE_LENGTH or len(public_key) != PUBLIC_KEY_LENGTH:
-        return False
     try:
+        if len(signature) != SIGNATURE_LENGTH or len(public_key) != PUBLIC_KEY_LENGTH:
+            return False
         sig = G1Point.from_compressed_bytes(bytes(signature))
         pk = G2Point.from_compressed_bytes(bytes(public_key))
     except (ValueError, TypeError, OverflowError):

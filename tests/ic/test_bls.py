@@ -43,8 +43,10 @@ def test_malformed_inputs_return_false() -> None:
         (identity_sig, identity_key),
         (identity_sig, key),
         (key[:48], key),
+        (None, key),
+        (sig, None),
     ]:
-        assert bls.verify(bad_sig, msg, bad_key) is False
+        assert bls.verify(bad_sig, msg, bad_key) is False  # type: ignore[arg-type]
 
 
 def test_keygen_sign_verify() -> None:
@@ -72,3 +74,25 @@ def test_der_round_trip_and_mainnet_key() -> None:
             bls.der_decode_public_key(bad)
     with pytest.raises(SignatureError):
         bls.der_encode_public_key(raw[:-1])
+
+
+def test_points_outside_the_subgroup_are_rejected() -> None:
+    import random
+
+    from py_arkworks_bls12381 import G1Point
+
+    rng = random.Random(5)
+    good = next(r for r in RECORDS if r["expected"])
+    msg, key = bytes.fromhex(good["message_hex"]), bytes.fromhex(good["public_key_hex"])
+    found = 0
+    while found < 3:
+        raw = bytearray(rng.randbytes(48))
+        raw[0] = (raw[0] & 0x1F) | 0x80  # compressed flag, not infinity
+        try:
+            point = G1Point.from_compressed_bytes_unchecked(bytes(raw))
+        except ValueError:
+            continue  # x is not on the curve
+        if point.is_in_subgroup():
+            continue
+        found += 1
+        assert bls.verify(bytes(raw), msg, key) is False

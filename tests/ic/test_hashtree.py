@@ -163,6 +163,25 @@ def test_fuzz_parse_only_raises_package_errors() -> None:
         hashtree.lookup_path(node, [b"a", b"b"])
 
 
+def test_fuzz_random_bytes() -> None:
+    rng = random.Random(77)
+    for _ in range(3000):
+        data = rng.randbytes(rng.randint(0, 40))
+        if rng.random() < 0.5:
+            data = rng.choice([b"\x83\x01", b"\x83\x02\x41a", b"\x82\x04\x58\x20", b"\xd9\xd9\xf7"]) + data
+        try:
+            node = hashtree.parse(data)
+        except HashTreeError:
+            continue
+        hashtree.reconstruct(node)
+        hashtree.lookup_subtree(node, [b"a"])
+
+
+def test_parse_accepts_any_byte_buffer() -> None:
+    data = bytes.fromhex(RECORDS[0]["cbor_hex"])
+    assert hashtree.parse(bytearray(data)) == hashtree.parse(memoryview(data)) == hashtree.parse(data)
+
+
 def _sample_mapping(n: int) -> dict[bytes, Any]:
     return {
         b"time": b"\x01\x02",
