@@ -300,6 +300,16 @@ def test_delegation_signatures_and_cycles() -> None:
         with pytest.raises(SignatureError, match="delegation"):
             verify_envelope(parse_envelope(_reencode(data, change)), now_ns=NOW)
 
+    def garbage_key(obj: dict[str, Any]) -> None:
+        obj["sender_delegation"][1]["delegation"]["pubkey"] = b"\x30\x00"
+
+    def short_signature(obj: dict[str, Any]) -> None:
+        obj["sender_delegation"][0]["signature"] = obj["sender_delegation"][0]["signature"][:-1]
+
+    for change in (garbage_key, short_signature):
+        with pytest.raises(SignatureError):
+            verify_envelope(parse_envelope(_reencode(data, change)), now_ns=NOW)
+
     # root -> session -> root -> session: every link is validly signed, but a key repeats.
     cycle = DelegationIdentity(session, _chain(root, session, root, session))
     with pytest.raises(EnvelopeError, match="repeats"):
