@@ -331,12 +331,15 @@ class IcWebSocket:
         if msg.sequence_num != expected:
             self._remove_client(registered_key, CloseMessageReason.WrongSequenceNumber)
             raise CdkError(f"Expected incoming sequence number {expected} but got {msg.sequence_num}")
-        client.expected_incoming_sequence_num += 1
-
         if msg.is_service_message:
+            client.expected_incoming_sequence_num += 1
             self._service_message(client, msg.content)
-        elif self._params.handlers.on_message is not None:
+            return
+        if self._params.handlers.on_message is not None:
             self._params.handlers.on_message(caller, msg.content)
+        # Counted only once the handler returned: when it traps, the IC rolls the whole message back (so the
+        # client's next message is out of sequence); a host without rollback then behaves the same.
+        client.expected_incoming_sequence_num += 1
 
     def _service_message(self, client: _RegisteredClient, content: bytes) -> None:
         try:

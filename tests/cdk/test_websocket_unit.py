@@ -142,8 +142,11 @@ def test_service_messages_from_the_client(host: LocalHost) -> None:
 
 def test_app_message_that_does_not_decode_traps(host: LocalHost) -> None:
     host.open(CLIENT_1, 0, GATEWAY)
+    key = t.ClientKey(CLIENT_1, 0)
     with pytest.raises(api.Trap):
-        host.message(t.ClientKey(CLIENT_1, 0), 1, b"garbage")
+        host.message(key, 1, b"garbage")
+    # The trapped message is not counted (the IC would have rolled it back).
+    assert host.message(key, 1, encode_app_message("ok", 0)) == {"Ok": None}
 
 
 def test_get_messages_paging_and_certification() -> None:
