@@ -1,7 +1,7 @@
 """Acknowledgements and the keep-alive timeout over real HTTP, on devnet timers with a shortened cycle.
 
-The Rust CDK's defaults (ack every 300 s, keep-alive timeout 60 s) are shortened to 1 s / 0.7 s (generous enough for a loaded CI machine) through
-``WsInitParams`` so the whole cycle runs in about two seconds of real time.
+The Rust CDK's defaults (ack every 300 s, keep-alive timeout 60 s) are shortened through ``WsInitParams`` to
+1 s / 0.7 s, so the whole cycle runs in about two seconds of real time with margin for a loaded CI machine.
 """
 
 from __future__ import annotations
