@@ -102,6 +102,11 @@ async def _serve(args: argparse.Namespace) -> int:
         open_timeout_s=args.first_message_timeout,
         drain_timeout_s=args.drain_timeout,
     )
+    # Handlers first: a signal that arrives while starting up must still end in a drain, not a traceback.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     agent = Agent(args.ic_network_url, identity)
     gateway = Gateway(config, identity, agent)
     try:
@@ -115,10 +120,6 @@ async def _serve(args: argparse.Namespace) -> int:
     print(
         f"listening on {scheme}://{host}:{gateway.port} (metrics on {metrics_host}:{gateway.metrics_port})", flush=True
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("signal received: draining")
     await gateway.drain()

@@ -15,9 +15,9 @@ from icws_fast.cdk.api import query, update
 from icws_fast.cdk.websocket import WsCanister, WsHandlers, WsInitParams
 from icws_fast.ic.principal import Principal
 
-# Short ack / keep-alive cycle, so a test sees several of them in a couple of seconds.
-ACK_INTERVAL_MS = 800
-KEEP_ALIVE_TIMEOUT_MS = 600
+# Short ack / keep-alive cycle (a test sees two in a few seconds), with room for a loaded test machine.
+ACK_INTERVAL_MS = 1200
+KEEP_ALIVE_TIMEOUT_MS = 1000
 
 
 class Echo(WsCanister):
