@@ -132,7 +132,7 @@ class _Decoder:
         raise CborError(f"reserved additional information {info} at offset {self.pos - 1}")
 
     def _chunks(self, major: int) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             ib = self.data[self._need(1)]
             if ib == _BREAK:
