@@ -40,7 +40,9 @@ from icws_fast.ic import cbor
 Node: TypeAlias = tuple[Any, ...]
 Label: TypeAlias = bytes | str
 Path: TypeAlias = Sequence[Label]
-TreeMapping: TypeAlias = Mapping[Label, "bytes | TreeMapping | HashedTree"]
+# Mapping keys are invariant, so bytes-keyed and str-keyed mappings are separate alternatives.
+TreeValue: TypeAlias = "bytes | TreeMapping | HashedTree"
+TreeMapping: TypeAlias = "Mapping[bytes, TreeValue] | Mapping[str, TreeValue]"
 
 EMPTY: Final = 0
 FORK: Final = 1
@@ -111,7 +113,7 @@ def pruned(digest: bytes) -> Node:
     return (PRUNED, bytes(digest))
 
 
-def leaf_hash(value: bytes) -> bytes:
+def leaf_hash(value: bytes | bytearray | memoryview) -> bytes:
     """The hash of a Leaf holding ``value``."""
     h = hashlib.sha256(LEAF_DOMAIN)
     h.update(value)

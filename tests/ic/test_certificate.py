@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -184,7 +185,7 @@ def test_sign_verify_round_trip_with_delegation() -> None:
     cert.verify(root_der, now_ns=now, subnet_id=Principal(subnet))
     assert cert.lookup_value([b"canister", canister, b"certified_data"]) == b"\x07" * 32
 
-    failures = {
+    failures: dict[str, Callable[[], None]] = {
         "canister-not-in-range": lambda: cert.verify(root_der, bytes.fromhex("00000000002000000101"), now),
         "subnet-mismatch": lambda: cert.verify(root_der, now_ns=now, subnet_id=b"\x01"),
         "delegation-invalid-signature": lambda: cert.verify(subnet_der, canister, now),

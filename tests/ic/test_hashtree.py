@@ -248,7 +248,7 @@ def test_witness_reuses_hashed_subtrees_and_empty_mapping() -> None:
     assert hashtree.witness({}, [[b"a"]]) == hashtree.empty()
     assert hashtree.lookup_path(hashtree.witness({}, [[b"a"]]), [b"a"]).status == "Absent"
     with pytest.raises(HashTreeError):
-        HashedTree({b"a": b"1", "a": b"2"})
+        HashedTree({b"a": b"1", "a": b"2"})  # type: ignore[arg-type]
 
 
 _label = st.binary(min_size=0, max_size=4)

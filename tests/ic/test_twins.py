@@ -181,11 +181,12 @@ def test_malformed_nodes_fail_alike(node: Any) -> None:
 def test_label_types() -> None:
     assert compiled is not None
     tree = hashtree.build({b"a": {b"b": b"v"}})
-    for path in (["a", "b"], [bytearray(b"a"), memoryview(b"b")]):
+    paths: list[list[Any]] = [["a", "b"], [bytearray(b"a"), memoryview(b"b")]]
+    for path in paths:
         assert compiled.lookup_path(tree, path) == hashtree.lookup_path_pure(tree, path)
     for fn in (compiled.lookup_path, hashtree.lookup_path_pure):
         with pytest.raises(TypeError):
-            fn(tree, [1])
+            fn(tree, [1])  # type: ignore[list-item]
 
 
 @settings(max_examples=200, deadline=None)
