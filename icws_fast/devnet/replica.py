@@ -228,6 +228,11 @@ class Replica:
 
     # -- ingress ---------------------------------------------------------------------------------------------
 
+    @property
+    def queue_length(self) -> int:
+        """How many ingress messages wait for the next round."""
+        return len(self._queue)
+
     def known_request(self, request_id: bytes) -> bool:
         """Whether a request id is queued or in the ingress history (a replay is not executed again)."""
         return request_id in self.ingress or request_id in self._queued

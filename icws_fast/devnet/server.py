@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -47,6 +48,8 @@ MAX_INGRESS_BYTES: Final = 2 * 1024 * 1024
 MAX_BODY_BYTES: Final = 5 * 1024 * 1024
 SYNC_CALL_TIMEOUT_S: Final = 10.0
 MAX_PATHS: Final = 1000
+# Ingress messages waiting for the next round; beyond this the replica sheds load, as its ingress pool does.
+MAX_QUEUED_MESSAGES: Final = 100_000
 DEFAULT_ROUND_MS: Final = 50
 PERSIST_INTERVAL_S: Final = 30.0
 
@@ -69,6 +72,12 @@ def _format_time(ns: int) -> str:
         return f"{ns} ns"
     text = moment.strftime("%Y-%m-%d %H:%M:%S")
     return f"{text}.{nanos:09d} UTC" if nanos else f"{text} UTC"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_principal(text: str) -> Principal:
+    # The same few canister ids arrive in every URL; parsing (base32 + CRC) is worth caching.
+    return Principal.from_text(text)
 
 
 def _cbor_response(value: Any) -> web.Response:
@@ -143,7 +152,7 @@ class _Api:
     def _principal_in_url(request: web.Request, key: str) -> Principal:
         text = request.match_info[key]
         try:
-            return Principal.from_text(text)
+            return _parse_principal(text)
         except InvalidPrincipal as exc:
             raise HttpFailure(400, f"Malformed principal {text!r} in URL: {exc}") from None
 
@@ -171,6 +180,8 @@ class _Api:
         request_id = env.request_id
         replica = self.replica
         if not replica.known_request(request_id):
+            if replica.queue_length >= MAX_QUEUED_MESSAGES:
+                raise HttpFailure(503, "Service is overloaded, try again later.")
             reject = replica.ingress_precheck(canister_id, env.method_name)
             if reject is not None:
                 return _cbor_response(self._non_replicated(reject, with_status=synchronous))
