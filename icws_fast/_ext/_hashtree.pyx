@@ -33,8 +33,9 @@ cdef extern from "<dlfcn.h>" nogil:
     int RTLD_NOLOAD
 
 
-# OpenSSL's SHA256_Init / SHA256_Update / SHA256_Final (the context is opaque here: 112 bytes in
-# OpenSSL 1.1 and 3.x, given a larger buffer).
+# OpenSSL's SHA256_Init / SHA256_Update / SHA256_Final. The context is opaque here: SHA256_CTX is
+# 112 bytes in OpenSSL 1.1 and 3.x (a stable public struct); 128 bytes leave a margin while keeping
+# the frame of the recursive hash_node small (it bounds the C stack a deep tree can use).
 ctypedef int (*ossl_init_t)(void *ctx) noexcept nogil
 ctypedef int (*ossl_update_t)(void *ctx, const void *data, size_t n) noexcept nogil
 ctypedef int (*ossl_final_t)(uint8_t *out, void *ctx) noexcept nogil
@@ -46,7 +47,7 @@ cdef ossl_final_t ossl_final = NULL
 
 cdef union HashState:
     Sha256 soft
-    uint64_t ossl[48]
+    uint64_t ossl[16]
 
 # Mirrors icws_fast.ic.hashtree (that module imports this one, so the values are repeated, not imported).
 cdef enum:
