@@ -902,7 +902,23 @@ def _fail_encode(t: Type, value: Any, why: str = "") -> CandidError:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _is_mapping(v: Any) -> bool:
+    return type(v) is dict or isinstance(v, Mapping)
+
+
+_SMALL_LEB: Final = tuple(bytes((i,)) for i in range(0x80))
+
+
+def _uleb(n: int) -> bytes:
+    """``leb128(n)`` with the one- and two-byte cases (counts and lengths) short-cut."""
+    if n < 0x80:
+        return _SMALL_LEB[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    return leb128(n)
 
 
 class _EncoderCompiler:
@@ -963,7 +979,7 @@ class _EncoderCompiler:
                         raise _fail_encode(t, v, "elements must be ints in 0..255") from None
                 elif not isinstance(v, (bytes, bytearray, memoryview)):
                     raise _fail_encode(t, v, "expected bytes")
-                out += leb128(len(v))
+                out += _uleb(len(v))
                 out += v
 
             return enc_blob
@@ -972,7 +988,7 @@ class _EncoderCompiler:
         def enc_vec(v: Any, out: bytearray) -> None:
             if not isinstance(v, (list, tuple)):
                 raise _fail_encode(t, v, "expected a list")
-            out += leb128(len(v))
+            out += _uleb(len(v))
             for item in v:
                 inner(item, out)
 
@@ -986,7 +1002,7 @@ class _EncoderCompiler:
             encoders = [enc for _, enc, _ in steps]
 
             def enc_tuple(v: Any, out: bytearray) -> None:
-                if isinstance(v, Mapping) and v.keys() <= keys:
+                if _is_mapping(v) and v.keys() <= keys:
                     v = [v.get(i) for i in range(n)]
                 if not isinstance(v, (list, tuple)) or len(v) != n:
                     raise _fail_encode(t, v, f"expected a tuple of {n}")
@@ -996,7 +1012,7 @@ class _EncoderCompiler:
             return enc_tuple
 
         def enc_record(v: Any, out: bytearray) -> None:
-            if not isinstance(v, Mapping):
+            if not _is_mapping(v):
                 raise _fail_encode(t, v, "expected a dict")
             found = 0
             for key, enc, nullable in steps:
@@ -1016,7 +1032,7 @@ class _EncoderCompiler:
         tags = {f.key: (leb128(i), self.compile(f.type)) for i, f in enumerate(t.fields)}
 
         def enc_variant(v: Any, out: bytearray) -> None:
-            if not isinstance(v, Mapping) or len(v) != 1:
+            if not _is_mapping(v) or len(v) != 1:
                 raise _fail_encode(t, v, "expected a dict with exactly one key")
             ((key, payload),) = v.items()
             tag = tags.get(key)
@@ -1057,7 +1073,7 @@ def _prim_encoder(t: PrimType) -> _Encoder:
             if v < 0x80:
                 out.append(v)
             else:
-                out += leb128(v)
+                out += _uleb(v)
 
         return enc_nat
     if t is INT:
@@ -1099,7 +1115,7 @@ def _prim_encoder(t: PrimType) -> _Encoder:
                 raw = v.encode("utf-8")
             except UnicodeEncodeError:
                 raise _fail_encode(t, v, "not encodable as UTF-8") from None
-            out += leb128(len(raw))
+            out += _uleb(len(raw))
             out += raw
 
         return enc_text
@@ -1117,7 +1133,7 @@ def _encode_principal(t: Type, v: Any, out: bytearray) -> None:
         raise _fail_encode(t, v, "expected a Principal")
     raw = v.bytes
     out.append(1)
-    out += leb128(len(raw))
+    out += _uleb(len(raw))
     out += raw
 
 
@@ -1127,7 +1143,7 @@ def _encode_func(t: FuncType, v: Any, out: bytearray) -> None:
     out.append(1)
     _encode_principal(t, v[0], out)
     raw = v[1].encode("utf-8", "surrogatepass")
-    out += leb128(len(raw))
+    out += _uleb(len(raw))
     out += raw
 
 
@@ -1172,6 +1188,12 @@ _LOW7: Final = bytes(b & 0x7F for b in range(256))
 
 def _leb_big(data: bytes, pos: int) -> tuple[int, int]:
     """Unsigned LEB128 at ``pos`` of any length, in linear time."""
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    second = data[pos + 1]
+    if second < 0x80:  # two bytes: lengths of 128 bytes to 16 KiB, the common case after one byte
+        return (first & 0x7F) | second << 7, pos + 2
     m = _LEB_END.search(data, pos)
     if m is None:
         raise CandidError("truncated LEB128 number")
@@ -1732,6 +1754,8 @@ class _DecoderCompiler:
         charge = id(w) in self.zero_sized
         keyed = tuple(steps)
         skip_only = defaults is None
+        if not skip_only and not as_tuple and all(key is not None for key, _ in keyed):
+            return _record_all_fields(keyed, defaults, charge)
 
         def dec_record(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
             if depth >= MAX_DEPTH:
@@ -1830,6 +1854,29 @@ class _DecoderCompiler:
             elif not _nullable(f.type):
                 return False
         return True
+
+
+def _record_all_fields(
+    keyed: tuple[tuple[Any, _Decoder], ...], defaults: dict[Any, None] | None, charge: bool
+) -> _Decoder:
+    """A record decoder for the common case: every wire field is wanted, the value is a dict."""
+
+    def dec_record_all(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        if depth >= MAX_DEPTH:
+            raise CandidError(_TOO_DEEP)
+        if charge:
+            st.budget -= 1
+            if st.budget < 0:
+                raise CandidError(_OVER_BUDGET)
+        d = depth + 1
+        out: dict[Any, Any] = {}
+        for key, f in keyed:
+            out[key], pos = f(data, pos, st, d)
+        if defaults:
+            out.update(defaults)
+        return out, pos
+
+    return dec_record_all
 
 
 def _packed_code(t: Type) -> str | None:
