@@ -6,7 +6,7 @@ hash of the message content, so any valid hash tree with the labels in order wor
 structure of the keys, ``"<gateway>_<nonce, 20 digits>"`` with consecutive nonces per gateway, appended at the end
 and deleted from the front:
 
-- per gateway, the entries sit at their nonce in an implicit binary trie over the 64-bit nonce space; a trie node
+- per gateway, the entries sit at their nonce in an implicit binary trie over the nonce space; a trie node
   with one non-empty child *is* that child (no fork is emitted for it), so the tree is a plain fork tree over the
   entries in nonce order. Inserting or deleting an entry rehashes only its ancestors that have two non-empty
   children, about log2(queue length) forks;
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from typing import Final
 
 from icws_fast.ic.hashtree import (
     EMPTY_HASH,
@@ -40,8 +39,6 @@ from icws_fast.protocol.types import LABEL_WEBSOCKET
 
 __all__ = ["CertifiedMessageMap"]
 
-_NONCE_BITS: Final = 64
-
 
 class _NonceTrie:
     """The entries of one gateway, keyed by nonce (see the module docstring)."""
@@ -50,18 +47,23 @@ class _NonceTrie:
 
     def __init__(self) -> None:
         # _entries[nonce] = (label, leaf value); _levels[l][i] = hash of the trie node covering the nonces
-        # [i << l, (i + 1) << l), present only when that range holds an entry.
+        # [i << l, (i + 1) << l), present only when that range holds an entry. The trie is only as tall as the
+        # largest nonce needs (every nonce < 2 ** height), so its top level holds at most the node 0: the root.
         self._entries: dict[int, tuple[bytes, bytes]] = {}
-        self._levels: list[dict[int, bytes]] = [{} for _ in range(_NONCE_BITS + 1)]
+        self._levels: list[dict[int, bytes]] = [{}]
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def root_hash(self) -> bytes:
-        return self._levels[_NONCE_BITS].get(0, EMPTY_HASH)
+        return self._levels[-1].get(0, EMPTY_HASH)
 
     def insert(self, nonce: int, label: bytes, value: bytes) -> None:
+        while nonce >> (len(self._levels) - 1):
+            # Grow by one level: the new root's only child is the old root, so it has the old root's hash.
+            top = self._levels[-1]
+            self._levels.append({0: top[0]} if 0 in top else {})
         self._entries[nonce] = (label, value)
         self._levels[0][nonce] = labeled_hash(label, leaf_hash(value))
         self._rehash_ancestors(nonce)
@@ -74,7 +76,7 @@ class _NonceTrie:
     def _rehash_ancestors(self, nonce: int) -> None:
         index = nonce
         below = self._levels[0]
-        for level in range(1, _NONCE_BITS + 1):
+        for level in range(1, len(self._levels)):
             index >>= 1
             here = self._levels[level]
             left = below.get(2 * index)
@@ -94,7 +96,7 @@ class _NonceTrie:
 
         Only for a non-empty trie (the map drops a gateway's trie when it empties).
         """
-        return self._emit(_NONCE_BITS, 0, first, last)
+        return self._emit(len(self._levels) - 1, 0, first, last)
 
     def _emit(self, level: int, index: int, first: int, last: int) -> Node:
         # Walk down the chain of one-child nodes until a fork, a leaf or a range outside [first, last].

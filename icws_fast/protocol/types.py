@@ -19,6 +19,7 @@ plain :class:`~icws_fast.errors.ProtocolError` when the canister answers ``Err``
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -325,22 +326,52 @@ def _check_u64(value: int, what: str) -> None:
 # CBOR messages on the WebSocket
 
 
+def _cbor_field(name: str) -> bytes:
+    return cbor.encode(name, self_describe=False)
+
+
+_SEQUENCE_NUM_FIELD: Final = _cbor_field("sequence_num")
+_TIMESTAMP_FIELD: Final = _cbor_field("timestamp")
+_IS_SERVICE_FIELD: Final = {
+    flag: _cbor_field("is_service_message") + cbor.encode(flag, self_describe=False) for flag in (False, True)
+}
+_CONTENT_FIELD: Final = _cbor_field("content")
+
+
+@functools.lru_cache(maxsize=4096)
+def _websocket_message_head(client_key: ClientKey) -> bytes:
+    """Tag, 5-entry map header and the ``client_key`` entry: the part that is the same for every message."""
+    one_entry = cbor.encode(
+        {
+            "client_key": {
+                "client_principal": client_key.client_principal.bytes,
+                "client_nonce": client_key.client_nonce,
+            }
+        }
+    )
+    prefix = len(CBOR_SELF_DESCRIBE_PREFIX)
+    return CBOR_SELF_DESCRIBE_PREFIX + b"\xa5" + one_entry[prefix + 1 :]
+
+
 def encode_websocket_message(msg: WebsocketMessage) -> bytes:
-    """CBOR of ``msg`` with the self-describe tag, byte for byte as the Rust CDK certifies it."""
+    """CBOR of ``msg`` with the self-describe tag, byte for byte as the Rust CDK certifies it.
+
+    The canister encodes every message it sends, so the constant parts are spliced rather than re-encoded.
+    """
     _check_u64(msg.client_key.client_nonce, "client_nonce")
     _check_u64(msg.sequence_num, "sequence_num")
     _check_u64(msg.timestamp, "timestamp")
-    return cbor.encode(
-        {
-            "client_key": {
-                "client_principal": msg.client_key.client_principal.bytes,
-                "client_nonce": msg.client_key.client_nonce,
-            },
-            "sequence_num": msg.sequence_num,
-            "timestamp": msg.timestamp,
-            "is_service_message": bool(msg.is_service_message),
-            "content": bytes(msg.content),
-        }
+    return b"".join(
+        (
+            _websocket_message_head(msg.client_key),
+            _SEQUENCE_NUM_FIELD,
+            cbor.encode(msg.sequence_num, self_describe=False),
+            _TIMESTAMP_FIELD,
+            cbor.encode(msg.timestamp, self_describe=False),
+            _IS_SERVICE_FIELD[bool(msg.is_service_message)],
+            _CONTENT_FIELD,
+            cbor.encode(msg.content, self_describe=False),
+        )
     )
 
 
