@@ -1,8 +1,9 @@
 """Prometheus metrics of the gateway, and the HTTP endpoint that serves them with /health and /ready.
 
 Names follow the Rust gateway (``clients_connected``, ``active_pollers``, ``poller_duration``,
-``connection_opening_time``, ``connection_duration``, ``client_connected_count``,
-``tls_resolution_time``) so existing dashboards keep working. Unlike the Rust gateway, no
+``connection_opening_time``, ``connection_duration``, ``client_connected_count``) so existing
+dashboards keep working (``tls_resolution_time`` is absent: picows does not expose when the TLS
+handshake starts). Unlike the Rust gateway, no
 metric is labelled by client key: the only label with open-ended values is the canister id,
 whose number is bounded by what the gateway serves.
 """
@@ -49,9 +50,6 @@ class GatewayMetrics:
             buckets=_DURATION_BUCKETS,
             registry=r,
         )
-        self.tls_resolution_time = Histogram(
-            "tls_resolution_time", "TLS handshake time, in seconds", buckets=_LATENCY_BUCKETS, registry=r
-        )
         self.messages_to_clients = Counter(
             "relayed_messages_to_clients", "Canister messages relayed to clients", ["canister_id"], registry=r
         )
@@ -76,7 +74,7 @@ class GatewayMetrics:
         )
         self.send_queue_bytes = Histogram(
             "client_send_queue_bytes",
-            "Bytes waiting in a client's send buffer when a message is queued",
+            "Bytes already waiting in a client's send buffer when a message is queued behind them",
             buckets=(0, 1024, 16384, 65536, 262144, 1048576, 4194304, 16777216),
             registry=r,
         )

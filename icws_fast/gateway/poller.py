@@ -36,6 +36,7 @@ from icws_fast.errors import (
 )
 from icws_fast.gateway import fanout
 from icws_fast.gateway.metrics import GatewayMetrics
+from icws_fast.gateway.tracing import span
 from icws_fast.ic import hashtree
 from icws_fast.ic.certificate import Certificate
 from icws_fast.ic.principal import Principal
@@ -110,10 +111,11 @@ class CanisterPoller:
         while True:
             started = loop.time()
             try:
-                async with asyncio.timeout(self.poll_timeout_s):
-                    reply = await self.agent.query(
-                        self.canister_id, "ws_get_messages", encode_get_messages_args(self.nonce)
-                    )
+                with span("poll", canister_id=self._label):
+                    async with asyncio.timeout(self.poll_timeout_s):
+                        reply = await self.agent.query(
+                            self.canister_id, "ws_get_messages", encode_get_messages_args(self.nonce)
+                        )
             except (TimeoutError, AgentTimeout):
                 # As the Rust gateway: a timed-out poll is repeated at once with the same nonce.
                 self.metrics.errors.labels("poll_timeout").inc()

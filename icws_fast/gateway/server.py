@@ -24,9 +24,10 @@ from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
-from icws_fast.errors import CallPending, IcwsError, ProtocolDecodeError, RejectError
+from icws_fast.errors import AgentError, CallPending, IcwsError, ProtocolDecodeError, RejectError
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
 from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
+from icws_fast.gateway.tracing import span
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as proto
@@ -59,6 +60,7 @@ class GatewayConfig:
     drain_timeout_s: float = 10.0
     verify_certificates: bool = True
     allowed_canisters: frozenset[Principal] | None = None
+    # The IC root key (DER) certificates are checked against; None: the agent's (fetched off mainnet).
     root_key_der: bytes | None = None
 
 
@@ -147,6 +149,9 @@ class ClientConnection(WSListener):
         if transport is None or session is None or session.state is proto.SessionState.CLOSED:
             return
         buffered = transport.underlying_transport.get_write_buffer_size()
+        if buffered:
+            # Only a backlog is worth a sample; a client that keeps up costs the hot path nothing here.
+            self.gateway.metrics.send_queue_bytes.observe(buffered)
         if buffered + len(frame) > self.gateway.config.max_send_buffer:
             self.gateway.metrics.errors.labels("slow_consumer").inc()
             self._apply(
@@ -252,8 +257,13 @@ class Gateway:
     async def start(self) -> None:
         """Fetch what is needed from the replica, then listen for clients and for metrics scrapes."""
         self.loop = asyncio.get_running_loop()
-        if self.config.root_key_der is None and self.config.verify_certificates:
-            self.config.root_key_der = await self.agent.fetch_root_key()
+        try:
+            agent_root_key: bytes = self.agent.root_key
+        except AgentError:
+            # Not mainnet and not given: trust the replica's status, as the Rust gateway does off mainnet.
+            agent_root_key = await self.agent.fetch_root_key()
+        if self.config.root_key_der is None:
+            self.config.root_key_der = agent_root_key
         cfg = self.config
         self._server = await ws_create_server(
             self._listener_for,
@@ -385,7 +395,8 @@ class Gateway:
         error: str | None = None
         outcome = "ok"
         try:
-            decode_unit_result(await self.agent.submit_signed(relay.canister_id, relay.envelope))
+            with span("relay", canister_id=label, method="ws_open" if relay.is_open else "ws_message"):
+                decode_unit_result(await self.agent.submit_signed(relay.canister_id, relay.envelope))
         except CallPending:
             # Accepted, but only the client may read the outcome: the canister's reply reaches
             # the client through its queue (a failed ws_message closes the client from there).
@@ -407,7 +418,8 @@ class Gateway:
                 await asyncio.shield(after)
         error: str | None = None
         try:
-            decode_unit_result(await self.agent.call(canister_id, "ws_close", encode_ws_close_args(client_key)))
+            with span("ws_close", canister_id=canister_id.to_text()):
+                decode_unit_result(await self.agent.call(canister_id, "ws_close", encode_ws_close_args(client_key)))
         except IcwsError as exc:
             error = str(exc)
         if error is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from gw_harness import start_gateway
+from gw_harness import OFFLINE_ROOT_KEY, start_gateway
 
 from icws_fast.gateway.server import Gateway
 
@@ -13,6 +13,8 @@ from icws_fast.gateway.server import Gateway
 @pytest.fixture
 async def offline_gateway() -> AsyncIterator[Gateway]:
     """A gateway whose replica is unreachable: enough for everything before a ws_open reaches the IC."""
-    gateway = await start_gateway("http://127.0.0.1:9", verify_certificates=False, open_timeout_s=1.0)
+    gateway = await start_gateway(
+        "http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, open_timeout_s=1.0
+    )
     yield gateway
     await gateway.drain()

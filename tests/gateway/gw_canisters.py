@@ -4,6 +4,7 @@
 queueing ``n`` messages of ``size`` bytes (each starting with its index, big-endian) for every connected
 client, so a test can check order, loss and duplicates at volume. ``Flaky`` fails every
 ``ws_get_messages`` once ``fail`` is called: a canister error the gateway must pass on to its clients.
+``Corrupt`` returns batches whose certificate or tree was tampered with: the gateway must not relay them.
 """
 
 from __future__ import annotations
@@ -70,4 +71,36 @@ class Flaky(WsCanister):
         return self.websocket.ws_get_messages(args)
 
 
-CANISTERS = {"echo": Echo, "burst": Burst, "flaky": Flaky, "echo2": Echo}
+class Corrupt(WsCanister):
+    """Sends ``ping`` on demand; ``corrupt(part)`` spoils the ``cert`` or ``tree`` of later polls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spoil = ""
+
+    def init(self) -> None:
+        self.websocket.init(WsInitParams(WsHandlers()))
+
+    post_upgrade = init
+
+    @update("(text) -> ()")
+    def corrupt(self, part: str) -> None:
+        self.spoil = part
+
+    @update("(blob) -> ()")
+    def ping(self, content: bytes) -> None:
+        for client in self.websocket.connected_clients():
+            self.websocket.send(client, content)
+
+    @query("(CanisterWsGetMessagesArguments) -> (CanisterWsGetMessagesResult)")
+    def ws_get_messages(self, args: dict[str, Any]) -> dict[str, Any]:
+        result = self.websocket.ws_get_messages(args)
+        batch = result.get("Ok")
+        if batch and batch["messages"] and self.spoil in ("cert", "tree"):
+            spoilt = bytearray(batch[self.spoil])
+            spoilt[len(spoilt) // 2] ^= 0x01
+            batch[self.spoil] = bytes(spoilt)
+        return result
+
+
+CANISTERS = {"echo": Echo, "burst": Burst, "flaky": Flaky, "echo2": Echo, "corrupt": Corrupt}

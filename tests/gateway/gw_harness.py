@@ -7,8 +7,11 @@ from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
 
 
-async def start_gateway(ic_url: str, **overrides: object) -> Gateway:
-    """A gateway on a free loopback port, metrics on another; the caller drains it."""
+async def start_gateway(ic_url: str, *, agent_root_key: bytes | None = None, **overrides: object) -> Gateway:
+    """A gateway on a free loopback port, metrics on another; the caller drains it.
+
+    ``agent_root_key`` spares the agent fetching the root key (for gateways whose replica is unreachable).
+    """
     settings: dict[str, object] = {
         "ic_url": ic_url,
         "host": "127.0.0.1",
@@ -22,6 +25,10 @@ async def start_gateway(ic_url: str, **overrides: object) -> Gateway:
     settings.update(overrides)
     config = GatewayConfig(**settings)  # type: ignore[arg-type]
     identity = Ed25519Identity.generate()
-    gateway = Gateway(config, identity, Agent(ic_url, identity))
+    gateway = Gateway(config, identity, Agent(ic_url, identity, root_key=agent_root_key))
     await gateway.start()
     return gateway
+
+
+# A root key for gateways whose replica is unreachable: nothing is ever certified against it.
+OFFLINE_ROOT_KEY = b"\x00" * 133

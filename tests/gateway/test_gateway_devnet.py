@@ -179,6 +179,38 @@ async def test_canister_error_reaches_its_clients(devnet, gateway):
     assert metric(gateway, "active_pollers") == 0
 
 
+async def call(devnet: Devnet, canister: str, method: str, signature: str, *args: object) -> None:
+    async with Agent(devnet.url, root_key=devnet.root_key_der) as agent:
+        arg = candid.encode(candid.parse_args(signature), list(args))
+        await agent.call(devnet.canister_ids[canister], method, arg)
+
+
+@pytest.mark.parametrize("part", ["cert", "tree"])
+async def test_tampered_batches_are_dropped_not_relayed(devnet, gateway, part):
+    client = await open_client(gateway, devnet.canister_ids["corrupt"])
+    await call(devnet, "corrupt", "corrupt", "(text)", part)
+    await call(devnet, "corrupt", "ping", "(blob)", b"spoilt")
+    await eventually(lambda: metric(gateway, "dropped_messages_total", reason="invalid_certificate") >= 1)
+    await call(devnet, "corrupt", "corrupt", "(text)", "")
+    await call(devnet, "corrupt", "ping", "(blob)", b"good")
+    msg = await client.recv_message()
+    assert msg.content == b"good" and msg.sequence_num == 3  # number 2 was never relayed
+    client.close()
+
+
+async def test_wrong_root_key_relays_nothing(devnet):
+    other = Devnet(address="127.0.0.1:0", canisters={}, root_key_seed=b"\x01" * 32)
+    gateway = await start_gateway(devnet.url, root_key_der=other.root_key_der)
+    try:
+        client = await RawClient.connect(ws_url(gateway))
+        await client.handshake()
+        client.send(open_request(client.identity, devnet.canister_ids["echo"], gateway.principal, 1))
+        await eventually(lambda: metric(gateway, "dropped_messages_total", reason="invalid_certificate") >= 1)
+        assert client.listener.inbox.empty()
+    finally:
+        await gateway.drain()
+
+
 async def test_attacker_beside_a_good_client(devnet, gateway):
     good = await open_client(gateway, devnet.canister_ids["echo"])
     for junk in (b"\x00" * 50, b"\xa1\x68envelope\xa0"):

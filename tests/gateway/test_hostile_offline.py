@@ -10,7 +10,7 @@ import asyncio
 
 import aiohttp
 import pytest
-from gw_harness import start_gateway
+from gw_harness import OFFLINE_ROOT_KEY, start_gateway
 from gw_rawclient import Closed, RawClient, open_request, signed_request
 from picows import WSMsgType
 
@@ -95,7 +95,9 @@ async def test_fragmented_message(offline_gateway):
 
 
 async def test_connection_flood_from_one_address():
-    gateway = await start_gateway("http://127.0.0.1:9", verify_certificates=False, max_clients_per_ip=5)
+    gateway = await start_gateway(
+        "http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, max_clients_per_ip=5
+    )
     try:
         clients = [await RawClient.connect(url(gateway)) for _ in range(5)]
         for client in clients:
@@ -112,7 +114,9 @@ async def test_connection_flood_from_one_address():
 
 
 async def test_max_clients():
-    gateway = await start_gateway("http://127.0.0.1:9", verify_certificates=False, max_clients=3)
+    gateway = await start_gateway(
+        "http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, max_clients=3
+    )
     try:
         clients = [await RawClient.connect(url(gateway)) for _ in range(3)]
         for client in clients:
