@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet.runtime import CanisterHost, Reject, canister_not_found, method_not_found
-from icws_fast.devnet.tree import LabeledMap, Node
+from icws_fast.devnet.tree import LabeledMap, Node, prune_path
 from icws_fast.ic import bls, cbor
 from icws_fast.ic.certificate import STATE_ROOT_DOMAIN, sign_certificate
 from icws_fast.ic.identity import Ed25519Identity
@@ -311,9 +311,18 @@ class Replica:
 
     # -- read_state -------------------------------------------------------------------------------------------
 
-    def read_state_certificate(self, paths: list[list[bytes]], layout: DelegationFormat) -> bytes:
-        """A certificate of the latest certified state revealing ``paths`` (and always ``/time``)."""
-        return self.certificate(self._root.witness([[b"time"], *paths]), layout)
+    def read_state_certificate(
+        self, paths: list[list[bytes]], layout: DelegationFormat, *, hide_subnet_ranges: bool = False
+    ) -> bytes:
+        """A certificate of the latest certified state revealing ``paths`` (and always ``/time``).
+
+        ``hide_subnet_ranges`` prunes ``/subnet/<id>/canister_ranges`` of this (non-root) subnet, as
+        the replica's v3 endpoints do.
+        """
+        tree = self._root.witness([[b"time"], *paths])
+        if hide_subnet_ranges:
+            tree = prune_path(tree, [b"subnet", self.subnet_id.bytes, b"canister_ranges"])
+        return self.certificate(tree, layout)
 
     # -- rounds --------------------------------------------------------------------------------------------------
 

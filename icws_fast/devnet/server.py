@@ -243,68 +243,137 @@ class _Api:
         env = await self._envelope(request, ("read_state",), "read_state")
         effective = self._principal_in_url(request, "ecid")
         assert env.paths is not None
-        self._check_canister_paths(env, effective)
+        self._check_canister_paths(env, effective, version)
+        replica = self.replica
+        if version == "v3" and replica.delegated:
+            # v3 certificates keep /subnet/<id>/canister_ranges only for the root (NNS) subnet.
+            return _cbor_response(
+                {"certificate": replica.read_state_certificate(env.paths, "tree", hide_subnet_ranges=True)}
+            )
         layout: DelegationFormat = "tree" if version == "v3" else "flat"
-        return _cbor_response({"certificate": self.replica.read_state_certificate(env.paths, layout)})
+        return _cbor_response({"certificate": replica.read_state_certificate(env.paths, layout)})
 
     async def subnet_read_state(self, request: web.Request) -> web.Response:
         version = request.match_info["version"]
         env = await self._envelope(request, ("read_state",), "read_state")
-        subnet_id = self._principal_in_url(request, "subnet_id")
-        if subnet_id != self.replica.subnet_id:
-            raise HttpFailure(404, f"Subnet {subnet_id} not found")
+        effective = self._principal_in_url(request, "subnet_id")
         assert env.paths is not None
-        if len(env.paths) > MAX_PATHS:
-            raise HttpFailure(400, f"Too many paths: {len(env.paths)} (at most {MAX_PATHS})")
+        _check_path_count(env.paths)
         for path in env.paths:
-            if not path or path[0] not in (b"time", b"subnet", b"canister_ranges"):
-                raise HttpFailure(404, "Invalid path requested.")
+            if _subnet_path_allowed(path):
+                continue
+            if len(path) == 3 and path[0] == b"subnet" and path[2] == b"metrics":
+                _check_same_principal(path[1], effective)
+                continue
+            raise HttpFailure(404, "Invalid path requested.")
         layout: DelegationFormat = "tree" if version == "v3" else "flat"
         return _cbor_response({"certificate": self.replica.read_state_certificate(env.paths, layout)})
 
-    def _check_canister_paths(self, env: Envelope, effective: Principal) -> None:
-        """The replica's checks of a canister ``read_state``'s paths."""
+    def _check_canister_paths(self, env: Envelope, effective: Principal, version: str) -> None:
+        """The replica's authorization of a canister ``read_state``'s paths (``verify_paths``)."""
         assert env.paths is not None
-        if len(env.paths) > MAX_PATHS:
-            raise HttpFailure(400, f"Too many paths: {len(env.paths)} (at most {MAX_PATHS})")
-        request_ids: set[bytes] = set()
+        _check_path_count(env.paths)
+        replica = self.replica
+        request_id: bytes | None = None
         for path in env.paths:
+            n = len(path)
             head = path[0] if path else b""
-            if head in (b"time", b"subnet", b"canister_ranges", b"api_boundary_nodes"):
-                continue
             if head == b"canister" and (
-                (len(path) == 3 and path[2] in (b"module_hash", b"controllers"))
-                or (len(path) == 4 and path[2] == b"metadata")
+                (n == 3 and path[2] in (b"controllers", b"module_hash")) or (n == 4 and path[2] == b"metadata")
             ):
-                if path[1] != effective.bytes:
+                if n == 4:
                     try:
-                        requested = str(Principal(path[1]))
-                    except InvalidPrincipal:
-                        requested = "0x" + path[1].hex()
+                        path[3].decode()
+                    except UnicodeDecodeError as exc:
+                        raise HttpFailure(400, f"Could not parse the custom section name: {exc}.") from None
+                _check_same_principal(path[1], effective)
+            elif head == b"subnet" and n == 3 and path[2] == b"canister_ranges":
+                # Flat canister ranges: always on v2; on v3 only for the root (NNS) subnet.
+                if version == "v3" and (replica.delegated or path[1] != replica.subnet_id.bytes):
+                    raise HttpFailure(404, "Invalid path requested.")
+            elif head == b"request_status" and (n == 2 or (n == 3 and path[2] in _REQUEST_STATUS_LEAVES)):
+                if len(path[1]) != 32:
+                    raise HttpFailure(
+                        400, "Invalid request id in paths. Maybe the request ID is not of 32 bytes in length?!"
+                    )
+                if request_id is not None and request_id != path[1]:
                     raise HttpFailure(
                         400,
-                        f"Effective principal id in URL {effective} does not match requested principal id: "
-                        f"{requested}.",
+                        "More than one non-unique request ID exists in request_status paths: "
+                        f"{request_id.hex()} and {path[1].hex()}.",
                     )
-                continue
-            if head == b"request_status" and 2 <= len(path) <= 3:
-                request_ids.add(path[1])
-                continue
-            raise HttpFailure(404, "Invalid path requested.")
-        if len(request_ids) > 1:
-            raise HttpFailure(400, "Can only request a single request ID in request_status paths.")
-        for request_id in request_ids:
-            entry = self.replica.ingress.get(request_id)
-            if entry is None:
-                continue
-            if entry.sender != env.sender:
-                raise HttpFailure(403, "Request IDs must be for requests signed by the caller.")
-            if entry.canister_id.bytes != b"" and entry.canister_id != effective:
-                raise HttpFailure(
-                    400,
-                    f"Effective canister id in URL {effective} does not match requested canister id: "
-                    f"{entry.canister_id}.",
-                )
+                request_id = path[1]
+                entry = replica.ingress.get(request_id)
+                if entry is not None and entry.sender != env.sender:
+                    raise HttpFailure(403, "The user tries to access Request ID not signed by the caller.")
+                targets = _delegation_targets(env)
+                if entry is not None and targets is not None and entry.canister_id.bytes not in targets:
+                    raise HttpFailure(
+                        403,
+                        "The user tries to access request IDs for canisters not belonging to sender delegation "
+                        "targets.",
+                    )
+            elif not _common_path_allowed(path):
+                raise HttpFailure(404, "Invalid path requested.")
+
+
+_REQUEST_STATUS_LEAVES: Final = frozenset({b"status", b"reply", b"reject_code", b"reject_message", b"error_code"})
+_BOUNDARY_NODE_LEAVES: Final = frozenset({b"domain", b"ipv4_address", b"ipv6_address"})
+
+
+def _common_path_allowed(path: list[bytes]) -> bool:
+    """Paths both read_state endpoints allow: time, API boundary nodes, subnet keys and nodes."""
+    n = len(path)
+    if n == 0:
+        return False
+    head = path[0]
+    if head == b"time":
+        return n == 1
+    if head == b"api_boundary_nodes":
+        return n <= 2 or (n == 3 and path[2] in _BOUNDARY_NODE_LEAVES)
+    if head == b"subnet":
+        return (
+            n <= 2
+            or (n == 3 and path[2] in (b"public_key", b"node"))
+            or (n == 4 and path[2] == b"node")
+            or (n == 5 and path[2] == b"node" and path[4] == b"public_key")
+        )
+    return False
+
+
+def _subnet_path_allowed(path: list[bytes]) -> bool:
+    """Paths the subnet read_state endpoint allows besides ``/subnet/<id>/metrics``."""
+    if len(path) == 3 and path[0] == b"subnet" and path[2] == b"canister_ranges":
+        return True
+    if path and path[0] == b"canister_ranges":  # the sharded layout: /canister_ranges/<subnet_id>/<shard>
+        return len(path) <= 3
+    return _common_path_allowed(path)
+
+
+def _check_path_count(paths: list[list[bytes]]) -> None:
+    if len(paths) > MAX_PATHS:
+        raise HttpFailure(400, f"Too many paths: {len(paths)} (at most {MAX_PATHS})")
+
+
+def _check_same_principal(raw: bytes, effective: Principal) -> None:
+    try:
+        requested = Principal(raw)
+    except InvalidPrincipal as exc:
+        raise HttpFailure(400, f"Could not parse principal ID: {exc}.") from None
+    if requested != effective:
+        raise HttpFailure(
+            400, f"Effective principal id in URL {effective} does not match requested principal id: {requested}."
+        )
+
+
+def _delegation_targets(env: Envelope) -> set[bytes] | None:
+    """The canisters the sender's delegations allow (their intersection), or None when unrestricted."""
+    allowed: set[bytes] | None = None
+    for link in env.sender_delegation or ():
+        targets = link["delegation"].get("targets")
+        if targets is not None:
+            allowed = set(targets) if allowed is None else allowed & set(targets)
+    return allowed
 
 
 @web.middleware

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Union
 
-from icws_fast.ic.hashtree import EMPTY_HASH, fork_hash, labeled_hash, leaf_hash
+from icws_fast.ic.hashtree import EMPTY_HASH, fork_hash, labeled_hash, leaf_hash, reconstruct
 
 Node = tuple[Any, ...]
 Value = Union[bytes, "LabeledMap"]
@@ -36,6 +36,18 @@ EMPTY: Node = (0,)
 
 def _chunk_key(label: bytes) -> int:
     return label[0] if label else -1
+
+
+def prune_path(node: Node, path: Path) -> Node:
+    """``node`` with the subtree at ``path`` (if revealed) replaced by its Pruned hash; same root hash."""
+    kind = node[0]
+    if kind == 1:
+        return (1, prune_path(node[1], path), prune_path(node[2], path))
+    if kind == 2 and path and node[1] == path[0]:
+        if len(path) == 1:
+            return (2, node[1], (4, reconstruct(node[2])))
+        return (2, node[1], prune_path(node[2], path[1:]))
+    return node
 
 
 class _Balanced:

@@ -425,11 +425,33 @@ async def test_request_status_is_private_to_its_sender(devnet: Devnet, http: aio
     status, _, rid = await alice.call(counter, "increment", candid.encode("()", []))
     assert status == 200
     status, text = await mallory.read_state(counter, [[b"request_status", rid]])
-    assert (status, text) == (403, b"Request IDs must be for requests signed by the caller.")
-    status, text = await alice.read_state(ticker, [[b"request_status", rid]])
-    assert status == 400 and b"does not match requested canister id" in text
+    assert (status, text) == (403, b"The user tries to access Request ID not signed by the caller.")
+    # The replica routes read_state by the URL but does not tie request ids to it.
+    status, answer = await alice.read_state(ticker, [[b"request_status", rid, b"status"]])
+    assert status == 200
+    assert Certificate.from_cbor(answer["certificate"]).lookup_value([b"request_status", rid, b"status"]) == b"replied"
     status, text = await alice.read_state(counter, [[b"request_status", rid], [b"request_status", b"\x00" * 32]])
-    assert status == 400
+    assert status == 400 and text.startswith(b"More than one non-unique request ID exists in request_status paths")
+    status, text = await alice.read_state(counter, [[b"request_status", b"short"]])
+    assert status == 400 and b"not of 32 bytes" in text
+
+
+async def test_request_status_respects_delegation_targets(devnet: Devnet, http: aiohttp.ClientSession) -> None:
+    root = Ed25519Identity.generate()
+    counter, ticker = devnet.canister_ids["counter"], devnet.canister_ids["ticker"]
+    expiry = time.time_ns() + 10 * MINUTE_NS
+
+    def session_for(target: Principal) -> DelegationIdentity:
+        session = Ed25519Identity.generate()
+        return DelegationIdentity(session, DelegationChain.create(root, session.der_public_key, expiry, [target]))
+
+    caller = Client(devnet, http, session_for(counter))
+    status, _, rid = await caller.call(counter, "increment", candid.encode("()", []))
+    assert status == 200
+    status, text = await Client(devnet, http, session_for(ticker)).read_state(ticker, [[b"request_status", rid]])
+    assert status == 403 and text.endswith(b"not belonging to sender delegation targets.")
+    status, _ = await Client(devnet, http, root).read_state(ticker, [[b"request_status", rid]])
+    assert status == 200
 
 
 async def test_read_state_paths_are_checked(devnet: Devnet, http: aiohttp.ClientSession) -> None:
@@ -461,10 +483,29 @@ async def test_subnet_read_state(devnet: Devnet, http: aiohttp.ClientSession, ve
     assert ranges == [[bytes.fromhex("00000000000000000101"), bytes.fromhex("00000000000fffff0101")]]
     public_key = cert.lookup_value([b"subnet", subnet.bytes, b"public_key"])
     assert Principal.self_authenticating(public_key) == subnet
-    status, _ = await client.post(
-        f"/api/{version}/subnet/{Principal.anonymous()}/read_state", build_envelope(client.identity, content)
-    )
-    assert status == 404
+    for bad in ([b"request_status", b"\x00" * 32], [b"canister", subnet.bytes, b"module_hash"]):
+        content = read_state_content(client.identity.sender, [bad])
+        status, text = await client.post(
+            f"/api/{version}/subnet/{subnet}/read_state", build_envelope(client.identity, content)
+        )
+        assert (status, text) == (404, b"Invalid path requested.")
+
+
+async def test_v3_read_state_hides_the_flat_ranges_of_a_delegated_subnet(
+    devnet: Devnet, http: aiohttp.ClientSession
+) -> None:
+    client = Client(devnet, http)
+    counter, subnet = devnet.canister_ids["counter"], devnet.subnet_id
+    ranges_path = [b"subnet", subnet.bytes, b"canister_ranges"]
+    status, answer = await client.read_state(counter, [[b"subnet"]], "v3")
+    assert status == 200
+    cert = client.certificate(answer["certificate"], counter)
+    assert cert.lookup(ranges_path).status == ("Unknown" if cert.delegation is not None else "Found")
+    assert cert.lookup([b"subnet", subnet.bytes, b"public_key"]).status == "Found"
+    status, _ = await client.read_state(counter, [ranges_path], "v3")
+    assert status == (404 if cert.delegation is not None else 200)
+    status, _ = await client.read_state(counter, [ranges_path], "v2")
+    assert status == 200
 
 
 @pytest.mark.parametrize(
