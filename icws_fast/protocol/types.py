@@ -32,6 +32,7 @@ __all__ = [
     "LABEL_WEBSOCKET",
     "MAX_NAT64",
     "SERVICE_MESSAGES_DID",
+    "WS_CANDID_TYPES",
     "WS_TYPES_DID",
     "AckMessage",
     "CanisterOutputCertifiedMessages",
@@ -131,6 +132,9 @@ type GatewayOutputCertifiedMessages = record {
 };
 type GatewayWsGetMessagesResult = variant { Ok : GatewayOutputCertifiedMessages; Err : text };
 """
+
+WS_CANDID_TYPES: Final[dict[str, candid.Type]] = candid.parse_did(WS_TYPES_DID + SERVICE_MESSAGES_DID).types
+"""The named types of :data:`WS_TYPES_DID` and :data:`SERVICE_MESSAGES_DID`, parsed."""
 
 _DID: Final = WS_TYPES_DID + SERVICE_MESSAGES_DID + _GATEWAY_DID
 _OPEN_ARGS: Final = candid.parse_args("(CanisterWsOpenArguments)", _DID)
