@@ -39,7 +39,7 @@ import re
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 
 from icws_fast.errors import CandidError
 from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
@@ -89,6 +89,8 @@ __all__ = [
     "parse_type",
 ]
 
+_T = TypeVar("_T")
+
 MAGIC: Final = b"DIDL"
 #: Deepest value nesting a decode accepts (each level costs the decoder about one Python frame).
 MAX_DEPTH: Final = 256
@@ -120,10 +122,10 @@ class Type:
     __slots__ = ()
 
     def __str__(self) -> str:
-        return _show(self, 0)
+        return _Printer(None).show(self)
 
     def __repr__(self) -> str:
-        return f"<candid {_show(self, 0)}>"
+        return f"<candid {_describe(self)}>"
 
 
 class PrimType(Type):
@@ -331,47 +333,73 @@ def _nullable(t: Type) -> bool:
     return t is NULL or t is RESERVED or isinstance(t, OptType)
 
 
-def _show(t: Type, depth: int) -> str:
-    if depth > 12:
-        return "…"  # wire types can be cyclic without names; keep messages finite
-    d = depth + 1
-    if isinstance(t, PrimType):
-        return t.name
-    if isinstance(t, NamedType):
-        return t.name
-    if isinstance(t, OptType):
-        return f"opt {_show(t.inner, d)}"
-    if isinstance(t, VecType):
-        return f"vec {_show(t.inner, d)}"
-    if isinstance(t, RecordType):
-        if t.is_tuple:
-            return "record { " + "; ".join(_show(f.type, d) for f in t.fields) + " }"
-        return "record { " + "; ".join(f"{_show_key(f.key)} : {_show(f.type, d)}" for f in t.fields) + " }"
-    if isinstance(t, VariantType):
-        return "variant { " + "; ".join(f"{_show_key(f.key)} : {_show(f.type, d)}" for f in t.fields) + " }"
-    if isinstance(t, FuncType):
-        return "func " + _show_func(t, d)
-    if isinstance(t, ServiceType):
-        return "service { " + "; ".join(f"{_show_key(n)} : {_show_method(m, d)}" for n, m in t.methods.items()) + " }"
-    if isinstance(t, FutureType):
-        return f"<future type {t.opcode}>"
-    raise TypeError(f"not a Candid type: {t!r}")
+class _Printer:
+    """Candid text of a type. ``limit`` caps the nodes printed: wire types from a message can be
+    cyclic without names and exponentially wide, so error messages print them bounded."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.left = limit
+
+    def show(self, t: Type) -> str:
+        if self.left is not None:
+            if self.left <= 0:
+                return "…"
+            self.left -= 1
+        if isinstance(t, (PrimType, NamedType)):
+            return t.name
+        if isinstance(t, OptType):
+            return f"opt {self.show(t.inner)}"
+        if isinstance(t, VecType):
+            return f"vec {self.show(t.inner)}"
+        if isinstance(t, RecordType) and t.is_tuple:
+            return "record { " + self.join("; ", [f.type for f in t.fields], self.show) + " }"
+        if isinstance(t, (RecordType, VariantType)):
+            kind = "record" if isinstance(t, RecordType) else "variant"
+            return f"{kind} {{ " + self.join("; ", t.fields, self.field) + " }"
+        if isinstance(t, FuncType):
+            return "func " + self.func(t)
+        if isinstance(t, ServiceType):
+            methods = (
+                f"{_show_key(n)} : {self.func(m) if isinstance(m, FuncType) else self.show(m)}"
+                for n, m in t.methods.items()
+            )
+            return "service { " + "; ".join(methods) + " }"
+        if isinstance(t, FutureType):
+            return f"<future type {t.opcode}>"
+        raise TypeError(f"not a Candid type: {t!r}")
+
+    def join(self, sep: str, items: Sequence[_T], render: Callable[[_T], str]) -> str:
+        """Render ``items`` in turn, ending with an ellipsis once the node budget is spent."""
+        out: list[str] = []
+        for item in items:
+            if self.left is not None and self.left <= 0:
+                out.append("…")
+                break
+            out.append(render(item))
+        return sep.join(out)
+
+    def field(self, f: Field) -> str:
+        return f"{_show_key(f.key)} : {self.show(f.type)}"
+
+    def method(self, item: tuple[str, Type]) -> str:
+        name, t = item
+        return f"{_show_key(name)} : {self.func(t) if isinstance(t, FuncType) else self.show(t)}"
+
+    def func(self, t: FuncType) -> str:
+        args = self.join(", ", t.args, self.show)
+        rets = self.join(", ", t.rets, self.show)
+        return f"({args}) -> ({rets})" + "".join(" " + m for m in t.modes)
+
+
+def _describe(t: Type) -> str:
+    """A bounded rendering of ``t`` for error messages."""
+    return _Printer(48).show(t)
 
 
 def _show_key(key: str | int) -> str:
     if isinstance(key, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
         return str(key)
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _show_func(t: FuncType, depth: int) -> str:
-    args = ", ".join(_show(a, depth) for a in t.args)
-    rets = ", ".join(_show(r, depth) for r in t.rets)
-    return f"({args}) -> ({rets})" + "".join(" " + m for m in t.modes)
-
-
-def _show_method(t: Type, depth: int) -> str:
-    return _show_func(t, depth) if isinstance(t, FuncType) else _show(t, depth)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +574,11 @@ class _Parser:
         if tok.kind != "num":
             self.i -= tok.kind != "eof"
             self.fail("expected a number")
-        return int(tok.value.replace("_", ""), 0)
+        digits = tok.value.replace("_", "")
+        if len(digits) > 40:
+            self.i -= 1
+            self.fail("number too large")
+        return int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10)
 
     # -- grammar -------------------------------------------------------------------------
     def datatype(self, depth: int = 0) -> Type:
@@ -713,6 +745,9 @@ class _Parser:
             target = _resolve(service)
             if not isinstance(target, ServiceType):
                 raise CandidError("the service of a .did file must have a service type")
+            for name, method in target.methods.items():
+                if not isinstance(_resolve(method), FuncType):
+                    raise CandidError(f"method {name!r} does not have a function type")
             resolved = target
         types: dict[str, Type] = dict(self.env.names)
         return DidFile(types, resolved, tuple(init) if init is not None else None)
@@ -875,10 +910,12 @@ class _TableBuilder:
         if isinstance(t, ServiceType):
             parts = [sleb128(_SERVICE), leb128(len(t.methods))]
             for name, method in t.methods.items():
+                if not isinstance(_resolve(method), FuncType):
+                    raise CandidError(f"method {name!r} does not have a function type")
                 raw = name.encode("utf-8")
                 parts += [leb128(len(raw)), raw, self.ref(method)]
             return b"".join(parts)
-        raise CandidError(f"cannot encode values of type {t}")
+        raise CandidError(f"cannot encode values of type {_describe(t)}")
 
     def header(self, types: Sequence[Type]) -> bytes:
         refs = [self.ref(t) for t in types]
@@ -898,7 +935,7 @@ def _fail_encode(t: Type, value: Any, why: str = "") -> CandidError:
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    return CandidError(f"cannot encode {shown} as {t}" + (f": {why}" if why else ""))
+    return CandidError(f"cannot encode {shown} as {_describe(t)}" + (f": {why}" if why else ""))
 
 
 def _is_int(v: Any) -> bool:
@@ -949,7 +986,7 @@ class _EncoderCompiler:
             return functools.partial(_encode_func, t)
         if isinstance(t, ServiceType):
             return functools.partial(_encode_service, t)
-        raise CandidError(f"cannot encode values of type {t}")
+        raise CandidError(f"cannot encode values of type {_describe(t)}")
 
     def opt(self, t: OptType) -> _Encoder:
         inner = self.compile(t.inner)
@@ -1413,7 +1450,7 @@ def _const_none(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int
 
 
 def _mismatch(wire: Type, expected: Type) -> _Decoder:
-    message = f"a value of type {wire} does not fit type {expected}"
+    message = f"a value of type {_describe(wire)} does not fit type {_describe(expected)}"
 
     def dec_mismatch(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
         raise _Mismatch(message)
@@ -1422,7 +1459,7 @@ def _mismatch(wire: Type, expected: Type) -> _Decoder:
 
 
 def _no_value(wire: Type) -> _Decoder:
-    message = f"type {wire} has no values"
+    message = f"type {_describe(wire)} has no values"
 
     def dec_no_value(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
         raise CandidError(message)
@@ -1586,7 +1623,7 @@ class _DecoderCompiler:
             return self._record(w, [(None, self.skip(f.type)) for f in w.fields], None, False)
         if isinstance(w, VariantType):
             return self._variant([(None, self.skip(f.type)) for f in w.fields], discard=True)
-        raise CandidError(f"unsupported wire type {w}")
+        raise CandidError(f"unsupported wire type {_describe(w)}")
 
     @staticmethod
     def _opt_skip(inner: _Decoder) -> _Decoder:
@@ -1978,7 +2015,7 @@ class _DecodePlan:
             elif _nullable(expected):
                 decoders.append(_const_none)  # a missing argument of opt/null/reserved type reads as null
             else:
-                raise CandidError(f"missing argument {i} of type {expected}")
+                raise CandidError(f"missing argument {i} of type {_describe(expected)}")
         decoders += [compiler.skip(w) for w in header.args[len(self.types) :]]
         return _Compiled(data[4 : header.end], tuple(decoders))
 

@@ -675,3 +675,35 @@ def test_packed_struct_formats_match_spec() -> None:
     # nat64 and float64 are little-endian.
     assert encode("(nat64)", [1]) == b"DIDL\x00\x01\x78" + struct.pack("<Q", 1)
     assert encode("(float64)", [1.5]) == b"DIDL\x00\x01\x72" + struct.pack("<d", 1.5)
+
+
+def test_wide_wire_types_fail_fast() -> None:
+    # Five levels of 1000-field records: printing or walking this type naively is exponential.
+    levels, width = 5, 1000
+    table = b""
+    for level in range(levels):
+        table += b"\x6c" + leb128(width) + b"".join(leb128(i) + sleb128(level + 1) for i in range(width))
+    table += b"\x6c\x00"
+    data = b"DIDL" + leb128(levels + 1) + table + b"\x01\x00"
+    for t in ("(nat)", "(opt nat)", "()", "(reserved)"):
+        with pytest.raises(CandidError) as info:
+            decode(data, t)
+        assert len(str(info.value)) < 2000
+
+
+def test_number_literals() -> None:
+    t = parse_type("record { 007 : nat; 0x1_0 : nat; 1_000 : nat }")
+    assert isinstance(t, RecordType) and [f.id for f in t.fields] == [7, 16, 1000]
+    with pytest.raises(CandidError):
+        parse_type("record { " + "9" * 5000 + " : nat }")
+
+
+def test_service_methods_must_be_functions() -> None:
+    with pytest.raises(CandidError):
+        parse_did("type F = nat; service : { m : F }")
+    ok = parse_did("type F = func (nat) -> (); service : { m : F }")
+    assert ok.service is not None
+    svc = ok.service
+    assert decode(encode([svc], [Principal.anonymous()]), [svc]) == [Principal.anonymous()]
+    with pytest.raises(CandidError):
+        encode([parse_type("service { m : F }", "type F = nat;")], [Principal.anonymous()])
