@@ -100,7 +100,7 @@ def encode(obj: Any, *, self_describe: bool = True) -> bytes:
 
 
 class _Decoder:
-    __slots__ = ("data", "pos", "end", "max_depth")
+    __slots__ = ("data", "end", "max_depth", "pos")
 
     def __init__(self, data: bytes, max_depth: int) -> None:
         self.data = data

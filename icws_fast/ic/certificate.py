@@ -20,7 +20,6 @@ reason ``"malformed"``.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -54,15 +53,19 @@ REASON_PATH_NOT_FOUND: Final = "path-not-found"
 
 
 class _BlsCache:
-    """A thread-safe LRU of BLS verification results."""
+    """A thread-safe LRU of BLS verification results, keyed by what the pairing checks.
+
+    Keying by (signature, message, key) rather than by certificate bytes lets every witness
+    pruned from one signed state (one devnet round, one IC batch) share one pairing.
+    """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._results: OrderedDict[tuple[bytes, bytes], bool] = OrderedDict()
+        self._results: OrderedDict[tuple[bytes, bytes, bytes], bool] = OrderedDict()
 
-    def verify(self, cert_digest: bytes, signature: bytes, message: bytes, public_key: bytes) -> bool:
-        key = (cert_digest, public_key)
+    def verify(self, signature: bytes, message: bytes, public_key: bytes) -> bool:
+        key = (signature, message, public_key)
         with self._lock:
             cached = self._results.get(key)
             if cached is not None:
@@ -109,14 +112,13 @@ class Delegation:
 class Certificate:
     """A decoded certificate. Build it with :meth:`from_cbor`; check it with :meth:`verify`."""
 
-    __slots__ = ("_digest", "cbor", "delegation", "signature", "tree")
+    __slots__ = ("cbor", "delegation", "signature", "tree")
 
     def __init__(self, tree: Node, signature: bytes, delegation: Delegation | None, data: bytes) -> None:
         self.tree = tree
         self.signature = signature
         self.delegation = delegation
         self.cbor = data
-        self._digest: bytes | None = None
 
     @classmethod
     def from_cbor(cls, data: bytes | bytearray | memoryview) -> Certificate:
@@ -158,13 +160,6 @@ class Certificate:
         return cls(tree, signature, delegation, data)
 
     @property
-    def digest(self) -> bytes:
-        """SHA-256 of the certificate's bytes (the BLS cache key)."""
-        if self._digest is None:
-            self._digest = hashlib.sha256(self.cbor).digest()
-        return self._digest
-
-    @property
     def root_hash(self) -> bytes:
         """The reconstructed root hash of the tree."""
         return hashtree.reconstruct(self.tree)
@@ -191,7 +186,7 @@ class Certificate:
 
     def _signature_valid(self, public_key: bytes) -> bool:
         message = STATE_ROOT_DOMAIN + hashtree.reconstruct(self.tree)
-        return BLS_CACHE.verify(self.digest, self.signature, message, public_key)
+        return BLS_CACHE.verify(self.signature, message, public_key)
 
     def verify(
         self,
