@@ -107,18 +107,17 @@ class _Api:
         the URL (except for the management canister); for a canister ``read_state`` the URL's id is the
         target that delegations with ``targets`` must allow.
         """
-        content_type = request.headers.get("Content-Type", "")
-        if content_type.split(";")[0].strip().lower() != CBOR_CONTENT_TYPE:
+        if request.headers.get("Content-Type", "").lower() != CBOR_CONTENT_TYPE:
             raise HttpFailure(400, "Unexpected content-type, expected application/cbor.")
         effective = self._principal_in_url(request, "ecid") if "ecid" in request.match_info else None
         body = await request.read()
         try:
             env = parse_envelope(body)
         except EnvelopeError as exc:
-            raise HttpFailure(400, f"Could not parse body as {what} message: {exc}") from None
+            raise HttpFailure(400, f"Failed to deserialize cbor request: {exc}") from None
         if env.request_type not in request_types:
             raise HttpFailure(
-                400, f"Could not parse body as {what} message: unexpected request_type {env.request_type!r}"
+                400, f"Failed to deserialize cbor request: a {what} endpoint got request_type {env.request_type!r}"
             )
         canister_id = env.canister_id
         if effective is not None and canister_id is not None and canister_id.bytes and canister_id != effective:
@@ -145,7 +144,7 @@ class _Api:
         except SignatureError as exc:
             raise HttpFailure(400, f"Invalid signature: {exc}") from None
         except EnvelopeError as exc:
-            raise HttpFailure(400, f"Failed to authenticate request 0x{env.request_id.hex()} due to: {exc}") from None
+            raise HttpFailure(400, f"Invalid request: {exc}") from None
         return env
 
     @staticmethod
