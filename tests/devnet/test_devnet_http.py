@@ -540,3 +540,24 @@ async def test_transport_level_refusals(devnet: Devnet, http: aiohttp.ClientSess
     assert status == 404
     async with http.get(f"{devnet.url}/api/v3/canister/{counter}/call") as resp:
         assert resp.status == 405
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,
+        b"GARBAGE\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    ],
+    ids=["tls-hello", "garbage", "bad-length"],
+)
+async def test_non_http_bytes_do_not_hurt_the_server(devnet: Devnet, http: aiohttp.ClientSession, raw: bytes) -> None:
+    host, port = devnet.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(raw)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer == b"" or answer.split(b" ", 2)[1] == b"400"
+    client = Client(devnet, http)
+    assert candid.decode(await client.update(devnet.canister_ids["counter"], "increment"), "(nat64)") == [1]
