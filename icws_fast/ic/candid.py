@@ -558,6 +558,11 @@ class _Parser:
         found = "end of input" if tok.kind == "eof" else repr(tok.value)
         raise CandidError(f"{what} at offset {tok.offset}, found {found}")
 
+    def unread(self, tok: _Tok) -> None:
+        """Step back over ``tok`` (just taken by :meth:`next`) so that errors point at it."""
+        if tok.kind != "eof":
+            self.i -= 1
+
     def end(self) -> None:
         if self.peek().kind != "eof":
             self.fail("expected end of input")
@@ -565,14 +570,14 @@ class _Parser:
     def name(self) -> str:
         tok = self.next()
         if tok.kind not in ("id", "text"):
-            self.i -= tok.kind != "eof"
+            self.unread(tok)
             self.fail("expected a name")
         return tok.value
 
     def nat(self) -> int:
         tok = self.next()
         if tok.kind != "num":
-            self.i -= tok.kind != "eof"
+            self.unread(tok)
             self.fail("expected a number")
         digits = tok.value.replace("_", "")
         if len(digits) > 40:
@@ -587,7 +592,7 @@ class _Parser:
         d = depth + 1
         tok = self.next()
         if tok.kind != "id":
-            self.i -= tok.kind != "eof"
+            self.unread(tok)
             self.fail("expected a type")
         word = tok.value
         prim = _PRIM_BY_NAME.get(word)
@@ -636,6 +641,8 @@ class _Parser:
         while not self.accept("}"):
             label = self.field_label()
             if label is None:
+                if next_id > _MAX_FIELD_ID:
+                    self.fail("field id larger than 2**32-1")
                 fid: int = next_id
                 key: str | int = next_id
             else:
@@ -688,7 +695,7 @@ class _Parser:
         modes: list[str] = []
         while self.peek().kind == "id" and self.peek().value in _MODE_CODES:
             modes.append(self.next().value)
-        if len(set(modes)) != len(modes) or len(modes) > 1:
+        if len(modes) > 1:
             self.fail("a function takes at most one of query, composite_query, oneway")
         if "oneway" in modes and rets:
             self.fail("a oneway function has no results")
@@ -716,7 +723,7 @@ class _Parser:
             if self.accept("type"):
                 tok = self.next()
                 if tok.kind != "id" or tok.value in _KEYWORDS or tok.value in _PRIM_BY_NAME:
-                    self.i -= tok.kind != "eof"
+                    self.unread(tok)
                     self.fail("expected a type name")
                 named = self.env.ref(tok.value)
                 if named._definition is not None:
@@ -1210,8 +1217,11 @@ def encode(types: Sequence[Type] | str, values: Sequence[Any]) -> bytes:
     if len(values) != len(plan.encoders):
         raise CandidError(f"{len(values)} values for {len(plan.encoders)} types")
     out = bytearray(plan.header)
-    for enc, value in zip(plan.encoders, values, strict=True):
-        enc(value, out)
+    try:
+        for enc, value in zip(plan.encoders, values, strict=True):
+            enc(value, out)
+    except RecursionError:
+        raise CandidError("value nested too deeply to encode") from None
     return bytes(out)
 
 
@@ -1221,6 +1231,7 @@ def encode(types: Sequence[Type] | str, values: Sequence[Any]) -> bytes:
 
 _LEB_END: Final = re.compile(rb"[\x00-\x7f]")
 _LOW7: Final = bytes(b & 0x7F for b in range(256))
+_BITS7: Final = tuple(f"{i:07b}" for i in range(128))
 
 
 def _leb_big(data: bytes, pos: int) -> tuple[int, int]:
@@ -1241,8 +1252,9 @@ def _leb_big(data: bytes, pos: int) -> tuple[int, int]:
             value |= (byte & 0x7F) << shift
             shift += 7
         return value, end
+    # Long numbers: join the 7-bit groups as binary text, which int() parses in linear time.
     digits = data[pos:end].translate(_LOW7)[::-1]
-    return int("".join(f"{d:07b}" for d in digits), 2), end
+    return int("".join(map(_BITS7.__getitem__, digits)), 2), end
 
 
 def _sleb_big(data: bytes, pos: int) -> tuple[int, int]:
@@ -1674,10 +1686,12 @@ class _DecoderCompiler:
         if isinstance(e, VariantType) and isinstance(w, VariantType):
             table: list[tuple[Any, _Decoder]] = []
             expected = {f.id: f for f in e.fields}
+            unknown_tag: _Decoder | None = None
             for wf in w.fields:
                 ef = expected.get(wf.id)
                 if ef is None:
-                    table.append((wf.id, _mismatch(w, e)))  # only a value using this tag fails
+                    unknown_tag = unknown_tag or _mismatch(w, e)
+                    table.append((wf.id, unknown_tag))  # only a value using this tag fails
                 else:
                     table.append((ef.key, self.decoder(wf.type, ef.type)))
             return self._variant(table, discard=False)
