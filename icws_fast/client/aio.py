@@ -55,6 +55,9 @@ class _Listener(WSListener):
         self._parts: list[bytes] = []
         self._size = 0
 
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._owner._on_connected(transport)
+
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
         if msg_type in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
@@ -79,7 +82,7 @@ class _Listener(WSListener):
                 self._size = 0
                 self._owner._on_message_bytes(data)
         elif msg_type == WSMsgType.CLOSE:
-            self._owner._on_peer_close(frame.get_close_code(), frame.get_close_message())
+            self._owner._on_peer_close(frame.get_close_code(), frame.get_close_message() or b"")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._owner._on_disconnected()
@@ -161,7 +164,7 @@ class IcWebSocket(ClientBase):
 
     async def _start(self, gateway_url: str, open_timeout_s: float) -> None:
         try:
-            self._transport, _ = await ws_connect(
+            await ws_connect(
                 lambda: _Listener(self),
                 gateway_url,
                 websocket_handshake_timeout=open_timeout_s,
@@ -171,13 +174,12 @@ class IcWebSocket(ClientBase):
             raise ConnectionClosed(CLOSE_ABNORMAL, f"cannot connect to {gateway_url}: {exc}") from exc
         except RuntimeError as exc:
             raise ConnectionClosed(CLOSE_ABNORMAL, f"WebSocket upgrade with {gateway_url} failed: {exc}") from exc
-        self._protocol.connection_made(self.now_ns())
-        self._schedule()
         try:
             await self._open
         except BaseException:
             # Cancelled (or failed) while opening: do not leave the socket behind.
-            self._transport.disconnect(graceful=False)
+            if self._transport is not None:
+                self._transport.disconnect(graceful=False)
             raise
 
     # ---- the application's side ----------------------------------------------------------
@@ -239,6 +241,12 @@ class IcWebSocket(ClientBase):
         await self.close()
 
     # ---- the transport's side ------------------------------------------------------------
+
+    def _on_connected(self, transport: WSTransport) -> None:
+        # Runs before ws_connect() returns, and the gateway's handshake may follow at once.
+        self._transport = transport
+        self._protocol.connection_made(self.now_ns())
+        self._schedule()
 
     def _on_message_bytes(self, data: bytes) -> None:
         self._handle(self._protocol.receive_frame(data, self.now_ns()))

@@ -132,6 +132,8 @@ class SyncIcWebSocket(ClientBase):
         self._messages: deque[Any] = deque()
         self._opened_flag = False
         self._close_deadline: float | None = None
+        self._parts: list[bytes] = []  # the fragments of the message being received
+        self._size = 0
         self._reader = threading.Thread(target=self._read_loop, name="icws-client-reader", daemon=True)
 
     @classmethod
@@ -211,7 +213,7 @@ class SyncIcWebSocket(ClientBase):
                 lambda: self._opened_flag or self.close_code is not None,
                 max(0.0, deadline - time.monotonic()) + CLOSE_TIMEOUT_S,
             )
-            if self._opened_flag and self.close_code is None:
+            if self._opened_flag:  # even if it closed since: recv() returns what came and then raises
                 return
         if not opened:
             self._abort()
@@ -271,9 +273,9 @@ class SyncIcWebSocket(ClientBase):
     # ---- the reader thread ---------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        parts: list[bytes] = []
-        size = 0
         try:
+            # Frames that came in with the upgrade response (the gateway's handshake) are already buffered.
+            self._process_events()
             while self._ws.state is not ConnectionState.CLOSED:
                 timeout = self._wait_timeout()
                 if timeout is not None and timeout <= 0:
@@ -286,30 +288,7 @@ class SyncIcWebSocket(ClientBase):
                 data = self._sock.recv(_READ_SIZE)
                 with self._lock:
                     self._ws.receive_data(data or None)
-                    for event in self._ws.events():
-                        if isinstance(event, (BytesMessage, TextMessage)):
-                            # Text goes the same way as binary: it fails CBOR decoding in the protocol.
-                            chunk = event.data.encode() if isinstance(event.data, str) else bytes(event.data)
-                            size += len(chunk)
-                            if size > MAX_MESSAGE_SIZE:
-                                self._fail_transport(
-                                    ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes"),
-                                    _CLOSE_MESSAGE_TOO_BIG,
-                                    "Message too big",
-                                )
-                                break
-                            parts.append(chunk)
-                            if event.message_finished:
-                                message = b"".join(parts)
-                                parts.clear()
-                                size = 0
-                                self._handle(self._protocol.receive_frame(message, self.now_ns()))
-                        elif isinstance(event, Ping):
-                            self._write(self._ws.send(event.response()))
-                        elif isinstance(event, CloseConnection):
-                            if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                                self._write(self._ws.send(event.response()))
-                            self._finish(event.code, event.reason or "")
+                self._process_events()
                 if not data:
                     break
         except (OSError, WsprotoError) as exc:
@@ -321,6 +300,31 @@ class SyncIcWebSocket(ClientBase):
             with self._lock:
                 self._finish(CLOSE_ABNORMAL, "")
             self._sock.close()
+
+    def _process_events(self) -> None:
+        """Handle what wsproto parsed: reassembled messages go to the protocol, control frames are answered."""
+        with self._lock:
+            for event in self._ws.events():
+                if isinstance(event, (BytesMessage, TextMessage)):
+                    # Text goes the same way as binary: it fails CBOR decoding in the protocol.
+                    chunk = event.data.encode() if isinstance(event.data, str) else bytes(event.data)
+                    self._size += len(chunk)
+                    if self._size > MAX_MESSAGE_SIZE:
+                        error = ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes")
+                        self._fail_transport(error, _CLOSE_MESSAGE_TOO_BIG, "Message too big")
+                        return
+                    self._parts.append(chunk)
+                    if event.message_finished:
+                        message = b"".join(self._parts)
+                        self._parts.clear()
+                        self._size = 0
+                        self._handle(self._protocol.receive_frame(message, self.now_ns()))
+                elif isinstance(event, Ping):
+                    self._write(self._ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                        self._write(self._ws.send(event.response()))
+                    self._finish(event.code, event.reason or "")
 
     def _wait_timeout(self) -> float | None:
         """Seconds until the next protocol deadline or the close-handshake deadline; None for none."""
