@@ -181,6 +181,18 @@ class _RegisteredGateway:
         return first_nonce + offset, self.messages[start:end], is_end_of_queue
 
 
+def _run_handler(handler: Callable[..., None], *args: Any) -> None:
+    """Run an application handler; a :class:`CdkError` it lets escape traps.
+
+    The error belongs to the application, not to the client's call, so it must not come back as the ``Err`` of a
+    ``ws_*`` method (a Rust handler cannot return one either: it would unwrap and trap).
+    """
+    try:
+        handler(*args)
+    except CdkError as exc:
+        api.trap(f"IC WebSocket handler {getattr(handler, '__name__', handler)!s} failed: {exc}")
+
+
 def _empty_messages() -> dict[str, Any]:
     return {"Ok": {"messages": [], "cert": b"", "tree": b"", "is_end_of_queue": True}}
 
@@ -315,7 +327,7 @@ class IcWebSocket:
 
         self._send_service_message(client_key, OpenMessage(client_key))
         if self._params.handlers.on_open is not None:
-            self._params.handlers.on_open(caller)
+            _run_handler(self._params.handlers.on_open, caller)
 
     def _message(self, args: Mapping[str, Any]) -> None:
         caller = api.caller()
@@ -336,7 +348,7 @@ class IcWebSocket:
             self._service_message(client, msg.content)
             return
         if self._params.handlers.on_message is not None:
-            self._params.handlers.on_message(caller, msg.content)
+            _run_handler(self._params.handlers.on_message, caller, msg.content)
         # Counted only once the handler returned: when it traps, the IC rolls the whole message back (so the
         # client's next message is out of sequence); a host without rollback then behaves the same.
         client.expected_incoming_sequence_num += 1
@@ -387,7 +399,7 @@ class IcWebSocket:
                 # Its queue stays pollable for one more ack interval so the gateway can deliver the close messages.
                 self._gateways_to_remove[client.gateway] = api.time()
         if self._params.handlers.on_close is not None:
-            self._params.handlers.on_close(client_key.client_principal)
+            _run_handler(self._params.handlers.on_close, client_key.client_principal)
 
     def _send_service_message(self, client_key: ClientKey, message: ServiceMessage) -> None:
         self._send(client_key, encode_service_message(message), True)

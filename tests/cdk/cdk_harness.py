@@ -31,16 +31,17 @@ ROOT_KEY_DER = bls.der_encode_public_key(bls.public_key(_ROOT_SK))
 class LocalHost(api.System):
     """Runs one canister in process, with a manual clock; see the module docstring."""
 
-    def __init__(self, canister: api.Canister) -> None:
+    def __init__(self, canister: api.Canister, *, upgraded_from: LocalHost | None = None) -> None:
         self.canister = canister
-        self.now_ns = T0_NS
-        self.certified_data = b""
+        self.now_ns = T0_NS if upgraded_from is None else upgraded_from.now_ns
+        self.certified_data = b"" if upgraded_from is None else upgraded_from.certified_data
         self._caller = CANISTER_ID
         self._is_query = False
         self._timers: list[tuple[int, int, int | None, Callable[[], None]]] = []
         self._live: set[int] = set()
         self._ids = itertools.count(1)
-        self._run(canister.init, CANISTER_ID, query=False)
+        # A restored canister keeps its state and certified data; its timers are gone, post_upgrade re-arms them.
+        self._run(canister.init if upgraded_from is None else canister.post_upgrade, CANISTER_ID, query=False)
 
     # -- System ------------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Every polled message is verified as a client verifies it (real BLS certificate, 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 
 import pytest
@@ -377,3 +378,27 @@ def test_icwebsocket_is_usable_without_a_canister_class() -> None:
     with api.system_context(host):
         assert host.canister.ws.ws_open({"client_nonce": 1, "gateway_principal": GATEWAY}) == {"Ok": None}
     assert opened == [CLIENT_1]
+
+
+def test_state_survives_pickling_and_upgrade(host: LocalHost) -> None:
+    """The devnet persists canisters with pickle and runs post_upgrade: queues, keys and certification carry on."""
+    host.open(CLIENT_1, 0, GATEWAY)
+    key = t.ClientKey(CLIENT_1, 0)
+    host.message(key, 1, encode_app_message("before", 0))
+    restored = LocalHost(pickle.loads(pickle.dumps(host.canister)), upgraded_from=host)
+    assert restored.message(key, 2, encode_app_message("after", 0)) == {"Ok": None}
+    texts = [decode_app_message(m.content)[0] for m in _messages(restored) if not m.is_service_message]
+    assert texts == ["ping", "before ping", "after ping"]
+    restored.advance(DEFAULT_SEND_ACK_INTERVAL_MS)  # the ack timer was re-armed by post_upgrade
+    assert service(_messages(restored)[-1]) == t.AckMessage(2)
+
+
+def test_a_cdk_error_escaping_a_handler_traps() -> None:
+    class Careless(Recorder):
+        def on_message(self, client: Principal, message: bytes) -> None:
+            self.websocket.send(CLIENT_2, message)  # CLIENT_2 is not connected
+
+    host = LocalHost(Careless())
+    host.open(CLIENT_1, 0, GATEWAY)
+    with pytest.raises(api.Trap, match="doesn't have an open connection"):
+        host.message(t.ClientKey(CLIENT_1, 0), 1, b"x")
