@@ -56,7 +56,7 @@ def canister_id_from_index(index: int) -> Principal:
 class IngressStatus:
     """One entry of the ingress history (``/request_status/<request_id>``)."""
 
-    status: str  # "received" | "replied" | "rejected" | "done"
+    status: str  # "replied" | "rejected" | "done" (messages execute in the round that inducts them)
     sender: Principal
     canister_id: Principal
     expiry_ns: int
@@ -159,7 +159,7 @@ class Replica:
                 b"time": leb128(self.time_ns),
                 b"request_status": self._requests,
                 b"canister": self._canisters,
-                b"subnet": self._subnet_subtree(include_ranges=True),
+                b"subnet": self._subnet_subtree(),
                 b"canister_ranges": self._ranges_subtree(),
             }
         )
@@ -174,21 +174,14 @@ class Replica:
     def _ranges_cbor(self) -> bytes:
         return cbor.encode([[self.range_low.bytes, self.range_high.bytes]])
 
-    def _subnet_subtree(self, *, include_ranges: bool) -> LabeledMap:
-        entries: dict[bytes, Any] = {b"public_key": self.subnet_key_der}
-        if include_ranges:
-            entries[b"canister_ranges"] = self._ranges_cbor()
+    def _subnet_subtree(self) -> LabeledMap:
+        entries: dict[bytes, Any] = {b"public_key": self.subnet_key_der, b"canister_ranges": self._ranges_cbor()}
         entries[b"node"] = LabeledMap({self.node_id.bytes: LabeledMap({b"public_key": self._node.der_public_key})})
         return LabeledMap({self.subnet_id.bytes: LabeledMap(entries)})
 
     def _ranges_subtree(self) -> LabeledMap:
         # /canister_ranges/<subnet_id>/<shard>: one shard, labeled by the lowest canister id it holds.
         return LabeledMap({self.subnet_id.bytes: LabeledMap({self.range_low.bytes: self._ranges_cbor()})})
-
-    def hosts_canister(self, canister_id: Principal) -> bool:
-        """Whether ``canister_id`` lies in the subnet's canister range (hosted or not)."""
-        raw = canister_id.bytes
-        return len(raw) == 10 and self.range_low.bytes <= raw <= self.range_high.bytes
 
     # -- delegation ---------------------------------------------------------------------------------------
 
@@ -265,8 +258,7 @@ class Replica:
     def wait_certified(self, request_id: bytes) -> asyncio.Future[None]:
         """A future resolved after the round that certifies a final status for ``request_id``."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = self.ingress.get(request_id)
-        if entry is not None and entry.status != "received":
+        if request_id in self.ingress:
             future.set_result(None)
         else:
             self._waiters.setdefault(request_id, []).append(future)
@@ -282,7 +274,7 @@ class Replica:
     # -- queries --------------------------------------------------------------------------------------------
 
     def query(self, canister_id: Principal, method: str, arg: bytes, sender: Principal) -> bytes:
-        """Run a query against the current state; raises :class:`Reject`."""
+        """Run a query against the current state (at its certified time); raises :class:`Reject`."""
         host = self.hosts.get(canister_id)
         if host is None:
             raise canister_not_found(canister_id)
@@ -290,7 +282,7 @@ class Replica:
             method,
             arg,
             sender,
-            self.clock(),
+            self.time_ns,
             is_query=True,
             certificate=lambda: self.data_certificate(canister_id),
         )
@@ -361,13 +353,12 @@ class Replica:
                     future.set_result(None)
 
     def _execute(self, message: _Message, now: int) -> None:
-        entry = IngressStatus("received", message.sender, message.canister_id, message.expiry_ns)
+        entry = IngressStatus("replied", message.sender, message.canister_id, message.expiry_ns)
         host = self.hosts.get(message.canister_id)
         try:
             if host is None:
                 raise canister_not_found(message.canister_id)
             entry.reply = host.execute(message.method, message.arg, message.sender, now, is_query=False)
-            entry.status = "replied"
         except Reject as reject:
             entry.reject = reject
             entry.status = "rejected"
