@@ -1186,7 +1186,10 @@ def _encode_func(t: FuncType, v: Any, out: bytearray) -> None:
         raise _fail_encode(t, v, "expected a FuncRef(principal, method)")
     out.append(1)
     _encode_principal(t, v[0], out)
-    raw = v[1].encode("utf-8", "surrogatepass")
+    try:
+        raw = v[1].encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail_encode(t, v, "method name not encodable as UTF-8") from None
     out += _uleb(len(raw))
     out += raw
 

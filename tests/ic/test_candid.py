@@ -707,3 +707,38 @@ def test_service_methods_must_be_functions() -> None:
     assert decode(encode([svc], [Principal.anonymous()]), [svc]) == [Principal.anonymous()]
     with pytest.raises(CandidError):
         encode([parse_type("service { m : F }", "type F = nat;")], [Principal.anonymous()])
+
+
+def test_vec_of_zero_sized_elements_with_2_pow_60_elements() -> None:
+    count = leb128(1 << 60)
+    for elem in ("7f", "70"):  # null, reserved
+        data = b"DIDL\x01\x6d" + bytes.fromhex(elem) + b"\x01\x00" + count
+        for t in ("(vec null)", "(vec reserved)", "(vec opt nat)", "()", "(reserved)", "(opt nat)"):
+            with pytest.raises(CandidError):
+                decode(data, t)
+    # Within the budget the same shapes decode.
+    small = b"DIDL\x01\x6d\x7f\x01\x00" + leb128(1000)
+    assert decode(small, "(vec null)") == [[None] * 1000]
+
+
+def test_depth_limit_boundary() -> None:
+    def nested(levels: int) -> bytes:
+        # `type Opt = opt Opt`, value opt opt ... null with `levels` present layers.
+        return b"DIDL\x01\x6e\x00\x01\x00" + b"\x01" * levels + b"\x00"
+
+    opt_t = parse_args("(Opt)", OFFICIAL_DEFS)
+    (value,) = decode(nested(candid.MAX_DEPTH - 1), opt_t)
+    layers = 0
+    while value is not None:
+        value = value.value
+        layers += 1
+    assert layers == candid.MAX_DEPTH - 1
+    with pytest.raises(CandidError):
+        decode(nested(candid.MAX_DEPTH + 1), opt_t)
+    with pytest.raises(CandidError):
+        decode(nested(candid.MAX_DEPTH + 1), "()")
+
+
+def test_encode_func_method_must_be_utf8() -> None:
+    with pytest.raises(CandidError):
+        encode("(func () -> ())", [FuncRef(Principal.anonymous(), "\ud800")])
