@@ -402,3 +402,54 @@ def test_a_cdk_error_escaping_a_handler_traps() -> None:
     host.open(CLIENT_1, 0, GATEWAY)
     with pytest.raises(api.Trap, match="doesn't have an open connection"):
         host.message(t.ClientKey(CLIENT_1, 0), 1, b"x")
+
+
+def test_emptied_gateway_stays_pollable_until_the_keep_alive_check_after_an_ack_interval(host: LocalHost) -> None:
+    """Rust CDK c_ws_get_messages test 7: a gateway emptied just after an ack round keeps its queue a full cycle."""
+    host.open(CLIENT_1, 0, GATEWAY)
+    for _ in range(10):
+        host.call("send", host.canister_self(), CLIENT_1, b"m")
+    host.advance(DEFAULT_SEND_ACK_INTERVAL_MS)  # the ack round runs: one more message
+    host.call("ws_close", GATEWAY, {"client_key": t.ClientKey(CLIENT_1, 0).to_candid()})
+    expected = 1 + 1 + 10 + 1  # open, ping, sends, ack
+    assert len(host.poll(GATEWAY).messages) == expected
+    host.advance(CLIENT_KEEP_ALIVE_TIMEOUT_MS)  # keep-alive check: emptied less than an ack interval ago
+    assert len(host.poll(GATEWAY).messages) == expected
+    host.advance(DEFAULT_SEND_ACK_INTERVAL_MS - CLIENT_KEEP_ALIVE_TIMEOUT_MS)  # next ack round: no check yet
+    assert len(host.poll(GATEWAY).messages) == expected
+    host.advance(CLIENT_KEEP_ALIVE_TIMEOUT_MS)  # the check after it removes the gateway
+    assert host.poll(GATEWAY).messages == []
+
+
+def test_client_connecting_while_the_canister_waits_for_keep_alives_is_not_removed(host: LocalHost) -> None:
+    """Rust CDK g_messages_acknowledgement test 4."""
+    host.advance(DEFAULT_SEND_ACK_INTERVAL_MS)  # an ack round with nobody connected; its keep-alive check is pending
+    host.open(CLIENT_1, 0, GATEWAY)
+    key = t.ClientKey(CLIENT_1, 0)
+    assert host.poll(GATEWAY, 2).messages == []  # nothing after the open message and the ping
+    assert host.message(key, 1, encode_app_message("hi", 0)) == {"Ok": None}
+    host.advance(CLIENT_KEEP_ALIVE_TIMEOUT_MS)
+    host.advance(DEFAULT_SEND_ACK_INTERVAL_MS - CLIENT_KEEP_ALIVE_TIMEOUT_MS)
+    assert host.canister.websocket.connected_clients() == [CLIENT_1]
+    ack = _messages(host, nonce=3)  # after open, ping and the reply to "hi"
+    assert [service(m) for m in ack] == [t.AckMessage(1)]
+    assert ack[0].sequence_num == 4
+
+
+def test_client_can_switch_to_another_gateway(host: LocalHost) -> None:
+    """Rust CDK h_multiple_gateways test 1: reconnecting through another gateway moves the client's messages."""
+    host.open(CLIENT_1, 0, GATEWAY)
+    host.call("send", host.canister_self(), CLIENT_1, b"via 1")
+    assert host.open(CLIENT_1, 1, GATEWAY_2) == {"Ok": None}
+    host.call("send", host.canister_self(), CLIENT_1, b"via 2")
+    first = _messages(host, GATEWAY)
+    second = _messages(host, GATEWAY_2)
+    assert [m.content for m in first if not m.is_service_message][-1] == b"via 1"
+    assert {m.client_key for m in second} == {t.ClientKey(CLIENT_1, 1)}
+    assert second[-1].content == b"via 2"
+    # Sequence numbers restart for the new key.
+    assert [m.sequence_num for m in second] == [1, 2, 3]
+    # The old gateway no longer serves this client.
+    assert host.call("ws_close", GATEWAY, {"client_key": t.ClientKey(CLIENT_1, 1).to_candid()})["Err"].endswith(
+        f"was not registered to gateway {GATEWAY}"
+    )
