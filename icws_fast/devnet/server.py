@@ -421,9 +421,15 @@ class Devnet:
     ``canisters`` maps names to canister classes (default: the demo canisters). With ``state_dir``
     the keys and the canisters' state persist across restarts (same ids, root key and state);
     ``root_key_file`` loads or stores the BLS root secret key; ``subnet_delegation`` certifies
-    through a delegation from the root key to a subnet key. :meth:`stop` and :meth:`start` can be
-    called again (the replica's state is kept in memory and the port is reused) to simulate a
-    replica going away under load.
+    through a delegation from the root key to a subnet key; ``root_key_seed`` derives the root key
+    deterministically when neither file gives one. :meth:`stop` and :meth:`start` can be called
+    again (the replica's state is kept in memory and the port is reused) to simulate a replica
+    going away under load.
+
+    Not modelled: the management canister (``aaaaa-aa`` answers IC0301), inter-canister calls,
+    cycles, and the ``received``/``processing`` request states (a message executes in the round
+    that inducts it). A trap rolls back the canister's certified data and the timers the message
+    set, but not the Python objects it mutated before trapping.
     """
 
     def __init__(
