@@ -15,6 +15,7 @@ from ws_actors import WsClient, WsGateway
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.canisters.test_canister import decode_app_message, encode_app_message
 from icws_fast.errors import RejectError
+from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.envelope import build_envelope, call_content
 from icws_fast.ic.identity import AnonymousIdentity, Ed25519Identity
@@ -127,8 +128,6 @@ async def test_send_and_close_by_the_canister(devnet: Devnet, gateway: WsGateway
     await client.open()
     await gateway.poll()
     send_args = "(ClientPrincipal, blob)"
-    from icws_fast.ic import candid
-
     arg_types = candid.parse_args(send_args, t.WS_TYPES_DID)
     reply = await gateway.agent.call(canister, "send", candid.encode(arg_types, [client.principal, b"raw bytes"]))
     t.decode_unit_result(reply)
@@ -200,8 +199,6 @@ async def test_firehose_rounds(devnet: Devnet) -> None:
     canister = devnet.canister_ids["firehose"]
     gw = WsGateway(devnet, canister)
     c = WsClient(devnet, canister, gw.principal)
-    from icws_fast.ic import candid
-
     config = candid.parse_args("(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })")
     try:
         await c.open()
@@ -223,3 +220,22 @@ async def test_firehose_rounds(devnet: Devnet) -> None:
     finally:
         await c.close()
         await gw.close()
+
+
+async def test_a_client_cannot_speak_for_another(devnet: Devnet, gateway: WsGateway, client: WsClient) -> None:
+    canister = devnet.canister_ids["test"]
+    mallory = WsClient(devnet, canister, gateway.principal)
+    try:
+        await client.open()
+        await mallory.open()
+        # Mallory signs a message carrying the victim's client key: the caller does not match the key.
+        mallory.key = client.key
+        assert await mallory.send(encode_app_message("forged", 0)) == {
+            "Err": f"Client with principal {client.principal} has a different key than the one used in the message"
+        }
+        # The victim's sequence is untouched.
+        assert await client.send(encode_app_message("mine", 0)) == {"Ok": None}
+        texts = [decode_app_message(m.content)[0] for m in await gateway.poll() if not m.is_service_message]
+        assert "forged ping" not in texts and "mine ping" in texts
+    finally:
+        await mallory.close()
