@@ -119,10 +119,10 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, 
             config = {"messages_per_round": args.per_round, "payload_size": args.payload, "interval_ms": args.interval}
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
             await asyncio.sleep(args.warmup)
-            cpu0, t0 = proc_cpu_seconds(gateway.pid), time.time()
+            cpu0, dcpu0, t0 = proc_cpu_seconds(gateway.pid), proc_cpu_seconds(devnet.pid), time.time()
             window[:] = [t0, t0 + args.seconds]
             await asyncio.sleep(args.seconds)
-            cpu1, t1 = proc_cpu_seconds(gateway.pid), time.time()
+            cpu1, dcpu1, t1 = proc_cpu_seconds(gateway.pid), proc_cpu_seconds(devnet.pid), time.time()
             rss = proc_rss_mb(gateway.pid)
             config["messages_per_round"] = 0
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
@@ -138,6 +138,7 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, 
             "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
             "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
             "cpu_share": (cpu1 - cpu0) / (t1 - t0),
+            "devnet_cpu_share": (dcpu1 - dcpu0) / (t1 - t0),
             "rss_mb": rss,
             "frame_bytes": statistics.mean(stats["frame_bytes"]) if stats["frame_bytes"] else 0.0,
         }
@@ -224,6 +225,7 @@ async def main(args: argparse.Namespace) -> None:
         f"gateway: {gw['msgs_per_s']:.0f} msgs/s delivered, latency p50 {gw['p50_ms']:.1f} ms p99 {gw['p99_ms']:.1f} ms"
     )
     print(f"gateway process: CPU {gw['cpu_share'] * 100:.0f}% of one core, RSS {gw['rss_mb']:.0f} MB")
+    print(f"devnet process: CPU {gw['devnet_cpu_share'] * 100:.0f}% of one core (the canister side of the load)")
     print(f"frame size {gw['frame_bytes']:.0f} B; raw picows broadcast ceiling {raw:.0f} msgs/s")
     print(f"gateway / ceiling = {gw['msgs_per_s'] / raw:.3f}")
 

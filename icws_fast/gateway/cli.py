@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ic-network-url", default="http://127.0.0.1:4943", help="replica (or boundary node) URL")
     p.add_argument("--polling-interval", type=_positive, default=100, help="canister polling interval, in ms")
     p.add_argument(
+        "--poll-pipeline-depth",
+        type=_positive,
+        default=3,
+        help="ws_get_messages polls in flight per canister while it has a backlog (1: strictly one at a time)",
+    )
+    p.add_argument(
         "--prometheus-endpoint", type=_address, default="0.0.0.0:9000", help="/metrics, /health and /ready address"
     )
     p.add_argument("--tls-certificate-pem-path", help="certificate chain (PEM) to serve wss://")
@@ -56,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-send-buffer",
         type=_positive,
         default=4 * 1024 * 1024,
-        help="bytes a client may leave unread before it is closed as a slow consumer",
+        help="bytes a client may leave unread from earlier batches before it is closed as a slow consumer",
     )
     p.add_argument("--handshake-timeout", type=float, default=5.0, help="seconds for the HTTP upgrade")
     p.add_argument("--first-message-timeout", type=float, default=10.0, help="seconds for the client's ws_open")
@@ -91,6 +97,7 @@ async def _serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         polling_interval_s=args.polling_interval / 1000,
+        poll_pipeline_depth=args.poll_pipeline_depth,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         ssl_context=_ssl_context(args.tls_certificate_pem_path, args.tls_certificate_key_pem_path),

@@ -18,6 +18,7 @@ vouch for. The nonce still moves past it, or the poller would fetch it forever.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import itertools
 import logging
@@ -61,8 +62,17 @@ class PollingAgent(Protocol):
 class Recipient(Protocol):
     """A client connection the poller delivers to."""
 
-    def deliver(self, frame: bytes) -> None:
-        """Send one CanisterToClientMessage frame (never blocks; a slow consumer gets closed instead)."""
+    def deliver(self, frame: bytes, batch: int) -> None:
+        """Send one CanisterToClientMessage frame of poll number ``batch`` (never blocks).
+
+        A recipient judges whether its client keeps up once per batch (the backlog left from the
+        earlier batches), since one batch may legitimately be larger than any per-client limit.
+        """
+
+
+def _consume(task: asyncio.Task[bytes]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class CanisterFailure(IcwsError):
@@ -83,6 +93,7 @@ class CanisterPoller:
         interval_s: float,
         poll_timeout_s: float = 5.0,
         max_backoff_s: float = 5.0,
+        pipeline_depth: int = 1,
         start_nonce: int = 0,
         on_nonce: Callable[[int], None] | None = None,
     ) -> None:
@@ -90,6 +101,8 @@ class CanisterPoller:
 
         ``root_key_der`` None skips certificate checks (only for tests of the bare relay).
         ``on_nonce`` learns each new next-nonce, so a restarted poller resumes where this one stopped.
+        ``pipeline_depth`` bounds the polls in flight while the canister has a backlog (1: one at a time,
+        as the Rust gateway polls).
         """
         self.agent = agent
         self.canister_id = canister_id
@@ -99,51 +112,95 @@ class CanisterPoller:
         self.interval_s = interval_s
         self.poll_timeout_s = poll_timeout_s
         self.max_backoff_s = max_backoff_s
+        self.pipeline_depth = max(1, pipeline_depth)
         self.nonce = start_nonce
         self._first_batch = True
+        self._batches = 0  # batches delivered, numbering them for the recipients' slow-consumer checks
         self._on_nonce = on_nonce
         self._label = canister_id.to_text()
 
+    async def _query(self, nonce: int) -> bytes:
+        with span("poll", canister_id=self._label):
+            async with asyncio.timeout(self.poll_timeout_s):
+                return await self.agent.query(self.canister_id, "ws_get_messages", encode_get_messages_args(nonce))
+
     async def run(self) -> None:
-        """Poll until cancelled; raises :class:`CanisterFailure` when the canister answers with an error."""
+        """Poll until cancelled; raises :class:`CanisterFailure` when the canister answers with an error.
+
+        While the canister's queue has a backlog (a poll came back full), up to ``pipeline_depth``
+        polls are in flight, for the nonces the following batches will start at, so the replica's
+        round trip is not paid once per batch. Results are consumed strictly in nonce order, and a
+        speculative poll whose nonce is not where the previous batch actually ended is dropped
+        (with everything after it) and the poll is re-issued at the right nonce.
+        """
         loop = asyncio.get_running_loop()
         backoff = 0.0
-        while True:
-            started = loop.time()
-            try:
-                with span("poll", canister_id=self._label):
-                    async with asyncio.timeout(self.poll_timeout_s):
-                        reply = await self.agent.query(
-                            self.canister_id, "ws_get_messages", encode_get_messages_args(self.nonce)
-                        )
-            except (TimeoutError, AgentTimeout):
-                # As the Rust gateway: a timed-out poll is repeated at once with the same nonce.
-                self.metrics.errors.labels("poll_timeout").inc()
-                continue
-            except RejectError as exc:
-                raise CanisterFailure(f"canister rejected ws_get_messages: {exc.reject_message}") from exc
-            except AgentError as exc:
-                backoff = min(self.max_backoff_s, max(self.interval_s, backoff * 2))
-                self.metrics.errors.labels("poll_transport").inc()
-                log.warning("polling %s failed (%s); retrying in %.2fs", self._label, exc, backoff)
-                await asyncio.sleep(backoff)
-                continue
-            self.metrics.poller_duration.observe(loop.time() - started)
-            try:
-                end_of_queue = self._handle_reply(reply)
-            except ProtocolDecodeError as exc:
-                backoff = min(self.max_backoff_s, max(self.interval_s, backoff * 2))
-                self.metrics.errors.labels("poll_decode").inc()
-                log.warning("undecodable ws_get_messages reply from %s (%s); retrying", self._label, exc)
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
-            if not end_of_queue:
-                continue
-            await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))
+        stride = 0  # the size of the last full batch; 0 while there is no backlog to speculate on
+        in_flight: collections.deque[tuple[int, float, asyncio.Task[bytes]]] = collections.deque()
+        try:
+            while True:
+                if in_flight and in_flight[0][0] != self.nonce:
+                    self._cancel(in_flight)
+                if not in_flight:
+                    in_flight.append((self.nonce, loop.time(), loop.create_task(self._query(self.nonce))))
+                while stride and len(in_flight) < self.pipeline_depth:
+                    nonce = in_flight[-1][0] + stride
+                    in_flight.append((nonce, loop.time(), loop.create_task(self._query(nonce))))
+                _, started, task = in_flight[0]
+                try:
+                    reply = await task
+                except (TimeoutError, AgentTimeout):
+                    # As the Rust gateway: a timed-out poll is repeated at once with the same nonce.
+                    self.metrics.errors.labels("poll_timeout").inc()
+                    self._cancel(in_flight)
+                    stride = 0
+                    continue
+                except RejectError as exc:
+                    raise CanisterFailure(f"canister rejected ws_get_messages: {exc.reject_message}") from exc
+                except AgentError as exc:
+                    self._cancel(in_flight)
+                    stride = 0
+                    backoff = min(self.max_backoff_s, max(self.interval_s, backoff * 2))
+                    self.metrics.errors.labels("poll_transport").inc()
+                    log.warning("polling %s failed (%s); retrying in %.2fs", self._label, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    continue
+                in_flight.popleft()
+                self.metrics.poller_duration.observe(loop.time() - started)
+                try:
+                    end_of_queue, count = self._handle_reply(reply)
+                except ProtocolDecodeError as exc:
+                    self._cancel(in_flight)
+                    stride = 0
+                    backoff = min(self.max_backoff_s, max(self.interval_s, backoff * 2))
+                    self.metrics.errors.labels("poll_decode").inc()
+                    log.warning("undecodable ws_get_messages reply from %s (%s); retrying", self._label, exc)
+                    await asyncio.sleep(backoff)
+                    continue
+                backoff = 0.0
+                if not end_of_queue:
+                    stride = count
+                    # The next result may be ready already; let the loop write to clients and read their
+                    # frames between two batches rather than after the whole backlog.
+                    await asyncio.sleep(0)
+                    continue
+                self._cancel(in_flight)
+                stride = 0
+                await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))
+        finally:
+            self._cancel(in_flight)
 
-    def _handle_reply(self, reply: bytes) -> bool:
-        """Deliver one poll's messages; returns whether the canister's queue is drained."""
+    @staticmethod
+    def _cancel(in_flight: collections.deque[tuple[int, float, asyncio.Task[bytes]]]) -> None:
+        """Drop the polls in flight; their results, if any arrive, are no longer wanted."""
+        for _, _, task in in_flight:
+            task.cancel()
+            # A cancelled poll may still finish with an error nobody awaits; reading it keeps asyncio quiet.
+            task.add_done_callback(_consume)
+        in_flight.clear()
+
+    def _handle_reply(self, reply: bytes) -> tuple[bool, int]:
+        """Deliver one poll's messages; returns whether the canister's queue is drained, and how many came."""
         try:
             batch = decode_get_messages_result(reply)
         except ProtocolDecodeError:
@@ -152,7 +209,7 @@ class CanisterPoller:
             raise CanisterFailure(str(exc)) from exc
         messages = batch.messages
         if not messages:
-            return batch.is_end_of_queue
+            return batch.is_end_of_queue, 0
         nonces = [parse_message_nonce(m.key) for m in messages]
         if any(b != a + 1 for a, b in itertools.pairwise(nonces)) or (
             not self._first_batch and nonces[0] != self.nonce
@@ -165,7 +222,7 @@ class CanisterPoller:
         self.nonce = nonces[-1] + 1
         if self._on_nonce is not None:
             self._on_nonce(self.nonce)
-        return batch.is_end_of_queue
+        return batch.is_end_of_queue, len(messages)
 
     def _checked_tree(self, root_key_der: bytes, cert: bytes, tree: bytes) -> hashtree.Node | None:
         """The batch's witness tree if the certificate and tree hold up, else None (counted)."""
@@ -183,6 +240,7 @@ class CanisterPoller:
         return node
 
     def _deliver(self, messages: Sequence[CanisterOutputMessage], cert: bytes, tree: bytes) -> None:
+        self._batches += 1
         node: hashtree.Node | None = None
         if self.root_key_der is not None:
             node = self._checked_tree(self.root_key_der, cert, tree)
@@ -207,7 +265,7 @@ class CanisterPoller:
             if suffix is None:
                 suffix = fanout.batch_suffix(cert, tree)
             frame = fanout.encode_message(label, content, suffix)
-            recipient.deliver(frame)
+            recipient.deliver(frame, self._batches)
             sent += 1
             sent_bytes += len(frame)
         if sent:

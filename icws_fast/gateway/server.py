@@ -45,6 +45,7 @@ class GatewayConfig:
     port: int = 8080
     polling_interval_s: float = 0.1
     poll_timeout_s: float = 5.0
+    poll_pipeline_depth: int = 3
     metrics_host: str | None = "0.0.0.0"
     metrics_port: int = 9000
     ssl_context: ssl.SSLContext | None = None
@@ -76,6 +77,7 @@ class ClientConnection(WSListener):
         self.connected_at = 0.0
         self._opened = False
         self._counted = False
+        self._batch = -1  # the poller's batch number of the last frame delivered
         self._relays: collections.deque[proto.Relay] = collections.deque()
         self._relay_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -142,25 +144,32 @@ class ClientConnection(WSListener):
 
     # what the poller calls ---------------------------------------------------------------
 
-    def deliver(self, frame: bytes) -> None:
-        """Send one CanisterToClientMessage, or close the client if it does not keep up."""
+    def deliver(self, frame: bytes, batch: int) -> None:
+        """Send one CanisterToClientMessage, or close the client if it does not keep up.
+
+        Slowness is judged at the first frame of each batch: a client that has not drained what the
+        earlier batches left beyond ``max_send_buffer`` is closed. So memory per client stays below
+        that limit plus one batch, and a client that keeps up is never cut off by one large batch.
+        """
         transport = self.transport
         session = self.session
         if transport is None or session is None or session.state is proto.SessionState.CLOSED:
             return
-        buffered = transport.underlying_transport.get_write_buffer_size()
-        if buffered:
-            # Only a backlog is worth a sample; a client that keeps up costs the hot path nothing here.
-            self.gateway.metrics.send_queue_bytes.observe(buffered)
-        if buffered + len(frame) > self.gateway.config.max_send_buffer:
-            self.gateway.metrics.errors.labels("slow_consumer").inc()
-            self._apply(
-                session.close(
-                    proto.CLOSE_POLICY_VIOLATION,
-                    f"slow consumer: {buffered} bytes unread, limit {self.gateway.config.max_send_buffer}",
+        if batch != self._batch:
+            self._batch = batch
+            buffered = transport.underlying_transport.get_write_buffer_size()
+            if buffered:
+                # Only a backlog is worth a sample; a client that keeps up costs nothing here.
+                self.gateway.metrics.send_queue_bytes.observe(buffered)
+            if buffered > self.gateway.config.max_send_buffer:
+                self.gateway.metrics.errors.labels("slow_consumer").inc()
+                limit = self.gateway.config.max_send_buffer
+                self._apply(
+                    session.close(
+                        proto.CLOSE_POLICY_VIOLATION, f"slow consumer: {buffered} bytes unread, limit {limit}"
+                    )
                 )
-            )
-            return
+                return
         transport.send(WSMsgType.BINARY, frame)
         if not self._opened:
             self._opened = True
@@ -350,6 +359,7 @@ class Gateway:
             root_key_der=self.config.root_key_der if self.config.verify_certificates else None,
             interval_s=self.config.polling_interval_s,
             poll_timeout_s=self.config.poll_timeout_s,
+            pipeline_depth=self.config.poll_pipeline_depth,
             start_nonce=self._nonces.get(canister_id, 0),
             on_nonce=remember,
         )

@@ -154,7 +154,7 @@ async def test_keep_alive_cycles(devnet, gateway):
 
 
 async def test_slow_consumer_is_closed_and_others_keep_their_service(devnet):
-    gateway = await start_gateway(devnet.url, max_send_buffer=256 * 1024)
+    gateway = await start_gateway(devnet.url, max_send_buffer=1024 * 1024)
     try:
         reader = await open_client(gateway, devnet.canister_ids["burst"])
         stuck = await open_client(gateway, devnet.canister_ids["burst"])
