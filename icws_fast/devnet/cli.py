@@ -3,6 +3,11 @@
 On start it prints one JSON line ``{"canisters": {name: id}, "root_key": hex, "url": ...}`` on
 stdout (launchers and tests read it) and serves the same at ``GET /_devnet/canisters``. SIGINT or
 SIGTERM stops it cleanly (the state is persisted when ``--state-dir`` is given).
+
+It hosts the demo canisters (``icws_fast.devnet.canisters``) unless ``--canister NAME=MODULE:CLASS``
+options name others (the module must be importable). Rounds last 50 ms by default: responsive
+enough that a synchronous call answers within a round or two, cheap enough (one BLS signature per
+round) to stay idle at a few percent of a core.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import signal
@@ -17,6 +23,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from icws_fast.cdk.api import Canister
 from icws_fast.devnet.server import DEFAULT_ROUND_MS, Devnet
 
 
@@ -35,13 +42,41 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="certify through a delegation from the root key to a subnet key (as mainnet application subnets)",
     )
+    parser.add_argument(
+        "--canister",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:CLASS",
+        help="host this canister class under NAME (repeatable; replaces the demo canisters)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return parser
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def _load_canisters(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, type[Canister]] | None:
+    """The canisters named by ``--canister`` options, or None (the demo canisters) when there are none."""
+    if not specs:
+        return None
+    canisters: dict[str, type[Canister]] = {}
+    for spec in specs:
+        name, _, target = spec.partition("=")
+        module_name, _, class_name = target.partition(":")
+        if not name or not module_name or not class_name:
+            parser.error(f"--canister takes NAME=MODULE:CLASS, got {spec!r}")
+        try:
+            found = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            parser.error(f"--canister {spec}: {exc}")
+        if not (isinstance(found, type) and issubclass(found, Canister)):
+            parser.error(f"--canister {spec}: {class_name} is not a Canister subclass")
+        canisters[name] = found
+    return canisters
+
+
+async def _serve(args: argparse.Namespace, canisters: dict[str, type[Canister]] | None) -> None:
     devnet = Devnet(
         args.address,
+        canisters,
         round_ms=args.round_ms,
         state_dir=args.state_dir,
         root_key_file=args.root_key_file,
@@ -60,7 +95,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    canisters = _load_canisters(parser, args.canister)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -70,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runner = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(_serve(args))
+        runner(_serve(args, canisters))
     return 0
 
 

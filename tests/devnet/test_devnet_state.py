@@ -249,3 +249,38 @@ def test_cli_prints_its_info_and_persists_across_restarts(devnet_process: object
     assert devnet_process.stop() == 0
     devnet_process.start()
     assert devnet_process.info == info
+
+
+@pytest.mark.slow
+def test_cli_hosts_the_canisters_it_is_told_to(tmp_path: Path) -> None:
+    import asyncio
+    import subprocess
+
+    from tests.plugins.devnet import DevnetProcess, free_port
+
+    process = DevnetProcess(
+        address=f"127.0.0.1:{free_port()}",
+        state_dir=tmp_path / "state",
+        extra_args=["--canister", "counter=devnet_canisters:Counter", "--subnet-delegation"],
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent)},
+    )
+
+    async def increment() -> int:
+        async with Agent(process.url, root_key=process.root_key_der) as agent:
+            counter = process.canister_ids["counter"]
+            (count,) = candid.decode(await agent.call(counter, "increment", NOARGS), "(nat64)")
+            return int(count)
+
+    process.start()
+    try:
+        assert process.info["canisters"] == {"counter": "rwlgt-iiaaa-aaaaa-aaaaa-cai"}
+        assert asyncio.run(increment()) == 1
+        process.restart()
+        assert asyncio.run(increment()) == 2  # the state survived the restart
+    finally:
+        process.stop()
+
+    for bad in ("counter", "counter=devnet_canisters", "x=no_such_module:X", "x=devnet_canisters:SECOND_NS"):
+        broken = DevnetProcess(address="127.0.0.1:0", state_dir=tmp_path / "bad", extra_args=["--canister", bad])
+        result = subprocess.run(broken.command(), capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2 and "--canister" in result.stderr, (bad, result.stderr)

@@ -75,6 +75,7 @@ class DevnetProcess:
     address: str
     state_dir: Path
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -90,10 +91,12 @@ class DevnetProcess:
     def canister_ids(self) -> dict[str, Principal]:
         return {name: Principal.from_text(text) for name, text in self.info["canisters"].items()}
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
+        """The command line that starts this devnet."""
         script = Path(sys.executable).with_name("icws-devnet")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "icws_fast.devnet.cli"]
-        command += [
+        return [
+            *command,
             "--address",
             self.address,
             "--state-dir",
@@ -104,7 +107,9 @@ class DevnetProcess:
             "WARNING",
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ})
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, text=True, env={**os.environ, **self.env})
         assert self.proc.stdout is not None
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
