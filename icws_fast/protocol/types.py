@@ -76,6 +76,9 @@ LABEL_WEBSOCKET: Final = b"websocket"
 """Label of the CDK's certified message map in the canister's certified data."""
 CBOR_SELF_DESCRIBE_PREFIX: Final = cbor.SELF_DESCRIBE_PREFIX
 _NONCE_DIGITS: Final = 20
+# The deepest legitimate frame is a ClientRequest whose envelope carries a delegation chain with targets
+# (request > envelope > sender_delegation > item > delegation > targets > principal): 7 levels.
+_MAX_FRAME_DEPTH: Final = 16
 
 WS_TYPES_DID: Final = """\
 type ClientPrincipal = principal;
@@ -279,7 +282,7 @@ ServiceMessage: TypeAlias = OpenMessage | AckMessage | KeepAliveMessage | CloseM
 
 def _cbor_decode(data: bytes | bytearray | memoryview, what: str) -> Any:
     try:
-        return cbor.decode(data)
+        return cbor.decode(data, max_depth=_MAX_FRAME_DEPTH)
     except DecodeError as exc:
         raise ProtocolDecodeError(f"{what}: {exc}") from exc
 

@@ -483,3 +483,19 @@ def test_frame_shape_errors(decode: Any, obj: Any) -> None:
 def test_deeply_nested_cbor_is_rejected() -> None:
     with pytest.raises(ProtocolDecodeError):
         t.decode_websocket_message(b"\x81" * 100_000 + b"\x00")
+    nested: Any = b"x"
+    for _ in range(20):
+        nested = [nested]
+    with pytest.raises(ProtocolDecodeError):
+        t.decode_client_request(cbor.encode({"envelope": {"content": {"request_type": "call"}, "deep": nested}}))
+
+
+def test_client_request_with_a_delegation_chain_decodes() -> None:
+    delegation = {"delegation": {"pubkey": b"k", "expiration": 1, "targets": [b"\x01", b"\x02"]}, "signature": b"s"}
+    envelope = {
+        "content": {"request_type": "call", "arg": b""},
+        "sender_pubkey": b"p",
+        "sender_sig": b"s",
+        "sender_delegation": [delegation, delegation],
+    }
+    assert cbor.decode(t.decode_client_request(t.encode_client_request(envelope))) == envelope
