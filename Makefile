@@ -21,8 +21,8 @@ run: ext
 	$(PY) -m icws_fast.devnet.run_all --devnet-address $(DEVNET_ADDRESS) --gateway-address $(GATEWAY_ADDRESS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check icws_fast tests benchmarks loadtest
-	$(VENV)/bin/ruff format --check icws_fast tests benchmarks loadtest
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
