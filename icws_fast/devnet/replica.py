@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet.runtime import CanisterHost, Reject, canister_not_found, method_not_found
-from icws_fast.devnet.tree import LabeledMap, Node, prune_path
+from icws_fast.devnet.tree import FrozenLeaves, LabeledMap, Node, prune_path
 from icws_fast.ic import bls, cbor
 from icws_fast.ic.certificate import STATE_ROOT_DOMAIN, sign_certificate
 from icws_fast.ic.identity import Ed25519Identity
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 RESPONSE_DOMAIN: Final = b"\x0bic-response"
 CANISTER_RANGE_SIZE: Final = 1 << 20
 # How long a replied/rejected status stays after the request expired ("done"), before it is forgotten.
-DONE_RETENTION_NS: Final = 5 * 60 * 1_000_000_000
+DONE_RETENTION_NS: Final = 60 * 1_000_000_000
 # Delegation certificates are re-signed this often, so their /time stays recent like the IC's.
 DELEGATION_REFRESH_NS: Final = 5 * 60 * 1_000_000_000
 
@@ -52,7 +52,7 @@ def canister_id_from_index(index: int) -> Principal:
     return Principal(index.to_bytes(8, "big") + b"\x01\x01")
 
 
-@dataclass
+@dataclass(slots=True)
 class IngressStatus:
     """One entry of the ingress history (``/request_status/<request_id>``)."""
 
@@ -63,15 +63,15 @@ class IngressStatus:
     reply: bytes | None = None
     reject: Reject | None = None
 
-    def subtree(self) -> LabeledMap:
-        entries: dict[bytes, Any] = {b"status": self.status.encode()}
+    def subtree(self) -> FrozenLeaves:
+        entries: dict[bytes, bytes] = {b"status": self.status.encode()}
         if self.status == "replied" and self.reply is not None:
             entries[b"reply"] = self.reply
         elif self.status == "rejected" and self.reject is not None:
             entries[b"reject_code"] = leb128(self.reject.code)
             entries[b"reject_message"] = self.reject.message.encode()
             entries[b"error_code"] = self.reject.error_code.encode()
-        return LabeledMap(entries)
+        return FrozenLeaves(entries)
 
 
 @dataclass

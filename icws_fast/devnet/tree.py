@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Union
 
-from icws_fast.ic.hashtree import EMPTY_HASH, fork_hash, labeled_hash, leaf_hash, reconstruct
+from icws_fast.ic.hashtree import EMPTY_HASH, HashedTree, fork_hash, labeled_hash, leaf_hash, reconstruct
 
 Node = tuple[Any, ...]
-Value = Union[bytes, "LabeledMap"]
+Value = Union[bytes, "LabeledMap", "FrozenLeaves"]
 Path = Sequence[bytes]
 
 EMPTY: Node = (0,)
@@ -48,6 +48,27 @@ def prune_path(node: Node, path: Path) -> Node:
             return (2, node[1], (4, reconstruct(node[2])))
         return (2, node[1], prune_path(node[2], path[1:]))
     return node
+
+
+class FrozenLeaves:
+    """An immutable small map ``label -> bytes`` (a request status): compact, hashed once.
+
+    The ingress history holds one such subtree per request for minutes; a :class:`LabeledMap` per
+    entry would cost kilobytes each. Witnesses are rebuilt on demand, which is cheap for a handful
+    of leaves.
+    """
+
+    __slots__ = ("_hash", "items")
+
+    def __init__(self, items: dict[bytes, bytes]) -> None:
+        self.items = items
+        self._hash = HashedTree(items).root_hash
+
+    def root_hash(self) -> bytes:
+        return self._hash
+
+    def witness(self, paths: Sequence[Path]) -> Node:
+        return HashedTree(self.items).witness(paths)
 
 
 class _Balanced:
