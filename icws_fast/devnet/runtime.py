@@ -28,7 +28,7 @@ DESTINATION_INVALID = 3
 CANISTER_REJECT = 4
 CANISTER_ERROR = 5
 
-_DOCS = "http://internetcomputer.org/docs/current/references/execution-errors"
+_DOCS = "https://internetcomputer.org/docs/current/references/execution-errors"
 
 
 class Reject(IcwsError):
