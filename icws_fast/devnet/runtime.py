@@ -21,11 +21,8 @@ from icws_fast.ic.principal import Principal
 
 log = logging.getLogger(__name__)
 
-# Reject codes of the interface specification.
-SYS_FATAL = 1
-SYS_TRANSIENT = 2
+# Reject codes of the interface specification that the devnet produces.
 DESTINATION_INVALID = 3
-CANISTER_REJECT = 4
 CANISTER_ERROR = 5
 
 _DOCS = "https://internetcomputer.org/docs/current/references/execution-errors"
@@ -153,7 +150,6 @@ class CanisterHost:
 
     def __init__(self, canister_id: Principal, canister_class: type[api.Canister], instance: api.Canister) -> None:
         self.canister_id = canister_id
-        self.canister_class = canister_class
         self.instance = instance
         self.methods = canister_class.exported_methods()
         self.certified_data = b""

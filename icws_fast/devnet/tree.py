@@ -142,15 +142,6 @@ class LabeledMap:
         for label, value in (items or {}).items():
             self.set(label, value)
 
-    def __len__(self) -> int:
-        return len(self._children)
-
-    def __contains__(self, label: object) -> bool:
-        return label in self._children
-
-    def get(self, label: bytes) -> Value | None:
-        return self._children.get(label)
-
     def set(self, label: bytes, value: Value) -> None:
         """Insert or replace the entry ``label``."""
         key = _chunk_key(label)
