@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 ic_url,
                 "--prometheus-endpoint",
                 args.prometheus_endpoint,
-            ]
+            ],
+            text=True,
         )
     except BaseException:
         _stop(devnet, signal.SIGTERM, 10)
