@@ -1,0 +1,98 @@
+"""The canister API (icws_fast.cdk.api) as the devnet runtime hosts it, without HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from icws_fast.cdk import api
+from icws_fast.cdk.api import Canister, query, update
+from icws_fast.devnet.runtime import CanisterHost, Reject
+from icws_fast.errors import CandidError
+from icws_fast.ic import candid
+from icws_fast.ic.principal import Principal
+
+CANISTER_ID = Principal(bytes.fromhex("00000000000000070101"))
+NOW = 1_700_000_000_000_000_000
+
+
+class Greeter(Canister):
+    CANDID = "type Greeting = record { text : text; count : nat32 };"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @update("(text) -> (Greeting)")
+    def greet(self, name: str) -> dict[str, object]:
+        self.count += 1
+        return {"text": f"hello {name}", "count": self.count}
+
+    @query("() -> (nat32, principal)")
+    def stats(self) -> tuple[int, Principal]:
+        return self.count, api.caller()
+
+
+def test_signatures_resolve_against_the_candid_definitions() -> None:
+    methods = Greeter.exported_methods()
+    assert set(methods) == {"greet", "stats"}
+    assert methods["greet"].kind == "update" and methods["stats"].kind == "query"
+    assert len(methods["stats"].ret_types) == 2
+    assert Greeter.exported_methods() is methods  # resolved once per class
+
+
+def test_host_runs_methods_with_candid_in_and_out() -> None:
+    host = CanisterHost.install(CANISTER_ID, Greeter, NOW)
+    caller = Principal.anonymous()
+    reply = host.execute("greet", candid.encode("(text)", ["ada"]), caller, NOW, is_query=False)
+    assert candid.decode(reply, "(record { text : text; count : nat32 })") == [{"text": "hello ada", "count": 1}]
+    reply = host.execute("stats", candid.encode("()", []), caller, NOW, is_query=True)
+    assert candid.decode(reply, "(nat32, principal)") == [1, caller]
+
+
+def test_a_signature_without_an_arrow_fails_at_class_definition() -> None:
+    with pytest.raises(CandidError):
+        update("(nat)")
+
+
+def test_bad_candid_fails_when_the_methods_are_resolved() -> None:
+    class Broken(Canister):
+        CANDID = "type T = record { ;"
+
+        @query("() -> (T)")
+        def get(self) -> None:
+            return None
+
+    with pytest.raises(CandidError):
+        Broken.exported_methods()
+
+
+def test_system_api_outside_a_canister_is_an_error() -> None:
+    with pytest.raises(RuntimeError):
+        api.caller()
+    with pytest.raises(api.Trap):
+        api.trap("stop")
+
+
+def test_timer_set_by_a_trapping_message_is_dropped() -> None:
+    class Flaky(Canister):
+        def __init__(self) -> None:
+            self.fired = 0
+
+        @update("() -> ()")
+        def arm_then_trap(self) -> None:
+            api.set_timer(0, self.fire)
+            api.trap("changed my mind")
+
+        @update("() -> ()")
+        def arm(self) -> None:
+            api.set_timer(0, self.fire)
+
+        def fire(self) -> None:
+            self.fired += 1
+
+    host = CanisterHost.install(CANISTER_ID, Flaky, NOW)
+    with pytest.raises(Reject):
+        host.execute("arm_then_trap", candid.encode("()", []), Principal.anonymous(), NOW, is_query=False)
+    assert host.run_due_timers(NOW + 1) == 0
+    host.execute("arm", candid.encode("()", []), Principal.anonymous(), NOW, is_query=False)
+    assert host.run_due_timers(NOW + 1) == 1
+    assert isinstance(host.instance, Flaky) and host.instance.fired == 1
