@@ -18,7 +18,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from icws_fast.errors import AgentError, CallPending, IcwsError, ProtocolDecodeE
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
 from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
 from icws_fast.gateway.tracing import span
+from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as proto
@@ -136,12 +137,6 @@ class ClientConnection(WSListener):
         if self.session is not None:
             self._apply(self.session.connection_lost())
 
-    def pause_writing(self) -> None:
-        """The transport's buffer is above its high-water mark; deliver() checks the size itself."""
-
-    def resume_writing(self) -> None:
-        """See :meth:`pause_writing`."""
-
     # what the poller calls ---------------------------------------------------------------
 
     def deliver(self, frame: bytes, batch: int) -> None:
@@ -217,7 +212,13 @@ class ClientConnection(WSListener):
         try:
             while self._relays:
                 relay = self._relays.popleft()
-                error = await self.gateway.relay(relay)
+                try:
+                    error = await self.gateway.relay(relay)
+                except Exception:
+                    # A bug must not strand the session with requests that will never go out.
+                    log.exception("relaying to %s failed", relay.canister_id)
+                    self.gateway.metrics.errors.labels("relay_crash").inc()
+                    error = "gateway failure"
                 if self.session is not None:
                     result = self.session.open_result if relay.is_open else self.session.relay_result
                     self._apply(result(error))
@@ -243,14 +244,17 @@ class ClientConnection(WSListener):
 class Gateway:
     """The gateway service: ``await start()``, serve, ``await drain()``."""
 
-    def __init__(self, config: GatewayConfig, identity: Identity, agent: Any) -> None:
-        """``agent`` is an :class:`icws_fast.ic.agent.Agent` signed by ``identity``; the gateway closes it."""
+    def __init__(self, config: GatewayConfig, identity: Identity, agent: Agent) -> None:
+        """Build the gateway inside the event loop it will run on.
+
+        ``agent`` talks to ``config.ic_url`` signed by ``identity``; the gateway closes it on drain.
+        """
         self.config = config
         self.identity = identity
         self.principal: Principal = identity.sender
         self.agent = agent
         self.metrics = GatewayMetrics()
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._routes: dict[Principal, dict[ClientKey, Recipient]] = {}
@@ -265,7 +269,6 @@ class Gateway:
 
     async def start(self) -> None:
         """Fetch what is needed from the replica, then listen for clients and for metrics scrapes."""
-        self.loop = asyncio.get_running_loop()
         try:
             agent_root_key: bytes = self.agent.root_key
         except AgentError:
@@ -424,8 +427,8 @@ class Gateway:
     async def _ws_close(self, canister_id: Principal, client_key: ClientKey, after: asyncio.Task[None] | None) -> None:
         if after is not None and not after.done():
             # ws_close must not reach the canister before the client's ws_open (or last message) does.
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(after)
+            # asyncio.wait neither raises the relay's outcome nor cancels it if this task is cancelled.
+            await asyncio.wait({after})
         error: str | None = None
         try:
             with span("ws_close", canister_id=canister_id.to_text()):
@@ -439,7 +442,7 @@ class Gateway:
             self.metrics.ws_close_calls.labels("error").inc()
             log.debug("ws_close for %s on %s: %s", client_key, canister_id, error)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -472,7 +475,5 @@ class Gateway:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        close = getattr(self.agent, "close", None)
-        if close is not None:
-            await close()
+        await self.agent.close()
         log.info("gateway drained")
