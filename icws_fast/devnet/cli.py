@@ -25,6 +25,7 @@ from typing import Any
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet.server import DEFAULT_ROUND_MS, Devnet
+from icws_fast.errors import IcwsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,15 +74,7 @@ def _load_canisters(parser: argparse.ArgumentParser, specs: list[str]) -> dict[s
     return canisters
 
 
-async def _serve(args: argparse.Namespace, canisters: dict[str, type[Canister]] | None) -> None:
-    devnet = Devnet(
-        args.address,
-        canisters,
-        round_ms=args.round_ms,
-        state_dir=args.state_dir,
-        root_key_file=args.root_key_file,
-        subnet_delegation=args.subnet_delegation,
-    )
+async def _serve(devnet: Devnet) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -101,13 +94,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        devnet = Devnet(
+            args.address,
+            canisters,
+            round_ms=args.round_ms,
+            state_dir=args.state_dir,
+            root_key_file=args.root_key_file,
+            subnet_delegation=args.subnet_delegation,
+        )
+    except (ValueError, OSError, IcwsError) as exc:  # bad address, unreadable key file, bad canister Candid...
+        parser.error(str(exc))
     runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: PLC0415 - optional accelerator
 
         runner = uvloop.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(_serve(args, canisters))
+    try:
+        runner(_serve(devnet))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # typically: the address is in use
+        print(f"icws-devnet: error: cannot serve on {args.address}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
