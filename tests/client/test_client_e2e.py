@@ -1,0 +1,104 @@
+"""Both client flavours end to end: devnet (replica + CDK + ``test`` canister) and gateway, over real sockets.
+
+The ``test`` canister sends ``{text = "ping"}`` on open and answers each message with ``text + " ping"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from icws_fast.client import IcWebSocket, SyncIcWebSocket
+from icws_fast.devnet import Devnet
+from icws_fast.devnet.canisters.test_canister import TestCanister
+from icws_fast.gateway.server import Gateway, GatewayConfig
+from icws_fast.ic import candid
+from icws_fast.ic.agent import Agent
+from icws_fast.ic.identity import Ed25519Identity
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def subnet_delegation() -> bool:
+    """Whether the devnet's certificates are signed by a subnet key delegated from the root key."""
+    return False
+
+
+@pytest.fixture
+async def devnet(subnet_delegation: bool) -> AsyncIterator[Devnet]:
+    async with Devnet("127.0.0.1:0", {"test": TestCanister}, round_ms=10, subnet_delegation=subnet_delegation) as dn:
+        yield dn
+
+
+@pytest.fixture
+async def gateway(devnet: Devnet) -> AsyncIterator[Gateway]:
+    config = GatewayConfig(
+        ic_url=devnet.url, host="127.0.0.1", port=0, metrics_host=None, polling_interval_s=0.02, close_timeout_s=0.5
+    )
+    identity = Ed25519Identity.generate()
+    gw = Gateway(config, identity, Agent(devnet.url, identity, root_key=devnet.root_key_der))
+    await gw.start()
+    yield gw
+    await gw.drain()
+
+
+def gateway_url(gateway: Gateway) -> str:
+    return f"ws://127.0.0.1:{gateway.port}"
+
+
+@pytest.mark.parametrize("subnet_delegation", [False, True], ids=["root-signed", "subnet-delegation"])
+async def test_asyncio_client(devnet: Devnet, gateway: Gateway) -> None:
+    canister_id = devnet.canister_ids["test"]
+    # No root key given: the client fetches it from the devnet's /api/v2/status, as for any local replica.
+    ws = await IcWebSocket.connect(gateway_url(gateway), canister_id, devnet.url)
+    assert (await asyncio.wait_for(ws.recv(), 20))["text"] == "ping"
+    for i in range(5):
+        await ws.send({"text": f"hello {i}", "timestamp": 0})
+    texts = [(await asyncio.wait_for(ws.recv(), 20))["text"] for _ in range(5)]
+    assert texts == [f"hello {i} ping" for i in range(5)]
+    await ws.close()
+    assert ws.close_code == 1000 and ws.error is None
+
+
+async def test_canister_closes_the_client(devnet: Devnet, gateway: Gateway) -> None:
+    canister_id = devnet.canister_ids["test"]
+    closed = asyncio.Event()
+    ws = await IcWebSocket.connect(
+        gateway_url(gateway),
+        canister_id,
+        devnet.url,
+        root_key_der=devnet.root_key_der,
+        on_close=lambda c, r: closed.set(),
+    )
+    async with Agent(devnet.url, Ed25519Identity.generate(), root_key=devnet.root_key_der) as agent:
+        reply = await agent.call(canister_id, "close", candid.encode(candid.parse_args("(principal)"), [ws.principal]))
+        assert candid.decode(reply, candid.parse_args("(variant { Ok : null; Err : text })")) == [{"Ok": None}]
+    await asyncio.wait_for(closed.wait(), 20)
+    assert [value["text"] async for value in ws] == ["ping"]
+    assert (ws.close_code, ws.close_reason) == (4001, "ClosedByApplication")
+
+
+async def test_sync_client(devnet: Devnet, gateway: Gateway) -> None:
+    canister_id = devnet.canister_ids["test"].to_text()
+    url = gateway_url(gateway)
+
+    def session(n: int) -> list[str]:
+        texts: list[str] = []
+        # The blocking client reads the root key itself (a blocking /api/v2/status request).
+        with SyncIcWebSocket.connect(url, canister_id, devnet.url) as ws:
+            texts.append(ws.recv(timeout=20)["text"])
+            for i in range(3):
+                ws.send({"text": f"{n}.{i}", "timestamp": 0})
+                texts.append(ws.recv(timeout=20)["text"])
+            ws.send({"text": "end", "timestamp": 0})
+            texts.append(ws.recv(timeout=20)["text"])
+        assert ws.close_code == 1000
+        return texts
+
+    # The devnet and the gateway run on this event loop: the blocking clients run in threads.
+    results = await asyncio.gather(*(asyncio.to_thread(session, n) for n in range(3)))
+    for n, texts in enumerate(results):
+        assert texts == ["ping", f"{n}.0 ping", f"{n}.1 ping", f"{n}.2 ping", "end ping"]
