@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,6 +101,9 @@ def _mark(kind: MethodKind, signature: str) -> Callable[[F], F]:
     _split_signature(signature)  # fail at class definition, not at the first call
 
     def decorate(fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
+            # A message runs to completion without yielding, which is what makes execution sequential.
+            raise TypeError(f"canister method {fn.__name__} must be a plain function, not async")
         setattr(fn, _SPEC_ATTRIBUTE, (kind, signature))
         return fn
 

@@ -96,3 +96,12 @@ def test_timer_set_by_a_trapping_message_is_dropped() -> None:
     host.execute("arm", candid.encode("()", []), Principal.anonymous(), NOW, is_query=False)
     assert host.run_due_timers(NOW + 1) == 1
     assert isinstance(host.instance, Flaky) and host.instance.fired == 1
+
+
+def test_async_methods_are_refused() -> None:
+    with pytest.raises(TypeError, match="must be a plain function"):
+
+        class Async(Canister):
+            @update("() -> ()")
+            async def run(self) -> None:
+                return None
