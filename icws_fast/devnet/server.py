@@ -8,7 +8,9 @@ Endpoints, at the versions the interface specification defines:
   certificate}`` once the round that executed the call is certified (``202`` after 10 s, as the
   replica's timeout); v3 certificates carry the flat delegation layout, v4 the sharded one;
 - ``POST /api/v{2,3}/canister/<ecid>/query``: signed query responses;
-- ``POST /api/v{2,3}/canister/<ecid>/read_state`` and ``/api/v{2,3}/subnet/<subnet_id>/read_state``;
+- ``POST /api/v{2,3}/canister/<ecid>/read_state`` and ``/api/v{2,3}/subnet/<subnet_id>/read_state``
+  (paths authorized as the replica's ``verify_paths`` does; v3 uses the sharded delegation and, on a
+  delegated subnet, prunes ``/subnet/<id>/canister_ranges``);
 - ``GET /_devnet/canisters``: ``{"canisters": {name: id}, "root_key": hex, "url": ...}``.
 
 Every request body is hostile: malformed CBOR or envelopes get ``400`` with a plain-text reason,
@@ -34,7 +36,7 @@ from icws_fast.cdk.api import Canister
 from icws_fast.devnet import storage
 from icws_fast.devnet.replica import DelegationFormat, Replica
 from icws_fast.devnet.runtime import Reject
-from icws_fast.errors import EnvelopeError, InvalidPrincipal, SignatureError
+from icws_fast.errors import EnvelopeError, IcwsError, InvalidPrincipal, SignatureError
 from icws_fast.ic import cbor
 from icws_fast.ic.envelope import MAX_INGRESS_TTL_NS, PERMITTED_DRIFT_NS, Envelope, parse_envelope, verify_envelope
 from icws_fast.ic.principal import Principal
@@ -54,7 +56,7 @@ DEFAULT_ROUND_MS: Final = 50
 PERSIST_INTERVAL_S: Final = 30.0
 
 
-class HttpFailure(Exception):
+class HttpFailure(IcwsError):
     """A request the replica answers with a plain-text HTTP error."""
 
     def __init__(self, status: int, text: str) -> None:
