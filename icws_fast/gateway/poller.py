@@ -116,6 +116,9 @@ class CanisterPoller:
         self.nonce = start_nonce
         self._first_batch = True
         self._batches = 0  # batches delivered, numbering them for the recipients' slow-consumer checks
+        # The last certificate that verified, and the canister's certified data it vouches for.
+        self._verified_cert = b""
+        self._certified_data = b""
         self._on_nonce = on_nonce
         self._label = canister_id.to_text()
 
@@ -227,9 +230,14 @@ class CanisterPoller:
     def _checked_tree(self, root_key_der: bytes, cert: bytes, tree: bytes) -> hashtree.Node | None:
         """The batch's witness tree if the certificate and tree hold up, else None (counted)."""
         try:
-            certificate = Certificate.from_cbor(cert)
-            certificate.verify(root_key_der, effective_canister_id=self.canister_id)
-            certified = certificate.lookup_value([b"canister", self.canister_id.bytes, b"certified_data"])
+            if cert == self._verified_cert:
+                # Batches polled within one replica round share their certificate: check it once.
+                certified = self._certified_data
+            else:
+                certificate = Certificate.from_cbor(cert)
+                certificate.verify(root_key_der, effective_canister_id=self.canister_id)
+                certified = certificate.lookup_value([b"canister", self.canister_id.bytes, b"certified_data"])
+                self._verified_cert, self._certified_data = cert, certified
             node = hashtree.parse(tree)
             if hashtree.reconstruct(node) != certified:
                 raise CertificateError("tree", "the witness tree does not match the certified data")
