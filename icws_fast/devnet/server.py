@@ -206,17 +206,18 @@ class _Api:
             )
         layout: DelegationFormat = "tree" if version == "v4" else "flat"
         certificate = self.replica.read_state_certificate([[b"request_status", request_id]], layout)
-        return _cbor_response({"status": "replied", "certificate": certificate})
+        return _cbor_response({"certificate": certificate, "status": "replied"})  # sorted, as the replica's BTreeMap
 
     @staticmethod
     def _non_replicated(reject: Reject, *, with_status: bool) -> dict[str, Any]:
+        # The replica builds these answers as CBOR BTreeMaps, so the keys come sorted.
         body: dict[str, Any] = {
+            "error_code": reject.error_code,
             "reject_code": reject.code,
             "reject_message": reject.message,
-            "error_code": reject.error_code,
         }
         if with_status:
-            body = {"status": "non_replicated_rejection", **body}
+            body["status"] = "non_replicated_rejection"
         return body
 
     async def query(self, request: web.Request) -> web.Response:
