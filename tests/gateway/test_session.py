@@ -7,6 +7,8 @@ import importlib
 
 import pytest
 from gw_rawclient import message_request, open_request, signed_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from icws_fast.errors import CborError
 from icws_fast.ic import cbor
@@ -254,3 +256,28 @@ def test_envelope_span(span):
 def test_envelope_span_rejects_other_shapes(span, frame):
     with pytest.raises(CborError):
         span(frame)
+
+
+_VALID_OPEN = open_request(Ed25519Identity.from_seed(b"\x01" * 32), CANISTER, GATEWAY, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_never_escape_as_exceptions(data):
+    for session_state in ("init", "open"):
+        session = new_session(verify_signatures=False)
+        if session_state == "open":
+            session.receive(_VALID_OPEN)
+            session.delivered()
+        actions = session.receive(data)
+        assert all(isinstance(a, (s.Close, s.Unregister, s.Relay, s.Register)) for a in actions)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(_VALID_OPEN) - 1), st.integers(0, 255), st.integers(0, len(_VALID_OPEN)))
+def test_mutated_open_frames_are_handled(position, value, cut):
+    frame = bytearray(_VALID_OPEN)
+    frame[position] = value
+    for candidate in (bytes(frame), bytes(frame[:cut])):
+        actions = new_session().receive(candidate)
+        assert actions and isinstance(actions[0], (s.Close, s.Register))
