@@ -2,7 +2,8 @@
 
 Endpoints, at the versions the interface specification defines:
 
-- ``GET /api/v2/status``: CBOR ``{root_key, impl_version, replica_health_status, certified_height}``;
+- ``GET /api/v2/status``: CBOR ``{ic_api_version, root_key, impl_version, replica_health_status,
+  certified_height}``;
 - ``POST /api/v2/canister/<ecid>/call``: asynchronous, ``202 Accepted``;
 - ``POST /api/v3/canister/<ecid>/call`` and ``/api/v4/...``: synchronous, ``200 {status: "replied",
   certificate}`` once the round that executed the call is certified (``202`` after 10 s, as the
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 CBOR_CONTENT_TYPE: Final = "application/cbor"
 IMPL_VERSION: Final = "icws-devnet-0.1.0"
+# What the replica reports in /api/v2/status (agents ignore it; the spec no longer versions the API this way).
+IC_API_VERSION: Final = "0.18.0"
 # The replica's limits: 2 MiB per ingress message on application subnets, 5 MiB per HTTP body.
 MAX_INGRESS_BYTES: Final = 2 * 1024 * 1024
 MAX_BODY_BYTES: Final = 5 * 1024 * 1024
@@ -160,8 +163,10 @@ class _Api:
     # -- handlers ---------------------------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
+        # Field order of the replica's HttpStatusResponse (serde struct order).
         return _cbor_response(
             {
+                "ic_api_version": IC_API_VERSION,
                 "root_key": self.replica.root_key_der,
                 "impl_version": IMPL_VERSION,
                 "replica_health_status": "healthy",
