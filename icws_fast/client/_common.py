@@ -16,6 +16,8 @@ from icws_fast.errors import ConnectionClosed, IcwsError
 from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
+    CLOSE_BY_APPLICATION,
+    CLOSE_NORMAL,
     ClientEvent,
     ClientProtocol,
     CloseConnection,
@@ -30,6 +32,10 @@ log = logging.getLogger("icws_fast.client")
 
 #: Close code of a connection that ended without a close frame (RFC 6455 section 7.1.5).
 CLOSE_ABNORMAL: Final = 1006
+#: Close code for a message over :data:`MAX_MESSAGE_SIZE` (RFC 6455 section 7.4.1).
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+#: Closes that end iteration quietly: normal closure, going away, the canister's ``ClosedByApplication``.
+CLEAN_CLOSE_CODES: Final = frozenset({CLOSE_NORMAL, 1001, CLOSE_BY_APPLICATION})
 #: The largest message the clients accept from a gateway (a batch certificate plus its tree is a few KiB).
 MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 #: How long :meth:`close` waits for the gateway to answer the close frame.
@@ -149,6 +155,15 @@ class ClientBase(ABC):
         self.close_reason = reason
         self._wake_closed()
         self._callback(self.on_close, code, reason)
+
+    def _fail_transport(self, error: IcwsError, code: int, reason: str) -> None:
+        """A failure below the IC WebSocket protocol (e.g. an oversized message): report it and close."""
+        if self.close_code is not None:
+            return  # frames still arriving after our close frame went out
+        self.error = error
+        self._callback(self.on_error, error)
+        self._close_transport(code, reason)
+        self._finish(code, reason)
 
     def _callback(self, fn: Callable[..., Any] | None, *args: Any) -> None:
         if fn is None:

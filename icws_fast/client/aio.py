@@ -18,7 +18,9 @@ from typing import Any
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from icws_fast.client._common import (
+    CLEAN_CLOSE_CODES,
     CLOSE_ABNORMAL,
+    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TIMEOUT_S,
     MAX_MESSAGE_SIZE,
     ClientBase,
@@ -30,8 +32,6 @@ from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
-    CLOSE_BY_APPLICATION,
-    CLOSE_NORMAL,
     DEFAULT_ACK_INTERVAL_MS,
     DEFAULT_MAX_CERTIFICATE_AGE_S,
     DEFAULT_MESSAGE_TYPE,
@@ -39,11 +39,8 @@ from icws_fast.protocol.client import (
     ClientProtocol,
 )
 
-# WebSocket close codes (RFC 6455 section 7.4.1) for failures below the IC WebSocket protocol.
+# RFC 6455 section 7.1.5: the code a close frame without a status code reads as.
 _CLOSE_NO_STATUS = 1005
-_CLOSE_MESSAGE_TOO_BIG = 1009
-# Closes that end ``async for`` quietly: normal closure, going away, the canister's application close.
-_CLEAN_CLOSE_CODES = frozenset({CLOSE_NORMAL, 1001, CLOSE_BY_APPLICATION})
 
 
 class _Listener(WSListener):
@@ -71,7 +68,7 @@ class _Listener(WSListener):
             if self._size > MAX_MESSAGE_SIZE:
                 self._owner._fail_transport(
                     ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes"),
-                    _CLOSE_MESSAGE_TOO_BIG,
+                    CLOSE_MESSAGE_TOO_BIG,
                     "Message too big",
                 )
                 return
@@ -218,7 +215,7 @@ class IcWebSocket(ClientBase):
         try:
             return await self.recv()
         except ConnectionClosed as exc:
-            if exc.code in _CLEAN_CLOSE_CODES:
+            if exc.code in CLEAN_CLOSE_CODES:
                 raise StopAsyncIteration from None
             raise
 
@@ -267,12 +264,6 @@ class IcWebSocket(ClientBase):
         self._finish(CLOSE_ABNORMAL, "")
         self._writable.set()  # wake a blocked send(): it raises ConnectionClosed
         self._disconnected.set()
-
-    def _fail_transport(self, error: IcwsError, code: int, reason: str) -> None:
-        self.error = error
-        self._callback(self.on_error, error)
-        self._close_transport(code, reason)
-        self._finish(code, reason)
 
     def _schedule(self) -> None:
         """Arm the timer for the protocol's next deadline (open or ack timeout)."""

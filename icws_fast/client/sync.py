@@ -42,7 +42,9 @@ from wsproto.events import (
 from wsproto.utilities import ProtocolError as WsprotoError
 
 from icws_fast.client._common import (
+    CLEAN_CLOSE_CODES,
     CLOSE_ABNORMAL,
+    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TIMEOUT_S,
     MAX_MESSAGE_SIZE,
     ClientBase,
@@ -54,8 +56,6 @@ from icws_fast.ic.agent import MAINNET_ROOT_KEY, is_mainnet_url
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
-    CLOSE_BY_APPLICATION,
-    CLOSE_NORMAL,
     DEFAULT_ACK_INTERVAL_MS,
     DEFAULT_MAX_CERTIFICATE_AGE_S,
     DEFAULT_MESSAGE_TYPE,
@@ -65,9 +65,6 @@ from icws_fast.protocol.client import (
 
 _READ_SIZE: Final = 65536
 _MAX_STATUS_SIZE: Final = 1 << 20
-_CLOSE_PROTOCOL_ERROR: Final = 1002
-_CLOSE_MESSAGE_TOO_BIG: Final = 1009
-_CLEAN_CLOSE_CODES: Final = frozenset({CLOSE_NORMAL, 1001, CLOSE_BY_APPLICATION})
 
 
 def fetch_root_key(ic_url: str, timeout_s: float = 10.0) -> bytes:
@@ -247,7 +244,7 @@ class SyncIcWebSocket(ClientBase):
             try:
                 yield self.recv()
             except ConnectionClosed as exc:
-                if exc.code in _CLEAN_CLOSE_CODES:
+                if exc.code in CLEAN_CLOSE_CODES:
                     return
                 raise
 
@@ -311,7 +308,7 @@ class SyncIcWebSocket(ClientBase):
                     self._size += len(chunk)
                     if self._size > MAX_MESSAGE_SIZE:
                         error = ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes")
-                        self._fail_transport(error, _CLOSE_MESSAGE_TOO_BIG, "Message too big")
+                        self._fail_transport(error, CLOSE_MESSAGE_TOO_BIG, "Message too big")
                         return
                     self._parts.append(chunk)
                     if event.message_finished:
@@ -341,12 +338,6 @@ class SyncIcWebSocket(ClientBase):
                 return False
             self._handle(self._protocol.tick(self.now_ns()))
             return True
-
-    def _fail_transport(self, error: IcwsError, code: int, reason: str) -> None:
-        self.error = error
-        self._callback(self.on_error, error)
-        self._close_transport(code, reason)
-        self._finish(code, reason)
 
     def _write(self, data: bytes) -> None:
         try:
