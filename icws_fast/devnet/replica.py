@@ -179,6 +179,18 @@ class Replica:
         entries[b"node"] = LabeledMap({self.node_id.bytes: LabeledMap({b"public_key": self._node.der_public_key})})
         return LabeledMap({self.subnet_id.bytes: LabeledMap(entries)})
 
+    @staticmethod
+    def _canister_subtree(host: CanisterHost) -> FrozenLeaves:
+        """``/canister/<id>``: certified data, a module hash (of the class's qualified name, standing in
+        for the Wasm module) and the controllers (none: the devnet installs the canisters itself)."""
+        return FrozenLeaves(
+            {
+                b"certified_data": host.certified_data,
+                b"controllers": cbor.encode([]),
+                b"module_hash": host.module_hash,
+            }
+        )
+
     def _ranges_subtree(self) -> LabeledMap:
         # /canister_ranges/<subnet_id>/<shard>: one shard, labeled by the lowest canister id it holds.
         return LabeledMap({self.subnet_id.bytes: LabeledMap({self.range_low.bytes: self._ranges_cbor()})})
@@ -333,7 +345,7 @@ class Replica:
         for canister_id, host in self.hosts.items():
             if self._certified_data.get(canister_id) != host.certified_data:
                 self._certified_data[canister_id] = host.certified_data
-                self._canisters.set(canister_id.bytes, LabeledMap({b"certified_data": host.certified_data}))
+                self._canisters.set(canister_id.bytes, self._canister_subtree(host))
         self._prune(now)
 
         self._root.set(b"time", leb128(now))

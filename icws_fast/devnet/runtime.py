@@ -7,6 +7,7 @@ environment), so clients and logs read the same as against a real replica.
 from __future__ import annotations
 
 import copy
+import hashlib
 import heapq
 import itertools
 import logging
@@ -152,6 +153,9 @@ class CanisterHost:
         self.canister_id = canister_id
         self.instance = instance
         self.methods = canister_class.exported_methods()
+        self.module_hash = hashlib.sha256(
+            f"{canister_class.__module__}.{canister_class.__qualname__}".encode()
+        ).digest()
         self.certified_data = b""
         self._timers: list[_Timer] = []
         self._live_timers: set[int] = set()

@@ -7,6 +7,7 @@ query answers are checked against the node key the devnet certifies under ``/sub
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -464,7 +465,14 @@ async def test_read_state_paths_are_checked(devnet: Devnet, http: aiohttp.Client
     status, answer = await client.read_state(counter, [[b"canister", counter.bytes, b"module_hash"]], "v3")
     assert status == 200
     cert = client.certificate(answer["certificate"], counter)
-    assert cert.lookup([b"canister", counter.bytes, b"module_hash"]).status == "Absent"
+    module_hash = hashlib.sha256(f"{Counter.__module__}.{Counter.__qualname__}".encode()).digest()
+    assert cert.lookup_value([b"canister", counter.bytes, b"module_hash"]) == module_hash
+    status, answer = await client.read_state(counter, [[b"canister", counter.bytes, b"controllers"]])
+    cert = client.certificate(answer["certificate"], counter)
+    assert cbor.decode(cert.lookup_value([b"canister", counter.bytes, b"controllers"])) == []
+    # Certified data is read through data certificates, not read_state.
+    status, _ = await client.read_state(counter, [[b"canister", counter.bytes, b"certified_data"]])
+    assert status == 404
 
 
 @pytest.mark.parametrize("version", ["v2", "v3"])
