@@ -287,7 +287,7 @@ class Gateway:
             enable_auto_ping=cfg.ping_interval_s > 0,
             auto_ping_idle_timeout=max(cfg.ping_interval_s, 0.001),
             auto_ping_reply_timeout=max(cfg.ping_interval_s, 0.001),
-            logger_name="icws_fast.gateway.picows",
+            logger_name=logging.getLogger("icws_fast.gateway.ws"),
             use_aiofastnet=False,
         )
         self.port = self._server.sockets[0].getsockname()[1]
