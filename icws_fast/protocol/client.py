@@ -145,16 +145,18 @@ def verify_canister_message(
     root_key_der: bytes,
     now_ns: int,
     max_age_ns: int,
+    tree_root: bytes | None = None,
 ) -> None:
     """Check that the canister certified ``content`` under ``key``; raise :class:`CertificateError` if not.
 
     ``cert`` must verify under ``root_key_der`` for ``canister_id`` and be at most ``max_age_ns``
     old; ``tree`` must reconstruct to the ``certified_data`` the certificate holds for the
-    canister, and its leaf at ``["websocket", key]`` must be sha256(``content``).
+    canister, and its leaf at ``["websocket", key]`` must be sha256(``content``). ``tree_root`` is
+    ``reconstruct(tree)`` when the caller has it already (all messages of a batch share one tree).
     """
     cert.verify(root_key_der, effective_canister_id=canister_id, now_ns=now_ns, max_age_ns=max_age_ns)
     certified_data = cert.lookup_value([b"canister", canister_id.bytes, b"certified_data"])
-    if hashtree.reconstruct(tree) != certified_data:
+    if (hashtree.reconstruct(tree) if tree_root is None else tree_root) != certified_data:
         raise CertificateError("tree_mismatch", "the message tree does not match the canister's certified data")
     leaf = hashtree.lookup_path(tree, [_WEBSOCKET_LABEL, key.encode()])
     if leaf.status != "Found":
@@ -254,7 +256,7 @@ class ClientProtocol:
         self._outgoing_sequence_num = 0  # the last one sent
         # A batch of polled messages shares one certificate and tree: parse them once per batch.
         self._last_cert: tuple[bytes, Certificate] | None = None
-        self._last_tree: tuple[bytes, hashtree.Node] | None = None
+        self._last_tree: tuple[bytes, hashtree.Node, bytes] | None = None
 
     @property
     def state(self) -> ClientState:
@@ -308,15 +310,17 @@ class ClientProtocol:
 
     def _handle_canister_message(self, data: bytes, now_ns: int) -> list[ClientEvent]:
         incoming = decode_canister_to_client(data)
+        tree, tree_root = self._tree(incoming.tree)
         verify_canister_message(
             self._certificate(incoming.cert),
-            self._tree(incoming.tree),
+            tree,
             self.canister_id,
             incoming.key,
             incoming.content,
             root_key_der=self.root_key_der,
             now_ns=now_ns,
             max_age_ns=self._max_age_ns,
+            tree_root=tree_root,
         )
         message = decode_websocket_message(incoming.content)
         if message.client_key != self.client_key:
@@ -408,10 +412,12 @@ class ClientProtocol:
             self._last_cert = (data, Certificate.from_cbor(data))
         return self._last_cert[1]
 
-    def _tree(self, data: bytes) -> hashtree.Node:
+    def _tree(self, data: bytes) -> tuple[hashtree.Node, bytes]:
+        """The parsed tree and its root hash, computed once per batch."""
         if self._last_tree is None or self._last_tree[0] != data:
-            self._last_tree = (data, hashtree.parse(data))
-        return self._last_tree[1]
+            node = hashtree.parse(data)
+            self._last_tree = (data, node, hashtree.reconstruct(node))
+        return self._last_tree[1], self._last_tree[2]
 
     def _ws_message(self, content: bytes, is_service_message: bool, now_ns: int) -> bytes:
         self._outgoing_sequence_num += 1
