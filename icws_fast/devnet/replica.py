@@ -180,13 +180,15 @@ class Replica:
         return LabeledMap({self.subnet_id.bytes: LabeledMap(entries)})
 
     @staticmethod
-    def _canister_subtree(host: CanisterHost) -> FrozenLeaves:
+    def _canister_subtree(host: CanisterHost) -> LabeledMap:
         """``/canister/<id>``: certified data, a module hash (of the class's qualified name, standing in
-        for the Wasm module) and the controllers (none: the devnet installs the canisters itself)."""
-        return FrozenLeaves(
+        for the Wasm module), the controllers (none: the devnet installs the canisters itself) and the
+        public ``candid:service`` metadata that tools read to learn the interface."""
+        return LabeledMap(
             {
                 b"certified_data": host.certified_data,
                 b"controllers": cbor.encode([]),
+                b"metadata": LabeledMap({b"candid:service": host.candid_service().encode()}),
                 b"module_hash": host.module_hash,
             }
         )

@@ -11,6 +11,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,6 +190,15 @@ class CanisterHost:
                 hook()
             except Exception as exc:
                 log.error("canister %s: %s failed: %r", self.canister_id, hook.__name__, exc)
+
+    def candid_service(self) -> str:
+        """The canister's interface as .did text: its ``CANDID`` definitions and a service of its methods."""
+        lines = [textwrap.dedent(self.instance.CANDID).strip(), "service : {"]
+        for name, spec in sorted(self.methods.items()):
+            mode = " query" if spec.kind == "query" else ""
+            lines.append(f'  "{name}" : {spec.signature}{mode};')
+        lines.append("}")
+        return "\n".join(line for line in lines if line) + "\n"
 
     # -- messages ------------------------------------------------------------------------------------
 

@@ -470,6 +470,10 @@ async def test_read_state_paths_are_checked(devnet: Devnet, http: aiohttp.Client
     status, answer = await client.read_state(counter, [[b"canister", counter.bytes, b"controllers"]])
     cert = client.certificate(answer["certificate"], counter)
     assert cbor.decode(cert.lookup_value([b"canister", counter.bytes, b"controllers"])) == []
+    path = [b"canister", counter.bytes, b"metadata", b"candid:service"]
+    status, answer = await client.read_state(counter, [path])
+    did = candid.parse_did(client.certificate(answer["certificate"], counter).lookup_value(path).decode())
+    assert "whoami : () -> (principal) query" in str(did.service)
     # Certified data is read through data certificates, not read_state.
     status, _ = await client.read_state(counter, [[b"canister", counter.bytes, b"certified_data"]])
     assert status == 404
