@@ -192,13 +192,20 @@ class ClientConnection(WSListener):
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                gw.register(action.canister_id, action.client_key, self)
+                if not gw.register(action.canister_id, action.client_key, self):
+                    gw.metrics.errors.labels("duplicate_client_key").inc()
+                    assert self.session is not None
+                    self._apply(
+                        self.session.close(proto.CLOSE_POLICY_VIOLATION, "this client key is already connected")
+                    )
             elif isinstance(action, proto.Close):
                 self._send_close(action.code, action.reason)
             elif isinstance(action, proto.Unregister):
                 gw.unregister(action.canister_id, action.client_key, self, after=self._relay_task)
 
     def _queue_relay(self, relay: proto.Relay) -> None:
+        if self.session is None or self.session.state is proto.SessionState.CLOSED:
+            return  # closed by an earlier action of the same batch (a refused registration)
         if len(self._relays) >= self.gateway.config.max_pending_relays:
             assert self.session is not None
             self._apply(self.session.close(proto.CLOSE_POLICY_VIOLATION, "too many requests waiting for the IC"))
@@ -326,28 +333,37 @@ class Gateway:
             if self._per_ip[conn.peer_ip] <= 0:
                 del self._per_ip[conn.peer_ip]
 
-    def register(self, canister_id: Principal, client_key: ClientKey, conn: Recipient) -> None:
-        """Route ``canister_id``'s messages for ``client_key`` to ``conn``; the first client starts the poller."""
+    def register(self, canister_id: Principal, client_key: ClientKey, conn: Recipient) -> bool:
+        """Route ``canister_id``'s messages for ``client_key`` to ``conn``; the first client starts the poller.
+
+        False when another connection holds that client key: SDKs pick a fresh nonce per connection, so
+        a second ``ws_open`` with the same key is a replayed envelope, and it must not take over (or,
+        through ``ws_close``, end) the session of the client who signed it.
+        """
         routes = self._routes.setdefault(canister_id, {})
         previous = routes.get(client_key)
-        if isinstance(previous, ClientConnection) and previous is not conn:
-            # A client key is one session: a second connection with the same key replaces the first.
-            previous.close(proto.CLOSE_POLICY_VIOLATION, "replaced by a new connection with the same client key")
+        if previous is not None and previous is not conn:
+            return False
         routes[client_key] = conn
         self.metrics.client_connected_count.labels(canister_id.to_text()).inc()
         if canister_id not in self._pollers:
             self._start_poller(canister_id, routes)
+        return True
 
     def unregister(
         self, canister_id: Principal, client_key: ClientKey, conn: Recipient, *, after: asyncio.Task[None] | None
     ) -> None:
-        """Stop routing to ``conn`` and call ``ws_close`` (after ``after``, the connection's relay in flight)."""
+        """Stop routing to ``conn`` and call ``ws_close`` (after ``after``, the connection's relay in flight).
+
+        Nothing happens unless ``conn`` holds the route: a refused duplicate must not close the original.
+        """
         routes = self._routes.get(canister_id)
-        if routes is not None and routes.get(client_key) is conn:
-            del routes[client_key]
-            if not routes:
-                del self._routes[canister_id]
-                self._stop_poller(canister_id)
+        if routes is None or routes.get(client_key) is not conn:
+            return
+        del routes[client_key]
+        if not routes:
+            del self._routes[canister_id]
+            self._stop_poller(canister_id)
         self._spawn(self._ws_close(canister_id, client_key, after))
 
     def _start_poller(self, canister_id: Principal, routes: dict[ClientKey, Recipient]) -> None:

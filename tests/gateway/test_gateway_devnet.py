@@ -26,6 +26,7 @@ from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as s
 from icws_fast.protocol.types import (
     AckMessage,
+    ClientKey,
     CloseMessage,
     CloseMessageReason,
     OpenMessage,
@@ -213,6 +214,24 @@ async def test_wrong_root_key_relays_nothing(devnet):
         assert client.listener.inbox.empty()
     finally:
         await gateway.drain()
+
+
+async def test_replayed_ws_open_does_not_take_over_the_session(devnet, gateway):
+    victim = await RawClient.connect(ws_url(gateway))
+    await victim.handshake()
+    frame = open_request(victim.identity, devnet.canister_ids["echo"], gateway.principal, 77)
+    victim.send(frame)
+    await victim.recv_message()
+    victim.canister_id, victim.key = devnet.canister_ids["echo"], ClientKey(victim.identity.sender, 77)
+    replayer = await RawClient.connect(ws_url(gateway))
+    await replayer.handshake()
+    replayer.send(frame)
+    closed = await replayer.wait_closed()
+    assert closed.code == s.CLOSE_POLICY_VIOLATION and "already connected" in closed.reason
+    victim.send_app(b"still mine")
+    assert (await victim.recv_message()).content == b"still mine"
+    assert metric(gateway, "ws_close_calls_total", outcome="ok") == 0
+    victim.close()
 
 
 async def test_attacker_beside_a_good_client(devnet, gateway):
