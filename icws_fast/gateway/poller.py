@@ -22,7 +22,7 @@ import collections
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from icws_fast.errors import (
@@ -95,12 +95,10 @@ class CanisterPoller:
         max_backoff_s: float = 5.0,
         pipeline_depth: int = 1,
         start_nonce: int = 0,
-        on_nonce: Callable[[int], None] | None = None,
     ) -> None:
         """``routes`` is the live client-key -> recipient map of this canister, owned by the gateway.
 
         ``root_key_der`` None skips certificate checks (only for tests of the bare relay).
-        ``on_nonce`` learns each new next-nonce, so a restarted poller resumes where this one stopped.
         ``pipeline_depth`` bounds the polls in flight while the canister has a backlog (1: one at a time,
         as the Rust gateway polls).
         """
@@ -119,7 +117,6 @@ class CanisterPoller:
         # The last certificate that verified, and the canister's certified data it vouches for.
         self._verified_cert = b""
         self._certified_data = b""
-        self._on_nonce = on_nonce
         self._label = canister_id.to_text()
 
     async def _query(self, nonce: int) -> bytes:
@@ -223,8 +220,6 @@ class CanisterPoller:
         self._deliver(messages, batch.cert, batch.tree)
         self._first_batch = False
         self.nonce = nonces[-1] + 1
-        if self._on_nonce is not None:
-            self._on_nonce(self.nonce)
         return batch.is_end_of_queue, len(messages)
 
     def _checked_tree(self, root_key_der: bytes, cert: bytes, tree: bytes) -> hashtree.Node | None:

@@ -266,7 +266,6 @@ class Gateway:
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._routes: dict[Principal, dict[ClientKey, Recipient]] = {}
         self._pollers: dict[Principal, asyncio.Task[None]] = {}
-        self._nonces: dict[Principal, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._health: HealthServer | None = None
@@ -367,9 +366,6 @@ class Gateway:
         self._spawn(self._ws_close(canister_id, client_key, after))
 
     def _start_poller(self, canister_id: Principal, routes: dict[ClientKey, Recipient]) -> None:
-        def remember(nonce: int) -> None:
-            self._nonces[canister_id] = nonce
-
         poller = CanisterPoller(
             self.agent,
             canister_id,
@@ -379,8 +375,9 @@ class Gateway:
             interval_s=self.config.polling_interval_s,
             poll_timeout_s=self.config.poll_timeout_s,
             pipeline_depth=self.config.poll_pipeline_depth,
-            start_nonce=self._nonces.get(canister_id, 0),
-            on_nonce=remember,
+            # From 0, as the Rust gateway: the first batch may start anywhere, and a remembered nonce
+            # would stall the poller on a canister reinstalled (its nonces reset) while it had no clients.
+            start_nonce=0,
         )
         task = self.loop.create_task(self._run_poller(poller))
         self._pollers[canister_id] = task

@@ -257,14 +257,16 @@ async def test_client_that_dies_is_closed_at_the_canister(devnet, gateway):
     assert metric(gateway, "clients_connected") == 0
 
 
-async def test_poller_stops_and_restarts_without_replaying(devnet, gateway):
+async def test_poller_stops_and_restarts_without_misrouting(devnet, gateway):
     canister = devnet.canister_ids["echo"]
     first = await open_client(gateway, canister)
     first.close()
     await eventually(lambda: metric(gateway, "active_pollers") == 0)
-    # A new client gets a fresh OpenMessage (sequence 1) and nothing of the previous client's queue.
+    # The new poller starts over at nonce 0 (as the Rust gateway): it sees the first client's old
+    # messages again but routes none of them; the new client gets only its own, from sequence 1.
     second = await open_client(gateway, canister)
     assert metric(gateway, "active_pollers") == 1
+    assert metric(gateway, "dropped_messages_total", reason="unknown_client") >= 1
     second.close()
 
 
