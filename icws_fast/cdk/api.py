@@ -126,9 +126,15 @@ class Canister:
     ``init`` runs once when the canister is first installed; ``post_upgrade`` runs instead when
     the host restores a persisted instance (timers do not survive an upgrade, as on the IC, so
     canisters that use timers arm them in both hooks).
+
+    On the IC a trap discards every change the message made. The host always undoes the system
+    state (certified data, timers set by the message); the canister's own attributes are restored
+    too when ``ROLLBACK_ON_TRAP`` is true, at the price of a deep copy of ``__dict__`` per update
+    message and timer. Leave it false for canisters that validate before they mutate.
     """
 
     CANDID: ClassVar[str] = ""
+    ROLLBACK_ON_TRAP: ClassVar[bool] = False
     _methods_cache: ClassVar[dict[str, MethodSpec] | None] = None
 
     def init(self) -> None:

@@ -226,17 +226,32 @@ class CanisterHost:
         if spec is None:
             raise method_not_found(self.canister_id, "query" if is_query else "update", method)
         context = _Context(self, caller, now_ns, is_query=is_query, certificate=certificate)
-        certified_data = self.certified_data
+        snapshot = None if is_query else self._snapshot()
         try:
             return self._run(spec, method, arg, context, is_query=is_query)
         except Reject:
-            # A trap discards the effects of the message. The canister's Python objects cannot be rolled
-            # back (canisters validate before they mutate), but the system state can: certified data
-            # and the timers the message set.
-            self.certified_data = certified_data
-            for timer_id in context.timers_added:
-                self.cancel_timer(timer_id)
+            self._roll_back(snapshot, context)
             raise
+
+    def _snapshot(self) -> tuple[bytes, dict[str, Any] | None]:
+        """What a trap must restore: the certified data and, for ``ROLLBACK_ON_TRAP`` canisters, ``__dict__``."""
+        attributes = None
+        if self.instance.ROLLBACK_ON_TRAP:
+            # The memo keeps references to the instance itself (bound methods in attributes) pointing at it.
+            attributes = copy.deepcopy(self.instance.__dict__, {id(self.instance): self.instance})
+        return self.certified_data, attributes
+
+    def _roll_back(self, snapshot: tuple[bytes, dict[str, Any] | None] | None, context: _Context) -> None:
+        """Undo a trapped message: certified data, the timers it set, and the attributes when snapshotted."""
+        if snapshot is None:
+            return
+        self.certified_data, attributes = snapshot
+        for timer_id in context.timers_added:
+            self.cancel_timer(timer_id)
+        if attributes is not None:
+            # In place, so that timers and handlers bound to the instance keep working.
+            self.instance.__dict__.clear()
+            self.instance.__dict__.update(attributes)
 
     def _run(self, spec: api.MethodSpec, method: str, arg: bytes, context: _Context, *, is_query: bool) -> bytes:
         with api.system_context(context):
@@ -285,15 +300,13 @@ class CanisterHost:
                 heapq.heappush(self._timers, timer)
             ran += 1
             context = _Context(self, self.canister_id, now_ns, is_query=False)
-            certified_data = self.certified_data
+            snapshot = self._snapshot()
             with api.system_context(context):
                 try:
                     timer.fn()
                 except Exception as exc:
                     log.warning("canister %s: timer %d trapped: %r", self.canister_id, timer.timer_id, exc)
-                    self.certified_data = certified_data
-                    for timer_id in context.timers_added:
-                        self.cancel_timer(timer_id)
+                    self._roll_back(snapshot, context)
         return ran
 
 

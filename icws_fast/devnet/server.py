@@ -437,7 +437,7 @@ class Devnet:
     Not modelled: the management canister (``aaaaa-aa`` answers IC0301), inter-canister calls,
     cycles, and the ``received``/``processing`` request states (a message executes in the round
     that inducts it). A trap rolls back the canister's certified data and the timers the message
-    set, but not the Python objects it mutated before trapping.
+    set; its Python attributes only for canisters that set ``ROLLBACK_ON_TRAP``.
     """
 
     def __init__(

@@ -105,3 +105,53 @@ def test_async_methods_are_refused() -> None:
             @update("() -> ()")
             async def run(self) -> None:
                 return None
+
+
+class Ledger(Canister):
+    """Mutates, then traps when the balance would go negative."""
+
+    ROLLBACK_ON_TRAP = True
+
+    def __init__(self) -> None:
+        self.balance = 10
+        self.ticks = 0
+        self.history: list[int] = []
+
+    def init(self) -> None:
+        api.set_timer_interval(1, self.tick)
+
+    def tick(self) -> None:
+        self.ticks += 1
+        self.history.append(-1)
+        if self.ticks > 1:
+            api.trap("only one tick")
+
+    @update("(int) -> (int)")
+    def move(self, amount: int) -> int:
+        self.balance += amount
+        self.history.append(amount)
+        if self.balance < 0:
+            api.trap("insufficient funds")
+        return self.balance
+
+
+class LooseLedger(Ledger):
+    ROLLBACK_ON_TRAP = False
+
+
+@pytest.mark.parametrize(("cls", "rolled_back"), [(Ledger, True), (LooseLedger, False)])
+def test_rollback_on_trap_restores_the_attributes(cls: type[Ledger], rolled_back: bool) -> None:
+    host = CanisterHost.install(CANISTER_ID, cls, NOW)
+    ledger = host.instance
+    assert isinstance(ledger, Ledger)
+    reply = host.execute("move", candid.encode("(int)", [-4]), Principal.anonymous(), NOW, is_query=False)
+    assert candid.decode(reply, "(int)") == [6]
+    with pytest.raises(Reject, match="insufficient funds"):
+        host.execute("move", candid.encode("(int)", [-7]), Principal.anonymous(), NOW, is_query=False)
+    assert (ledger.balance, ledger.history) == ((6, [-4]) if rolled_back else (-1, [-4, -7]))
+    # Timers stay bound to the same instance; a trapping tick is undone too.
+    host.run_due_timers(NOW + 1)
+    host.run_due_timers(NOW + 2)
+    assert host.instance is ledger
+    assert ledger.history[-1] == -1
+    assert ledger.history.count(-1) == (1 if rolled_back else 2)
