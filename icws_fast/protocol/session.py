@@ -31,11 +31,10 @@ from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import ClientKey, decode_ws_open_args, encode_handshake
 
 # WebSocket close codes (RFC 6455 section 7.4.1) the gateway uses, with what they mean here.
-CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001  # the gateway is draining
 CLOSE_UNSUPPORTED_DATA: Final = 1003  # a text or fragmented frame
 CLOSE_POLICY_VIOLATION: Final = 1008  # the IC WebSocket protocol was broken, or a limit was hit
-CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_MESSAGE_TOO_BIG: Final = 1009  # a frame over the size limit (picows sends it)
 CLOSE_INTERNAL_ERROR: Final = 1011  # the replica or the canister failed
 CLOSE_TRY_AGAIN_LATER: Final = 1013  # connection limits
 # The longest close reason a close frame can carry (125-byte payload minus the 2-byte code).
