@@ -18,7 +18,7 @@ from pathlib import Path
 from icws_fast.gateway.identity import load_or_create_identity
 from icws_fast.gateway.logs import setup_logging
 from icws_fast.gateway.server import Gateway, GatewayConfig
-from icws_fast.ic.agent import Agent
+from icws_fast.ic.principal import Principal
 
 log = logging.getLogger("icws_fast.gateway")
 
@@ -35,6 +35,13 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _principal(text: str) -> Principal:
+    try:
+        return Principal.from_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=4 * 1024 * 1024,
         help="bytes a client may leave unread from earlier batches before it is closed as a slow consumer",
+    )
+    p.add_argument(
+        "--allowed-canister-id",
+        action="append",
+        type=_principal,
+        help="serve only this canister (repeat for several; default: any canister)",
+    )
+    p.add_argument(
+        "--ping-interval", type=float, default=20.0, help="seconds of client silence before a ping (0: never)"
     )
     p.add_argument("--handshake-timeout", type=float, default=5.0, help="seconds for the HTTP upgrade")
     p.add_argument("--first-message-timeout", type=float, default=10.0, help="seconds for the client's ws_open")
@@ -108,20 +124,21 @@ async def _serve(args: argparse.Namespace) -> int:
         handshake_timeout_s=args.handshake_timeout,
         open_timeout_s=args.first_message_timeout,
         drain_timeout_s=args.drain_timeout,
+        ping_interval_s=args.ping_interval,
+        allowed_canisters=frozenset(args.allowed_canister_id) if args.allowed_canister_id else None,
     )
     # Handlers first: a signal that arrives while starting up must still end in a drain, not a traceback.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(args.ic_network_url, identity)
-    gateway = Gateway(config, identity, agent)
+    gateway = Gateway(config, identity)
     try:
         await gateway.start()
     except Exception as exc:
         log.error("gateway failed to start: %s", exc)
         with contextlib.suppress(Exception):
-            await agent.close()
+            await gateway.agent.close()
         return 1
     scheme = "wss" if config.ssl_context is not None else "ws"
     print(

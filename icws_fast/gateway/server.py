@@ -251,15 +251,15 @@ class ClientConnection(WSListener):
 class Gateway:
     """The gateway service: ``await start()``, serve, ``await drain()``."""
 
-    def __init__(self, config: GatewayConfig, identity: Identity, agent: Agent) -> None:
+    def __init__(self, config: GatewayConfig, identity: Identity, agent: Agent | None = None) -> None:
         """Build the gateway inside the event loop it will run on.
 
-        ``agent`` talks to ``config.ic_url`` signed by ``identity``; the gateway closes it on drain.
+        ``agent`` (default: one for ``config.ic_url``) must sign with ``identity``; the gateway closes it on drain.
         """
         self.config = config
         self.identity = identity
         self.principal: Principal = identity.sender
-        self.agent = agent
+        self.agent = agent if agent is not None else Agent(config.ic_url, identity)
         self.metrics = GatewayMetrics()
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()

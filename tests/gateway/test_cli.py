@@ -26,7 +26,20 @@ def test_defaults_match_the_rust_gateway():
     assert args.tls_certificate_pem_path is None and args.opentelemetry_collector_endpoint is None
 
 
-@pytest.mark.parametrize("argv", [["--gateway-address", "nope"], ["--polling-interval", "0"], ["--log-format", "xml"]])
+def test_allow_list_flag():
+    args = build_parser().parse_args(["--allowed-canister-id", "aaaaa-aa", "--allowed-canister-id", "2vxsx-fae"])
+    assert [str(p) for p in args.allowed_canister_id] == ["aaaaa-aa", "2vxsx-fae"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--gateway-address", "nope"],
+        ["--polling-interval", "0"],
+        ["--log-format", "xml"],
+        ["--allowed-canister-id", "not-a-principal"],
+    ],
+)
 def test_bad_flags_exit_2(argv):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(argv)
