@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -594,3 +595,50 @@ async def test_secp256k1_high_s_signature_is_accepted(devnet: Devnet, http: aioh
     envelope["sender_sig"] = r + (SECP256K1_ORDER - s).to_bytes(32, "big")  # the same signature's high-S twin
     status, data = await client.post(f"/api/v3/canister/{counter}/call", cbor.encode(envelope))
     assert status == 200, data
+
+
+def _mutations(valid: bytes, rng: random.Random, count: int) -> list[bytes]:
+    """Corruptions of a valid envelope: flipped bytes, truncations, and swapped CBOR values."""
+    decoded = cbor.decode(valid)
+    odd_values: list[Any] = [None, 0, -1, 2**64, "x" * 100, b"", b"\x00" * 40, [], {}, [[b"time"]] * 3, 1.5, True]
+    bodies: list[bytes] = []
+    for _ in range(count):
+        choice = rng.randrange(3)
+        if choice == 0:
+            data = bytearray(valid)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            bodies.append(bytes(data))
+        elif choice == 1:
+            bodies.append(valid[: rng.randrange(len(valid))])
+        else:
+            envelope = {**decoded, "content": dict(decoded["content"])}
+            target = envelope["content"] if rng.random() < 0.7 else envelope
+            target[rng.choice(sorted(target))] = rng.choice(odd_values)
+            bodies.append(cbor.encode(envelope))
+    return bodies
+
+
+async def test_corrupted_envelopes_never_cause_a_server_error(devnet: Devnet, http: aiohttp.ClientSession) -> None:
+    rng = random.Random(1234)
+    client = Client(devnet, http)
+    counter = devnet.canister_ids["counter"]
+    call, _ = client.call_envelope(counter, "swap", candid.encode("(nat, text)", [1, "x"]))
+    query = build_envelope(
+        client.identity, call_content(client.identity.sender, counter, "get", b"DIDL\x00\x00", request_type="query")
+    )
+    read = build_envelope(client.identity, read_state_content(client.identity.sender, [[b"time"], [b"subnet"]]))
+    cases = [
+        (f"/api/v3/canister/{counter}/call", call),
+        (f"/api/v2/canister/{counter}/query", query),
+        (f"/api/v3/canister/{counter}/read_state", read),
+        (f"/api/v2/subnet/{devnet.subnet_id}/read_state", read),
+    ]
+    statuses: set[int] = set()
+    for path, valid in cases:
+        for body in _mutations(valid, rng, 60):
+            status, _ = await client.post(path, body)
+            statuses.add(status)
+    assert statuses <= {200, 202, 400, 403, 404}, statuses
+    assert 400 in statuses
+    assert candid.decode(await client.update(counter, "increment"), "(nat64)") == [1]
