@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from icws_fast.cdk.api import Canister
-from icws_fast.devnet.runtime import CanisterHost, Reject, canister_not_found, method_not_found
+from icws_fast.devnet.runtime import CanisterHost, Reject, canister_not_found, method_not_found, trapped
 from icws_fast.devnet.tree import FrozenLeaves, LabeledMap, Node, prune_path
 from icws_fast.ic import bls, cbor
 from icws_fast.ic.certificate import STATE_ROOT_DOMAIN, sign_certificate
@@ -375,6 +375,12 @@ class Replica:
             entry.reply = host.execute(message.method, message.arg, message.sender, now, is_query=False)
         except Reject as reject:
             entry.reject = reject
+            entry.status = "rejected"
+        except Exception as exc:
+            # A fault of the host (say, a canister state that cannot be snapshotted) fails this message
+            # only: the round goes on and certifies every other message.
+            log.exception("canister %s: executing %s failed", message.canister_id, message.method)
+            entry.reject = trapped(message.canister_id, exc)
             entry.status = "rejected"
         self._record(message.request_id, entry)
 

@@ -64,7 +64,7 @@ def _called_trap(canister_id: Principal, message: str) -> Reject:
     )
 
 
-def _trapped(canister_id: Principal, exc: BaseException) -> Reject:
+def trapped(canister_id: Principal, exc: BaseException) -> Reject:
     # A Python exception is the devnet's analogue of a Wasm trap (unreachable, out of bounds...).
     return Reject(
         CANISTER_ERROR,
@@ -259,16 +259,20 @@ class CanisterHost:
                 args = candid.decode(arg, list(spec.arg_types))
             except CandidError as exc:
                 raise _called_trap(self.canister_id, f"failed to decode call arguments: {exc}") from None
+            except Exception as exc:
+                # The decoder should raise CandidError only; a bug there must cost one message, not the round.
+                log.exception("canister %s: the Candid decoder failed on a %s argument", self.canister_id, method)
+                raise _called_trap(self.canister_id, f"failed to decode call arguments: {exc!r}") from None
             try:
                 instance = copy.deepcopy(self.instance) if is_query and spec.kind == "update" else self.instance
                 result = getattr(instance, method)(*args)
             except api.Trap as exc:
                 raise _called_trap(self.canister_id, exc.message) from None
             except Exception as exc:
-                raise _trapped(self.canister_id, exc) from None
+                raise trapped(self.canister_id, exc) from None
             try:
                 return candid.encode(list(spec.ret_types), _result_values(result, len(spec.ret_types)))
-            except (CandidError, TypeError, ValueError) as exc:
+            except Exception as exc:  # a reply that does not fit the declared types is the canister's error
                 raise _called_trap(self.canister_id, f"failed to encode the reply: {exc}") from None
 
     # -- timers ------------------------------------------------------------------------------------------
@@ -300,9 +304,10 @@ class CanisterHost:
                 heapq.heappush(self._timers, timer)
             ran += 1
             context = _Context(self, self.canister_id, now_ns, is_query=False)
-            snapshot = self._snapshot()
+            snapshot = None
             with api.system_context(context):
                 try:
+                    snapshot = self._snapshot()
                     timer.fn()
                 except Exception as exc:
                     log.warning("canister %s: timer %d trapped: %r", self.canister_id, timer.timer_id, exc)

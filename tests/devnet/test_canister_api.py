@@ -155,3 +155,41 @@ def test_rollback_on_trap_restores_the_attributes(cls: type[Ledger], rolled_back
     assert host.instance is ledger
     assert ledger.history[-1] == -1
     assert ledger.history.count(-1) == (1 if rolled_back else 2)
+
+
+def test_a_message_the_host_cannot_run_fails_alone() -> None:
+    import threading
+
+    from icws_fast.devnet.replica import Keys, Replica
+    from icws_fast.ic import bls
+
+    class Locked(Ledger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock = threading.Lock()  # cannot be deep-copied, so no snapshot can be taken
+
+    keys = Keys(root_secret_key=bls.generate_secret_key(b"k"), node_seed=b"\x01" * 32)
+    replica = Replica({"locked": Locked, "greeter": Greeter}, keys)
+    locked, greeter = replica.canister_ids["locked"], replica.canister_ids["greeter"]
+    expiry = replica.time_ns + 60 * 10**9
+    sender = Principal.anonymous()
+    replica.submit(
+        b"\x01" * 32,
+        sender=sender,
+        canister_id=locked,
+        method="move",
+        arg=candid.encode("(int)", [1]),
+        expiry_ns=expiry,
+    )
+    replica.submit(
+        b"\x02" * 32,
+        sender=sender,
+        canister_id=greeter,
+        method="greet",
+        arg=candid.encode("(text)", ["x"]),
+        expiry_ns=expiry,
+    )
+    replica.run_round()
+    failed, served = replica.ingress[b"\x01" * 32], replica.ingress[b"\x02" * 32]
+    assert failed.status == "rejected" and failed.reject is not None and failed.reject.error_code == "IC0502"
+    assert served.status == "replied"
