@@ -292,14 +292,20 @@ class Replica:
         host = self.hosts.get(canister_id)
         if host is None:
             raise canister_not_found(canister_id)
-        return host.execute(
-            method,
-            arg,
-            sender,
-            self.time_ns,
-            is_query=True,
-            certificate=lambda: self.data_certificate(canister_id),
-        )
+        try:
+            return host.execute(
+                method,
+                arg,
+                sender,
+                self.time_ns,
+                is_query=True,
+                certificate=lambda: self.data_certificate(canister_id),
+            )
+        except Reject:
+            raise
+        except Exception as exc:  # a host fault (e.g. a state that cannot be copied) rejects this query only
+            log.exception("canister %s: query %s failed", canister_id, method)
+            raise trapped(canister_id, exc) from None
 
     def data_certificate(self, canister_id: Principal) -> bytes:
         """The latest round's certificate of ``canister_id``'s certified data (what ic0.data_certificate gives)."""
