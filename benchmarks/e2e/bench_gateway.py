@@ -93,7 +93,7 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, 
         sys.executable, "-m", "icws_fast.gateway",
         "--gateway-address", "127.0.0.1:0", "--prometheus-endpoint", "127.0.0.1:0",
         "--ic-network-url", info["url"], "--polling-interval", str(args.polling_interval),
-        "--max-clients-per-ip", str(args.clients + 10),
+        "--max-clients-per-ip", str(args.clients + 10), "--poll-pipeline-depth", str(args.pipeline),
         cwd=workdir, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "RUST_LOG_STDOUT": "warn", "RUST_LOG_FILE": "warn"},
     )  # fmt: skip
@@ -120,9 +120,11 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, 
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
             await asyncio.sleep(args.warmup)
             cpu0, dcpu0, t0 = proc_cpu_seconds(gateway.pid), proc_cpu_seconds(devnet.pid), time.time()
+            ccpu0 = time.process_time()
             window[:] = [t0, t0 + args.seconds]
             await asyncio.sleep(args.seconds)
             cpu1, dcpu1, t1 = proc_cpu_seconds(gateway.pid), proc_cpu_seconds(devnet.pid), time.time()
+            ccpu1 = time.process_time()
             rss = proc_rss_mb(gateway.pid)
             config["messages_per_round"] = 0
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
@@ -139,6 +141,7 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, 
             "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
             "cpu_share": (cpu1 - cpu0) / (t1 - t0),
             "devnet_cpu_share": (dcpu1 - dcpu0) / (t1 - t0),
+            "clients_cpu_share": (ccpu1 - ccpu0) / (t1 - t0),
             "rss_mb": rss,
             "frame_bytes": statistics.mean(stats["frame_bytes"]) if stats["frame_bytes"] else 0.0,
         }
@@ -226,6 +229,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(f"gateway process: CPU {gw['cpu_share'] * 100:.0f}% of one core, RSS {gw['rss_mb']:.0f} MB")
     print(f"devnet process: CPU {gw['devnet_cpu_share'] * 100:.0f}% of one core (the canister side of the load)")
+    print(f"client process: CPU {gw['clients_cpu_share'] * 100:.0f}% of one core (K clients decoding every message)")
     print(f"frame size {gw['frame_bytes']:.0f} B; raw picows broadcast ceiling {raw:.0f} msgs/s")
     print(f"gateway / ceiling = {gw['msgs_per_s'] / raw:.3f}")
 
@@ -239,6 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=int, default=100, help="firehose round interval, ms")
     p.add_argument("--payload", type=int, default=100, help="firehose payload characters")
     p.add_argument("--polling-interval", type=int, default=100, help="gateway polling interval, ms")
+    p.add_argument("--pipeline", type=int, default=3, help="the gateway's --poll-pipeline-depth")
     p.add_argument("--raw-messages", type=int, default=2000, help="frames per client in the raw broadcast")
     return p.parse_args(argv)
 
