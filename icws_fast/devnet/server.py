@@ -524,6 +524,14 @@ class Devnet:
             self.port = int(runner.addresses[0][1])
         self._runner = runner
         self._rounds = asyncio.create_task(self._run_rounds(), name="icws-devnet-rounds")
+        log.info(
+            "devnet serving at %s: subnet %s (%s), %d canister(s), %g ms rounds",
+            self.url,
+            self.subnet_id,
+            "through a delegation" if self.replica.delegated else "root-signed",
+            len(self.replica.canister_ids),
+            self.round_s * 1000,
+        )
 
     async def stop(self) -> None:
         """Stop serving (open connections are closed) and persist the state when a state dir is set."""
