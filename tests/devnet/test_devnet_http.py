@@ -580,7 +580,7 @@ SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD036
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # XPASS once the identity module is fixed: then drop this marker
     reason="icws_fast.ic.identity.verify_signature rejects high-S secp256k1 signatures; the IC's ingress "
     "verifier accepts them (verify_ecdsa_signature_prehashed_with_malleability), and agents like ic-py "
     "produce them half of the time",
