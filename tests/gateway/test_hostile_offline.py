@@ -152,3 +152,16 @@ async def test_health_ready_and_metrics(offline_gateway):
         assert "clients_connected 1.0" in text
         assert "active_pollers 0.0" in text
         client.close()
+
+
+async def test_silent_tcp_connection_is_dropped_after_the_handshake_timeout():
+    gateway = await start_gateway(
+        "http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, handshake_timeout_s=0.3
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the gateway, nothing sent
+        writer.close()
+        await assert_still_serving(gateway)
+    finally:
+        await gateway.drain()
