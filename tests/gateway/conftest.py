@@ -14,7 +14,11 @@ from icws_fast.gateway.server import Gateway
 async def offline_gateway() -> AsyncIterator[Gateway]:
     """A gateway whose replica is unreachable: enough for everything before a ws_open reaches the IC."""
     gateway = await start_gateway(
-        "http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, open_timeout_s=1.0
+        "http://127.0.0.1:9",
+        agent_root_key=OFFLINE_ROOT_KEY,
+        verify_certificates=False,
+        open_timeout_s=1.0,
+        handshake_timeout_s=0.5,
     )
     yield gateway
     await gateway.drain()
