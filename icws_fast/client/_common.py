@@ -38,6 +38,8 @@ CLOSE_MESSAGE_TOO_BIG: Final = 1009
 CLEAN_CLOSE_CODES: Final = frozenset({CLOSE_NORMAL, 1001, CLOSE_BY_APPLICATION})
 #: The largest message the clients accept from a gateway (a batch certificate plus its tree is a few KiB).
 MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
+#: How many received messages wait for ``recv()`` before the client stops reading from the gateway.
+DEFAULT_MAX_QUEUE: Final = 1024
 #: How long :meth:`close` waits for the gateway to answer the close frame.
 CLOSE_TIMEOUT_S: Final = 5.0
 
@@ -71,6 +73,11 @@ class ClientBase(ABC):
     ``on_open()``, ``on_message(value)``, ``on_close(code, reason)``, ``on_error(error)``. An exception in
     a callback is logged and does not affect the connection. When ``on_message`` is set it receives
     the application messages; otherwise they are queued for ``recv()`` and iteration.
+
+    At most ``max_queue`` messages (None: no limit) wait for ``recv()``; beyond that the client stops
+    reading from the gateway until the application catches up (back-pressure, as the gateway's send
+    buffer then fills). An application that stops reading for longer than the ack timeout loses the
+    connection, since acks are not read either.
     """
 
     def __init__(
@@ -81,8 +88,10 @@ class ClientBase(ABC):
         on_message: Callable[[Any], Any] | None = None,
         on_close: Callable[[int, str], Any] | None = None,
         on_error: Callable[[IcwsError], Any] | None = None,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
     ) -> None:
         self._protocol = protocol
+        self.max_queue = max_queue
         self.on_open = on_open
         self.on_message = on_message
         self.on_close = on_close
@@ -114,6 +123,9 @@ class ClientBase(ABC):
     def is_open(self) -> bool:
         """True between the canister's OpenMessage and the close."""
         return self._protocol.is_open and self.close_code is None
+
+    def _queue_full(self, queued: int) -> bool:
+        return self.max_queue is not None and queued >= self.max_queue
 
     @staticmethod
     def now_ns() -> int:

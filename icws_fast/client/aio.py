@@ -22,6 +22,7 @@ from icws_fast.client._common import (
     CLOSE_ABNORMAL,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TIMEOUT_S,
+    DEFAULT_MAX_QUEUE,
     MAX_MESSAGE_SIZE,
     ClientBase,
     log,
@@ -114,6 +115,7 @@ class IcWebSocket(ClientBase):
         self._timer_deadline_ns: int | None = None
         self._close_fallback: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reading_paused = False
 
     @classmethod
     async def connect(  # noqa: PLR0917 (the positional order is the documented API)
@@ -132,6 +134,7 @@ class IcWebSocket(ClientBase):
         on_message: Callable[[Any], Any] | None = None,
         on_close: Callable[[int, str], Any] | None = None,
         on_error: Callable[[IcwsError], Any] | None = None,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
     ) -> IcWebSocket:
         """Open a connection and wait until the canister confirms it.
 
@@ -155,7 +158,9 @@ class IcWebSocket(ClientBase):
             max_certificate_age_s=max_certificate_age_s,
             open_timeout_s=open_timeout_s,
         )
-        ws = cls(protocol, on_open=on_open, on_message=on_message, on_close=on_close, on_error=on_error)
+        ws = cls(
+            protocol, on_open=on_open, on_message=on_message, on_close=on_close, on_error=on_error, max_queue=max_queue
+        )
         await ws._start(gateway_url, open_timeout_s)
         return ws
 
@@ -205,7 +210,13 @@ class IcWebSocket(ClientBase):
                 raise self._closed_error()
             self._readable.clear()
             await self._readable.wait()
-        return self._messages.popleft()
+        value = self._messages.popleft()
+        if self._reading_paused and not self._queue_full(2 * len(self._messages)):
+            # Resume at half the limit, so a reader keeping up does not toggle reading per message.
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.underlying_transport.resume_reading()
+        return value
 
     def __aiter__(self) -> IcWebSocket:
         return self
@@ -304,6 +315,9 @@ class IcWebSocket(ClientBase):
     def _deliver(self, value: Any) -> None:
         self._messages.append(value)
         self._readable.set()
+        if not self._reading_paused and self._queue_full(len(self._messages)) and self._transport is not None:
+            self._reading_paused = True
+            self._transport.underlying_transport.pause_reading()
 
     def _opened(self) -> None:
         if not self._open.done():

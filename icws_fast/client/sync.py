@@ -46,6 +46,7 @@ from icws_fast.client._common import (
     CLOSE_ABNORMAL,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TIMEOUT_S,
+    DEFAULT_MAX_QUEUE,
     MAX_MESSAGE_SIZE,
     ClientBase,
     make_protocol,
@@ -130,6 +131,7 @@ class SyncIcWebSocket(ClientBase):
         self._opened_flag = False
         self._close_deadline: float | None = None
         self._parts: list[bytes] = []  # the fragments of the message being received
+        self._events_pending = False  # _process_events stopped early on a full queue
         self._size = 0
         self._reader = threading.Thread(target=self._read_loop, name="icws-client-reader", daemon=True)
 
@@ -150,6 +152,7 @@ class SyncIcWebSocket(ClientBase):
         on_message: Callable[[Any], Any] | None = None,
         on_close: Callable[[int, str], Any] | None = None,
         on_error: Callable[[IcwsError], Any] | None = None,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
     ) -> SyncIcWebSocket:
         """Open a connection and block until the canister confirms it; the arguments are those of
         :meth:`icws_fast.client.IcWebSocket.connect`."""
@@ -174,7 +177,16 @@ class SyncIcWebSocket(ClientBase):
         except BaseException:
             sock.close()
             raise
-        client = cls(protocol, sock, ws, on_open=on_open, on_message=on_message, on_close=on_close, on_error=on_error)
+        client = cls(
+            protocol,
+            sock,
+            ws,
+            on_open=on_open,
+            on_message=on_message,
+            on_close=on_close,
+            on_error=on_error,
+            max_queue=max_queue,
+        )
         client._start(deadline)
         return client
 
@@ -235,7 +247,9 @@ class SyncIcWebSocket(ClientBase):
             if not self._changed.wait_for(lambda: self._messages or self.close_code is not None, timeout):
                 raise TimeoutError(f"no message within {timeout} s")
             if self._messages:
-                return self._messages.popleft()
+                value = self._messages.popleft()
+                self._changed.notify_all()  # the reader may be waiting for room in the queue
+                return value
             raise self._closed_error()
 
     def __iter__(self) -> Iterator[Any]:
@@ -271,9 +285,18 @@ class SyncIcWebSocket(ClientBase):
 
     def _read_loop(self) -> None:
         try:
-            # Frames that came in with the upgrade response (the gateway's handshake) are already buffered.
-            self._process_events()
-            while self._ws.state is not ConnectionState.CLOSED:
+            while True:
+                # Frames that came in with the upgrade response (the gateway's handshake) are already buffered.
+                self._process_events()
+                with self._changed:
+                    # Back-pressure: while the application has max_queue messages to take, read no further.
+                    self._changed.wait_for(
+                        lambda: self.close_code is not None or not self._queue_full(len(self._messages))
+                    )
+                if self._events_pending:
+                    continue  # parsed frames are still buffered: handle them before reading more
+                if self._ws.state is ConnectionState.CLOSED:
+                    break
                 timeout = self._wait_timeout()
                 if timeout is not None and timeout <= 0:
                     if not self._on_deadline():
@@ -285,8 +308,8 @@ class SyncIcWebSocket(ClientBase):
                 data = self._sock.recv(_READ_SIZE)
                 with self._lock:
                     self._ws.receive_data(data or None)
-                self._process_events()
                 if not data:
+                    self._process_events()  # the close frame, if one came before the end of the stream
                     break
         except (OSError, WsprotoError) as exc:
             with self._lock:
@@ -301,6 +324,7 @@ class SyncIcWebSocket(ClientBase):
     def _process_events(self) -> None:
         """Handle what wsproto parsed: reassembled messages go to the protocol, control frames are answered."""
         with self._lock:
+            self._events_pending = False
             for event in self._ws.events():
                 if isinstance(event, (BytesMessage, TextMessage)):
                     # Text goes the same way as binary: it fails CBOR decoding in the protocol.
@@ -322,6 +346,10 @@ class SyncIcWebSocket(ClientBase):
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
                         self._write(self._ws.send(event.response()))
                     self._finish(event.code, event.reason or "")
+                if self.close_code is None and self._queue_full(len(self._messages)):
+                    # The queue is full: leave the remaining bytes unparsed in wsproto's buffer for later.
+                    self._events_pending = True
+                    return
 
     def _wait_timeout(self) -> float | None:
         """Seconds until the next protocol deadline or the close-handshake deadline; None for none."""

@@ -24,7 +24,8 @@ try:
 except ImportError:
     from tests.client.icws_sim import OTHER_SK, ROOT_KEY_DER, SimCanister  # type: ignore[no-redef]
 
-MODES = ("echo", "ack", "silent", "no_open", "bad_cert", "close_by_app", "text_frame", "drop")
+MODES = ("echo", "ack", "silent", "no_open", "bad_cert", "close_by_app", "text_frame", "drop", "flood")
+FLOOD = 60  # messages the "flood" mode sends after the greeting
 
 
 class FakeGateway:
@@ -112,6 +113,14 @@ class FakeGateway:
                         await ws.send_str("not binary")
                     elif self.mode == "drop":
                         await ws.close()
+                    elif self.mode == "flood":
+                        for batch in range(0, FLOOD, 20):
+                            await relay(
+                                [
+                                    canister.app(key, {"text": str(i), "timestamp": now}, now)
+                                    for i in range(batch, batch + 20)
+                                ]
+                            )
                 elif key is not None and got.message is not None and not got.message.is_service_message:
                     answer = {"text": got.value["text"] + " ping", "timestamp": now}
                     out = [canister.app(key, answer, now)]

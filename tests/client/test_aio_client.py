@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,10 +14,10 @@ from icws_fast.errors import CertificateError, ConnectionClosed, IcwsError, Prot
 from icws_fast.protocol.types import KeepAliveMessage
 
 try:
-    from fake_gateway import FakeGateway
+    from fake_gateway import FLOOD, FakeGateway
     from icws_sim import CANISTER_ID, ROOT_KEY_DER
 except ImportError:
-    from tests.client.fake_gateway import FakeGateway  # type: ignore[no-redef]
+    from tests.client.fake_gateway import FLOOD, FakeGateway  # type: ignore[no-redef]
     from tests.client.icws_sim import CANISTER_ID, ROOT_KEY_DER  # type: ignore[no-redef]
 
 
@@ -25,6 +25,15 @@ except ImportError:
 def gateway(request: pytest.FixtureRequest) -> Iterator[FakeGateway]:
     with FakeGateway(getattr(request, "param", "echo")) as gw:
         yield gw
+
+
+async def eventually(predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
+    """Wait for ``predicate()`` without blocking the event loop the client runs on."""
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
 
 
 async def connect(gw: FakeGateway, **kw: Any) -> IcWebSocket:
@@ -42,7 +51,7 @@ async def test_echo_with_the_root_key_from_the_replica(gateway: FakeGateway) -> 
     assert (await ws.recv())["text"] == "hello ping"
     await ws.close()
     assert ws.close_code == 1000 and not ws.is_open
-    gateway.wait_for(lambda: gateway.closes)
+    await eventually(lambda: gateway.closes)
     assert gateway.closes[0][0] == 1000
     # ws_open, then the application message, both signed by the client's random Ed25519 identity.
     assert [r.method for r in gateway.received] == ["ws_open", "ws_message"]
@@ -90,7 +99,7 @@ async def test_ack_is_answered_with_a_keep_alive(gateway: FakeGateway) -> None:
         await ws.recv()
         await ws.send({"text": "a", "timestamp": 0})
         assert (await ws.recv())["text"] == "a ping"
-        gateway.wait_for(lambda: len(gateway.received) == 3)
+        await eventually(lambda: len(gateway.received) == 3)
     keep_alive = gateway.received[2]
     assert keep_alive.message.sequence_num == 2
     # open (1), ping (2), the answer (3) and the ack (4) were received
@@ -115,7 +124,7 @@ async def test_forged_message_closes_with_4000(gateway: FakeGateway) -> None:
     assert info.value.code == 4000 and info.value.reason == "Error receiving message"
     assert isinstance(info.value.__cause__, CertificateError)
     assert len(errors) == 1 and isinstance(errors[0], CertificateError)
-    gateway.wait_for(lambda: gateway.closes)
+    await eventually(lambda: gateway.closes)
     assert gateway.closes[0][0] == 4000
     with pytest.raises(ConnectionClosed):
         async for _ in ws:
@@ -153,3 +162,13 @@ async def test_nothing_listening() -> None:
     with pytest.raises(ConnectionClosed) as info:
         await IcWebSocket.connect(f"ws://127.0.0.1:{port}/", CANISTER_ID, "http://x", root_key_der=ROOT_KEY_DER)
     assert info.value.code == 1006
+
+
+@pytest.mark.parametrize("gateway", ["flood"], indirect=True)
+async def test_back_pressure(gateway: FakeGateway) -> None:
+    ws = await connect(gateway, max_queue=4)
+    await eventually(lambda: ws._reading_paused)  # the queue fills up: reading from the gateway stops
+    texts = [(await asyncio.wait_for(ws.recv(), 10))["text"] for _ in range(FLOOD + 1)]
+    assert texts == ["ping"] + [str(i) for i in range(FLOOD)]
+    assert not ws._reading_paused
+    await ws.close()

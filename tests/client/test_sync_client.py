@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,10 +16,10 @@ from icws_fast.ic.agent import MAINNET_ROOT_KEY
 from icws_fast.protocol.types import KeepAliveMessage
 
 try:
-    from fake_gateway import FakeGateway
+    from fake_gateway import FLOOD, FakeGateway
     from icws_sim import CANISTER_ID, ROOT_KEY_DER
 except ImportError:
-    from tests.client.fake_gateway import FakeGateway  # type: ignore[no-redef]
+    from tests.client.fake_gateway import FLOOD, FakeGateway  # type: ignore[no-redef]
     from tests.client.icws_sim import CANISTER_ID, ROOT_KEY_DER  # type: ignore[no-redef]
 
 
@@ -139,3 +140,13 @@ def test_nothing_listening() -> None:
     with pytest.raises(ConnectionClosed) as info:
         SyncIcWebSocket.connect(f"ws://127.0.0.1:{port}/", CANISTER_ID, "http://x", root_key_der=ROOT_KEY_DER)
     assert info.value.code == 1006
+
+
+@pytest.mark.parametrize("gateway", ["flood"], indirect=True)
+def test_back_pressure(gateway: FakeGateway) -> None:
+    with connect(gateway, max_queue=4) as ws:
+        gateway.wait_for(lambda: len(ws._messages) >= 4)
+        time.sleep(0.05)
+        assert len(ws._messages) == 4  # the reader waits for room instead of reading on
+        texts = [ws.recv(timeout=10)["text"] for _ in range(FLOOD + 1)]
+    assert texts == ["ping"] + [str(i) for i in range(FLOOD)]
