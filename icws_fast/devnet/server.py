@@ -206,7 +206,7 @@ class _Api:
             return web.Response(status=202)
         waiter = replica.wait_certified(request_id)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), SYNC_CALL_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.shield(waiter), self.devnet.sync_call_timeout_s)
         except asyncio.TimeoutError:
             replica.cancel_wait(request_id, waiter)
             return _text(
@@ -433,9 +433,10 @@ class Devnet:
     the keys and the canisters' state persist across restarts (same ids, root key and state);
     ``root_key_file`` loads or stores the BLS root secret key; ``subnet_delegation`` certifies
     through a delegation from the root key to a subnet key; ``root_key_seed`` derives the root key
-    deterministically when neither file gives one. :meth:`stop` and :meth:`start` can be called
-    again (the replica's state is kept in memory and the port is reused) to simulate a replica
-    going away under load.
+    deterministically when neither file gives one; ``sync_call_timeout_s`` bounds how long a v3/v4
+    call waits for its certificate before answering ``202`` (10 s, as the replica). :meth:`stop` and
+    :meth:`start` can be called again (the replica's state is kept in memory and the port is
+    reused) to simulate a replica going away under load.
 
     Not modelled: the management canister (``aaaaa-aa`` answers IC0301), inter-canister calls,
     cycles, and the ``received``/``processing`` request states (a message executes in the round
@@ -453,6 +454,7 @@ class Devnet:
         root_key_file: str | os.PathLike[str] | None = None,
         subnet_delegation: bool = False,
         root_key_seed: bytes | None = None,
+        sync_call_timeout_s: float = SYNC_CALL_TIMEOUT_S,
     ) -> None:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
@@ -460,6 +462,7 @@ class Devnet:
         self.host = host.strip("[]")
         self.port = int(port)
         self.round_s = round_ms / 1000
+        self.sync_call_timeout_s = sync_call_timeout_s
         self.state_dir = Path(state_dir) if state_dir is not None else None
         canister_classes = dict(canisters) if canisters is not None else _default_canisters()
         keys = storage.load_keys(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from pathlib import Path
@@ -16,8 +17,10 @@ from icws_fast.devnet.tree import LabeledMap
 from icws_fast.ic import bls, candid, cbor, hashtree
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.certificate import Certificate
+from icws_fast.ic.envelope import build_envelope, call_content
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
+from icws_fast.ic.request_id import request_id
 
 NOARGS = candid.encode("()", [])
 
@@ -229,7 +232,6 @@ async def test_restart_reuses_the_port_and_keeps_state() -> None:
 
 @pytest.mark.slow
 def test_cli_prints_its_info_and_persists_across_restarts(devnet_process: object) -> None:
-    import asyncio
 
     from tests.plugins.devnet import DevnetProcess
 
@@ -253,7 +255,6 @@ def test_cli_prints_its_info_and_persists_across_restarts(devnet_process: object
 
 @pytest.mark.slow
 def test_cli_hosts_the_canisters_it_is_told_to(tmp_path: Path) -> None:
-    import asyncio
     import subprocess
 
     from tests.plugins.devnet import DevnetProcess, free_port
@@ -284,3 +285,31 @@ def test_cli_hosts_the_canisters_it_is_told_to(tmp_path: Path) -> None:
         broken = DevnetProcess(address="127.0.0.1:0", state_dir=tmp_path / "bad", extra_args=["--canister", bad])
         result = subprocess.run(broken.command(), capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 2 and "--canister" in result.stderr, (bad, result.stderr)
+
+
+async def test_slow_certification_turns_a_synchronous_call_into_polling() -> None:
+    # Rounds far slower than the call timeout: the v3 call answers 202 and the outcome must be polled.
+    identity = Ed25519Identity.generate()
+    async with (
+        Devnet("127.0.0.1:0", {"counter": Counter}, round_ms=300, sync_call_timeout_s=0.01) as dn,
+        aiohttp.ClientSession() as http,
+        Agent(dn.url, identity, root_key=dn.root_key_der) as agent,
+    ):
+        counter = dn.canister_ids["counter"]
+        content = call_content(identity.sender, counter, "increment", NOARGS)
+        async with http.post(
+            f"{dn.url}/api/v3/canister/{counter}/call",
+            data=build_envelope(identity, content),
+            headers={"Content-Type": "application/cbor"},
+        ) as resp:
+            assert resp.status == 202
+            assert await resp.text() == (
+                "Message did not complete execution and certification within the replica defined timeout."
+            )
+        rid = request_id(content)
+        for _ in range(200):
+            cert = await agent.read_state(counter, [[b"request_status", rid]])
+            if cert.lookup([b"request_status", rid, b"status"]).status == "Found":
+                break
+            await asyncio.sleep(0.01)
+        assert candid.decode(cert.lookup_value([b"request_status", rid, b"reply"]), "(nat64)") == [1]
