@@ -159,7 +159,7 @@ def verify_canister_message(
     if (hashtree.reconstruct(tree) if tree_root is None else tree_root) != certified_data:
         raise CertificateError("tree_mismatch", "the message tree does not match the canister's certified data")
     leaf = hashtree.lookup_path(tree, [_WEBSOCKET_LABEL, key.encode()])
-    if leaf.status != "Found":
+    if leaf.status != hashtree.FOUND:
         raise CertificateError("key_not_found", f"message key {key!r} is {leaf.status} in the tree")
     if leaf.value != hashlib.sha256(content).digest():
         raise CertificateError("content_mismatch", f"the content of message {key!r} is not the certified one")
