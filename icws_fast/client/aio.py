@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ssl
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -135,6 +136,7 @@ class IcWebSocket(ClientBase):
         on_close: Callable[[int, str], Any] | None = None,
         on_error: Callable[[IcwsError], Any] | None = None,
         max_queue: int | None = DEFAULT_MAX_QUEUE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> IcWebSocket:
         """Open a connection and wait until the canister confirms it.
 
@@ -144,7 +146,9 @@ class IcWebSocket(ClientBase):
         ``ack_interval_ms`` must equal the canister's send-ack interval. The whole opening
         (WebSocket upgrade, gateway handshake, canister OpenMessage) must finish within
         ``open_timeout_s``, else :class:`~icws_fast.errors.ConnectionClosed` (code 4000) is raised;
-        any other failure to open raises it too, with the cause chained.
+        any other failure to open raises it too, with the cause chained. ``ssl_context`` replaces the
+        default TLS context for ``wss://`` URLs (e.g. to trust a development gateway's own CA);
+        ``max_queue`` bounds the messages waiting for :meth:`recv` (see ``ClientBase``).
         """
         if root_key_der is None:
             async with Agent(ic_url) as agent:
@@ -161,14 +165,15 @@ class IcWebSocket(ClientBase):
         ws = cls(
             protocol, on_open=on_open, on_message=on_message, on_close=on_close, on_error=on_error, max_queue=max_queue
         )
-        await ws._start(gateway_url, open_timeout_s)
+        await ws._start(gateway_url, open_timeout_s, ssl_context)
         return ws
 
-    async def _start(self, gateway_url: str, open_timeout_s: float) -> None:
+    async def _start(self, gateway_url: str, open_timeout_s: float, ssl_context: ssl.SSLContext | None) -> None:
         try:
             await ws_connect(
                 lambda: _Listener(self),
                 gateway_url,
+                ssl_context=ssl_context,
                 websocket_handshake_timeout=open_timeout_s,
                 max_frame_size=MAX_MESSAGE_SIZE,
             )

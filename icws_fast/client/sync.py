@@ -94,8 +94,10 @@ def fetch_root_key(ic_url: str, timeout_s: float = 10.0) -> bytes:
     return key
 
 
-def _open_socket(gateway_url: str, timeout_s: float) -> tuple[socket.socket, str, str]:
-    """A connected (TLS for ``wss``) socket, the Host header and the request target."""
+def _open_socket(
+    gateway_url: str, timeout_s: float, ssl_context: ssl.SSLContext | None
+) -> tuple[socket.socket, str, str]:
+    """A connected (TLS for ``wss``, with ``ssl_context`` or the default one) socket, the Host header and the target."""
     parts = urlsplit(gateway_url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a ws:// or wss:// URL: {gateway_url!r}")
@@ -105,7 +107,8 @@ def _open_socket(gateway_url: str, timeout_s: float) -> tuple[socket.socket, str
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if secure:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
+            context = ssl_context or ssl.create_default_context()
+            sock = context.wrap_socket(sock, server_hostname=parts.hostname)
     except BaseException:
         sock.close()
         raise
@@ -153,6 +156,7 @@ class SyncIcWebSocket(ClientBase):
         on_close: Callable[[int, str], Any] | None = None,
         on_error: Callable[[IcwsError], Any] | None = None,
         max_queue: int | None = DEFAULT_MAX_QUEUE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> SyncIcWebSocket:
         """Open a connection and block until the canister confirms it; the arguments are those of
         :meth:`icws_fast.client.IcWebSocket.connect`."""
@@ -169,7 +173,7 @@ class SyncIcWebSocket(ClientBase):
         )
         deadline = time.monotonic() + open_timeout_s
         try:
-            sock, host, target = _open_socket(gateway_url, open_timeout_s)
+            sock, host, target = _open_socket(gateway_url, open_timeout_s, ssl_context)
         except OSError as exc:
             raise ConnectionClosed(CLOSE_ABNORMAL, f"cannot connect to {gateway_url}: {exc}") from exc
         try:

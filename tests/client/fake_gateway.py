@@ -10,11 +10,20 @@ behaviour: OpenMessage, then ``{text = "ping"}``; each message is answered with 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import ssl
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from icws_fast.ic import cbor
 from icws_fast.protocol.types import ClientKey, CloseMessageReason
@@ -31,9 +40,10 @@ FLOOD = 60  # messages the "flood" mode sends after the greeting
 class FakeGateway:
     """``with FakeGateway(mode) as gw``: ``gw.url`` (WebSocket), ``gw.ic_url`` (serves ``/api/v2/status``)."""
 
-    def __init__(self, mode: str = "echo") -> None:
+    def __init__(self, mode: str = "echo", *, tls: bool = False) -> None:
         assert mode in MODES
         self.mode = mode
+        self._server_ssl, self.client_ssl = _self_signed_contexts() if tls else (None, None)
         self.received: list[Any] = []  # every decoded client request, in order
         self.closes: list[tuple[int | None, str]] = []
         self._loop = asyncio.new_event_loop()
@@ -44,8 +54,9 @@ class FakeGateway:
     def __enter__(self) -> FakeGateway:
         self._thread.start()
         port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        self.url = f"ws://127.0.0.1:{port}/"
-        self.ic_url = f"http://127.0.0.1:{port}"
+        scheme = "s" if self._server_ssl else ""
+        self.url = f"ws{scheme}://127.0.0.1:{port}/"
+        self.ic_url = f"http{scheme}://127.0.0.1:{port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -68,7 +79,7 @@ class FakeGateway:
         app.router.add_get("/api/v2/status", self._status)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._server_ssl)
         await site.start()
         port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return port
@@ -129,3 +140,34 @@ class FakeGateway:
                     await relay(out)
         self.closes.append((ws.close_code, ""))
         return ws
+
+
+def _self_signed_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a fresh self-signed certificate for 127.0.0.1, and a client context trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "icws test gateway")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+        cert_path.write_bytes(cert_pem)
+        key_path.write_bytes(key_pem)
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cert_path, key_path)
+    client = ssl.create_default_context(cadata=cert_pem.decode())
+    return server, client

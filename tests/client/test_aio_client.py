@@ -172,3 +172,16 @@ async def test_back_pressure(gateway: FakeGateway) -> None:
     assert texts == ["ping"] + [str(i) for i in range(FLOOD)]
     assert not ws._reading_paused
     await ws.close()
+
+
+async def test_tls_with_a_custom_ca() -> None:
+    with FakeGateway(tls=True) as gw:
+        ws = await connect(gw, ssl_context=gw.client_ssl)
+        assert (await ws.recv())["text"] == "ping"
+        await ws.send({"text": "secure", "timestamp": 0})
+        assert (await ws.recv())["text"] == "secure ping"
+        await ws.close()
+        # Without the gateway's CA the certificate is refused.
+        with pytest.raises(ConnectionClosed) as info:
+            await connect(gw)
+        assert info.value.code == 1006

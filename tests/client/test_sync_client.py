@@ -150,3 +150,14 @@ def test_back_pressure(gateway: FakeGateway) -> None:
         assert len(ws._messages) == 4  # the reader waits for room instead of reading on
         texts = [ws.recv(timeout=10)["text"] for _ in range(FLOOD + 1)]
     assert texts == ["ping"] + [str(i) for i in range(FLOOD)]
+
+
+def test_tls_with_a_custom_ca() -> None:
+    with FakeGateway(tls=True) as gw:
+        with connect(gw, ssl_context=gw.client_ssl) as ws:
+            assert ws.recv(timeout=10)["text"] == "ping"
+            ws.send({"text": "secure", "timestamp": 0})
+            assert ws.recv(timeout=10)["text"] == "secure ping"
+        with pytest.raises(ConnectionClosed) as info:
+            connect(gw)
+        assert info.value.code == 1006
