@@ -97,8 +97,13 @@ def encode_batch(keys, contents, bytes cert not None, bytes tree not None):
         raise ValueError("keys and contents differ in length")
     cdef bytes suffix = batch_suffix(cert, tree)
     cdef list frames = [None] * n
+    cdef object key, content
     for i in range(n):
-        frames[i] = _encode_message(keys[i], contents[i], suffix)
+        key, content = keys[i], contents[i]
+        # _encode_message reads the bytes' buffers directly: anything else (None included) must stop here.
+        if type(key) is not bytes or type(content) is not bytes:
+            raise TypeError("keys and contents must be bytes")
+        frames[i] = _encode_message(key, content, suffix)
     return frames
 
 

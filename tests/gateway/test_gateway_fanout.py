@@ -59,3 +59,14 @@ def test_pure_and_compiled_agree():
         assert pure.encode_batch([args[0]], [args[1]], args[2], args[3]) == compiled.encode_batch(
             [args[0]], [args[1]], args[2], args[3]
         )
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("bad", [None, "text", 5])
+def test_non_bytes_are_a_type_error(impl, bad):
+    with pytest.raises(TypeError):
+        impl.encode_batch([bad], [b"x"], b"", b"")
+    with pytest.raises(TypeError):
+        impl.encode_batch([b"k"], [bad], b"", b"")
+    with pytest.raises(TypeError):
+        impl.batch_suffix(bad, b"")
