@@ -143,11 +143,13 @@ class IcWebSocket(ClientBase):
         ``ic_url`` is the replica the certificates come from: the root key is built in for mainnet
         URLs and fetched from ``/api/v2/status`` otherwise (as the JS SDK does), unless
         ``root_key_der`` is given. ``identity`` defaults to a fresh random Ed25519 identity.
-        ``ack_interval_ms`` must equal the canister's send-ack interval. The whole opening
-        (WebSocket upgrade, gateway handshake, canister OpenMessage) must finish within
-        ``open_timeout_s``, else :class:`~icws_fast.errors.ConnectionClosed` (code 4000) is raised;
-        any other failure to open raises it too, with the cause chained. ``ssl_context`` replaces the
-        default TLS context for ``wss://`` URLs (e.g. to trust a development gateway's own CA);
+        ``ack_interval_ms`` must equal the canister's send-ack interval. The gateway's handshake must
+        arrive within ``open_timeout_s`` of the WebSocket upgrade, and the canister's OpenMessage
+        within ``open_timeout_s`` of the handshake (the JS SDK's 60 s), else
+        :class:`~icws_fast.errors.ConnectionClosed` (code 4000, "Open connection timeout") is raised;
+        any other failure to open raises it too, with the cause chained, except a failure to read the
+        root key (:class:`~icws_fast.errors.AgentError`). ``ssl_context`` replaces the default TLS
+        context for ``wss://`` URLs (e.g. to trust a development gateway's own CA);
         ``max_queue`` bounds the messages waiting for :meth:`recv` (see ``ClientBase``).
         """
         if root_key_der is None:

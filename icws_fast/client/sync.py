@@ -191,7 +191,7 @@ class SyncIcWebSocket(ClientBase):
             on_error=on_error,
             max_queue=max_queue,
         )
-        client._start(deadline)
+        client._start(open_timeout_s)
         return client
 
     @staticmethod
@@ -215,16 +215,15 @@ class SyncIcWebSocket(ClientBase):
         except (OSError, WsprotoError) as exc:
             raise ConnectionClosed(CLOSE_ABNORMAL, f"WebSocket upgrade failed: {exc}") from exc
 
-    def _start(self, deadline: float) -> None:
+    def _start(self, open_timeout_s: float) -> None:
         with self._lock:
             self._protocol.connection_made(self.now_ns())
         self._reader.start()
         with self._changed:
-            # The protocol's open timer closes the connection at the open timeout; the margin only
-            # covers a reader thread that never gets to run.
+            # The protocol's timers close the connection when the handshake or the OpenMessage is late
+            # (open_timeout_s each); this bound only covers a reader thread that never gets to run.
             opened = self._changed.wait_for(
-                lambda: self._opened_flag or self.close_code is not None,
-                max(0.0, deadline - time.monotonic()) + CLOSE_TIMEOUT_S,
+                lambda: self._opened_flag or self.close_code is not None, 2 * open_timeout_s + CLOSE_TIMEOUT_S
             )
             if self._opened_flag:  # even if it closed since: recv() returns what came and then raises
                 return
