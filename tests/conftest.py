@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.plugins.devnet"]
+
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(os.environ.get("ICWS_VECTORS", ROOT.parent / "shared" / "vectors"))
 
