@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.client import IcWebSocket, SyncIcWebSocket
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.canisters.test_canister import TestCanister
@@ -21,6 +22,17 @@ from icws_fast.ic.identity import Ed25519Identity
 pytestmark = pytest.mark.slow
 
 
+class FastAckCanister(TestCanister):
+    """The ``test`` canister acking every second (the Rust default is every 300 s)."""
+
+    def ws_params(self) -> WsInitParams:
+        return WsInitParams(
+            WsHandlers(self.on_open, self.on_message, self.on_close),
+            send_ack_interval_ms=1000,
+            keep_alive_timeout_ms=900,
+        )
+
+
 @pytest.fixture
 def subnet_delegation() -> bool:
     """Whether the devnet's certificates are signed by a subnet key delegated from the root key."""
@@ -29,7 +41,8 @@ def subnet_delegation() -> bool:
 
 @pytest.fixture
 async def devnet(subnet_delegation: bool) -> AsyncIterator[Devnet]:
-    async with Devnet("127.0.0.1:0", {"test": TestCanister}, round_ms=10, subnet_delegation=subnet_delegation) as dn:
+    canisters = {"test": TestCanister, "fast_ack": FastAckCanister}
+    async with Devnet("127.0.0.1:0", canisters, round_ms=10, subnet_delegation=subnet_delegation) as dn:
         yield dn
 
 
@@ -102,3 +115,23 @@ async def test_sync_client(devnet: Devnet, gateway: Gateway) -> None:
     results = await asyncio.gather(*(asyncio.to_thread(session, n) for n in range(3)))
     for n, texts in enumerate(results):
         assert texts == ["ping", f"{n}.0 ping", f"{n}.1 ping", f"{n}.2 ping", "end ping"]
+
+
+async def test_keep_alive_is_accepted_by_the_cdk(devnet: Devnet, gateway: Gateway) -> None:
+    ws = await IcWebSocket.connect(
+        gateway_url(gateway), devnet.canister_ids["fast_ack"], devnet.url, root_key_der=devnet.root_key_der
+    )
+    assert (await asyncio.wait_for(ws.recv(), 20))["text"] == "ping"
+    # The canister's first ack (within a second) is answered with a keep-alive, sequence number 1.
+    for _ in range(300):
+        if ws._protocol._outgoing_sequence_num == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert ws._protocol._outgoing_sequence_num == 1
+    # Number 2 is echoed only if the CDK counted the keep-alive; otherwise it closes with WrongSequenceNumber.
+    # (Asked right away, well before the CDK's keep-alive check: on a 10 ms-round devnet that check can fire
+    # one round late and then reject a keep-alive that arrived within the same round as the ack.)
+    await ws.send({"text": "after keep-alive", "timestamp": 0})
+    assert (await asyncio.wait_for(ws.recv(), 20))["text"] == "after keep-alive ping"
+    await ws.close()
+    assert ws.close_code == 1000 and ws.error is None
