@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from icws_fast.cdk.api import Canister
 from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.client import IcWebSocket, SyncIcWebSocket
 from icws_fast.devnet import Devnet
@@ -40,10 +42,14 @@ def subnet_delegation() -> bool:
 
 
 @pytest.fixture
-async def devnet(subnet_delegation: bool) -> AsyncIterator[Devnet]:
-    canisters = {"test": TestCanister, "fast_ack": FastAckCanister}
-    async with Devnet("127.0.0.1:0", canisters, round_ms=10, subnet_delegation=subnet_delegation) as dn:
-        yield dn
+def devnet_canisters() -> dict[str, type[Canister]]:
+    """For the ``devnet`` fixture of tests/plugins/devnet.py."""
+    return {"test": TestCanister, "fast_ack": FastAckCanister}
+
+
+@pytest.fixture
+def devnet_options(subnet_delegation: bool) -> dict[str, Any]:
+    return {"subnet_delegation": subnet_delegation}
 
 
 @pytest.fixture
@@ -63,7 +69,8 @@ def gateway_url(gateway: Gateway) -> str:
 
 
 @pytest.mark.parametrize("subnet_delegation", [False, True], ids=["root-signed", "subnet-delegation"])
-async def test_asyncio_client(devnet: Devnet, gateway: Gateway) -> None:
+async def test_asyncio_client(devnet: Devnet, gateway: Gateway, subnet_delegation: bool) -> None:
+    assert devnet.replica.delegated is subnet_delegation
     canister_id = devnet.canister_ids["test"]
     # No root key given: the client fetches it from the devnet's /api/v2/status, as for any local replica.
     ws = await IcWebSocket.connect(gateway_url(gateway), canister_id, devnet.url)
