@@ -210,6 +210,8 @@ class IcWebSocket:
         self._cert = CertifiedMessageMap()
         self._ack_timer: int | None = None
         self._keep_alive_timer: int | None = None
+        # When the last ack round began: a client answered that round iff its keep-alive is newer.
+        self._last_ack_round_ns = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -434,6 +436,7 @@ class IcWebSocket:
 
     def _ack_round(self) -> None:
         """Ack every client's last message, then check the keep-alives after the timeout."""
+        self._last_ack_round_ns = api.time()
         for client_key, client in list(self._clients.items()):
             ack = AckMessage(client.expected_incoming_sequence_num - 1)
             try:
@@ -446,12 +449,12 @@ class IcWebSocket:
     def _check_keep_alive(self) -> None:
         self._keep_alive_timer = None
         self._remove_empty_expired_gateways()
-        now = api.time()
-        timeout_ns = self._params.keep_alive_timeout_ms * _NS_PER_MS
+        # The Rust CDK compares the last keep-alive with the time this timer fires, so a timer that
+        # fires late drops clients that answered in time; comparing with the ack round does not.
         expired = [
             key
             for key in self._waiting_for_keep_alive
-            if (client := self._clients.get(key)) is not None and now - client.last_keep_alive_ns > timeout_ns
+            if (client := self._clients.get(key)) is not None and client.last_keep_alive_ns < self._last_ack_round_ns
         ]
         for client_key in expired:
             self._remove_client(client_key, CloseMessageReason.KeepAliveTimeout)
