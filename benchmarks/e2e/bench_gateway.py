@@ -1,45 +1,60 @@
 """End-to-end gateway benchmark: K clients on the firehose canister, against a raw picows broadcast.
 
-Run: ``.venv/bin/python benchmarks/e2e/bench_gateway.py --clients 50 --seconds 10``. It starts the devnet
-and the gateway as child processes (the console scripts a deployment runs), connects K raw clients, turns
-the firehose on, and prints:
+Run: ``.venv/bin/python benchmarks/e2e/bench_gateway.py --clients 100 --seconds 10``. It starts the devnet,
+the gateway and the clients as separate child processes (so each one's CPU is its own), turns the firehose
+on and, over a window after a warm-up, prints:
 
-* delivered messages/s (all clients together) and the latency from the canister's send (the message's
-  ``timestamp``, the canister time of the round) to the client's receipt, p50/p99;
-* the gateway process's CPU (share of one core) and RSS;
-* the ceiling: a bare picows server (also a child process) broadcasting frames of the same size to the
-  same number of clients as fast as it can, and the gateway/ceiling ratio.
+* offered and delivered messages/s (all clients together), and the latency from the canister's send (the
+  message's ``timestamp``, the canister time of the round) to the client's receipt, p50/p99;
+* the CPU (share of one core) of the gateway, the devnet and the client processes, and the gateway's RSS;
+* sequence gaps seen by the clients (a message lost or repeated by the gateway shows here);
+* the ceiling: a bare picows server (a child process) broadcasting frames of the same size to the same
+  number of clients (in the same kind of client process) as fast as it can, and the gateway/ceiling ratio.
+  The ratio is the gateway's efficiency only when the gateway is the bottleneck: when delivered equals
+  offered, the offered load is what limits it.
 
-The clients do not verify certificates (that is the SDK's cost, not the gateway's); they decode each
-message far enough to read its timestamp.
+The clients do not verify certificates (that is the SDK's cost, not the gateway's) and do not decode the
+whole frame: they read the sequence number, timestamp and service flag with a byte scan, and check one
+frame in ``SAMPLE_EVERY`` against a full decode. ``--profile DIR`` samples the gateway and the devnet with
+py-spy during the window and prints where their time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "gateway"))
 
-from gw_rawclient import RawClient  # noqa: E402
+from gw_rawclient import RawClient, RawListener  # noqa: E402
 
 from icws_fast.ic import candid  # noqa: E402
 from icws_fast.ic.agent import Agent  # noqa: E402
+from icws_fast.ic.principal import Principal  # noqa: E402
 from icws_fast.protocol.types import decode_canister_to_client, decode_websocket_message  # noqa: E402
 
 BIN = Path(sys.executable).parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+SAMPLE_EVERY = 1000
+# The fields of a WebsocketMessage the clients read, as CBOR text heads (serde order: they follow each other).
+_SEQUENCE_NUM = b"\x6csequence_num"
+_TIMESTAMP = b"\x69timestamp"
+_IS_SERVICE = b"\x72is_service_message"
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -55,35 +70,239 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def read_line(stream: asyncio.StreamReader, prefix: str = "") -> str:
+async def read_line(stream: asyncio.StreamReader, prefix: str = "", timeout: float = 120) -> str:
     while True:
-        line = (await asyncio.wait_for(stream.readline(), 60)).decode()
+        line = (await asyncio.wait_for(stream.readline(), timeout)).decode()
         if not line:
             raise RuntimeError(f"child exited before printing {prefix!r}")
         if line.startswith(prefix):
             return line.strip()
 
 
-class Receiver:
-    """Counts what one client receives during the measurement window and keeps the latencies."""
+# -- the client process ---------------------------------------------------------------------------------
 
-    def __init__(self, client: RawClient, stats: dict[str, list[float]], window: list[float]) -> None:
-        self.client, self.stats, self.window = client, stats, window
 
-    async def run(self) -> None:
-        inbox = self.client.listener.inbox
-        while True:
-            frame = await inbox.get()
-            if not isinstance(frame, bytes):
-                return
-            now = time.time_ns()
+def _uint(data: bytes, pos: int) -> tuple[int, int]:
+    """The CBOR unsigned integer at ``pos`` and the offset after it."""
+    info = data[pos] & 0x1F
+    if data[pos] >> 5 != 0 or info > 27:
+        raise ValueError("not an unsigned integer")
+    if info < 24:
+        return info, pos + 1
+    width = 1 << (info - 24)
+    return int.from_bytes(data[pos + 1 : pos + 1 + width], "big"), pos + 1 + width
+
+
+def scan_message(frame: bytes) -> tuple[int, int, bool]:
+    """(sequence number, timestamp, is service message) of a relayed canister message, by a byte scan.
+
+    The key is a principal and a nonce in text, so it cannot hold these field names, and the fields come
+    in this order right after the ``client_key`` entry; anything else raises ``ValueError``.
+    """
+    pos = frame.find(_SEQUENCE_NUM)
+    if pos < 0:
+        raise ValueError("no sequence_num")
+    seq, pos = _uint(frame, pos + len(_SEQUENCE_NUM))
+    if frame[pos : pos + len(_TIMESTAMP)] != _TIMESTAMP:
+        raise ValueError("no timestamp")
+    timestamp, pos = _uint(frame, pos + len(_TIMESTAMP))
+    if frame[pos : pos + len(_IS_SERVICE)] != _IS_SERVICE:
+        raise ValueError("no is_service_message")
+    return seq, timestamp, frame[pos + len(_IS_SERVICE)] == 0xF5
+
+
+class Recorder:
+    """What all clients of one process received: latencies in the window, frame sizes, sequence gaps."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.latencies_ms: list[float] = []
+        self.frame_bytes = 0
+        self.frames = 0
+        self.gaps = 0
+        self.bad = 0
+
+    def record(self, listener: BenchListener, frame: bytes, now_ns: int) -> None:
+        try:
+            seq, timestamp, service = scan_message(frame)
+        except (ValueError, IndexError):
+            self.bad += 1
+            return
+        if listener.last_seq and seq != listener.last_seq + 1:
+            self.gaps += 1
+        listener.last_seq = seq
+        self.frames += 1
+        if self.frames % SAMPLE_EVERY == 0:
+            # The scan must read what a real decoder reads.
             msg = decode_websocket_message(decode_canister_to_client(frame).content)
-            if self.window[0] <= now / 1e9 < self.window[1] and not msg.is_service_message:
-                self.stats["latency_ms"].append((now - msg.timestamp) / 1e6)
-                self.stats["frame_bytes"].append(len(frame))
+            if (msg.sequence_num, msg.timestamp, msg.is_service_message) != (seq, timestamp, service):
+                self.bad += 1
+        if self.recording and not service:
+            self.latencies_ms.append((now_ns - timestamp) / 1e6)
+            self.frame_bytes += len(frame)
 
 
-async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+class BenchListener(RawListener):
+    """A :class:`RawListener` until its session is open; then each frame is scanned in the callback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorder: Recorder | None = None
+        self.last_seq = 0
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        recorder = self.recorder
+        if recorder is not None and frame.msg_type == WSMsgType.BINARY:
+            recorder.record(self, frame.get_payload_as_bytes(), time.time_ns())
+        else:
+            super().on_ws_frame(transport, frame)
+
+
+async def _stdin_reader() -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def gateway_clients(url: str, canister_text: str, count: int) -> None:
+    """Child process: open ``count`` sessions, then record between the ``start`` and ``stop`` lines on stdin."""
+    canister = Principal.from_text(canister_text)
+    recorder = Recorder()
+    listeners: list[BenchListener] = []
+
+    async def one() -> RawClient:
+        transport, listener = await ws_connect(BenchListener, url, use_aiofastnet=False)
+        client = RawClient(transport, listener)
+        await client.open(canister, timeout=60)
+        listener.recorder = recorder
+        listeners.append(listener)
+        return client
+
+    clients: list[RawClient] = []
+    for start in range(0, count, 20):
+        clients += await asyncio.gather(*(one() for _ in range(start, min(count, start + 20))))
+    stdin = await _stdin_reader()
+    print("ready", flush=True)
+    await read_line(stdin, "start", timeout=600)
+    recorder.recording, t0 = True, time.time()
+    await read_line(stdin, "stop", timeout=600)
+    recorder.recording, t1 = False, time.time()
+    closed = sum(1 for listener in listeners if listener.closed is not None)
+    result = {
+        "seconds": t1 - t0,
+        "latencies_ms": recorder.latencies_ms,
+        "frame_bytes": recorder.frame_bytes,
+        "gaps": recorder.gaps,
+        "bad": recorder.bad,
+        "closed": closed,
+    }
+    print(json.dumps(result), flush=True)
+    for client in clients:
+        client.close()
+
+
+async def raw_clients(url: str, count: int, frames_each: int) -> None:
+    """Child process: ``count`` bare picows clients; prints the rate at which all frames arrived."""
+    expected = count * frames_each
+    received = [0]
+    stamps: list[float] = []
+    done = asyncio.Event()
+
+    class Client(WSListener):  # type: ignore[misc]
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type == WSMsgType.BINARY:
+                frame.get_payload_as_bytes()  # the gateway's clients copy each frame out too
+                if not stamps:
+                    stamps.append(time.perf_counter())
+                received[0] += 1
+                if received[0] == expected:
+                    stamps.append(time.perf_counter())
+                    done.set()
+
+    conns = [await ws_connect(Client, url, use_aiofastnet=False) for _ in range(count)]
+    await asyncio.wait_for(done.wait(), 300)
+    print(json.dumps({"msgs_per_s": expected / (stamps[1] - stamps[0])}), flush=True)
+    for transport, _ in conns:
+        transport.disconnect()
+
+
+async def raw_server(frame_size: int, total: int, expected: int) -> None:
+    """Child process: wait for ``expected`` clients, then broadcast ``total`` frames to each of them."""
+    frame = os.urandom(frame_size)
+    transports: list[WSTransport] = []
+    ready = asyncio.Event()
+
+    class Server(WSListener):  # type: ignore[misc]
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            transports.append(transport)
+            if len(transports) == expected:
+                ready.set()
+
+    server = await ws_create_server(lambda _: Server(), "127.0.0.1", 0, use_aiofastnet=False)
+    print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+    await ready.wait()
+    for i in range(total):
+        for transport in transports:
+            transport.send(WSMsgType.BINARY, frame)
+        if i % 50 == 49:
+            # Yield once per 50 frames a client, as the gateway yields between two batches of 50.
+            await asyncio.sleep(0)
+    await asyncio.sleep(3600)
+
+
+# -- the orchestrator ----------------------------------------------------------------------------------------
+
+
+def _spawn_self(*argv: str, stdin: int | None = None) -> Any:
+    return asyncio.create_subprocess_exec(
+        sys.executable, __file__, *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, limit=1 << 26
+    )
+
+
+def _shares(pids: dict[str, int]) -> dict[str, float]:
+    return {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+class Profiler:
+    """py-spy sampling the gateway and the devnet during the window (``--profile DIR``)."""
+
+    def __init__(self, out_dir: Path | None, seconds: float) -> None:
+        self.out_dir, self.seconds = out_dir, seconds
+        self.procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
+
+    def start(self, pids: dict[str, int]) -> None:
+        if self.out_dir is None:
+            return
+        py_spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
+        if py_spy is None:
+            raise SystemExit("--profile needs py-spy (pip install py-spy)")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for name, pid in pids.items():
+            out = self.out_dir / f"{name}.txt"
+            cmd = [py_spy, "record", "--nonblocking", "--format", "raw", "--rate", "200"]
+            cmd += ["--duration", str(int(self.seconds)), "--pid", str(pid), "--output", str(out)]
+            self.procs.append((name, out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+
+    def report(self) -> None:
+        for name, out, proc in self.procs:
+            proc.wait(60)
+            self_time: collections.Counter[str] = collections.Counter()
+            total = 0
+            for line in out.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                leaf = stack.rsplit(";", 1)[-1]
+                self_time[leaf] += int(count)
+                total += int(count)
+            print(f"\n{name}: top self time ({total} samples, {out})")
+            for leaf, count in self_time.most_common(15):
+                print(f"  {count / max(total, 1) * 100:5.1f}%  {leaf}")
+
+
+async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     devnet = await asyncio.create_subprocess_exec(
         str(BIN / "icws-devnet"), "--address", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE
     )
@@ -97,146 +316,119 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, 
         cwd=workdir, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "RUST_LOG_STDOUT": "warn", "RUST_LOG_FILE": "warn"},
     )  # fmt: skip
+    children = [gateway, devnet]
     assert gateway.stdout is not None
     try:
         port = int((await read_line(gateway.stdout, "listening on ")).split()[2].rsplit(":", 1)[1])
         firehose = info["canisters"]["firehose"]
-        from icws_fast.ic.principal import Principal
-
         canister = Principal.from_text(firehose)
-        clients = []
-        for _ in range(args.clients):
-            client = await RawClient.connect(f"ws://127.0.0.1:{port}")
-            await client.open(canister)
-            clients.append(client)
-        stats: dict[str, list[float]] = {"latency_ms": [], "frame_bytes": []}
-        window = [float("inf"), float("inf")]
-        tasks = [asyncio.create_task(Receiver(c, stats, window).run()) for c in clients]
+        workers = []
+        for count in _split(args.clients, args.client_procs):
+            worker = await _spawn_self(
+                "--gateway-clients", f"ws://127.0.0.1:{port}", firehose, str(count), stdin=asyncio.subprocess.PIPE
+            )
+            workers.append(worker)
+            children.append(worker)
+        for worker in workers:
+            await read_line(worker.stdout, "ready")
         config_type = candid.parse_args(
             "(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })"
         )
+        pids = {"gateway": gateway.pid, "devnet": devnet.pid} | {f"clients{i}": w.pid for i, w in enumerate(workers)}
+        profiler = Profiler(args.profile, args.seconds)
         async with Agent(info["url"], root_key=bytes.fromhex(info["root_key"])) as agent:
             config = {"messages_per_round": args.per_round, "payload_size": args.payload, "interval_ms": args.interval}
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
             await asyncio.sleep(args.warmup)
-            cpu0, dcpu0, t0 = proc_cpu_seconds(gateway.pid), proc_cpu_seconds(devnet.pid), time.time()
-            ccpu0 = time.process_time()
-            window[:] = [t0, t0 + args.seconds]
+            profiler.start({"gateway": gateway.pid, "devnet": devnet.pid})
+            cpu0, t0 = _shares(pids), time.time()
+            for worker in workers:
+                worker.stdin.write(b"start\n")
             await asyncio.sleep(args.seconds)
-            cpu1, dcpu1, t1 = proc_cpu_seconds(gateway.pid), proc_cpu_seconds(devnet.pid), time.time()
-            ccpu1 = time.process_time()
+            for worker in workers:
+                worker.stdin.write(b"stop\n")
+            cpu1, t1 = _shares(pids), time.time()
             rss = proc_rss_mb(gateway.pid)
+            results = [json.loads(await read_line(w.stdout, "{")) for w in workers]
             config["messages_per_round"] = 0
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
-        for client in clients:
-            client.close()
-        await asyncio.sleep(0.5)
-        for task in tasks:
-            task.cancel()
-        latencies = sorted(stats["latency_ms"])
-        delivered = len(latencies)
+        profiler.report()
+        latencies = sorted(lat for r in results for lat in r["latencies_ms"])
+        seconds = statistics.mean(r["seconds"] for r in results)
+        cpu = {name: (cpu1[name] - cpu0[name]) / (t1 - t0) for name in pids}
         return {
-            "msgs_per_s": delivered / (t1 - t0),
+            "msgs_per_s": len(latencies) / seconds,
             "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
             "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
-            "cpu_share": (cpu1 - cpu0) / (t1 - t0),
-            "devnet_cpu_share": (dcpu1 - dcpu0) / (t1 - t0),
-            "clients_cpu_share": (ccpu1 - ccpu0) / (t1 - t0),
+            "gateway_cpu": cpu["gateway"],
+            "devnet_cpu": cpu["devnet"],
+            "clients_cpu": [cpu[f"clients{i}"] for i in range(len(workers))],
             "rss_mb": rss,
-            "frame_bytes": statistics.mean(stats["frame_bytes"]) if stats["frame_bytes"] else 0.0,
+            "frame_bytes": sum(r["frame_bytes"] for r in results) / max(1, len(latencies)),
+            "gaps": sum(r["gaps"] for r in results),
+            "bad": sum(r["bad"] for r in results),
+            "closed": sum(r["closed"] for r in results),
         }
     finally:
-        for proc in (gateway, devnet):
+        for proc in children:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in (gateway, devnet):
+        for proc in children:
             try:
                 await asyncio.wait_for(proc.wait(), 20)
             except TimeoutError:
                 proc.kill()
 
 
-# -- the ceiling: a bare picows broadcast -------------------------------------------------------------
-
-
-async def raw_server(frame_size: int, total: int) -> None:
-    """Child process: wait for ``expected`` clients, then broadcast ``total`` frames to all of them."""
-    frame = os.urandom(frame_size)
-    transports: list[WSTransport] = []
-    ready = asyncio.Event()
-    expected = int(os.environ["RAW_CLIENTS"])
-
-    class Server(WSListener):
-        def on_ws_connected(self, transport: WSTransport) -> None:
-            transports.append(transport)
-            if len(transports) == expected:
-                ready.set()
-
-    server = await ws_create_server(lambda _: Server(), "127.0.0.1", 0, use_aiofastnet=False)
-    print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
-    await ready.wait()
-    for i in range(total):
-        for transport in transports:
-            transport.send(WSMsgType.BINARY, frame)
-        if i % 64 == 0:
-            # Yield so the loop flushes; the gateway's writes are interleaved with polls the same way.
-            await asyncio.sleep(0)
-    await asyncio.sleep(3600)
-
-
-async def run_raw_leg(args: argparse.Namespace, frame_size: int) -> float:
-    total = args.raw_messages
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--raw-server", str(frame_size), str(total),
-        env={**os.environ, "RAW_CLIENTS": str(args.clients)}, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
+async def run_raw_leg(args: argparse.Namespace, frame_size: int) -> tuple[float, float]:
+    """(msgs/s all clients received, the server's CPU µs per frame sent) of the raw broadcast."""
+    server = await _spawn_self("--raw-server", str(frame_size), str(args.raw_messages), str(args.clients))
+    workers = []
     try:
-        port = int((await read_line(proc.stdout, "port ")).split()[1])
-        done = asyncio.Event()
-        counts = [0]
-        expected = total * args.clients
-        stamps: list[float] = []
-
-        class Client(WSListener):
-            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-                if frame.msg_type == WSMsgType.BINARY:
-                    if not stamps:
-                        stamps.append(time.perf_counter())
-                    counts[0] += 1
-                    if counts[0] == expected:
-                        stamps.append(time.perf_counter())
-                        done.set()
-
-        conns = [await ws_connect(Client, f"ws://127.0.0.1:{port}", use_aiofastnet=False) for _ in range(args.clients)]
-        await asyncio.wait_for(done.wait(), 300)
-        for transport, _ in conns:
-            transport.disconnect()
-        return expected / (stamps[1] - stamps[0])
+        port = int((await read_line(server.stdout, "port ")).split()[1])
+        cpu0 = proc_cpu_seconds(server.pid)
+        for count in _split(args.clients, args.client_procs):
+            url = f"ws://127.0.0.1:{port}"
+            workers.append(await _spawn_self("--raw-clients", url, str(count), str(args.raw_messages)))
+        rates = [json.loads(await read_line(w.stdout, "{"))["msgs_per_s"] for w in workers]
+        cpu_us = (proc_cpu_seconds(server.pid) - cpu0) * 1e6 / (args.raw_messages * args.clients)
+        return sum(rates), cpu_us
     finally:
-        proc.kill()
-        await proc.wait()
+        for proc in [server, *workers]:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
 
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        gw = await run_gateway_leg(args, workdir)
-    raw = await run_raw_leg(args, int(gw["frame_bytes"]) or 512)
-    print(f"clients={args.clients} firehose={args.per_round} msgs/{args.interval} ms of {args.payload} chars")
+        gw = await run_gateway_leg(args, Path(tmp))
+    raw, raw_us = await run_raw_leg(args, int(gw["frame_bytes"]) or 512)
+    gw_us = gw["gateway_cpu"] * 1e6 / gw["msgs_per_s"] if gw["msgs_per_s"] else float("nan")
+    offered = args.clients * args.per_round * 1000 / args.interval
+    clients_cpu = " + ".join(f"{c * 100:.0f}%" for c in gw["clients_cpu"])
     print(
-        f"gateway: {gw['msgs_per_s']:.0f} msgs/s delivered, latency p50 {gw['p50_ms']:.1f} ms p99 {gw['p99_ms']:.1f} ms"
+        f"clients={args.clients} in {args.client_procs} process(es); firehose {args.per_round} msgs/client "
+        f"every {args.interval} ms of {args.payload} chars"
     )
-    print(f"gateway process: CPU {gw['cpu_share'] * 100:.0f}% of one core, RSS {gw['rss_mb']:.0f} MB")
-    print(f"devnet process: CPU {gw['devnet_cpu_share'] * 100:.0f}% of one core (the canister side of the load)")
-    print(f"client process: CPU {gw['clients_cpu_share'] * 100:.0f}% of one core (K clients decoding every message)")
+    print(f"offered {offered:.0f} msgs/s; delivered {gw['msgs_per_s']:.0f} msgs/s")
+    print(f"latency canister send -> client receipt: p50 {gw['p50_ms']:.1f} ms, p99 {gw['p99_ms']:.1f} ms")
+    print(f"gateway process: CPU {gw['gateway_cpu'] * 100:.0f}% of one core, RSS {gw['rss_mb']:.0f} MB")
+    print(f"devnet process: CPU {gw['devnet_cpu'] * 100:.0f}% of one core (canister rounds + ws_get_messages)")
+    print(f"client process(es): CPU {clients_cpu} of one core")
+    print(f"sequence gaps {gw['gaps']}, unreadable frames {gw['bad']}, clients closed by the gateway {gw['closed']}")
     print(f"frame size {gw['frame_bytes']:.0f} B; raw picows broadcast ceiling {raw:.0f} msgs/s")
     print(f"gateway / ceiling = {gw['msgs_per_s'] / raw:.3f}")
+    print(
+        f"CPU per delivered message: gateway {gw_us:.1f} µs, raw broadcast server {raw_us:.1f} µs "
+        f"(gateway at one full core: ~{1e6 / gw_us:.0f} msgs/s)"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--client-procs", type=int, default=1, help="client processes the clients are spread over")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--per-round", type=int, default=20, help="firehose messages per client per round")
@@ -245,15 +437,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--polling-interval", type=int, default=100, help="gateway polling interval, ms")
     p.add_argument("--pipeline", type=int, default=3, help="the gateway's --poll-pipeline-depth")
     p.add_argument("--raw-messages", type=int, default=2000, help="frames per client in the raw broadcast")
+    p.add_argument("--profile", type=Path, help="directory for py-spy profiles of the gateway and the devnet")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--raw-server":
-        import uvloop
+    import uvloop
 
-        uvloop.run(raw_server(int(sys.argv[2]), int(sys.argv[3])))
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode == "--raw-server":
+        uvloop.run(raw_server(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+    elif mode == "--raw-clients":
+        uvloop.run(raw_clients(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    elif mode == "--gateway-clients":
+        uvloop.run(gateway_clients(sys.argv[2], sys.argv[3], int(sys.argv[4])))
     else:
-        import uvloop
-
         uvloop.run(main(parse_args()))
