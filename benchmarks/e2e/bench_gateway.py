@@ -302,7 +302,11 @@ class Profiler:
                 print(f"  {count / max(total, 1) * 100:5.1f}%  {leaf}")
 
 
-async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+async def run_gateway_leg(args: argparse.Namespace, workdir: Path, gateway_src: Path | None) -> dict[str, Any]:
+    """One measurement; ``gateway_src`` (a directory holding an ``icws_fast`` package) is the gateway's code."""
+    gateway_env = {**os.environ, "RUST_LOG_STDOUT": "warn", "RUST_LOG_FILE": "warn"}
+    if gateway_src is not None:
+        gateway_env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(gateway_src), os.environ.get("PYTHONPATH"))))
     devnet = await asyncio.create_subprocess_exec(
         str(BIN / "icws-devnet"), "--address", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE
     )
@@ -314,7 +318,7 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path) -> dict[str, 
         "--ic-network-url", info["url"], "--polling-interval", str(args.polling_interval),
         "--max-clients-per-ip", str(args.clients + 10), "--poll-pipeline-depth", str(args.pipeline),
         cwd=workdir, stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "RUST_LOG_STDOUT": "warn", "RUST_LOG_FILE": "warn"},
+        env=gateway_env,
     )  # fmt: skip
     children = [gateway, devnet]
     assert gateway.stdout is not None
@@ -400,29 +404,42 @@ async def run_raw_leg(args: argparse.Namespace, frame_size: int) -> tuple[float,
             await proc.wait()
 
 
-async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        gw = await run_gateway_leg(args, Path(tmp))
-    raw, raw_us = await run_raw_leg(args, int(gw["frame_bytes"]) or 512)
+def report(name: str, gw: dict[str, Any], raw: float, raw_us: float) -> None:
     gw_us = gw["gateway_cpu"] * 1e6 / gw["msgs_per_s"] if gw["msgs_per_s"] else float("nan")
-    offered = args.clients * args.per_round * 1000 / args.interval
     clients_cpu = " + ".join(f"{c * 100:.0f}%" for c in gw["clients_cpu"])
+    print(f"[{name}]")
+    print(f"  delivered {gw['msgs_per_s']:.0f} msgs/s; gateway / ceiling = {gw['msgs_per_s'] / raw:.3f}")
+    print(f"  latency canister send -> client receipt: p50 {gw['p50_ms']:.1f} ms, p99 {gw['p99_ms']:.1f} ms")
+    print(f"  gateway process: CPU {gw['gateway_cpu'] * 100:.0f}% of one core, RSS {gw['rss_mb']:.0f} MB")
+    print(f"  devnet process: CPU {gw['devnet_cpu'] * 100:.0f}% of one core (canister rounds + ws_get_messages)")
+    print(f"  client process(es): CPU {clients_cpu} of one core")
+    print(f"  sequence gaps {gw['gaps']}, unreadable frames {gw['bad']}, clients closed by the gateway {gw['closed']}")
     print(
-        f"clients={args.clients} in {args.client_procs} process(es); firehose {args.per_round} msgs/client "
-        f"every {args.interval} ms of {args.payload} chars"
-    )
-    print(f"offered {offered:.0f} msgs/s; delivered {gw['msgs_per_s']:.0f} msgs/s")
-    print(f"latency canister send -> client receipt: p50 {gw['p50_ms']:.1f} ms, p99 {gw['p99_ms']:.1f} ms")
-    print(f"gateway process: CPU {gw['gateway_cpu'] * 100:.0f}% of one core, RSS {gw['rss_mb']:.0f} MB")
-    print(f"devnet process: CPU {gw['devnet_cpu'] * 100:.0f}% of one core (canister rounds + ws_get_messages)")
-    print(f"client process(es): CPU {clients_cpu} of one core")
-    print(f"sequence gaps {gw['gaps']}, unreadable frames {gw['bad']}, clients closed by the gateway {gw['closed']}")
-    print(f"frame size {gw['frame_bytes']:.0f} B; raw picows broadcast ceiling {raw:.0f} msgs/s")
-    print(f"gateway / ceiling = {gw['msgs_per_s'] / raw:.3f}")
-    print(
-        f"CPU per delivered message: gateway {gw_us:.1f} µs, raw broadcast server {raw_us:.1f} µs "
+        f"  CPU per delivered message: gateway {gw_us:.1f} µs, raw broadcast server {raw_us:.1f} µs "
         f"(gateway at one full core: ~{1e6 / gw_us:.0f} msgs/s)"
     )
+
+
+async def main(args: argparse.Namespace) -> None:
+    legs: list[tuple[str, Path | None]] = [("gateway", None)]
+    if args.compare is not None:
+        legs.insert(0, (f"gateway from {args.compare}", args.compare))
+    results = []
+    for name, src in legs:
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append((name, await run_gateway_leg(args, Path(tmp), src)))
+    raw, raw_us = await run_raw_leg(args, int(results[-1][1]["frame_bytes"]) or 512)
+    offered = args.clients * args.per_round * 1000 / args.interval
+    print(
+        f"clients={args.clients} in {args.client_procs} process(es); firehose {args.per_round} msgs/client "
+        f"every {args.interval} ms of {args.payload} chars: offered {offered:.0f} msgs/s"
+    )
+    print(
+        f"frame size {results[-1][1]['frame_bytes']:.0f} B; raw picows broadcast ceiling {raw:.0f} msgs/s "
+        f"(server CPU {raw_us:.1f} µs per frame)"
+    )
+    for name, gw in results:
+        report(name, gw, raw, raw_us)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -438,6 +455,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pipeline", type=int, default=3, help="the gateway's --poll-pipeline-depth")
     p.add_argument("--raw-messages", type=int, default=2000, help="frames per client in the raw broadcast")
     p.add_argument("--profile", type=Path, help="directory for py-spy profiles of the gateway and the devnet")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        help="also measure, first, the gateway whose icws_fast package is in this directory (before/after runs)",
+    )
     return p.parse_args(argv)
 
 

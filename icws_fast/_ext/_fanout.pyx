@@ -61,15 +61,38 @@ def batch_suffix(bytes cert not None, bytes tree not None):
     return out
 
 
-cdef bytes _encode_message(bytes key, bytes content, bytes suffix):
+cdef inline Py_ssize_t message_size(bytes key, bytes content, Py_ssize_t suffix_len) noexcept:
     cdef Py_ssize_t key_len = PyBytes_GET_SIZE(key)
     cdef Py_ssize_t content_len = PyBytes_GET_SIZE(content)
-    cdef Py_ssize_t suffix_len = PyBytes_GET_SIZE(suffix)
-    cdef Py_ssize_t size = (
-        5 + cbor_head_size(key_len) + key_len + 8 + cbor_head_size(content_len) + content_len + suffix_len
-    )
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
-    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    return 5 + cbor_head_size(key_len) + key_len + 8 + cbor_head_size(content_len) + content_len + suffix_len
+
+
+cdef inline Py_ssize_t ws_header_size(Py_ssize_t length) noexcept:
+    if length < 126:
+        return 2
+    if length < 0x10000:
+        return 4
+    return 10
+
+
+cdef Py_ssize_t write_ws_header(unsigned char *out, Py_ssize_t length) noexcept:
+    """An unmasked, final, binary frame's header (RFC 6455 section 5.2), as a server sends it."""
+    cdef Py_ssize_t size = ws_header_size(length)
+    cdef Py_ssize_t i
+    out[0] = 0x82
+    if size == 2:
+        out[1] = <unsigned char>length
+        return 2
+    out[1] = 126 if size == 4 else 127
+    for i in range(size - 1, 1, -1):
+        out[i] = <unsigned char>(length & 0xFF)
+        length >>= 8
+    return size
+
+
+cdef void write_message(unsigned char *p, bytes key, bytes content, bytes suffix) noexcept:
+    cdef Py_ssize_t key_len = PyBytes_GET_SIZE(key)
+    cdef Py_ssize_t content_len = PyBytes_GET_SIZE(content)
     memcpy(p, MESSAGE_PREFIX, 5)
     p += 5
     p += write_cbor_head(p, 3, key_len)
@@ -80,31 +103,50 @@ cdef bytes _encode_message(bytes key, bytes content, bytes suffix):
     p += write_cbor_head(p, 2, content_len)
     memcpy(p, PyBytes_AS_STRING(content), content_len)
     p += content_len
-    memcpy(p, PyBytes_AS_STRING(suffix), suffix_len)
+    memcpy(p, PyBytes_AS_STRING(suffix), PyBytes_GET_SIZE(suffix))
+
+
+cdef bytes _encode_message(bytes key, bytes content, bytes suffix):
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, message_size(key, content, PyBytes_GET_SIZE(suffix)))
+    write_message(<unsigned char *>PyBytes_AS_STRING(out), key, content, suffix)
+    return out
+
+
+def encode_frames(keys, contents, bytes suffix not None):
+    """The WebSocket frames of the CanisterToClientMessages ``(keys[i], contents[i])`` of one batch, back to back.
+
+    One allocation: the sizes are summed first, then every frame is written in place.
+    """
+    # Private copies: the sizes summed in the first loop must hold for the second one, whatever the caller does.
+    cdef list key_list = list(keys)
+    cdef list content_list = list(contents)
+    cdef Py_ssize_t n = len(key_list)
+    cdef Py_ssize_t i, size, total = 0
+    cdef Py_ssize_t suffix_len = PyBytes_GET_SIZE(suffix)
+    cdef object key, content
+    if len(content_list) != n:
+        raise ValueError("keys and contents differ in length")
+    for i in range(n):
+        key, content = key_list[i], content_list[i]
+        # write_message reads the bytes' buffers directly: anything else (None included) must stop here.
+        if type(key) is not bytes or type(content) is not bytes:
+            raise TypeError("keys and contents must be bytes")
+        size = message_size(key, content, suffix_len)
+        total += ws_header_size(size) + size
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    for i in range(n):
+        key, content = key_list[i], content_list[i]
+        size = message_size(key, content, suffix_len)
+        p += write_ws_header(p, size)
+        write_message(p, key, content, suffix)
+        p += size
     return out
 
 
 def encode_message(bytes key not None, bytes content not None, bytes suffix not None):
     """One CanisterToClientMessage from its UTF-8 ``key``, its ``content`` and the batch ``suffix``."""
     return _encode_message(key, content, suffix)
-
-
-def encode_batch(keys, contents, bytes cert not None, bytes tree not None):
-    """The CanisterToClientMessage frames of one batch, in order (``keys[i]`` goes with ``contents[i]``)."""
-    cdef Py_ssize_t n = len(keys)
-    cdef Py_ssize_t i
-    if len(contents) != n:
-        raise ValueError("keys and contents differ in length")
-    cdef bytes suffix = batch_suffix(cert, tree)
-    cdef list frames = [None] * n
-    cdef object key, content
-    for i in range(n):
-        key, content = keys[i], contents[i]
-        # _encode_message reads the bytes' buffers directly: anything else (None included) must stop here.
-        if type(key) is not bytes or type(content) is not bytes:
-            raise TypeError("keys and contents must be bytes")
-        frames[i] = _encode_message(key, content, suffix)
-    return frames
 
 
 cdef Py_ssize_t _read_head(const unsigned char *data, Py_ssize_t end, Py_ssize_t pos,

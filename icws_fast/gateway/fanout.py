@@ -7,6 +7,9 @@ exactly what the Rust gateway writes) with a generic CBOR encoder would copy the
 cert and tree into a fresh structure per message; instead the ``cert``/``tree`` map
 entries are encoded once per batch (:func:`batch_suffix`) and each message is one
 ``bytes.join`` of a constant prefix, the key, the content and that suffix.
+:func:`encode_frames` goes one step further and returns the WebSocket frames of all
+the messages a batch holds for one client as one buffer, so the gateway writes a
+client's share of a batch with one call (one ``send`` syscall) instead of one per message.
 The same compiled module also holds the twin of
 :func:`icws_fast.protocol.session.envelope_span`.
 """
@@ -23,6 +26,8 @@ _MESSAGE_PREFIX = b"\xa4\x63key"
 _CONTENT_LABEL = b"\x67content"
 _CERT_LABEL = b"\x64cert"
 _TREE_LABEL = b"\x64tree"
+# FIN + opcode 2: a complete binary message in one frame.
+_WS_FIN_BINARY = 0x82
 
 
 def batch_suffix(cert: bytes, tree: bytes) -> bytes:
@@ -35,16 +40,32 @@ def encode_message(key: bytes, content: bytes, suffix: bytes) -> bytes:
     return b"".join((_MESSAGE_PREFIX, _head(3, len(key)), key, _CONTENT_LABEL, _head(2, len(content)), content, suffix))
 
 
-def encode_batch(keys: Sequence[bytes], contents: Sequence[bytes], cert: bytes, tree: bytes) -> list[bytes]:
-    """The CanisterToClientMessage frames of one batch, in order (``keys[i]`` goes with ``contents[i]``)."""
+def _ws_header(length: int) -> bytes:
+    """The header of an unmasked, final, binary WebSocket frame (RFC 6455 section 5.2): what a server sends."""
+    if length < 126:
+        return bytes((_WS_FIN_BINARY, length))
+    if length < 0x10000:
+        return bytes((_WS_FIN_BINARY, 126)) + length.to_bytes(2, "big")
+    return bytes((_WS_FIN_BINARY, 127)) + length.to_bytes(8, "big")
+
+
+def encode_frames(keys: Sequence[bytes], contents: Sequence[bytes], suffix: bytes) -> bytes:
+    """The WebSocket frames of the CanisterToClientMessages ``(keys[i], contents[i])`` of one batch, back to back.
+
+    ``suffix`` is the batch's :func:`batch_suffix`. Each message is one binary frame, as the clients expect;
+    the buffer goes to the client's transport in one write.
+    """
     if len(keys) != len(contents):
         raise ValueError("keys and contents differ in length")
-    suffix = batch_suffix(cert, tree)
-    return [encode_message(key, content, suffix) for key, content in zip(keys, contents, strict=True)]
+    parts: list[bytes] = []
+    for key, content in zip(keys, contents, strict=True):
+        message = encode_message(key, content, suffix)
+        parts += (_ws_header(len(message)), message)
+    return b"".join(parts)
 
 
 _compiled = _ext.compiled("_fanout")
 if _compiled is not None:
     batch_suffix = _compiled.batch_suffix
     encode_message = _compiled.encode_message
-    encode_batch = _compiled.encode_batch
+    encode_frames = _compiled.encode_frames

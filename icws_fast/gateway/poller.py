@@ -62,11 +62,13 @@ class PollingAgent(Protocol):
 class Recipient(Protocol):
     """A client connection the poller delivers to."""
 
-    def deliver(self, frame: bytes, batch: int) -> None:
-        """Send one CanisterToClientMessage frame of poll number ``batch`` (never blocks).
+    def deliver(self, frames: bytes, count: int) -> None:
+        """Send ``count`` CanisterToClientMessages, its share of one batch, as WebSocket frames (never blocks).
 
-        A recipient judges whether its client keeps up once per batch (the backlog left from the
-        earlier batches), since one batch may legitimately be larger than any per-client limit.
+        ``frames`` are complete binary frames (:func:`icws_fast.gateway.fanout.encode_frames`), written to the
+        socket as they are. A recipient gets one call per batch, and judges there whether its client keeps
+        up (the backlog left from the earlier batches), since one batch may legitimately be larger than any
+        per-client limit.
         """
 
 
@@ -113,7 +115,6 @@ class CanisterPoller:
         self.pipeline_depth = max(1, pipeline_depth)
         self.nonce = start_nonce
         self._first_batch = True
-        self._batches = 0  # batches delivered, numbering them for the recipients' slow-consumer checks
         # The last certificate that verified, and the canister's certified data it vouches for.
         self._verified_cert = b""
         self._certified_data = b""
@@ -243,16 +244,14 @@ class CanisterPoller:
         return node
 
     def _deliver(self, messages: Sequence[CanisterOutputMessage], cert: bytes, tree: bytes) -> None:
-        self._batches += 1
         node: hashtree.Node | None = None
         if self.root_key_der is not None:
             node = self._checked_tree(self.root_key_der, cert, tree)
             if node is None:
                 return
-        suffix: bytes | None = None
         routes = self.routes
-        sent = 0
-        sent_bytes = 0
+        # Each recipient's (keys, contents), in batch order: one encode and one write per client per batch.
+        shares: dict[Recipient, tuple[list[bytes], list[bytes]]] = {}
         for message in messages:
             recipient = routes.get(message.client_key)
             if recipient is None:
@@ -265,12 +264,20 @@ class CanisterPoller:
                 if found.status != "Found" or found.value != hashlib.sha256(content).digest():
                     self.metrics.dropped_messages.labels("invalid_certificate").inc()
                     continue
-            if suffix is None:
-                suffix = fanout.batch_suffix(cert, tree)
-            frame = fanout.encode_message(label, content, suffix)
-            recipient.deliver(frame, self._batches)
-            sent += 1
-            sent_bytes += len(frame)
-        if sent:
-            self.metrics.messages_to_clients.labels(self._label).inc(sent)
-            self.metrics.bytes_to_clients.labels(self._label).inc(sent_bytes)
+            share = shares.get(recipient)
+            if share is None:
+                share = shares[recipient] = ([], [])
+            share[0].append(label)
+            share[1].append(content)
+        if not shares:
+            return
+        suffix = fanout.batch_suffix(cert, tree)
+        sent = 0
+        sent_bytes = 0
+        for recipient, (keys, contents) in shares.items():
+            frames = fanout.encode_frames(keys, contents, suffix)
+            recipient.deliver(frames, len(keys))
+            sent += len(keys)
+            sent_bytes += len(frames)
+        self.metrics.messages_to_clients.labels(self._label).inc(sent)
+        self.metrics.bytes_to_clients.labels(self._label).inc(sent_bytes)

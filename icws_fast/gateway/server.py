@@ -78,7 +78,6 @@ class ClientConnection(WSListener):
         self.connected_at = 0.0
         self._opened = False
         self._counted = False
-        self._batch = -1  # the poller's batch number of the last frame delivered
         self._relays: collections.deque[proto.Relay] = collections.deque()
         self._relay_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -139,33 +138,33 @@ class ClientConnection(WSListener):
 
     # what the poller calls ---------------------------------------------------------------
 
-    def deliver(self, frame: bytes, batch: int) -> None:
-        """Send one CanisterToClientMessage, or close the client if it does not keep up.
+    def deliver(self, frames: bytes, count: int) -> None:
+        """Write this client's ``count`` messages of one batch, or close the client if it does not keep up.
 
-        Slowness is judged at the first frame of each batch: a client that has not drained what the
-        earlier batches left beyond ``max_send_buffer`` is closed. So memory per client stays below
-        that limit plus one batch, and a client that keeps up is never cut off by one large batch.
+        A client that has not drained what the earlier batches left beyond ``max_send_buffer`` is closed.
+        So memory per client stays below that limit plus one batch, and a client that keeps up is never
+        cut off by one large batch. ``frames`` are complete WebSocket frames (picows has no call that
+        writes several frames at once), so they go to the socket directly, in one write.
         """
         transport = self.transport
         session = self.session
         if transport is None or session is None or session.state is proto.SessionState.CLOSED:
             return
-        if batch != self._batch:
-            self._batch = batch
-            buffered = transport.underlying_transport.get_write_buffer_size()
-            if buffered:
-                # Only a backlog is worth a sample; a client that keeps up costs nothing here.
-                self.gateway.metrics.send_queue_bytes.observe(buffered)
-            if buffered > self.gateway.config.max_send_buffer:
-                self.gateway.metrics.errors.labels("slow_consumer").inc()
-                limit = self.gateway.config.max_send_buffer
-                self._apply(
-                    session.close(
-                        proto.CLOSE_POLICY_VIOLATION, f"slow consumer: {buffered} bytes unread, limit {limit}"
-                    )
-                )
-                return
-        transport.send(WSMsgType.BINARY, frame)
+        if transport.is_close_frame_sent or transport.is_disconnected:
+            return  # the client started the close handshake: nothing may follow our close frame
+        socket = transport.underlying_transport
+        buffered = socket.get_write_buffer_size()
+        if buffered:
+            # Only a backlog is worth a sample; a client that keeps up costs nothing here.
+            self.gateway.metrics.send_queue_bytes.observe(buffered)
+        if buffered > self.gateway.config.max_send_buffer:
+            self.gateway.metrics.errors.labels("slow_consumer").inc()
+            limit = self.gateway.config.max_send_buffer
+            self._apply(
+                session.close(proto.CLOSE_POLICY_VIOLATION, f"slow consumer: {buffered} bytes unread, limit {limit}")
+            )
+            return
+        socket.write(frames)
         if not self._opened:
             self._opened = True
             session.delivered()

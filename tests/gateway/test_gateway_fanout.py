@@ -39,15 +39,50 @@ def test_message_matches_generic_encoding(impl, size):
     assert cbor.decode(frame) == {"key": key.decode(), "content": content, "cert": cert, "tree": tree}
 
 
+def _read_frames(data: bytes) -> list[bytes]:
+    """The payloads of back-to-back server frames (RFC 6455 section 5.2), checking each header."""
+    payloads = []
+    pos = 0
+    while pos < len(data):
+        assert data[pos] == 0x82, "FIN + binary opcode"
+        length = data[pos + 1]
+        assert length & 0x80 == 0, "a server never masks"
+        pos += 2
+        if length == 126:
+            length = int.from_bytes(data[pos : pos + 2], "big")
+            assert length >= 126, "the shortest length encoding"
+            pos += 2
+        elif length == 127:
+            length = int.from_bytes(data[pos : pos + 8], "big")
+            assert length >= 0x10000, "the shortest length encoding"
+            pos += 8
+        payloads.append(data[pos : pos + length])
+        pos += length
+    assert pos == len(data)
+    return payloads
+
+
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
-def test_batch_shares_suffix_and_keeps_order(impl):
+def test_frames_share_suffix_and_keep_order(impl):
     keys = [f"gw_{i:020d}".encode() for i in range(50)]
     contents = [bytes([i]) * i for i in range(50)]
-    frames = impl.encode_batch(keys, contents, b"CERT", b"TREE")
-    assert [cbor.decode(f)["key"] for f in frames] == [k.decode() for k in keys]
-    assert all(f.endswith(impl.batch_suffix(b"CERT", b"TREE")) for f in frames)
+    suffix = impl.batch_suffix(b"CERT", b"TREE")
+    payloads = _read_frames(impl.encode_frames(keys, contents, suffix))
+    assert payloads == [impl.encode_message(k, c, suffix) for k, c in zip(keys, contents, strict=True)]
+    assert [cbor.decode(p)["key"] for p in payloads] == [k.decode() for k in keys]
+    assert impl.encode_frames([], [], suffix) == b""
     with pytest.raises(ValueError):
-        impl.encode_batch(keys, contents[:-1], b"", b"")
+        impl.encode_frames(keys, contents[:-1], suffix)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+def test_frame_lengths_at_every_header_boundary(impl):
+    # A message is 15 bytes plus its content head and content here: sweep the 7-, 16- and 64-bit lengths' edges.
+    sizes = [*range(100, 130), *range(65490, 65540)]
+    contents = [b"\x00" * size for size in sizes]
+    payloads = _read_frames(impl.encode_frames([b"k"] * len(sizes), contents, b""))
+    assert payloads == [impl.encode_message(b"k", c, b"") for c in contents]
+    assert {len(p) for p in payloads} >= {125, 126, 65535, 65536}
 
 
 def test_pure_and_compiled_agree():
@@ -55,18 +90,16 @@ def test_pure_and_compiled_agree():
         pytest.skip("compiled extension not built")
     pure, compiled = IMPLS
     for size in SIZES:
-        args = (b"key" * (size % 50), b"x" * size, b"c" * size, b"t")
-        assert pure.encode_batch([args[0]], [args[1]], args[2], args[3]) == compiled.encode_batch(
-            [args[0]], [args[1]], args[2], args[3]
-        )
+        args = ([b"key" * (size % 50), b"k"], [b"x" * size, b""], pure.batch_suffix(b"c" * size, b"t"))
+        assert pure.encode_frames(*args) == compiled.encode_frames(*args)
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
 @pytest.mark.parametrize("bad", [None, "text", 5])
 def test_non_bytes_are_a_type_error(impl, bad):
     with pytest.raises(TypeError):
-        impl.encode_batch([bad], [b"x"], b"", b"")
+        impl.encode_frames([bad], [b"x"], b"")
     with pytest.raises(TypeError):
-        impl.encode_batch([b"k"], [bad], b"", b"")
+        impl.encode_frames([b"k"], [bad], b"")
     with pytest.raises(TypeError):
         impl.batch_suffix(bad, b"")
