@@ -77,6 +77,29 @@ def _consume(task: asyncio.Task[bytes]) -> None:
         task.exception()
 
 
+def _leaf_hashes(found: hashtree.LookupResult) -> dict[bytes, bytes]:
+    """Label -> leaf value of the labeled leaves directly below a ``lookup_subtree`` result (none unless Found).
+
+    The labels must increase, as in every tree the IC builds; a tree that breaks this raises
+    :class:`CertificateError` (a lookup in it would not be well defined).
+    """
+    if found.status != hashtree.FOUND:
+        return {}
+    hashes: dict[bytes, bytes] = {}
+    previous: bytes | None = None
+    for node in hashtree.flatten_forks(found.value):
+        if node[0] != hashtree.LABELED:
+            continue
+        label: bytes = node[1]
+        if previous is not None and label <= previous:
+            raise CertificateError("tree", "the witness tree's labels are not in order")
+        previous = label
+        sub = node[2]
+        if sub[0] == hashtree.LEAF:
+            hashes[label] = sub[1]
+    return hashes
+
+
 class CanisterFailure(IcwsError):
     """The canister answered the poll with an error: its clients cannot be served any more."""
 
@@ -223,8 +246,12 @@ class CanisterPoller:
         self.nonce = nonces[-1] + 1
         return batch.is_end_of_queue, len(messages)
 
-    def _checked_tree(self, root_key_der: bytes, cert: bytes, tree: bytes) -> hashtree.Node | None:
-        """The batch's witness tree if the certificate and tree hold up, else None (counted)."""
+    def _certified_hashes(self, root_key_der: bytes, cert: bytes, tree: bytes) -> dict[bytes, bytes] | None:
+        """Message key -> certified content hash of the batch, if its certificate and tree hold up; else None.
+
+        The witness is walked once per batch rather than looked up once per message: the
+        messages of a batch are the tree's only leaves under ``websocket``.
+        """
         try:
             if cert == self._verified_cert:
                 # Batches polled within one replica round share their certificate: check it once.
@@ -237,17 +264,17 @@ class CanisterPoller:
             node = hashtree.parse(tree)
             if hashtree.reconstruct(node) != certified:
                 raise CertificateError("tree", "the witness tree does not match the certified data")
+            return _leaf_hashes(hashtree.lookup_subtree(node, [LABEL_WEBSOCKET]))
         except (CertificateError, DecodeError) as exc:
             self.metrics.dropped_messages.labels("invalid_certificate").inc()
             log.error("dropping a batch from %s: %s", self._label, exc)
             return None
-        return node
 
     def _deliver(self, messages: Sequence[CanisterOutputMessage], cert: bytes, tree: bytes) -> None:
-        node: hashtree.Node | None = None
+        hashes: dict[bytes, bytes] | None = None
         if self.root_key_der is not None:
-            node = self._checked_tree(self.root_key_der, cert, tree)
-            if node is None:
+            hashes = self._certified_hashes(self.root_key_der, cert, tree)
+            if hashes is None:
                 return
         routes = self.routes
         # Each recipient's (keys, contents), in batch order: one encode and one write per client per batch.
@@ -259,11 +286,9 @@ class CanisterPoller:
                 continue
             label = message.key.encode()
             content = message.content
-            if node is not None:
-                found = hashtree.lookup_path(node, [LABEL_WEBSOCKET, label])
-                if found.status != "Found" or found.value != hashlib.sha256(content).digest():
-                    self.metrics.dropped_messages.labels("invalid_certificate").inc()
-                    continue
+            if hashes is not None and hashes.get(label) != hashlib.sha256(content).digest():
+                self.metrics.dropped_messages.labels("invalid_certificate").inc()
+                continue
             share = shares.get(recipient)
             if share is None:
                 share = shares[recipient] = ([], [])

@@ -4,7 +4,7 @@
 queueing ``n`` messages of ``size`` bytes (each starting with its index, big-endian) for every connected
 client, so a test can check order, loss and duplicates at volume. ``Flaky`` fails every
 ``ws_get_messages`` once ``fail`` is called: a canister error the gateway must pass on to its clients.
-``Corrupt`` returns batches whose certificate or tree was tampered with: the gateway must not relay them.
+``Corrupt`` returns batches whose certificate, tree or contents were tampered with: the gateway must not relay them.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Flaky(WsCanister):
 
 
 class Corrupt(WsCanister):
-    """Sends ``ping`` on demand; ``corrupt(part)`` spoils the ``cert`` or ``tree`` of later polls."""
+    """Sends ``ping`` on demand; ``corrupt(part)`` spoils the ``cert``, ``tree`` or ``content`` of later polls."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,10 +97,17 @@ class Corrupt(WsCanister):
         result = self.websocket.ws_get_messages(args)
         batch = result.get("Ok")
         if batch and batch["messages"] and self.spoil in ("cert", "tree"):
-            spoilt = bytearray(batch[self.spoil])
-            spoilt[len(spoilt) // 2] ^= 0x01
-            batch[self.spoil] = bytes(spoilt)
+            batch[self.spoil] = _flip_a_bit(batch[self.spoil])
+        elif batch and self.spoil == "content":
+            for message in batch["messages"]:
+                message["content"] = _flip_a_bit(message["content"])
         return result
+
+
+def _flip_a_bit(data: bytes) -> bytes:
+    spoilt = bytearray(data)
+    spoilt[len(spoilt) // 2] ^= 0x01
+    return bytes(spoilt)
 
 
 CANISTERS = {"echo": Echo, "burst": Burst, "flaky": Flaky, "echo2": Echo, "corrupt": Corrupt}

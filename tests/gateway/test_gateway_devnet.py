@@ -190,7 +190,7 @@ async def call(devnet: Devnet, canister: str, method: str, signature: str, *args
         await agent.call(devnet.canister_ids[canister], method, arg)
 
 
-@pytest.mark.parametrize("part", ["cert", "tree"])
+@pytest.mark.parametrize("part", ["cert", "tree", "content"])
 async def test_tampered_batches_are_dropped_not_relayed(devnet, gateway, part):
     client = await open_client(gateway, devnet.canister_ids["corrupt"])
     await call(devnet, "corrupt", "corrupt", "(text)", part)

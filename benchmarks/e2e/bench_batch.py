@@ -1,0 +1,150 @@
+"""The gateway's cost per polled batch, in-process: one real 50-message ``ws_get_messages`` reply, over and over.
+
+Run: ``.venv/bin/python benchmarks/e2e/bench_batch.py``. It captures a reply from an in-process devnet
+(the firehose canister with ``CLIENTS`` clients, so a batch is shared out to several of them), then times
+``CanisterPoller._handle_reply`` on it (decode, certificate and tree checks, per-message content hashes,
+encoding and handing every client its frames) with recipients that drop what they get, so the figure is
+the gateway's own work without the socket writes. Three figures: a batch whose certificate the poller has
+already checked (the usual case: batches polled within one replica round share it), one with a new
+certificate (a BLS check), and one without verification.
+
+``--compare DIR`` also times the gateway whose ``icws_fast`` package is in DIR, in the same run, on the
+same reply (each in its own process, one after the other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CLIENTS = 5
+ROUNDS = 400
+
+
+async def capture() -> dict[str, Any]:
+    """One full ``ws_get_messages`` reply, and what is needed to route and check it."""
+    from icws_fast.devnet import Devnet
+    from icws_fast.ic import candid
+    from icws_fast.ic.agent import Agent
+    from icws_fast.ic.identity import Ed25519Identity
+    from icws_fast.protocol.types import (
+        decode_get_messages_result,
+        decode_unit_result,
+        encode_get_messages_args,
+        encode_ws_open_args,
+    )
+
+    async with Devnet(address="127.0.0.1:0") as dn:
+        canister = dn.canister_ids["firehose"]
+        gateway = Ed25519Identity.generate()
+        clients = []
+        async with Agent(dn.url, gateway, root_key=dn.root_key_der) as gateway_agent:
+            for _ in range(CLIENTS):
+                identity, nonce = Ed25519Identity.generate(), secrets.randbits(63)
+                async with Agent(dn.url, identity, root_key=dn.root_key_der) as agent:
+                    reply = await agent.call(canister, "ws_open", encode_ws_open_args(nonce, gateway.sender))
+                    decode_unit_result(reply)
+                clients.append((identity.sender.to_text(), nonce))
+            config_type = candid.parse_args(
+                "(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })"
+            )
+            config = {"messages_per_round": 20, "payload_size": 100, "interval_ms": 100}
+            await gateway_agent.call(canister, "configure", candid.encode(config_type, [config]))
+            # Start past the OpenMessages: a batch of application messages, as under load.
+            while True:
+                await asyncio.sleep(0.2)
+                reply = await gateway_agent.query(canister, "ws_get_messages", encode_get_messages_args(CLIENTS))
+                if len(decode_get_messages_result(reply).messages) == 50:
+                    break
+    return {"root_key": dn.root_key_der.hex(), "canister": canister.to_text(), "clients": clients, "reply": reply.hex()}
+
+
+def measure(path: Path) -> dict[str, float]:
+    """µs per batch in the three cases, with this process's ``icws_fast``."""
+    from icws_fast.gateway.metrics import GatewayMetrics
+    from icws_fast.gateway.poller import CanisterPoller
+    from icws_fast.ic.certificate import BLS_CACHE
+    from icws_fast.ic.principal import Principal
+    from icws_fast.protocol.types import ClientKey
+
+    record = json.loads(path.read_text())
+    reply = bytes.fromhex(record["reply"])
+
+    class Sink:
+        def deliver(self, *args: Any) -> None:
+            """Drop the frames: the socket write is the same for every gateway version."""
+
+    routes: dict[Any, Any] = {ClientKey(Principal.from_text(p), n): Sink() for p, n in record["clients"]}
+
+    def per_batch(root_key: bytes | None, fresh_certificate: bool) -> float:
+        poller = CanisterPoller(
+            None,  # type: ignore[arg-type]  # no polling here: replies are fed in directly
+            Principal.from_text(record["canister"]),
+            routes,
+            metrics=GatewayMetrics(),
+            root_key_der=root_key,
+            interval_s=1.0,
+        )
+        rounds = ROUNDS // 10 if fresh_certificate else ROUNDS
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(rounds):
+                poller._first_batch, poller.nonce = True, 0
+                if fresh_certificate:
+                    poller._verified_cert = b""
+                    # The BLS result cache is process-wide; a new certificate misses it.
+                    BLS_CACHE.clear()
+                _, count = poller._handle_reply(reply)
+            best = min(best, (time.perf_counter() - start) / rounds * 1e6)
+        assert count == 50, f"{count} messages delivered, expected 50 (a check failed?)"
+        return best
+
+    root_key = bytes.fromhex(record["root_key"])
+    return {
+        "known_cert_us": per_batch(root_key, False),
+        "new_cert_us": per_batch(root_key, True),
+        "unverified_us": per_batch(None, False),
+    }
+
+
+def _measure_in(src: Path | None, path: Path) -> dict[str, float]:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH"))))
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", str(path)], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compare", type=Path, help="also time the gateway whose icws_fast package is in this directory")
+    p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure is not None:
+        print(json.dumps(measure(args.measure)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reply.json"
+        path.write_text(json.dumps(asyncio.run(capture())))
+        legs = ([(str(args.compare), args.compare)] if args.compare else []) + [("working tree", None)]
+        print(f"one 50-message batch for {CLIENTS} clients; µs per batch (best of 5)")
+        print(f"{'gateway':40} {'known cert':>11} {'new cert':>11} {'unverified':>11}")
+        for name, src in legs:
+            r = _measure_in(src, path)
+            print(f"{name:40} {r['known_cert_us']:11.0f} {r['new_cert_us']:11.0f} {r['unverified_us']:11.0f}")
+
+
+if __name__ == "__main__":
+    main()
