@@ -49,6 +49,7 @@ from icws_fast.ic import bls, cbor, hashtree
 from icws_fast.ic.certificate import Certificate
 from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content
 from icws_fast.ic.identity import AnonymousIdentity, Identity, verify_signature
+from icws_fast.ic.leb128 import leb128_value
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import hash_of_map, request_id
 
@@ -88,19 +89,6 @@ def _as_principal(value: Principal | str) -> Principal:
     return value if isinstance(value, Principal) else Principal.from_text(value)
 
 
-def _decode_nat(data: bytes, what: str) -> int:
-    """An unsigned LEB128 value of the state tree (e.g. ``reject_code``)."""
-    result = shift = 0
-    for i, byte in enumerate(data):
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if i != len(data) - 1:
-                break
-            return result
-    raise AgentError(f"malformed LEB128 {what} in certificate: {data.hex()}")
-
-
 def _reject_error(answer: dict[str, Any], what: str) -> RejectError:
     """The :class:`RejectError` of a non-replicated rejection or a rejected query answer."""
     code = answer.get("reject_code")
@@ -132,7 +120,11 @@ def _request_outcome(cert: Certificate, rid: bytes) -> bytes | None:
     if status == b"replied":
         return cert.lookup_value([*base, b"reply"])
     if status == b"rejected":
-        code = _decode_nat(cert.lookup_value([*base, b"reject_code"]), "reject_code")
+        reject_code = cert.lookup_value([*base, b"reject_code"])
+        try:
+            code = leb128_value(reject_code)
+        except DecodeError:
+            raise AgentError(f"malformed LEB128 reject_code in certificate: {reject_code.hex()}") from None
         try:
             message = cert.lookup_value([*base, b"reject_message"]).decode()
             error = cert.lookup([*base, b"error_code"])

@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 
-from icws_fast.errors import CandidError
+from icws_fast.errors import CandidError, DecodeError
+from icws_fast.ic.leb128 import decode_leb128, decode_sleb128, leb128, sleb128
 from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
 from icws_fast.ic.principal import Principal
-from icws_fast.ic.request_id import leb128, sleb128
 
 __all__ = [
     "BLOB",
@@ -1232,49 +1232,13 @@ def encode(types: Sequence[Type] | str, values: Sequence[Any]) -> bytes:
 # Decoding: the message header (type table)
 # --------------------------------------------------------------------------------------------
 
-_LEB_END: Final = re.compile(rb"[\x00-\x7f]")
-_LOW7: Final = bytes(b & 0x7F for b in range(256))
-_BITS7: Final = tuple(f"{i:07b}" for i in range(128))
-
-
-def _leb_big(data: bytes, pos: int) -> tuple[int, int]:
-    """Unsigned LEB128 at ``pos`` of any length, in linear time."""
-    first = data[pos]
-    if first < 0x80:
-        return first, pos + 1
-    second = data[pos + 1]
-    if second < 0x80:  # two bytes: lengths of 128 bytes to 16 KiB, the common case after one byte
-        return (first & 0x7F) | second << 7, pos + 2
-    m = _LEB_END.search(data, pos)
-    if m is None:
-        raise CandidError("truncated LEB128 number")
-    end = m.end()
-    if end - pos <= 9:
-        value, shift = 0, 0
-        for byte in data[pos:end]:
-            value |= (byte & 0x7F) << shift
-            shift += 7
-        return value, end
-    # Long numbers: join the 7-bit groups as binary text, which int() parses in linear time.
-    digits = data[pos:end].translate(_LOW7)[::-1]
-    return int("".join(map(_BITS7.__getitem__, digits)), 2), end
-
-
-def _sleb_big(data: bytes, pos: int) -> tuple[int, int]:
-    """Signed LEB128 at ``pos``."""
-    value, end = _leb_big(data, pos)
-    bits = 7 * (end - pos)
-    if data[end - 1] & 0x40:
-        value -= 1 << bits
-    return value, end
-
 
 def _leb(data: bytes, pos: int) -> tuple[int, int]:
     """An unsigned LEB128 count or id (small in any valid message)."""
     b = data[pos]
     if b < 0x80:
         return b, pos + 1
-    return _leb_big(data, pos)
+    return decode_leb128(data, pos)
 
 
 class _Header(NamedTuple):
@@ -1292,7 +1256,7 @@ def _read_header(data: bytes) -> _Header:
     raw: list[tuple[int, Any]] = []
 
     def typeref(p: int) -> tuple[int, int]:
-        ref, p = _sleb_big(data, p)
+        ref, p = decode_sleb128(data, p)
         if ref >= 0:
             if ref >= n:
                 raise CandidError(f"type index {ref} out of range")
@@ -1307,7 +1271,7 @@ def _read_header(data: bytes) -> _Header:
         return k, p
 
     for _ in range(n):
-        op, pos = _sleb_big(data, pos)
+        op, pos = decode_sleb128(data, pos)
         if op in (_OPT, _VEC):
             ref, pos = typeref(pos)
             raw.append((op, ref))
@@ -1493,14 +1457,14 @@ def _dec_nat(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
     b = data[pos]
     if b < 0x80:
         return b, pos + 1
-    return _leb_big(data, pos)
+    return decode_leb128(data, pos)
 
 
 def _dec_int(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
     b = data[pos]
     if b < 0x80:
         return (b - 0x80 if b & 0x40 else b), pos + 1
-    return _sleb_big(data, pos)
+    return decode_sleb128(data, pos)
 
 
 def _struct_decoder(code: str) -> _Decoder:
@@ -1519,7 +1483,7 @@ def _dec_text(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
     if n < 0x80:
         pos += 1
     else:
-        n, pos = _leb_big(data, pos)
+        n, pos = decode_leb128(data, pos)
     end = pos + n
     if end > len(data):
         raise CandidError("text overshoots the message")
@@ -1760,7 +1724,7 @@ class _DecoderCompiler:
             if n < 0x80:
                 pos += 1
             else:
-                n, pos = _leb_big(data, pos)
+                n, pos = decode_leb128(data, pos)
             budget = st.budget - n
             if budget < 0:
                 raise CandidError(_OVER_BUDGET)
@@ -1845,7 +1809,7 @@ class _DecoderCompiler:
             if i < 0x80:
                 pos += 1
             else:
-                i, pos = _leb_big(data, pos)
+                i, pos = decode_leb128(data, pos)
             if i >= n:
                 raise CandidError(f"variant index {i} out of range")
             if depth >= MAX_DEPTH:
@@ -1954,7 +1918,7 @@ def _packed_vec(code: str, *, as_bytes: bool) -> _Decoder:
         if n < 0x80:
             pos += 1
         else:
-            n, pos = _leb_big(data, pos)
+            n, pos = decode_leb128(data, pos)
         end = pos + n * size
         if end > len(data):
             raise CandidError("vector overshoots the message")
@@ -1971,7 +1935,7 @@ def _skip_packed_vec(size: int) -> _Decoder:
         if n < 0x80:
             pos += 1
         else:
-            n, pos = _leb_big(data, pos)
+            n, pos = decode_leb128(data, pos)
         end = pos + n * size
         if end > len(data):
             raise CandidError("vector overshoots the message")
@@ -1985,7 +1949,7 @@ def _dec_bool_vec(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, i
     if n < 0x80:
         pos += 1
     else:
-        n, pos = _leb_big(data, pos)
+        n, pos = decode_leb128(data, pos)
     end = pos + n
     if end > len(data):
         raise CandidError("vector overshoots the message")
@@ -2062,6 +2026,10 @@ def decode(data: bytes | bytearray | memoryview, types: Sequence[Type] | str) ->
             value, pos = dec(raw, pos, st, 0)
             values.append(value)
     except _Mismatch as exc:
+        raise CandidError(str(exc)) from None
+    except CandidError:
+        raise
+    except DecodeError as exc:  # a truncated LEB128 number, from the shared decoder
         raise CandidError(str(exc)) from None
     except (IndexError, struct.error):
         raise CandidError("truncated Candid message") from None

@@ -29,6 +29,7 @@ from typing import Any, Final
 from icws_fast.errors import CertificateError, DecodeError
 from icws_fast.ic import bls, cbor, hashtree
 from icws_fast.ic.hashtree import LookupResult, Node, Path
+from icws_fast.ic.leb128 import leb128_value
 from icws_fast.ic.principal import Principal
 
 STATE_ROOT_DOMAIN: Final = b"\x0dic-state-root"
@@ -85,18 +86,6 @@ class _BlsCache:
 
 
 BLS_CACHE: Final = _BlsCache(BLS_CACHE_SIZE)
-
-
-def _decode_leb128(data: bytes) -> int:
-    """An unsigned LEB128 that fills ``data`` exactly (the encoding of ``/time``)."""
-    value = 0
-    for i, byte in enumerate(data):
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            if i != len(data) - 1:
-                raise CertificateError(REASON_MALFORMED, "trailing bytes after LEB128")
-            return value
-    raise CertificateError(REASON_MALFORMED, "truncated LEB128")
 
 
 class Delegation:
@@ -170,7 +159,10 @@ class Certificate:
         found = hashtree.lookup_path(self.tree, [b"time"])
         if found.status != hashtree.FOUND:
             raise CertificateError(REASON_TIME_MISSING, f"/time is {found.status}")
-        return _decode_leb128(found.value)
+        try:
+            return leb128_value(found.value)
+        except DecodeError as exc:
+            raise CertificateError(REASON_MALFORMED, f"/time: {exc}") from None
 
     def lookup(self, path: Path) -> LookupResult:
         """The spec's ``lookup_path`` in the certificate's tree."""

@@ -10,40 +10,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Final
 
+from icws_fast.ic.leb128 import leb128, sleb128
 from icws_fast.ic.principal import Principal
+
+# leb128 and sleb128 are re-exported: callers imported them from here before icws_fast.ic.leb128 existed.
+__all__ = ["REQUEST_DOMAIN", "SignedInt", "hash_of_map", "hash_value", "leb128", "request_id", "sleb128"]
 
 REQUEST_DOMAIN: Final = b"\x0aic-request"
 
 
 class SignedInt(int):
     """An ``int`` that hashes as signed LEB128 (Candid/IC ``int``) instead of ``nat``."""
-
-
-def leb128(n: int) -> bytes:
-    """Unsigned LEB128 of a non-negative integer."""
-    if n < 0:
-        raise ValueError("leb128 takes a non-negative integer")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def sleb128(n: int) -> bytes:
-    """Signed LEB128 of an integer."""
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40):
-            out.append(byte)
-            return bytes(out)
-        out.append(byte | 0x80)
 
 
 def hash_value(value: Any) -> bytes:

@@ -1,0 +1,90 @@
+"""LEB128, the variable-length integers of Candid and of the IC state tree (``/time``, ``reject_code``).
+
+One encoder and one decoder per signedness serve every module. The decoders take hostile input:
+they run in time linear in the number's length (however long) and raise
+:class:`~icws_fast.errors.DecodeError` on a truncated number, never ``IndexError``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from icws_fast.errors import DecodeError
+
+__all__ = ["decode_leb128", "decode_sleb128", "leb128", "leb128_value", "sleb128"]
+
+_END: Final = re.compile(rb"[\x00-\x7f]")
+_LOW7: Final = bytes(b & 0x7F for b in range(256))
+_BITS7: Final = tuple(f"{i:07b}" for i in range(128))
+_TRUNCATED: Final = "truncated LEB128 number"
+
+
+def leb128(n: int) -> bytes:
+    """Unsigned LEB128 of a non-negative integer."""
+    if n < 0:
+        raise ValueError("leb128 takes a non-negative integer")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def sleb128(n: int) -> bytes:
+    """Signed LEB128 of an integer."""
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40):
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def decode_leb128(data: bytes, pos: int = 0) -> tuple[int, int]:
+    """The unsigned LEB128 number at ``data[pos:]``: ``(value, end)``, ``end`` the index after its last byte."""
+    try:
+        first = data[pos]
+        if first < 0x80:
+            return first, pos + 1
+        second = data[pos + 1]
+        if second < 0x80:  # two bytes: lengths of 128 bytes to 16 KiB, the common case after one byte
+            return (first & 0x7F) | second << 7, pos + 2
+    except IndexError:
+        raise DecodeError(_TRUNCATED) from None
+    m = _END.search(data, pos)
+    if m is None:
+        raise DecodeError(_TRUNCATED)
+    end = m.end()
+    if end - pos <= 9:
+        value, shift = 0, 0
+        for byte in data[pos:end]:
+            value |= (byte & 0x7F) << shift
+            shift += 7
+        return value, end
+    # Long numbers: shifting into a growing int is quadratic in the length, so join the 7-bit groups
+    # as binary text instead, which int() parses in linear time.
+    digits = data[pos:end].translate(_LOW7)[::-1]
+    return int("".join(map(_BITS7.__getitem__, digits)), 2), end
+
+
+def decode_sleb128(data: bytes, pos: int = 0) -> tuple[int, int]:
+    """The signed LEB128 number at ``data[pos:]``: ``(value, end)``."""
+    value, end = decode_leb128(data, pos)
+    if data[end - 1] & 0x40:
+        value -= 1 << (7 * (end - pos))
+    return value, end
+
+
+def leb128_value(data: bytes) -> int:
+    """The unsigned LEB128 number that fills ``data`` exactly (a leaf such as ``/time``)."""
+    value, end = decode_leb128(data)
+    if end != len(data):
+        raise DecodeError(f"{len(data) - end} trailing bytes after a LEB128 number")
+    return value
