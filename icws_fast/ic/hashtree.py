@@ -285,12 +285,10 @@ def lookup_path_pure(tree: Node, path: Path) -> LookupResult:
 
     Raises HashTreeError when a node it visits is not well formed.
     """
-    node = tree
-    for label in path:
-        found = _find_label(_label_bytes(label), node)
-        if found.status != FOUND:
-            return found
-        node = found.value
+    found = lookup_subtree(tree, path)
+    if found.status != FOUND:
+        return found
+    node = found.value
     tag = _tag(node)
     if tag == LEAF:
         return LookupResult(FOUND, _bytes(node[1]))
