@@ -66,6 +66,9 @@ class _BlsCache:
         self._results: OrderedDict[tuple[bytes, bytes, bytes], bool] = OrderedDict()
 
     def verify(self, signature: bytes, message: bytes, public_key: bytes) -> bool:
+        if len(signature) != bls.SIGNATURE_LENGTH or len(public_key) != bls.PUBLIC_KEY_LENGTH:
+            # Never valid, and not cached: a hostile peer could otherwise fill the cache with huge signatures.
+            return False
         key = (signature, message, public_key)
         with self._lock:
             cached = self._results.get(key)
@@ -83,6 +86,9 @@ class _BlsCache:
     def clear(self) -> None:
         with self._lock:
             self._results.clear()
+
+    def __len__(self) -> int:
+        return len(self._results)
 
 
 BLS_CACHE: Final = _BlsCache(BLS_CACHE_SIZE)

@@ -12,6 +12,7 @@ import pytest
 from icws_fast.errors import CertificateError, IcwsError
 from icws_fast.ic import bls, cbor, hashtree
 from icws_fast.ic.certificate import BLS_CACHE, Certificate, encode_delegation, sign_certificate
+from icws_fast.ic.leb128 import leb128
 from icws_fast.ic.principal import Principal
 
 try:
@@ -150,17 +151,11 @@ def test_max_age_overrides_the_default() -> None:
 def _devnet_tree(subnet: bytes, canister: bytes, time_ns: int, subnet_key_der: bytes, ranges: bytes) -> hashtree.Node:
     return hashtree.build(
         {
-            b"time": _leb(time_ns),
+            b"time": leb128(time_ns),
             b"subnet": {subnet: {b"public_key": subnet_key_der, b"canister_ranges": ranges}},
             b"canister": {canister: {b"certified_data": b"\x07" * 32}},
         }
     )
-
-
-def _leb(n: int) -> bytes:
-    from icws_fast.ic.request_id import leb128
-
-    return leb128(n)
 
 
 def test_sign_verify_round_trip_with_delegation() -> None:
@@ -183,13 +178,13 @@ def test_sign_verify_round_trip_with_delegation() -> None:
     # Delegated: the root key signs the subnet's key and ranges; the subnet key signs the state.
     delegation_cert = sign_certificate(
         hashtree.witness(
-            {b"time": _leb(now), b"subnet": {subnet: {b"public_key": subnet_der, b"canister_ranges": ranges}}},
+            {b"time": leb128(now), b"subnet": {subnet: {b"public_key": subnet_der, b"canister_ranges": ranges}}},
             [[b"subnet", subnet, b"public_key"], [b"subnet", subnet, b"canister_ranges"]],
         ),
         root_sk,
     )
     state = hashtree.witness(
-        {b"time": _leb(now), b"canister": {canister: {b"certified_data": b"\x07" * 32}}},
+        {b"time": leb128(now), b"canister": {canister: {b"certified_data": b"\x07" * 32}}},
         [[b"time"], [b"canister", canister, b"certified_data"]],
     )
     data = sign_certificate(state, subnet_sk, encode_delegation(subnet, delegation_cert))
@@ -227,7 +222,7 @@ def test_sign_verify_round_trip_with_delegation() -> None:
     # Ranges pruned from the delegation: authorization cannot be shown.
     pruned_delegation = sign_certificate(
         hashtree.witness(
-            {b"time": _leb(now), b"subnet": {subnet: {b"public_key": subnet_der, b"canister_ranges": ranges}}},
+            {b"time": leb128(now), b"subnet": {subnet: {b"public_key": subnet_der, b"canister_ranges": ranges}}},
             [[b"subnet", subnet, b"public_key"]],
         ),
         root_sk,
@@ -251,12 +246,12 @@ def test_sharded_canister_ranges() -> None:
         cbor.encode([[bytes(6) + b"\x10\x00\x01\x01", bytes(6) + b"\x1f\xff\x01\x01"]]),
     )
     mapping = {
-        b"time": _leb(now),
+        b"time": leb128(now),
         b"subnet": {subnet: {b"public_key": subnet_der}},
         b"canister_ranges": {subnet: dict([shard_a, shard_b])},
     }
     inside_b = bytes(6) + b"\x12\x34\x01\x01"
-    state = hashtree.build({b"time": _leb(now)})
+    state = hashtree.build({b"time": leb128(now)})
 
     def certificate(paths: list[list[bytes]], tree: dict[bytes, Any] = mapping) -> Certificate:
         delegation = sign_certificate(hashtree.witness(tree, paths), root_sk)
@@ -325,3 +320,21 @@ def test_fuzz_from_cbor_and_verify_only_raise_package_errors() -> None:
                 cert.verify(ROOT_KEYS[check["root_key_name"]], None, check["now_ns"])
         except IcwsError:
             continue
+
+
+def test_signatures_of_the_wrong_length_fail_without_filling_the_bls_cache() -> None:
+    # A hostile gateway must not be able to park megabyte-sized signatures in the process-wide cache.
+    sk = bls.generate_secret_key(b"root")
+    root_der = bls.der_encode_public_key(bls.public_key(sk))
+    now = 1_700_000_000 * SECOND
+    tree = hashtree.build({b"time": leb128(now)})
+    good = cbor.decode(sign_certificate(tree, sk))
+    BLS_CACHE.clear()
+    for signature in (b"", good["signature"][:-1], good["signature"] + b"\x00", b"\x01" * 1_000_000):
+        cert = Certificate.from_cbor(cbor.encode({"tree": tree, "signature": signature}))
+        with pytest.raises(CertificateError) as info:
+            cert.verify(root_der, now_ns=now)
+        assert info.value.reason == "invalid-signature"
+    assert len(BLS_CACHE) == 0
+    Certificate.from_cbor(cbor.encode(good)).verify(root_der, now_ns=now)
+    assert len(BLS_CACHE) == 1
