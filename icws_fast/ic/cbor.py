@@ -4,7 +4,8 @@ Encoding writes the self-describe tag 55799 first (as agents and serde_cbor's
 ``self_describe()`` do), definite lengths only, map keys in the order given.
 Decoding is strict: it accepts the self-describe tag, rejects trailing bytes,
 lengths that overshoot the input, nesting deeper than ``max_depth``, duplicate
-map keys and reserved encodings, and raises only :class:`~icws_fast.errors.CborError`.
+map keys, bignums over :data:`MAX_BIGNUM_BYTES` and reserved encodings, and raises only
+:class:`~icws_fast.errors.CborError`.
 
 Python mapping: ``bytes`` <-> byte string, ``str`` <-> text, ``int`` <-> integer
 (bignum tags 2/3 beyond 64 bits), ``list`` <-> array (tuples encode as arrays),
@@ -24,6 +25,9 @@ from icws_fast.ic.principal import Principal
 SELF_DESCRIBE_TAG: Final = 55799
 SELF_DESCRIBE_PREFIX: Final = b"\xd9\xd9\xf7"
 DEFAULT_MAX_DEPTH: Final = 256
+#: Longest bignum magnitude decoded (512 bits; the IC's widest integers are 128 bits). Longer ones are
+#: rejected: an int of thousands of digits makes every later str() or f-string of it raise ValueError.
+MAX_BIGNUM_BYTES: Final = 64
 _BREAK: Final = 0xFF
 
 
@@ -195,6 +199,8 @@ class _Decoder:
             if tag in (2, 3):
                 if not isinstance(value, bytes):
                     raise CborError("bignum tag must wrap a byte string")
+                if len(value) > MAX_BIGNUM_BYTES:
+                    raise CborError(f"bignum of {len(value)} bytes is over the limit of {MAX_BIGNUM_BYTES}")
                 mag = int.from_bytes(value, "big")
                 return mag if tag == 2 else -1 - mag
             return Tag(tag, value)
