@@ -166,7 +166,8 @@ def parse(data: Any, *, max_depth: int = MAX_DEPTH) -> Node:
 def _parse(obj: Any, depth: int) -> Node:
     if depth <= 0:
         raise HashTreeError("hash tree nested too deeply")
-    if not isinstance(obj, (list, tuple)) or not obj:
+    # Exact types: cbor.Tag is a tuple too, and a tagged item (e.g. tag 4 around 32 bytes) is no tree node.
+    if (type(obj) is not list and type(obj) is not tuple) or not obj:
         raise HashTreeError(f"a hash tree node is a non-empty array, got {type(obj).__name__}")
     tag = obj[0]
     n = len(obj)

@@ -269,3 +269,12 @@ def test_witness_answers_like_the_full_tree(mapping: dict[bytes, Any], paths: li
         expected = hashtree.lookup_path(full, path)
         got = hashtree.lookup_path(wit, path)
         assert got == expected, path
+
+
+def test_tagged_cbor_items_are_not_tree_nodes() -> None:
+    # cbor.Tag is a tuple: tag 4 around 32 bytes must not pass for a Pruned node, nor tag 0 around a list for a node.
+    digest = b"\x11" * 32
+    assert hashtree.parse(cbor.encode([4, digest])) == (4, digest)
+    for data in (cbor.encode(cbor.Tag(4, digest)), cbor.encode([1, cbor.Tag(4, digest), [0]])):
+        with pytest.raises(HashTreeError):
+            hashtree.parse(data)
