@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -65,6 +66,7 @@ class ScriptedReplica:
     sign_with_other_key: bool = False
     corrupt_node_signature: bool = False
     polls_before_done: int = 0  # read_state answers "received" this many times first
+    certify_other_request: bool = False  # a v3 answer certifies a forged reply of another request id
     hostile: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # endpoint kind -> (status, body)
     hang: asyncio.Event | None = None  # when set, every request waits on it
     hits: list[str] = field(default_factory=list)
@@ -148,6 +150,10 @@ class ScriptedReplica:
             return self.cbor(rejection)
         self.requests[env.request_id] = Request(env.sender.bytes, env.method_name, env.arg)
         if version == "v3" and self.v3 == "sync":
+            if self.certify_other_request:
+                other = hashlib.sha256(env.request_id).digest()
+                forged = {b"request_status": {other: {b"status": b"replied", b"reply": b"forged"}}}
+                return self.cbor({"status": "replied", "certificate": self.certificate(forged)})
             return self.cbor(
                 {"status": "replied", "certificate": self.certificate(self.status_subtree(env.request_id))}
             )
@@ -272,6 +278,17 @@ async def test_call_v3_202_polls_read_state(replica_server: tuple[ScriptedReplic
     async with await agent_for(url, replica) as agent:
         assert await agent.call(CANISTER, "echo", b"later") == b"echo:later"
     assert replica.hits[1:] == ["v3/call", "v2/read_state", "v2/read_state", "v2/read_state"]
+
+
+async def test_a_certificate_for_another_request_id_is_not_the_reply(
+    replica_server: tuple[ScriptedReplica, str],
+) -> None:
+    replica, url = replica_server
+    reconfigure(replica, certify_other_request=True)
+    async with await agent_for(url, replica) as agent:
+        # The v3 answer's valid certificate holds another request's reply: the agent reads its own by polling.
+        assert await agent.call(CANISTER, "echo", b"mine") == b"echo:mine"
+    assert replica.hits[1:] == ["v3/call", "v2/read_state"]
 
 
 async def test_call_falls_back_to_v2_once_v3_is_missing(replica_server: tuple[ScriptedReplica, str]) -> None:
