@@ -47,7 +47,14 @@ from icws_fast.errors import (
 )
 from icws_fast.ic import bls, cbor, hashtree
 from icws_fast.ic.certificate import Certificate
-from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content
+from icws_fast.ic.envelope import (
+    MAX_INGRESS_TTL_NS,
+    PERMITTED_DRIFT_NS,
+    build_envelope,
+    call_content,
+    parse_envelope,
+    read_state_content,
+)
 from icws_fast.ic.identity import AnonymousIdentity, Identity, verify_signature
 from icws_fast.ic.leb128 import leb128_value
 from icws_fast.ic.principal import Principal
@@ -71,6 +78,9 @@ MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 POLL_FIRST_DELAY_S: Final = 0.02
 POLL_BACKOFF: Final = 1.5
 POLL_MAX_DELAY_S: Final = 1.0
+#: Longest a call is polled, whatever its ingress expiry says: the IC accepts no expiry further ahead, so a relayed
+#: envelope claiming one (hostile or broken) must not keep a poller busy for longer.
+MAX_POLL_NS: Final = MAX_INGRESS_TTL_NS + PERMITTED_DRIFT_NS
 RESPONSE_DOMAIN: Final = b"\x0bic-response"
 #: More node signatures on one query answer than any subnet has nodes (the spec sends one) is malformed.
 MAX_NODE_SIGNATURES: Final = 100
@@ -514,13 +524,14 @@ class Agent:
         """Read ``request_status`` with back-off until the request is terminal or its ingress expiry passes."""
         if poller is None:
             raise CallPending(rid)
+        deadline = min(ingress_expiry, time.time_ns() + MAX_POLL_NS)
         delay = POLL_FIRST_DELAY_S
         while True:
             cert = await self._read_state_as(poller, canister_id, [[b"request_status", rid]], timeout_s)
             reply = _request_outcome(cert, rid)
             if reply is not None:
                 return reply
-            if time.time_ns() > ingress_expiry:
+            if time.time_ns() > deadline:
                 # Past its expiry an unprocessed call can never start; a processing one is abandoned too.
                 raise AgentTimeout(f"no certified outcome of request 0x{rid.hex()} before its ingress expiry")
             await asyncio.sleep(delay)

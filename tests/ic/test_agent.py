@@ -373,6 +373,20 @@ async def test_polling_ends_at_the_ingress_expiry(replica_server: tuple[Scripted
             await agent.submit_signed(CANISTER, build_envelope(identity, content))
 
 
+async def test_polling_ends_even_when_the_ingress_expiry_is_far_ahead(
+    replica_server: tuple[ScriptedReplica, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replica, url = replica_server
+    reconfigure(replica, v3="202", polls_before_done=10**6)
+    # A relayed envelope may claim any expiry; the poller stops after the IC's window (shortened for the test).
+    monkeypatch.setattr(agent_module, "MAX_POLL_NS", 200_000_000)
+    identity = Ed25519Identity.generate()
+    content = call_content(identity.sender, CANISTER, "echo", b"", ingress_expiry_ns=2**64 - 1, nonce=b"n")
+    async with await agent_for(url, replica, identity=identity) as agent:
+        with pytest.raises(AgentTimeout, match="ingress expiry"):
+            await agent.submit_signed(CANISTER, build_envelope(identity, content))
+
+
 # -- relaying envelopes signed elsewhere ----------------------------------------------------------------
 
 
