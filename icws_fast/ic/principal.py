@@ -10,6 +10,8 @@ from typing import Final
 from icws_fast.errors import InvalidPrincipal
 
 MAX_LENGTH: Final = 29
+#: Longest textual form: 4 checksum bytes + 29 bytes in base32 (53 characters) and 10 dashes.
+MAX_TEXT_LENGTH: Final = 63
 _ANONYMOUS_TAG: Final = 0x04
 _SELF_AUTHENTICATING_TAG: Final = 0x02
 _ALPHABET: Final = frozenset("abcdefghijklmnopqrstuvwxyz234567")
@@ -35,6 +37,9 @@ class Principal:
         """Parse the textual form; reject bad alphabet, grouping, checksum or length."""
         if not isinstance(text, str):
             raise InvalidPrincipal("principal text must be a str")
+        if len(text) > MAX_TEXT_LENGTH:
+            # Checked first so that hostile megabytes are neither decoded nor copied into the error message.
+            raise InvalidPrincipal(f"principal text too long: {len(text)} characters (max {MAX_TEXT_LENGTH})")
         lowered = text.lower()
         groups = lowered.split("-")
         if any(len(g) != 5 for g in groups[:-1]) or not 1 <= len(groups[-1]) <= 5:

@@ -1,11 +1,12 @@
-"""CBOR limits that protect callers of the decoder from hostile values it would otherwise return."""
+"""Input limits that protect callers from hostile values: CBOR bignums, principal text."""
 
 from __future__ import annotations
 
 import pytest
 
-from icws_fast.errors import CborError
+from icws_fast.errors import CborError, InvalidPrincipal
 from icws_fast.ic import cbor
+from icws_fast.ic.principal import MAX_LENGTH, MAX_TEXT_LENGTH, Principal
 
 
 def test_bignums_up_to_the_limit_decode() -> None:
@@ -22,3 +23,12 @@ def test_huge_bignums_are_rejected(tag: bytes) -> None:
         cbor.decode(data)
     with pytest.raises(CborError):
         cbor.decode(cbor.encode({"timestamp": cbor.Tag(2, b"\x01" * (cbor.MAX_BIGNUM_BYTES + 1))}))
+
+
+def test_principal_text_length_is_checked_before_decoding() -> None:
+    longest = Principal(b"\xff" * MAX_LENGTH).to_text()
+    assert len(longest) == MAX_TEXT_LENGTH
+    assert Principal.from_text(longest).bytes == b"\xff" * MAX_LENGTH
+    with pytest.raises(InvalidPrincipal, match="too long") as info:
+        Principal.from_text("a" * 1_000_000)
+    assert len(str(info.value)) < 200
