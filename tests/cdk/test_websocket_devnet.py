@@ -222,6 +222,23 @@ async def test_firehose_rounds(devnet: Devnet) -> None:
         await gw.close()
 
 
+async def test_firehose_refuses_rounds_over_the_memory_budget(devnet: Devnet) -> None:
+    canister = devnet.canister_ids["firehose"]
+    config = candid.parse_args("(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })")
+    async with Agent(devnet.url, Ed25519Identity.generate(), root_key=devnet.root_key_der) as agent:
+        # Each value is within its own limit; together they would queue 200 GB per client and round.
+        with pytest.raises(RejectError, match=r"messages_per_round \* payload_size"):
+            await agent.call(
+                canister,
+                "configure",
+                candid.encode(
+                    config, [{"messages_per_round": 100_000, "payload_size": 2 * 1024 * 1024, "interval_ms": 1}]
+                ),
+            )
+        (current,) = candid.decode(await agent.query(canister, "config", candid.encode([], [])), config)
+        assert current["messages_per_round"] == 0
+
+
 async def test_a_client_cannot_speak_for_another(devnet: Devnet, gateway: WsGateway, client: WsClient) -> None:
     canister = devnet.canister_ids["test"]
     mallory = WsClient(devnet, canister, gateway.principal)

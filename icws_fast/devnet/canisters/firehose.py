@@ -19,6 +19,9 @@ from icws_fast.devnet.canisters.test_canister import APP_MESSAGE_DID, encode_app
 FIREHOSE_ACK_INTERVAL_MS: Final = 70_000
 MAX_MESSAGES_PER_ROUND: Final = 100_000
 MAX_PAYLOAD_SIZE: Final = 2 * 1024 * 1024
+#: Bytes one round may queue per client: anyone may call ``configure``, and the two maxima together (200 GB a
+#: round) would exhaust the devnet's memory.
+MAX_ROUND_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_INTERVAL_MS: Final = 100
 
 
@@ -67,11 +70,13 @@ class FirehoseCanister(WsCanister):
 
     @update("(FirehoseConfig) -> ()")
     def configure(self, config: dict[str, Any]) -> None:
-        """Set the rate; traps on values above the limits or a zero interval."""
+        """Set the rate; traps on values above the limits (per message and per round) or a zero interval."""
         if config["messages_per_round"] > MAX_MESSAGES_PER_ROUND:
             api.trap(f"messages_per_round must be at most {MAX_MESSAGES_PER_ROUND}")
         if config["payload_size"] > MAX_PAYLOAD_SIZE:
             api.trap(f"payload_size must be at most {MAX_PAYLOAD_SIZE}")
+        if config["messages_per_round"] * config["payload_size"] > MAX_ROUND_BYTES:
+            api.trap(f"messages_per_round * payload_size must be at most {MAX_ROUND_BYTES}")
         if config["interval_ms"] == 0:
             api.trap("interval_ms must be positive")
         self.messages_per_round = config["messages_per_round"]
