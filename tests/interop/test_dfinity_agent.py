@@ -14,30 +14,16 @@ test does it when ``node_modules`` is missing. Skipped only when ``node`` is not
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from tests.interop.conftest import HERE
 from tests.interop.echo_devnet import running
 
-HERE = Path(__file__).resolve().parent
-NODE = shutil.which("node")
 CHECKS = 7
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    if NODE is None:
-        pytest.skip("node is not installed")
-    if not (HERE / "node_modules" / "@dfinity" / "agent").is_dir():
-        npm = shutil.which("npm")
-        assert npm is not None, "node is installed but npm is not: cannot install the pinned @dfinity packages"
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE, check=True, timeout=600)
-    return NODE
 
 
 @pytest.mark.parametrize("subnet_delegation", [False, True], ids=["root-signed", "subnet-delegation"])

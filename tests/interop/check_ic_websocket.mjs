@@ -1,0 +1,247 @@
+// The official JS client SDK (ic-websocket-js 0.5.x on @dfinity/agent 2.x) against icws-gateway + icws-devnet.
+//
+// Usage: node check_ic_websocket.mjs CHECK '<json>'; the JSON is what ws_stack.running_stack yields:
+//   ic_url, root_key (hex DER), canisters {test, chat, quick}, gateway_url, ack_interval_ms (quick's ack cycle):
+//   quick is the test canister with an ack / keep-alive cycle of seconds.
+// The SDK verifies every certificate itself (it fetches the devnet's root key, as for any local replica), checks
+// sequence numbers and the OpenMessage client key, answers acks with keep-alives, and closes with code 4000 on
+// any of these errors; so every check also fails on an `onerror` call.
+// Prints "ok CHECK" or "FAIL CHECK: reason"; the exit code is 0 only for "ok".
+import { Actor, HttpAgent } from '@dfinity/agent';
+import { IDL } from '@dfinity/candid';
+import { Ed25519KeyIdentity } from '@dfinity/identity';
+import { IcWebSocket, createWsConfig, generateRandomIdentity } from 'ic-websocket-js';
+import WebSocket from 'ws';
+
+// The SDK expects browser globals: Node 20 has Event and MessageEvent but neither WebSocket nor ErrorEvent.
+globalThis.WebSocket ??= WebSocket;
+globalThis.ErrorEvent ??= class ErrorEvent extends Event {
+  constructor(type, init = {}) {
+    super(type);
+    this.error = init.error;
+    this.message = init.message ?? String(init.error);
+  }
+};
+
+const [checkName, cfgText] = process.argv.slice(2);
+const cfg = JSON.parse(cfgText);
+const TIMEOUT_MS = 30_000;
+
+// The demo canisters' interface, as `dfx generate` would write it from their .did: the IC WebSocket entry
+// points with `opt AppMessage` as the application message type, plus the test canister's debug methods.
+const idlFactory = ({ IDL }) => {
+  const ClientPrincipal = IDL.Principal;
+  const ClientKey = IDL.Record({ client_principal: ClientPrincipal, client_nonce: IDL.Nat64 });
+  const WebsocketMessage = IDL.Record({
+    client_key: ClientKey,
+    sequence_num: IDL.Nat64,
+    timestamp: IDL.Nat64,
+    is_service_message: IDL.Bool,
+    content: IDL.Vec(IDL.Nat8),
+  });
+  const AppMessage = IDL.Record({ text: IDL.Text, timestamp: IDL.Nat64 });
+  const Result = IDL.Variant({ Ok: IDL.Null, Err: IDL.Text });
+  return IDL.Service({
+    ws_open: IDL.Func([IDL.Record({ client_nonce: IDL.Nat64, gateway_principal: IDL.Principal })], [Result], []),
+    ws_close: IDL.Func([IDL.Record({ client_key: ClientKey })], [Result], []),
+    ws_message: IDL.Func([IDL.Record({ msg: WebsocketMessage }), IDL.Opt(AppMessage)], [Result], []),
+    send: IDL.Func([ClientPrincipal, IDL.Vec(IDL.Nat8)], [Result], []),
+    close: IDL.Func([ClientPrincipal], [Result], []),
+  });
+};
+
+async function actorFor(canisterId, identity = Ed25519KeyIdentity.generate()) {
+  const agent = await HttpAgent.create({ host: cfg.ic_url, identity, shouldFetchRootKey: true });
+  return Actor.createActor(idlFactory, { agent, canisterId });
+}
+
+// One IcWebSocket with promise-based helpers: `opened`, `next()` (the next application message), `closed`.
+class Client {
+  constructor(canisterId, actor, identity = generateRandomIdentity(), extra = {}) {
+    this.identity = identity;
+    this.errors = [];
+    this.inbox = [];
+    this.waiters = [];
+    this.ws = new IcWebSocket(
+      cfg.gateway_url,
+      undefined,
+      createWsConfig({ canisterId, canisterActor: actor, identity, networkUrl: cfg.ic_url, ...extra }),
+    );
+    this.opened = new Promise(resolve => {
+      this.ws.onopen = () => resolve();
+    });
+    this.closed = new Promise(resolve => {
+      this.ws.onclose = event => resolve({ code: event.code, reason: String(event.reason) });
+    });
+    this.ws.onmessage = event => {
+      const waiter = this.waiters.shift();
+      if (waiter) waiter(event.data);
+      else this.inbox.push(event.data);
+    };
+    this.ws.onerror = event => this.errors.push(String(event.error ?? event.message));
+  }
+
+  next() {
+    if (this.inbox.length > 0) return Promise.resolve(this.inbox.shift());
+    return new Promise(resolve => this.waiters.push(resolve));
+  }
+
+  send(text) {
+    this.ws.send({ text, timestamp: 0n });
+  }
+
+  principal() {
+    return this.identity.getPrincipal();
+  }
+
+  assertNoErrors() {
+    if (this.errors.length > 0) throw new Error(`SDK errors: ${this.errors.join('; ')}`);
+  }
+}
+
+function within(promise, what, ms = TIMEOUT_MS) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function expectEqual(actual, expected, what) {
+  if (actual !== expected) throw new Error(`${what}: got ${JSON.stringify(actual)}, expected ${JSON.stringify(expected)}`);
+}
+
+const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
+
+// Open, get the canister's greeting, exchange `rounds` messages; the client stays open.
+async function pingPong(client, label, rounds) {
+  await within(client.opened, `${label}: open`);
+  const greeting = await within(client.next(), `${label}: greeting`);
+  expectEqual(greeting.text, 'ping', `${label}: greeting`);
+  if (typeof greeting.timestamp !== 'bigint' || greeting.timestamp === 0n) {
+    throw new Error(`${label}: greeting timestamp ${greeting.timestamp} is not the canister time`);
+  }
+  for (let i = 0; i < rounds; i += 1) {
+    client.send(`${label}.${i}`);
+    const reply = await within(client.next(), `${label}: reply ${i}`);
+    expectEqual(reply.text, `${label}.${i} ping`, `${label}: reply`);
+  }
+  client.assertNoErrors();
+}
+
+async function closeFromClient(client, label) {
+  client.ws.close();
+  const { code } = await within(client.closed, `${label}: close`);
+  expectEqual(code, 1000, `${label}: close code`);
+  client.assertNoErrors();
+}
+
+// The canister forgets a client once the gateway has called ws_close: its debug `send` then answers Err.
+async function waitUntilForgotten(actor, principal) {
+  const deadline = Date.now() + TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if ('Err' in (await actor.send(principal, new Uint8Array([1])))) return;
+    await sleep(100);
+  }
+  throw new Error(`the canister still lists ${principal.toText()} as connected`);
+}
+
+const test = cfg.canisters.test;
+const chat = cfg.canisters.chat;
+
+const checks = {
+  // Secp256k1 (the SDK's generateRandomIdentity) and Ed25519 identities sign the relayed ws_open / ws_message.
+  async 'open-send-receive'() {
+    const actor = await actorFor(test);
+    for (const [label, identity] of [
+      ['secp256k1', generateRandomIdentity()],
+      ['ed25519', Ed25519KeyIdentity.generate()],
+    ]) {
+      const client = new Client(test, actor, identity);
+      await pingPong(client, label, 5);
+      await closeFromClient(client, label);
+    }
+  },
+
+  async 'fifty-clients'() {
+    const actor = await actorFor(test);
+    const clients = Array.from({ length: 50 }, () => new Client(test, actor));
+    await Promise.all(clients.map((client, n) => pingPong(client, `c${n}`, 3)));
+    await Promise.all(clients.map((client, n) => closeFromClient(client, `c${n}`)));
+  },
+
+  // Acks arrive every ack_interval_ms; the SDK answers each with a keep-alive. A missed keep-alive would make the
+  // canister close the client (CloseMessage KeepAliveTimeout, an SDK error) and forget it (no more replies).
+  async 'ack-keep-alive'() {
+    const handle = IcWebSocket.prototype._handleAckMessageFromCanister;
+    let acks = 0;
+    IcWebSocket.prototype._handleAckMessageFromCanister = function countAck(content) {
+      acks += 1;
+      return handle.call(this, content);
+    };
+    const quick = cfg.canisters.quick;
+    const actor = await actorFor(quick);
+    const client = new Client(quick, actor, generateRandomIdentity(), { ackMessageIntervalMs: cfg.ack_interval_ms });
+    await pingPong(client, 'before', 1);
+    const deadline = Date.now() + 10 * cfg.ack_interval_ms + TIMEOUT_MS;
+    while (acks < 4 && Date.now() < deadline) await sleep(100);
+    if (acks < 4) throw new Error(`only ${acks} ack messages in ${10 * cfg.ack_interval_ms + TIMEOUT_MS} ms`);
+    expectEqual(client.ws.isConnectionEstablished(), true, 'connected after the ack cycles');
+    client.send('after');
+    expectEqual((await within(client.next(), 'reply after the ack cycles')).text, 'after ping', 'reply');
+    await closeFromClient(client, 'after');
+  },
+
+  async 'close-from-client'() {
+    const actor = await actorFor(test);
+    const client = new Client(test, actor);
+    await pingPong(client, 'client-close', 1);
+    await closeFromClient(client, 'client-close');
+    await waitUntilForgotten(actor, client.principal());
+  },
+
+  // The canister closes the client (CloseMessage ClosedByApplication): the SDK closes with 4001, no error. The
+  // same identity then reconnects (a new client nonce) and talks again.
+  async 'close-from-canister-and-reconnect'() {
+    const actor = await actorFor(test);
+    const identity = generateRandomIdentity();
+    const first = new Client(test, actor, identity);
+    await pingPong(first, 'first', 1);
+    const answer = await actor.close(identity.getPrincipal());
+    if (!('Ok' in answer)) throw new Error(`close: ${JSON.stringify(answer)}`);
+    const { code } = await within(first.closed, 'the close from the canister');
+    expectEqual(code, 4001, 'close code');
+    first.assertNoErrors();
+    const again = new Client(test, actor, identity);
+    await pingPong(again, 'again', 3);
+    await closeFromClient(again, 'again');
+  },
+
+  // The chat canister broadcasts: every client sees every message, its own included.
+  async 'chat-broadcast'() {
+    const actor = await actorFor(chat);
+    const clients = [0, 1, 2].map(() => new Client(chat, actor));
+    await Promise.all(clients.map((client, n) => within(client.opened, `chat ${n}: open`)));
+    clients.forEach((client, n) => client.send(`from ${n}`));
+    for (const [n, client] of clients.entries()) {
+      const seen = [];
+      for (let i = 0; i < clients.length; i += 1) seen.push((await within(client.next(), `chat ${n}: message`)).text);
+      expectEqual(seen.sort().join('|'), 'from 0|from 1|from 2', `chat ${n}: messages`);
+    }
+    await Promise.all(clients.map((client, n) => closeFromClient(client, `chat ${n}`)));
+  },
+};
+
+const check = checks[checkName];
+if (!check) {
+  console.log(`FAIL ${checkName}: no such check (known: ${Object.keys(checks).join(', ')})`);
+  process.exit(2);
+}
+try {
+  await check();
+  console.log(`ok ${checkName}`);
+  process.exit(0);
+} catch (err) {
+  console.log(`FAIL ${checkName}: ${err && err.stack ? err.stack : err}`);
+  process.exit(1);
+}

@@ -1,0 +1,61 @@
+"""The official JS client SDK, ic-websocket-js 0.5.x on @dfinity/agent 2.x (Node), against our gateway and devnet.
+
+Each test runs one check of ``check_ic_websocket.mjs`` against one shared ``icws-devnet`` + ``icws-gateway`` pair
+(see ``ws_stack.py``): open / send / receive with secp256k1 and Ed25519 identities, 50 clients at once, the
+ack / keep-alive cycle, close from the client and from the canister, reconnect, the chat broadcast. The SDK
+verifies every certificate itself, so a passing check means the official client accepts what our gateway relays
+and our devnet certifies.
+
+The Node dependencies are pinned in ``package-lock.json`` (``make test`` runs ``npm ci`` first; the ``node``
+fixture does it when ``node_modules`` is missing). Skipped only when ``node`` is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.interop.conftest import HERE
+from tests.interop.ws_stack import running_stack
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with running_stack(tmp_path_factory.mktemp("ws-stack")) as info:
+        yield info
+
+
+def run_check(node: str, name: str, info: dict[str, Any], timeout: float = 180) -> None:
+    """Run one named check; its output is the assertion message."""
+    result = subprocess.run(
+        [node, str(HERE / "check_ic_websocket.mjs"), name, json.dumps(info)],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,  # asserted below, with the output
+        env={**os.environ, "LOG_LEVEL": "warn"},  # the SDK logs every message at "info"
+    )
+    assert result.returncode == 0 and f"ok {name}" in result.stdout.splitlines(), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        "open-send-receive",
+        "fifty-clients",
+        "ack-keep-alive",
+        "close-from-client",
+        "close-from-canister-and-reconnect",
+        "chat-broadcast",
+    ],
+)
+def test_ic_websocket_js(node: str, stack: dict[str, Any], check: str) -> None:
+    run_check(node, check, stack)
