@@ -7,10 +7,11 @@ positions and lengths; Python objects are created only for the decoded values th
 filled in place). Every check of the pure decoder happens here in the same order, so both
 raise :class:`~icws_fast.errors.CborError` with the same message on the same input.
 
-One limit is the compiled decoder's own: nesting beyond ``MAX_NESTING`` levels raises
-``CborError("CBOR nested too deeply")`` whatever ``max_depth`` allows, because the decoder
-recurses on the C stack. The pure decoder raises the same error when Python's recursion
-limit runs out, which (at two frames per level) happens well below ``MAX_NESTING``.
+Nesting is bounded twice, as in the pure decoder: by ``max_depth``, and by the interpreter's
+recursion limit, since the decoder recurses on the C stack. Every container or tag level counts
+against that limit through ``Py_EnterRecursiveCall`` (as CPython's own JSON decoder does), and
+running out raises ``CborError("CBOR nested too deeply")``, the pure decoder's error when Python
+recursion runs out (the pure decoder spends two Python frames a level, so it gets there first).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -22,6 +23,17 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint64_t
 
 from icws_fast.errors import CborError
+
+
+cdef extern from *:
+    """
+    /* Py_EnterRecursiveCall returns nonzero, RecursionError set, when the recursion limit is hit. */
+    static int icws_cbor_enter_nesting(void) {
+        return Py_EnterRecursiveCall(" while decoding CBOR") ? -1 : 0;
+    }
+    """
+    int enter_nesting "icws_cbor_enter_nesting"() except -1
+    void Py_LeaveRecursiveCall()
 
 
 cdef extern from "Python.h":
@@ -36,16 +48,13 @@ cdef enum:
     SELF_DESCRIBE_TAG = 55799
     DEFAULT_MAX_DEPTH = 256
     BREAK = 0xFF
-    # The deepest nesting decoded on the C stack, whatever max_depth says (a few hundred bytes a level).
-    MAX_NESTING = 2000
 
 
 cdef struct Decoder:
     const unsigned char *data
     Py_ssize_t pos
     Py_ssize_t end
-    Py_ssize_t max_depth  # the caller's limit, for the error message
-    Py_ssize_t limit      # min(max_depth, MAX_NESTING)
+    Py_ssize_t max_depth
 
 
 # icws_fast.ic.cbor.Tag, resolved on first use: importing it at load time would be circular when this
@@ -137,47 +146,11 @@ cdef int map_entry(Decoder *d, dict result, Py_ssize_t depth) except -1:
     return 0
 
 
-cdef object item(Decoder *d, Py_ssize_t depth):
-    cdef unsigned char ib
-    cdef int major, info
+cdef object nested(Decoder *d, int major, int info, Py_ssize_t depth):
+    """An array (major 4), map (major 5) or tagged item (major 6), its head's initial byte read."""
     cdef uint64_t n, i
-    cdef Py_ssize_t p
-    cdef const char *data
     cdef list items
     cdef dict result
-    if depth > d.limit:
-        if depth > d.max_depth:
-            raise CborError(f"CBOR nested deeper than {d.max_depth}")
-        raise CborError("CBOR nested too deeply")
-    ib = d.data[need(d, 1)]
-    major = ib >> 5
-    info = ib & 0x1F
-    if major == 0:
-        argument(d, info, &n)
-        return PyLong_FromUnsignedLongLong(n)
-    if major == 1:
-        argument(d, info, &n)
-        if n < (<uint64_t>1 << 63):
-            return PyLong_FromLongLong(-1 - <long long>n)
-        return -1 - PyLong_FromUnsignedLongLong(n)
-    if major == 2 or major == 3:
-        if info == 31:
-            raw = chunks(d, major)
-            if major == 2:
-                return raw
-            p = 0
-            n = <uint64_t>PyBytes_GET_SIZE(raw)
-            data = <const char *>PyBytes_AS_STRING(raw)
-        else:
-            argument(d, info, &n)
-            p = need(d, n)
-            data = <const char *>d.data
-            if major == 2:
-                return PyBytes_FromStringAndSize(data + p, <Py_ssize_t>n)
-        try:
-            return PyUnicode_DecodeUTF8(data + p, <Py_ssize_t>n, NULL)
-        except UnicodeDecodeError as exc:
-            raise CborError(f"invalid UTF-8 in CBOR text: {exc}") from None
     if major == 4:
         if info == 31:
             items = []
@@ -207,17 +180,62 @@ cdef object item(Decoder *d, Py_ssize_t depth):
         for i in range(n):
             map_entry(d, result, depth)
         return result
-    if major == 6:
+    # major 6
+    argument(d, info, &n)
+    if n == SELF_DESCRIBE_TAG:
+        return item(d, depth + 1)
+    value = item(d, depth + 1)
+    if n == 2 or n == 3:
+        if not PyBytes_CheckExact(value):
+            raise CborError("bignum tag must wrap a byte string")
+        magnitude = int.from_bytes(value, "big")
+        return magnitude if n == 2 else -1 - magnitude
+    return make_tag(n, value)
+
+
+cdef object item(Decoder *d, Py_ssize_t depth):
+    cdef unsigned char ib
+    cdef int major, info
+    cdef uint64_t n
+    cdef Py_ssize_t p
+    cdef const char *data
+    if depth > d.max_depth:
+        raise CborError(f"CBOR nested deeper than {d.max_depth}")
+    ib = d.data[need(d, 1)]
+    major = ib >> 5
+    info = ib & 0x1F
+    if 4 <= major <= 6:
+        enter_nesting()
+        try:
+            return nested(d, major, info, depth)
+        finally:
+            Py_LeaveRecursiveCall()
+    if major == 0:
         argument(d, info, &n)
-        if n == SELF_DESCRIBE_TAG:
-            return item(d, depth + 1)
-        value = item(d, depth + 1)
-        if n == 2 or n == 3:
-            if not PyBytes_CheckExact(value):
-                raise CborError("bignum tag must wrap a byte string")
-            magnitude = int.from_bytes(value, "big")
-            return magnitude if n == 2 else -1 - magnitude
-        return make_tag(n, value)
+        return PyLong_FromUnsignedLongLong(n)
+    if major == 1:
+        argument(d, info, &n)
+        if n < (<uint64_t>1 << 63):
+            return PyLong_FromLongLong(-1 - <long long>n)
+        return -1 - PyLong_FromUnsignedLongLong(n)
+    if major == 2 or major == 3:
+        if info == 31:
+            raw = chunks(d, major)
+            if major == 2:
+                return raw
+            p = 0
+            n = <uint64_t>PyBytes_GET_SIZE(raw)
+            data = <const char *>PyBytes_AS_STRING(raw)
+        else:
+            argument(d, info, &n)
+            p = need(d, n)
+            data = <const char *>d.data
+            if major == 2:
+                return PyBytes_FromStringAndSize(data + p, <Py_ssize_t>n)
+        try:
+            return PyUnicode_DecodeUTF8(data + p, <Py_ssize_t>n, NULL)
+        except UnicodeDecodeError as exc:
+            raise CborError(f"invalid UTF-8 in CBOR text: {exc}") from None
     # major 7
     if info == 20:
         return False
@@ -246,8 +264,10 @@ cdef object decode_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t
     d.pos = 0
     d.end = size
     d.max_depth = max_depth
-    d.limit = max_depth if max_depth < MAX_NESTING else MAX_NESTING
-    value = item(&d, 0)
+    try:
+        value = item(&d, 0)
+    except RecursionError:
+        raise CborError("CBOR nested too deeply") from None
     if d.pos != d.end:
         raise CborError(f"{d.end - d.pos} trailing bytes after CBOR item")
     return value
