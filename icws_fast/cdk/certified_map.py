@@ -11,8 +11,9 @@ and deleted from the front:
   entries in nonce order. Inserting or deleting an entry rehashes only its ancestors that have two non-empty
   children, about log2(queue length) forks;
 - the gateways' subtrees are joined by a balanced fork tree in key order (the keys of one gateway are contiguous in
-  the global order because they share the prefix ``"<gateway>_"``), with every range hash cached, so updating one
-  gateway costs log2(number of gateways) forks and only adding or dropping a gateway rebuilds that level.
+  the global order because they share the prefix ``"<gateway>_"``), a :class:`~icws_fast.ic.hashtree.BalancedForks`
+  with every range hash cached, so updating one gateway costs log2(number of gateways) forks and only adding or
+  dropping a gateway rebuilds that level.
 
 A witness for a range of one gateway's nonces keeps the labeled leaves of the range and prunes everything else, so
 its size is O(messages returned + log n).
@@ -29,6 +30,7 @@ from icws_fast.ic.hashtree import (
     LABELED,
     LEAF,
     PRUNED,
+    BalancedForks,
     Node,
     fork_hash,
     labeled_hash,
@@ -127,14 +129,13 @@ class CertifiedMessageMap:
     ``ws_get_messages`` returns for the nonces ``first..last`` of ``gateway``.
     """
 
-    __slots__ = ("_forks", "_hashes", "_prefixes", "_tries")
+    __slots__ = ("_gateways", "_prefixes", "_tries")
 
     def __init__(self) -> None:
         self._tries: dict[Principal, _NonceTrie] = {}
-        # The non-empty gateways in key order (by "<text>_" prefix) and the balanced forks joining them.
+        # The non-empty gateways in key order (by "<text>_" prefix) and the balanced forks joining their tries.
         self._prefixes: list[bytes] = []
-        self._hashes: list[bytes] = []
-        self._forks: dict[tuple[int, int], bytes] = {}
+        self._gateways = BalancedForks()
 
     def __len__(self) -> int:
         return sum(len(trie) for trie in self._tries.values())
@@ -165,7 +166,7 @@ class CertifiedMessageMap:
     @property
     def root_hash(self) -> bytes:
         """The root hash of the map (the subtree under the ``websocket`` label)."""
-        return self._range_hash(0, len(self._hashes))
+        return self._gateways.root_hash
 
     @property
     def certified_data(self) -> bytes:
@@ -178,9 +179,7 @@ class CertifiedMessageMap:
         position = self._position(gateway)
         if trie is None or position is None:
             return (LABELED, LABEL_WEBSOCKET, (PRUNED, self.root_hash))
-        return (LABELED, LABEL_WEBSOCKET, self._emit(0, len(self._hashes), position, trie.witness(first, last)))
-
-    # -- the gateway level: balanced forks over the non-empty gateways, every range hash cached ---------------
+        return (LABELED, LABEL_WEBSOCKET, self._gateways.witness({position: trie.witness(first, last)}))
 
     @staticmethod
     def _prefix(gateway: Principal) -> bytes:
@@ -192,56 +191,18 @@ class CertifiedMessageMap:
         return i if i < len(self._prefixes) and self._prefixes[i] == prefix else None
 
     def _gateway_changed(self, gateway: Principal, trie: _NonceTrie) -> None:
+        """Bring the gateway level up to date: updating a gateway rehashes log2(gateways) forks, adding or
+        dropping one rebuilds the level."""
         position = self._position(gateway)
         if not trie:
             self._tries.pop(gateway, None)
             if position is not None:
                 del self._prefixes[position]
-                del self._hashes[position]
-                self._rebuild()
-            return
-        if position is None:
+                self._gateways.delete(position)
+        elif position is None:
             prefix = self._prefix(gateway)
             i = bisect.bisect_left(self._prefixes, prefix)
             self._prefixes.insert(i, prefix)
-            self._hashes.insert(i, trie.root_hash)
-            self._rebuild()
-            return
-        self._hashes[position] = trie.root_hash
-        # Rehash only the ranges on the path from the root to this gateway, bottom up.
-        path: list[tuple[int, int]] = []
-        lo, hi = 0, len(self._hashes)
-        while hi - lo > 1:
-            path.append((lo, hi))
-            mid = (lo + hi + 1) // 2
-            lo, hi = (lo, mid) if position < mid else (mid, hi)
-        for lo, hi in reversed(path):
-            mid = (lo + hi + 1) // 2
-            self._forks[(lo, hi)] = fork_hash(self._range_hash(lo, mid), self._range_hash(mid, hi))
-
-    def _rebuild(self) -> None:
-        self._forks.clear()
-        self._fill(0, len(self._hashes))
-
-    def _fill(self, lo: int, hi: int) -> bytes:
-        if hi - lo <= 1:
-            return self._range_hash(lo, hi)
-        mid = (lo + hi + 1) // 2
-        digest = fork_hash(self._fill(lo, mid), self._fill(mid, hi))
-        self._forks[(lo, hi)] = digest
-        return digest
-
-    def _range_hash(self, lo: int, hi: int) -> bytes:
-        if hi - lo == 0:
-            return EMPTY_HASH
-        if hi - lo == 1:
-            return self._hashes[lo]
-        return self._forks[(lo, hi)]
-
-    def _emit(self, lo: int, hi: int, position: int, subtree: Node) -> Node:
-        if hi - lo == 1:
-            return subtree
-        mid = (lo + hi + 1) // 2
-        if position < mid:
-            return (FORK, self._emit(lo, mid, position, subtree), (PRUNED, self._range_hash(mid, hi)))
-        return (FORK, (PRUNED, self._range_hash(lo, mid)), self._emit(mid, hi, position, subtree))
+            self._gateways.insert(i, trie.root_hash)
+        else:
+            self._gateways.update(position, trie.root_hash)

@@ -330,16 +330,99 @@ def flatten_forks(tree: Node) -> list[Node]:
 # Building trees and witnesses
 
 
+class BalancedForks:
+    """A balanced binary tree of forks over a sequence of node hashes, with the hash of every range cached.
+
+    The range ``[lo, hi)`` splits at ``(lo + hi + 1) // 2``. The root hash and any pruned witness then cost no
+    hashing, replacing one node's hash rehashes only the forks above it, and inserting or deleting a node rebuilds
+    the forks. Used by :class:`HashedTree` for each level of labels and by certified maps that keep their nodes'
+    hashes current themselves.
+    """
+
+    __slots__ = ("_forks", "_hashes")
+
+    def __init__(self, hashes: Iterable[bytes] = ()) -> None:
+        self._hashes: list[bytes] = list(hashes)
+        self._forks: dict[tuple[int, int], bytes] = {}
+        self._fill(0, len(self._hashes))
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    @property
+    def root_hash(self) -> bytes:
+        """The hash of the whole fork tree (``EMPTY_HASH`` when there are no nodes)."""
+        return self.range_hash(0, len(self._hashes))
+
+    def range_hash(self, lo: int, hi: int) -> bytes:
+        """The hash of the subtree over the nodes ``[lo, hi)`` (a range of the balanced structure)."""
+        if hi - lo == 0:
+            return EMPTY_HASH
+        if hi - lo == 1:
+            return self._hashes[lo]
+        return self._forks[(lo, hi)]
+
+    def _fill(self, lo: int, hi: int) -> bytes:
+        if hi - lo <= 1:
+            return self.range_hash(lo, hi)
+        mid = (lo + hi + 1) // 2
+        digest = fork_hash(self._fill(lo, mid), self._fill(mid, hi))
+        self._forks[(lo, hi)] = digest
+        return digest
+
+    def update(self, index: int, digest: bytes) -> None:
+        """Replace the hash of node ``index``; rehashes the ~log2(n) forks above it."""
+        self._hashes[index] = digest
+        path: list[tuple[int, int]] = []
+        lo, hi = 0, len(self._hashes)
+        while hi - lo > 1:
+            path.append((lo, hi))
+            mid = (lo + hi + 1) // 2
+            lo, hi = (lo, mid) if index < mid else (mid, hi)
+        for lo, hi in reversed(path):
+            mid = (lo + hi + 1) // 2
+            self._forks[(lo, hi)] = fork_hash(self.range_hash(lo, mid), self.range_hash(mid, hi))
+
+    def insert(self, index: int, digest: bytes) -> None:
+        """Insert a node before ``index``; the ranges shift, so every fork is rehashed."""
+        self._hashes.insert(index, digest)
+        self._rebuild()
+
+    def delete(self, index: int) -> None:
+        """Remove node ``index``; every fork is rehashed."""
+        del self._hashes[index]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._forks.clear()
+        self._fill(0, len(self._hashes))
+
+    def witness(self, kept: Mapping[int, Node]) -> Node:
+        """The fork tree with ``kept[i]`` standing for node ``i``; every range without a kept node is Pruned."""
+        return self._assemble(kept, sorted(kept), 0, len(self._hashes))
+
+    def _assemble(self, kept: Mapping[int, Node], order: list[int], lo: int, hi: int) -> Node:
+        if hi - lo == 0:
+            return EMPTY_NODE
+        first = bisect.bisect_left(order, lo)
+        if first == len(order) or order[first] >= hi:
+            return (PRUNED, self.range_hash(lo, hi))
+        if hi - lo == 1:
+            return kept[lo]
+        mid = (lo + hi + 1) // 2
+        return (FORK, self._assemble(kept, order, lo, mid), self._assemble(kept, order, mid, hi))
+
+
 class HashedTree:
     """A tree built from a mapping, with the hash of every subtree computed once.
 
     The mapping's keys are labels (bytes, or str encoded as UTF-8); its values are
     bytes (a leaf), a nested mapping, or another :class:`HashedTree` (reused as is,
     so an unchanged subtree is never hashed again). The labels of each level are
-    sorted and joined by a balanced binary tree of forks.
+    sorted and joined by a balanced binary tree of forks (:class:`BalancedForks`).
     """
 
-    __slots__ = ("_hashes", "_labels", "_ranges", "_values", "root_hash")
+    __slots__ = ("_forks", "_labels", "_values", "root_hash")
 
     def __init__(self, mapping: TreeMapping) -> None:
         items: dict[bytes, bytes | HashedTree] = {}
@@ -357,24 +440,12 @@ class HashedTree:
                 raise TypeError(f"a tree value is bytes, a mapping or a HashedTree, not {type(value).__name__}")
         self._labels: list[bytes] = sorted(items)
         self._values: list[bytes | HashedTree] = [items[label] for label in self._labels]
-        # Hash of each Labeled node of this level, in label order.
-        self._hashes: list[bytes] = [
+        # The Labeled nodes of this level, in label order, under balanced forks.
+        self._forks = BalancedForks(
             labeled_hash(label, value.root_hash if isinstance(value, HashedTree) else leaf_hash(value))
             for label, value in zip(self._labels, self._values, strict=True)
-        ]
-        # Hash of every fork range [lo, hi) of the balanced structure, so pruning any range is a dict lookup.
-        self._ranges: dict[tuple[int, int], bytes] = {}
-        self.root_hash: bytes = self._range_hash(0, len(self._labels))
-
-    def _range_hash(self, lo: int, hi: int) -> bytes:
-        if hi - lo == 0:
-            return EMPTY_HASH
-        if hi - lo == 1:
-            return self._hashes[lo]
-        mid = (lo + hi + 1) // 2
-        digest = fork_hash(self._range_hash(lo, mid), self._range_hash(mid, hi))
-        self._ranges[(lo, hi)] = digest
-        return digest
+        )
+        self.root_hash: bytes = self._forks.root_hash
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -429,19 +500,7 @@ class HashedTree:
                 for neighbour in (index - 1, index):
                     if 0 <= neighbour < n and neighbour not in kept:
                         kept[neighbour] = self._pruned_child(neighbour)
-        return self._assemble(kept, sorted(kept), 0, n)
-
-    def _assemble(self, kept: dict[int, Node], order: list[int], lo: int, hi: int) -> Node:
-        if hi - lo == 0:
-            return EMPTY_NODE
-        if hi - lo == 1:
-            node = kept.get(lo)
-            return node if node is not None else (PRUNED, self._hashes[lo])
-        first = bisect.bisect_left(order, lo)
-        if first == len(order) or order[first] >= hi:
-            return (PRUNED, self._ranges[(lo, hi)])
-        mid = (lo + hi + 1) // 2
-        return (FORK, self._assemble(kept, order, lo, mid), self._assemble(kept, order, mid, hi))
+        return self._forks.witness(kept)
 
 
 def build(mapping: TreeMapping | HashedTree) -> Node:

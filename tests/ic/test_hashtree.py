@@ -278,3 +278,39 @@ def test_tagged_cbor_items_are_not_tree_nodes() -> None:
     for data in (cbor.encode(cbor.Tag(4, digest)), cbor.encode([1, cbor.Tag(4, digest), [0]])):
         with pytest.raises(HashTreeError):
             hashtree.parse(data)
+
+
+def test_balanced_forks_stay_equal_to_a_fresh_build() -> None:
+    rng = random.Random(11)
+    hashes = [rng.randbytes(32) for _ in range(5)]
+    forks = hashtree.BalancedForks(hashes)
+    assert hashtree.BalancedForks().root_hash == hashtree.EMPTY_HASH
+    for _ in range(300):
+        op = rng.random()
+        if op < 0.4 and hashes:
+            i = rng.randrange(len(hashes))
+            hashes[i] = rng.randbytes(32)
+            forks.update(i, hashes[i])
+        elif op < 0.7 or not hashes:
+            i = rng.randint(0, len(hashes))
+            hashes.insert(i, rng.randbytes(32))
+            forks.insert(i, hashes[i])
+        else:
+            i = rng.randrange(len(hashes))
+            del hashes[i]
+            forks.delete(i)
+        assert len(forks) == len(hashes)
+        assert forks.root_hash == hashtree.BalancedForks(hashes).root_hash
+        if hashes:
+            # Any kept node (here Pruned nodes standing for themselves) keeps the root hash.
+            kept = {i: hashtree.pruned(hashes[i]) for i in rng.sample(range(len(hashes)), min(3, len(hashes)))}
+            assert hashtree.reconstruct(forks.witness(kept)) == forks.root_hash
+
+
+def test_balanced_forks_shape() -> None:
+    a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
+    forks = hashtree.BalancedForks([a, b, c])
+    # [0, 3) splits at 2: the left half is the larger one.
+    assert forks.root_hash == hashtree.fork_hash(hashtree.fork_hash(a, b), c)
+    leaf = hashtree.leaf(b"x")
+    assert forks.witness({2: leaf}) == (1, (4, hashtree.fork_hash(a, b)), leaf)
