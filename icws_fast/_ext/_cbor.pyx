@@ -7,33 +7,27 @@ positions and lengths; Python objects are created only for the decoded values th
 filled in place). Every check of the pure decoder happens here in the same order, so both
 raise :class:`~icws_fast.errors.CborError` with the same message on the same input.
 
-Nesting is bounded twice, as in the pure decoder: by ``max_depth``, and by the interpreter's
-recursion limit, since the decoder recurses on the C stack. Every container or tag level counts
-against that limit through ``Py_EnterRecursiveCall`` (as CPython's own JSON decoder does), and
-running out raises ``CborError("CBOR nested too deeply")``, the pure decoder's error when Python
-recursion runs out (the pure decoder spends two Python frames a level, so it gets there first).
+It does not recurse: open arrays, maps and tags are frames on an explicit stack (on the C
+stack up to ``LOCAL_FRAMES`` levels, on the heap beyond), so hostile nesting cannot exhaust
+the C stack of any thread. Nesting is bounded by ``max_depth`` as in the pure decoder, and by
+``MAX_NESTING`` whatever ``max_depth`` says: deeper input raises ``CborError("CBOR nested too
+deeply")``, the pure decoder's error when Python's recursion limit runs out (which, at two
+Python frames a level, happens at a few hundred levels with the default limit).
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_CheckExact, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_Contains, PyDict_SetItem
-from cpython.list cimport PyList_New, PyList_SET_ITEM
-from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
-from cpython.ref cimport Py_INCREF
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.list cimport PyList_Append, PyList_New, PyList_SET_ITEM
+from cpython.long cimport PyLong_Check, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.unicode cimport PyUnicode_Check, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
 
 from icws_fast.errors import CborError
-
-
-cdef extern from *:
-    """
-    /* Py_EnterRecursiveCall returns nonzero, RecursionError set, when the recursion limit is hit. */
-    static int icws_cbor_enter_nesting(void) {
-        return Py_EnterRecursiveCall(" while decoding CBOR") ? -1 : 0;
-    }
-    """
-    int enter_nesting "icws_cbor_enter_nesting"() except -1
-    void Py_LeaveRecursiveCall()
 
 
 cdef extern from "Python.h":
@@ -48,6 +42,30 @@ cdef enum:
     SELF_DESCRIBE_TAG = 55799
     DEFAULT_MAX_DEPTH = 256
     BREAK = 0xFF
+
+cdef enum:
+    # Frames held in the decoding function's own C stack frame; IC data (certificates, witnesses,
+    # envelopes) nests far less, so the heap is only touched for unusual input.
+    LOCAL_FRAMES = 48
+    # Bounds the heap a hostile input can make the decoder allocate for frames (40 bytes each), and
+    # the nesting of what it returns (which Python code then walks recursively).
+    MAX_NESTING = 1000
+
+# What an open frame is waiting for.
+cdef enum Kind:
+    ARRAY         # a definite-length list: ``count`` slots, ``index`` filled
+    ARRAY_INDEF   # an indefinite-length list, closed by a break
+    MAP           # a definite-length dict: ``count`` entries, ``index`` done
+    MAP_INDEF     # an indefinite-length dict, closed by a break (before a key)
+    TAG           # the one item a tag wraps
+
+
+cdef struct Frame:
+    Kind kind
+    PyObject *container  # owned: the list or dict being filled (NULL for TAG)
+    PyObject *key        # owned: a map key waiting for its value, else NULL
+    uint64_t count
+    uint64_t index       # filled slots / entries; the tag number for TAG
 
 
 cdef struct Decoder:
@@ -126,90 +144,11 @@ cdef bytes chunks(Decoder *d, int major):
         parts.append(PyBytes_FromStringAndSize(<const char *>d.data + p, <Py_ssize_t>n))
 
 
-cdef bint not_break(Decoder *d) except -1:
-    """False (consuming it) at a break byte, True before any other item of an indefinite container."""
-    if d.pos >= d.end:
-        raise CborError("truncated indefinite-length item")
-    if d.data[d.pos] == BREAK:
-        d.pos += 1
-        return False
-    return True
-
-
-cdef int map_entry(Decoder *d, dict result, Py_ssize_t depth) except -1:
-    key = item(d, depth + 1)
-    if not isinstance(key, (str, bytes, int)):
-        raise CborError(f"unsupported CBOR map key type {type(key).__name__}")
-    if PyDict_Contains(result, key):
-        raise CborError(f"duplicate CBOR map key {key!r}")
-    PyDict_SetItem(result, key, item(d, depth + 1))
-    return 0
-
-
-cdef object nested(Decoder *d, int major, int info, Py_ssize_t depth):
-    """An array (major 4), map (major 5) or tagged item (major 6), its head's initial byte read."""
-    cdef uint64_t n, i
-    cdef list items
-    cdef dict result
-    if major == 4:
-        if info == 31:
-            items = []
-            while not_break(d):
-                items.append(item(d, depth + 1))
-            return items
-        argument(d, info, &n)
-        if n > <uint64_t>(d.end - d.pos):
-            raise CborError(f"array of {n} items overshoots the input")
-        items = PyList_New(<Py_ssize_t>n)
-        for i in range(n):
-            # A list whose later slots are still NULL is safe to drop if a later item fails.
-            value = item(d, depth + 1)
-            Py_INCREF(value)
-            PyList_SET_ITEM(items, <Py_ssize_t>i, value)
-        return items
-    if major == 5:
-        result = {}
-        if info == 31:
-            while not_break(d):
-                map_entry(d, result, depth)
-            return result
-        argument(d, info, &n)
-        # 2 * n > remaining, without overflowing for n near 2**64.
-        if n > <uint64_t>(d.end - d.pos) // 2:
-            raise CborError(f"map of {n} entries overshoots the input")
-        for i in range(n):
-            map_entry(d, result, depth)
-        return result
-    # major 6
-    argument(d, info, &n)
-    if n == SELF_DESCRIBE_TAG:
-        return item(d, depth + 1)
-    value = item(d, depth + 1)
-    if n == 2 or n == 3:
-        if not PyBytes_CheckExact(value):
-            raise CborError("bignum tag must wrap a byte string")
-        magnitude = int.from_bytes(value, "big")
-        return magnitude if n == 2 else -1 - magnitude
-    return make_tag(n, value)
-
-
-cdef object item(Decoder *d, Py_ssize_t depth):
-    cdef unsigned char ib
-    cdef int major, info
+cdef object scalar(Decoder *d, int major, int info):
+    """An item of major type 0, 1, 2, 3 or 7, its initial byte read."""
     cdef uint64_t n
     cdef Py_ssize_t p
     cdef const char *data
-    if depth > d.max_depth:
-        raise CborError(f"CBOR nested deeper than {d.max_depth}")
-    ib = d.data[need(d, 1)]
-    major = ib >> 5
-    info = ib & 0x1F
-    if 4 <= major <= 6:
-        enter_nesting()
-        try:
-            return nested(d, major, info, depth)
-        finally:
-            Py_LeaveRecursiveCall()
     if major == 0:
         argument(d, info, &n)
         return PyLong_FromUnsignedLongLong(n)
@@ -257,6 +196,149 @@ cdef object item(Decoder *d, Py_ssize_t depth):
     raise CborError(f"unsupported simple value {info} at offset {d.pos - 1}")
 
 
+cdef object untag(uint64_t tag, object value):
+    """The value of a tagged item: self-describe is transparent, bignums become ints, the rest Tag."""
+    if tag == SELF_DESCRIBE_TAG:
+        return value
+    if tag == 2 or tag == 3:
+        if not PyBytes_CheckExact(value):
+            raise CborError("bignum tag must wrap a byte string")
+        magnitude = int.from_bytes(value, "big")
+        return magnitude if tag == 2 else -1 - magnitude
+    return make_tag(tag, value)
+
+
+cdef bint not_break(Decoder *d) except -1:
+    """False (consuming it) at a break byte, True before any other item of an indefinite container."""
+    if d.pos >= d.end:
+        raise CborError("truncated indefinite-length item")
+    if d.data[d.pos] == BREAK:
+        d.pos += 1
+        return False
+    return True
+
+
+cdef object items(Decoder *d):
+    """Decode one item, iteratively: containers and tags are frames, closed as their last item arrives."""
+    cdef Frame local_frames[LOCAL_FRAMES]
+    cdef Frame *frames = local_frames
+    cdef Frame *grown
+    cdef Frame *f
+    cdef Py_ssize_t capacity = LOCAL_FRAMES
+    cdef Py_ssize_t top = 0  # open frames: the depth of the next item
+    cdef unsigned char ib
+    cdef int major, info
+    cdef uint64_t n
+    cdef bint closed
+    try:
+        while True:
+            # Step 1: produce a value, or open a frame and go on to its first item.
+            closed = False
+            if top:
+                f = &frames[top - 1]
+                if f.kind == ARRAY_INDEF or (f.kind == MAP_INDEF and f.key == NULL):
+                    closed = not not_break(d)
+            if not closed:
+                if top > d.max_depth:
+                    raise CborError(f"CBOR nested deeper than {d.max_depth}")
+                if top > MAX_NESTING:
+                    raise CborError("CBOR nested too deeply")
+                ib = d.data[need(d, 1)]
+                major = ib >> 5
+                info = ib & 0x1F
+                if major < 4 or major == 7:
+                    value = scalar(d, major, info)
+                else:
+                    n = 0
+                    if info != 31 or major == 6:
+                        argument(d, info, &n)
+                    if major == 4 and info != 31 and n > <uint64_t>(d.end - d.pos):
+                        raise CborError(f"array of {n} items overshoots the input")
+                    # 2 * n > remaining, without overflowing for n near 2**64.
+                    if major == 5 and info != 31 and n > <uint64_t>(d.end - d.pos) // 2:
+                        raise CborError(f"map of {n} entries overshoots the input")
+                    if major != 6 and info != 31 and n == 0:
+                        value = [] if major == 4 else {}
+                    else:
+                        if top == capacity:
+                            grown = <Frame *>PyMem_Malloc(2 * capacity * sizeof(Frame))
+                            if grown == NULL:
+                                raise MemoryError()
+                            memcpy(grown, frames, capacity * sizeof(Frame))
+                            if frames != local_frames:
+                                PyMem_Free(frames)
+                            frames = grown
+                            capacity *= 2
+                        f = &frames[top]
+                        f.container = NULL
+                        f.key = NULL
+                        f.count = n
+                        f.index = 0
+                        if major == 6:
+                            f.kind = TAG
+                            f.index = n
+                        else:
+                            container = (PyList_New(<Py_ssize_t>n) if info != 31 else []) if major == 4 else {}
+                            Py_INCREF(container)
+                            f.container = <PyObject *>container
+                            f.kind = (ARRAY if info != 31 else ARRAY_INDEF) if major == 4 else (
+                                MAP if info != 31 else MAP_INDEF
+                            )
+                        top += 1
+                        continue
+            # Step 2: hand the value (or the container a break closed) to the open frames, closing
+            # every frame it completes, until one still waits for more (or the top-level item is done).
+            while top:
+                f = &frames[top - 1]
+                if not closed:
+                    if f.kind == TAG:
+                        value = untag(f.index, value)
+                        top -= 1
+                        continue
+                    if f.kind == ARRAY:
+                        # A list whose later slots are still NULL is safe to drop if a later item fails.
+                        Py_INCREF(value)
+                        PyList_SET_ITEM(<list>f.container, <Py_ssize_t>f.index, value)
+                        f.index += 1
+                        if f.index < f.count:
+                            break
+                    elif f.kind == ARRAY_INDEF:
+                        PyList_Append(<list>f.container, value)
+                        break
+                    elif f.key == NULL:
+                        if not (PyUnicode_Check(value) or PyBytes_Check(value) or PyLong_Check(value)):
+                            raise CborError(f"unsupported CBOR map key type {type(value).__name__}")
+                        if PyDict_Contains(<dict>f.container, value):
+                            raise CborError(f"duplicate CBOR map key {value!r}")
+                        Py_INCREF(value)
+                        f.key = <PyObject *>value
+                        break
+                    else:
+                        PyDict_SetItem(<dict>f.container, <object>f.key, value)
+                        Py_DECREF(<object>f.key)
+                        f.key = NULL
+                        if f.kind == MAP_INDEF:
+                            break
+                        f.index += 1
+                        if f.index < f.count:
+                            break
+                # The frame's container is complete: it becomes the value for the frame below.
+                value = <object>f.container
+                Py_DECREF(value)
+                f.container = NULL
+                top -= 1
+                closed = False
+            else:
+                return value
+    finally:
+        while top:
+            top -= 1
+            Py_XDECREF(frames[top].container)
+            Py_XDECREF(frames[top].key)
+        if frames != local_frames:
+            PyMem_Free(frames)
+
+
 cdef object decode_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t max_depth):
     """Decode exactly one CBOR item from ``size`` bytes at ``data`` (which must stay alive and unchanged)."""
     cdef Decoder d
@@ -264,10 +346,7 @@ cdef object decode_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t
     d.pos = 0
     d.end = size
     d.max_depth = max_depth
-    try:
-        value = item(&d, 0)
-    except RecursionError:
-        raise CborError("CBOR nested too deeply") from None
+    value = items(&d)
     if d.pos != d.end:
         raise CborError(f"{d.end - d.pos} trailing bytes after CBOR item")
     return value

@@ -11,6 +11,7 @@ import gc
 import importlib
 import random
 import struct
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -231,12 +232,35 @@ def test_default_depth_limit_is_256() -> None:
     assert _assert_same(_nested(257)) == ("CborError", "CBOR nested deeper than 256")
 
 
-def test_nesting_beyond_any_stack_is_a_cbor_error() -> None:
-    # Far deeper than both Python's recursion limit and the compiled decoder's C-stack cap.
+def test_nesting_beyond_any_limit_is_a_cbor_error() -> None:
+    # Far deeper than both Python's recursion limit and the compiled decoder's MAX_NESTING.
     data = _nested(100_000)
     for decode in (pure_decode, fast_decode):
         with pytest.raises(CborError, match="CBOR nested too deeply"):
             decode(data, max_depth=1_000_000)
+
+
+def test_deep_nesting_in_a_small_thread_stack() -> None:
+    """The compiled decoder does not recurse: its deepest input fits in a thread with a 64 kB stack."""
+    outcomes: list[Any] = []
+
+    def run() -> None:
+        for opener in (b"\x81", b"\x9f", b"\xa1\x00", b"\xbf\x00", b"\xc1", b"\xd9\xd9\xf7"):
+            closing = b"\xff" * 1000 if opener in (b"\x9f", b"\xbf\x00") else b""
+            outcomes.append(fast_decode(_nested(1000, opener) + closing, max_depth=5000) is not None)
+            try:
+                fast_decode(_nested(1001, opener), max_depth=5000)
+            except CborError as exc:
+                outcomes.append(str(exc))
+
+    previous = threading.stack_size(64 * 1024)
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+    finally:
+        threading.stack_size(previous)
+    thread.join()
+    assert outcomes == [True, "CBOR nested too deeply"] * 6
 
 
 _keys = st.one_of(st.integers(min_value=-(1 << 70), max_value=1 << 70), st.text(max_size=8), st.binary(max_size=8))
@@ -324,10 +348,15 @@ def test_no_leak_on_success_or_failure() -> None:
     # Truncated, bad UTF-8 after a filled list slot, duplicate key, bignum of a list.
     bad = [good[:-1], good[: len(good) // 2], b"\x84\x01\x41\xaa\x61\xff", b"\xa2\x61a\x00\x61a\x00"]
     bad.append(b"\xc2\x82\x00\x00")
+    # Nesting deeper than the decoder's frames on the C stack: frames on the heap, freed on both paths.
+    deep = [_nested(200), _nested(100, b"\xa1\x61a"), _nested(150, b"\x9f") + b"\xff" * 150]
+    bad += [_nested(200)[:-1], _nested(100, b"\xbf\x00"), _nested(100, b"\xa1\x61a")[:-1] + b"\xa2\x00\x00\x00"]
 
     def churn() -> None:
         for _ in range(500):
             fast_decode(good)
+            for blob in deep:
+                fast_decode(blob)
             for blob in bad:
                 try:
                     fast_decode(blob)
