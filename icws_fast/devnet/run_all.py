@@ -1,21 +1,28 @@
-"""`make run`: the devnet with the demo canisters, and a gateway in front of it.
+"""`make run`: the devnet with the demo canisters, a gateway in front of it, and the chat web page.
 
-Both run as child processes (the same console scripts a user would start by hand), so what
-`make run` shows is exactly what a deployment runs. Ctrl-C (or SIGTERM) drains the gateway
-first, then stops the devnet.
+The devnet and the gateway run as child processes (the same console scripts a user would start by
+hand), so what `make run` shows is exactly what a deployment runs. The chat page
+(``examples/chat-web``, built with npm on first use) is served from a thread of this process.
+Ctrl-C (or SIGTERM) drains the gateway first, then stops the devnet.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import IO
+from pathlib import Path
+from typing import IO, Final
+
+import aiohttp
+from aiohttp import web
 
 SNIPPET = """\
 import asyncio
@@ -30,6 +37,98 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+
+
+CHAT_PAGE_DIR: Final = Path(__file__).resolve().parents[2] / "examples" / "chat-web"
+"""The chat page's sources; present in a source checkout (where `make run` runs), not in an installed wheel."""
+
+
+def build_chat_page(page_dir: Path = CHAT_PAGE_DIR) -> None:
+    """Install the page's pinned npm packages if needed and bundle it (``dist/app.js``) with esbuild.
+
+    Raises ``OSError`` when npm is missing and ``subprocess.CalledProcessError`` when npm fails.
+    """
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError("npm is not installed")
+    installed = page_dir / "node_modules" / ".package-lock.json"  # npm's record of what node_modules holds
+    if not installed.is_file() or installed.stat().st_mtime < (page_dir / "package-lock.json").stat().st_mtime:
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=page_dir, check=True)
+    subprocess.run([npm, "run", "--silent", "build"], cwd=page_dir, check=True)
+
+
+class ChatPageServer:
+    """Serves the built chat page over HTTP from a background thread, with its ``config.json``.
+
+    The replica's HTTP interface is proxied under the page's own origin (``/api/...``): browsers only let a
+    page call another origin that answers CORS preflights, which the devnet does not do.
+    """
+
+    def __init__(self, page_dir: Path, ic_url: str, gateway_url: str, canister_id: str) -> None:
+        self.page_dir = page_dir
+        self.ic_url = ic_url.rstrip("/")
+        self.gateway_url = gateway_url
+        self.canister_id = canister_id
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chat-page", daemon=True)
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0: any free port); returns the page URL."""
+        self._thread.start()
+        try:
+            bound = asyncio.run_coroutine_threadsafe(self._start(host, port), self._loop).result(30)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound}/"
+        return self.url
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self, host: str, port: int) -> int:
+        self._session = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_get("/config.json", self._config)
+        app.router.add_static("/dist", self.page_dir / "dist")
+        app.router.add_route("*", "/api/{tail:.*}", self._proxy)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        bound: int = self._runner.addresses[0][1]
+        return bound
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _index(self, _request: web.Request) -> web.FileResponse:
+        return web.FileResponse(self.page_dir / "index.html")
+
+    async def _config(self, request: web.Request) -> web.Response:
+        origin = f"{request.scheme}://{request.host}"
+        return web.json_response({"gateway_url": self.gateway_url, "ic_url": origin, "canister_id": self.canister_id})
+
+    async def _proxy(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/cbor")}
+        try:
+            async with self._session.request(
+                request.method, self.ic_url + request.path_qs, data=await request.read(), headers=headers
+            ) as answer:
+                body = await answer.read()
+                return web.Response(status=answer.status, body=body, content_type=answer.content_type)
+        except aiohttp.ClientError as exc:
+            return web.Response(status=502, text=f"the replica is unreachable: {exc}")
 
 
 def _read_json_line(stream: IO[str], deadline: float) -> dict[str, object]:
@@ -64,12 +163,33 @@ def _stop(proc: subprocess.Popen[str], sig: int, timeout: float) -> None:
         proc.wait()
 
 
+def _start_chat_page(address: str, ic_url: str, gateway_url: str, canister_id: str) -> ChatPageServer | None:
+    """Build and serve the chat page; None (with the reason printed) when it cannot be, which is not fatal."""
+    if not (CHAT_PAGE_DIR / "package.json").is_file():
+        return None
+    try:
+        build_chat_page()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"chat page not served: building examples/chat-web failed ({exc})", flush=True)
+        return None
+    host, _, port = address.rpartition(":")
+    # A browser cannot connect to 0.0.0.0: point the page at loopback when the gateway listens on every address.
+    page = ChatPageServer(CHAT_PAGE_DIR, ic_url, gateway_url.replace("//0.0.0.0:", "//127.0.0.1:"), canister_id)
+    try:
+        page.start(host, int(port))
+    except OSError as exc:
+        print(f"chat page not served: {exc}", flush=True)
+        return None
+    return page
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devnet-address", default="127.0.0.1:4943")
     parser.add_argument("--gateway-address", default="127.0.0.1:8080")
     parser.add_argument("--prometheus-endpoint", default="127.0.0.1:9000")
     parser.add_argument("--state-dir", default="data/devnet")
+    parser.add_argument("--chat-page-address", default="127.0.0.1:8000", help="where to serve the chat web page")
     args = parser.parse_args(argv)
 
     bin_dir = os.path.dirname(sys.executable)
@@ -101,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
     gateway_url = f"ws://{args.gateway_address}"
+    page = _start_chat_page(args.chat_page_address, ic_url, gateway_url, str(canisters.get("chat", "")))
     print()
     print(f"devnet   {ic_url}")
     print(f"gateway  {gateway_url}   (metrics: http://{args.prometheus_endpoint}/metrics)")
@@ -108,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"canister {name:<9}{canister_id}")
     print("\nPaste this into `.venv/bin/python` in another terminal to talk to the test canister:\n")
     print(SNIPPET.format(gateway_url=gateway_url, canister_id=canisters.get("test", ""), ic_url=ic_url))
+    if page is not None:
+        print(f"Chat in a browser (open it twice to talk to yourself): {page.url}\n")
     print("Ctrl-C stops everything.", flush=True)
 
     stopping = False
@@ -122,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_echo, args=(devnet.stdout,), daemon=True).start()
     while not stopping and gateway.poll() is None and devnet.poll() is None:
         time.sleep(0.2)
+    if page is not None:
+        page.stop()
     _stop(gateway, signal.SIGTERM, 15)
     _stop(devnet, signal.SIGTERM, 10)
     return 0 if stopping else 1
