@@ -15,19 +15,10 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from icws_fast.ic import candid
 from icws_fast.ic.principal import Principal
+from icws_fast.protocol.types import SERVICE_MESSAGES_DID, WS_TYPES_DID
 
-WS_DID = """
-type ClientKey = record { client_principal : principal; client_nonce : nat64 };
-type CanisterOutputMessage = record { client_key : ClientKey; key : text; content : blob };
-type CanisterOutputCertifiedMessages = record {
-  messages : vec CanisterOutputMessage; cert : blob; tree : blob; is_end_of_queue : bool };
-type CanisterWsGetMessagesResult = variant { Ok : CanisterOutputCertifiedMessages; Err : text };
-type CanisterAckMessageContent = record { last_incoming_sequence_num : nat64 };
-type CloseMessageReason = variant { WrongSequenceNumber; InvalidServiceMessage; KeepAliveTimeout; ClosedByApplication };
-type WebsocketServiceMessageContent = variant {
-  OpenMessage : record { client_key : ClientKey }; AckMessage : CanisterAckMessageContent;
-  KeepAliveMessage : CanisterAckMessageContent; CloseMessage : record { reason : CloseMessageReason } };
-"""
+# The CDK's own interface, so the benchmark measures the messages the gateway really decodes.
+WS_DID = WS_TYPES_DID + SERVICE_MESSAGES_DID
 RESULT = candid.parse_args("(CanisterWsGetMessagesResult)", WS_DID)
 SERVICE = candid.parse_args("(WebsocketServiceMessageContent)", WS_DID)
 

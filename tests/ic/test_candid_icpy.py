@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from icws_fast.ic import candid
 from icws_fast.ic.candid import Field, OptType, PrimType, RecordType, Some, Type, VariantType, VecType, idl_hash
 from icws_fast.ic.principal import Principal
-from tests.ic.test_candid_props import values_of
+from tests.ic.test_candid_props import composite_types, fields_of, values_of
 
 ic_candid = pytest.importorskip("ic.candid")
 ic_principal = pytest.importorskip("ic.principal")
@@ -83,22 +83,11 @@ _names = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
 
 
 def _named_fields(children: st.SearchStrategy[Type], min_size: int) -> st.SearchStrategy[list[Field]]:
-    pairs = st.lists(st.tuples(_names, children), min_size=min_size, max_size=3, unique_by=lambda p: idl_hash(p[0]))
-    return pairs.map(lambda ps: [Field(idl_hash(k), k, t) for k, t in ps])
+    return fields_of(children, min_size, keys=_names, max_size=3)
 
 
 icpy_types = st.recursive(
-    st.sampled_from(list(_PRIMS)),
-    lambda children: st.one_of(
-        children.map(OptType),
-        children.map(VecType),
-        _named_fields(children, 0).map(RecordType),
-        st.lists(children, min_size=1, max_size=3).map(
-            lambda ts: RecordType([Field(i, i, t) for i, t in enumerate(ts)])
-        ),
-        _named_fields(children, 1).map(VariantType),
-    ),
-    max_leaves=8,
+    st.sampled_from(list(_PRIMS)), lambda children: composite_types(children, _named_fields), max_leaves=8
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +29,7 @@ from icws_fast.ic.candid import (
     parse_type,
 )
 from icws_fast.ic.principal import Principal
+from icws_fast.protocol.types import WS_TYPES_DID
 from tests.conftest import load_vectors
 
 PRIMS = [
@@ -61,24 +63,36 @@ def _label_id(label: str | int) -> int:
     return label if isinstance(label, int) else idl_hash(label)
 
 
-def _fields(children: st.SearchStrategy[Type], min_size: int) -> st.SearchStrategy[list[Field]]:
-    pairs = st.lists(st.tuples(labels, children), min_size=min_size, max_size=4, unique_by=lambda p: _label_id(p[0]))
+def fields_of(
+    children: st.SearchStrategy[Type],
+    min_size: int,
+    keys: st.SearchStrategy[str | int] = labels,
+    max_size: int = 4,
+) -> st.SearchStrategy[list[Field]]:
+    """Record or variant fields with distinct ids, their keys drawn from ``keys``."""
+    pairs = st.lists(
+        st.tuples(keys, children), min_size=min_size, max_size=max_size, unique_by=lambda p: _label_id(p[0])
+    )
     return pairs.map(lambda ps: [Field(_label_id(k), k, t) for k, t in ps])
 
 
-def _extend(children: st.SearchStrategy[Type]) -> st.SearchStrategy[Type]:
+def composite_types(
+    children: st.SearchStrategy[Type],
+    fields: Callable[[st.SearchStrategy[Type], int], st.SearchStrategy[list[Field]]] = fields_of,
+) -> st.SearchStrategy[Type]:
+    """One level of opt, vec, record, tuple record and variant types over ``children``."""
     return st.one_of(
         children.map(OptType),
         children.map(VecType),
-        _fields(children, 0).map(RecordType),
+        fields(children, 0).map(RecordType),
         st.lists(children, min_size=1, max_size=3).map(
             lambda ts: RecordType([Field(i, i, t) for i, t in enumerate(ts)])
         ),
-        _fields(children, 1).map(VariantType),
+        fields(children, 1).map(VariantType),
     )
 
 
-types = st.recursive(st.sampled_from(PRIMS), _extend, max_leaves=10)
+types = st.recursive(st.sampled_from(PRIMS), composite_types, max_leaves=10)
 
 _FIXED_RANGES = {
     candid.NAT8: (0, 2**8 - 1),
@@ -163,14 +177,7 @@ def test_plain_value_coerces_to_opt(t: Type, data: st.DataObject) -> None:
 
 # --- fuzzing --------------------------------------------------------------------------------
 
-WS_DEFS = """
-type ClientKey = record { client_principal : principal; client_nonce : nat64 };
-type CanisterOutputMessage = record { client_key : ClientKey; key : text; content : blob };
-type CanisterOutputCertifiedMessages = record {
-  messages : vec CanisterOutputMessage; cert : blob; tree : blob; is_end_of_queue : bool };
-type CanisterWsGetMessagesResult = variant { Ok : CanisterOutputCertifiedMessages; Err : text };
-type List = opt record { head : int; tail : List };
-"""
+WS_DEFS = WS_TYPES_DID + "type List = opt record { head : int; tail : List };\n"
 FUZZ_TYPES = [
     parse_args(text, WS_DEFS)
     for text in (
