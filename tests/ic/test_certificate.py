@@ -175,14 +175,16 @@ def test_sign_verify_round_trip_with_delegation() -> None:
         plain.verify(subnet_der, canister, now)
     assert info.value.reason == "invalid-signature"
 
+    def delegation_certificate(*revealed: bytes) -> bytes:
+        """The root subnet's certificate revealing ``/subnet/<subnet>/<field>`` for each field."""
+        root_state = {
+            b"time": leb128(now),
+            b"subnet": {subnet: {b"public_key": subnet_der, b"canister_ranges": ranges}},
+        }
+        return sign_certificate(hashtree.witness(root_state, [[b"subnet", subnet, f] for f in revealed]), root_sk)
+
     # Delegated: the root key signs the subnet's key and ranges; the subnet key signs the state.
-    delegation_cert = sign_certificate(
-        hashtree.witness(
-            {b"time": leb128(now), b"subnet": {subnet: {b"public_key": subnet_der, b"canister_ranges": ranges}}},
-            [[b"subnet", subnet, b"public_key"], [b"subnet", subnet, b"canister_ranges"]],
-        ),
-        root_sk,
-    )
+    delegation_cert = delegation_certificate(b"public_key", b"canister_ranges")
     state = hashtree.witness(
         {b"time": leb128(now), b"canister": {canister: {b"certified_data": b"\x07" * 32}}},
         [[b"time"], [b"canister", canister, b"certified_data"]],
@@ -220,13 +222,7 @@ def test_sign_verify_round_trip_with_delegation() -> None:
     assert info.value.reason == "delegation-nested"
 
     # Ranges pruned from the delegation: authorization cannot be shown.
-    pruned_delegation = sign_certificate(
-        hashtree.witness(
-            {b"time": leb128(now), b"subnet": {subnet: {b"public_key": subnet_der, b"canister_ranges": ranges}}},
-            [[b"subnet", subnet, b"public_key"]],
-        ),
-        root_sk,
-    )
+    pruned_delegation = delegation_certificate(b"public_key")
     cert2 = Certificate.from_cbor(sign_certificate(state, subnet_sk, encode_delegation(subnet, pruned_delegation)))
     with pytest.raises(CertificateError) as info:
         cert2.verify(root_der, canister, now)
