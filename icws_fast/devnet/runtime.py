@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 DESTINATION_INVALID = 3
 CANISTER_ERROR = 5
 
+#: How many times one interval timer may fire in one round when it is overdue (ic-cdk-timers 1.x caps the
+#: concurrent calls of one timer at 5; beyond that it skips the missed firings).
+MAX_FIRINGS_PER_ROUND = 5
+
 _DOCS = "https://internetcomputer.org/docs/current/references/execution-errors"
 
 
@@ -287,12 +291,19 @@ class CanisterHost:
         self._live_timers.discard(timer_id)  # the heap entry is dropped lazily when it comes due
 
     def run_due_timers(self, now_ns: int) -> int:
-        """Run every timer due at ``now_ns`` in due order; returns how many ran.
+        """Run every timer due at ``now_ns`` in due order; returns how many firings ran.
 
-        A timer that traps is logged and otherwise ignored (as the IC drops a failed timer task);
-        an interval timer is rescheduled from the current time, so a slow devnet never bursts.
+        Interval timers follow ``ic-cdk-timers`` 1.x (earlier releases rescheduled from the time of
+        the firing, which made an interval drift by up to a round each time): the next firing is
+        due one interval after the *scheduled* time of this one, so the average rate is the nominal
+        one whatever the round length. An interval timer overdue by several intervals catches up
+        within the round, at most :data:`MAX_FIRINGS_PER_ROUND` times (ic-cdk-timers refuses a
+        sixth concurrent call of one timer); if it is still overdue then, the missed firings are
+        skipped and the next one is due one interval after ``now_ns``. A timer that traps is logged
+        and otherwise ignored (as the IC drops a failed timer task; an interval timer stays armed).
         """
         ran = 0
+        firings: dict[int, int] = {}
         while self._timers and self._timers[0].due_ns <= now_ns:
             timer = heapq.heappop(self._timers)
             if timer.timer_id not in self._live_timers:
@@ -300,7 +311,10 @@ class CanisterHost:
             if timer.interval_ns is None:
                 self._live_timers.discard(timer.timer_id)
             else:
-                timer.due_ns = now_ns + timer.interval_ns
+                fired = firings[timer.timer_id] = firings.get(timer.timer_id, 0) + 1
+                timer.due_ns += timer.interval_ns
+                if fired >= MAX_FIRINGS_PER_ROUND and timer.due_ns <= now_ns:
+                    timer.due_ns = now_ns + timer.interval_ns
                 heapq.heappush(self._timers, timer)
             ran += 1
             context = _Context(self, self.canister_id, now_ns, is_query=False)

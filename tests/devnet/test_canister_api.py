@@ -193,3 +193,42 @@ def test_a_message_the_host_cannot_run_fails_alone() -> None:
     failed, served = replica.ingress[b"\x01" * 32], replica.ingress[b"\x02" * 32]
     assert failed.status == "rejected" and failed.reject is not None and failed.reject.error_code == "IC0502"
     assert served.status == "replied"
+
+
+class Metronome(Canister):
+    """Counts the firings of one interval timer, with the IC time each one saw."""
+
+    INTERVAL = 100
+
+    def __init__(self) -> None:
+        self.beats: list[int] = []
+
+    def init(self) -> None:
+        api.set_timer_interval(self.INTERVAL, self.beat)
+
+    def beat(self) -> None:
+        self.beats.append(api.time())
+
+
+def test_an_interval_keeps_its_rate_when_rounds_do_not_divide_it() -> None:
+    # Rounds every 75 ns, a 100 ns interval: the next firing is due 100 ns after the scheduled time of
+    # the previous one (ic-cdk-timers 1.x), not after the round that ran it (that gave 7 firings here).
+    host = CanisterHost.install(CANISTER_ID, Metronome, NOW)
+    metronome = host.instance
+    assert isinstance(metronome, Metronome)
+    fired = sum(host.run_due_timers(NOW + t) for t in range(75, 1051, 75))
+    assert fired == 10
+    assert [beat - NOW for beat in metronome.beats] == [150, 225, 300, 450, 525, 600, 750, 825, 900, 1050]
+
+
+def test_an_overdue_interval_catches_up_at_most_five_times_a_round() -> None:
+    host = CanisterHost.install(CANISTER_ID, Metronome, NOW)
+    # Three intervals late: the three firings run in this round and the phase is kept.
+    assert host.run_due_timers(NOW + 350) == 3
+    assert host.run_due_timers(NOW + 399) == 0
+    assert host.run_due_timers(NOW + 400) == 1
+    # A hundred intervals late: five firings, the rest are skipped; the next is due an interval later.
+    late = NOW + 400 + 100 * Metronome.INTERVAL + 50
+    assert host.run_due_timers(late) == 5
+    assert host.run_due_timers(late + Metronome.INTERVAL - 1) == 0
+    assert host.run_due_timers(late + Metronome.INTERVAL) == 1
