@@ -2,7 +2,8 @@
 //
 // Usage: node check_ic_websocket.mjs CHECK '<json>'; the JSON is what ws_stack.running_stack yields:
 //   ic_url, root_key (hex DER), canisters {test, chat, quick}, gateway_url, ack_interval_ms (quick's ack cycle):
-//   quick is the test canister with an ack / keep-alive cycle of seconds.
+//   quick is the test canister with an ack / keep-alive cycle of seconds; foreign-root-key-refused also needs
+//   other_ic_url, another devnet (another root key).
 // The SDK verifies every certificate itself (it fetches the devnet's root key, as for any local replica), checks
 // sequence numbers and the OpenMessage client key, answers acks with keep-alives, and closes with code 4000 on
 // any of these errors; so every check also fails on an `onerror` call.
@@ -215,6 +216,21 @@ const checks = {
     const again = new Client(test, actor, identity);
     await pingPong(again, 'again', 3);
     await closeFromClient(again, 'again');
+  },
+
+  // The negative control: a client that takes its root key from another replica (cfg.other_ic_url, same canister
+  // ids) must refuse the messages our devnet certified, so the checks above really rest on the SDK's verification.
+  async 'foreign-root-key-refused'() {
+    const actor = await actorFor(test);
+    const client = new Client(test, actor, generateRandomIdentity(), { networkUrl: cfg.other_ic_url });
+    const outcome = await within(
+      Promise.race([client.opened.then(() => 'opened'), client.closed.then(() => 'closed')]),
+      'the open to be refused',
+    );
+    expectEqual(outcome, 'closed', 'outcome');
+    if (!client.errors.some(e => e.includes('Certificate validation failed'))) {
+      throw new Error(`no certificate error, got: ${client.errors.join('; ') || 'none'}`);
+    }
   },
 
   // The chat canister broadcasts: every client sees every message, its own included.

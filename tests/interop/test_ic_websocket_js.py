@@ -4,7 +4,7 @@ Each test runs one check of ``check_ic_websocket.mjs`` against one shared ``icws
 (see ``ws_stack.py``): open / send / receive with secp256k1 and Ed25519 identities, 50 clients at once, the
 ack / keep-alive cycle, close from the client and from the canister, reconnect, the chat broadcast. The SDK
 verifies every certificate itself, so a passing check means the official client accepts what our gateway relays
-and our devnet certifies.
+and our devnet certifies; the negative control shows it refuses them under another replica's root key.
 
 The Node dependencies are pinned in ``package-lock.json`` (``make test`` runs ``npm ci`` first; the ``node``
 fixture does it when ``node_modules`` is missing). Skipped only when ``node`` is not installed.
@@ -22,6 +22,7 @@ import pytest
 
 from tests.interop.conftest import HERE
 from tests.interop.ws_stack import running_stack
+from tests.plugins.devnet import DevnetProcess
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -59,3 +60,11 @@ def run_check(node: str, name: str, info: dict[str, Any], timeout: float = 180) 
 )
 def test_ic_websocket_js(node: str, stack: dict[str, Any], check: str) -> None:
     run_check(node, check, stack)
+
+
+def test_ic_websocket_js_refuses_a_foreign_root_key(
+    node: str, stack: dict[str, Any], devnet_process: DevnetProcess
+) -> None:
+    """The negative control: certificates of our devnet checked against another devnet's root key fail."""
+    assert devnet_process.info["root_key"] != stack["root_key"]
+    run_check(node, "foreign-root-key-refused", {**stack, "other_ic_url": devnet_process.url})
