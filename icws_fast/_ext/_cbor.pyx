@@ -1,5 +1,7 @@
 # cython: language_level=3
-"""Compiled twin of :func:`icws_fast.ic.cbor.decode` (same signature, results, errors and messages).
+"""Compiled twins of :func:`icws_fast.ic.cbor.decode` and :func:`~icws_fast.ic.cbor.encode`.
+
+Same signatures, results, errors and error messages as the pure functions.
 
 The decoder walks a ``const unsigned char *`` over one bytes object with C integers for
 positions and lengths; Python objects are created only for the decoded values themselves
@@ -13,17 +15,24 @@ the C stack of any thread. Nesting is bounded by ``max_depth`` as in the pure de
 ``MAX_NESTING`` whatever ``max_depth`` says: deeper input raises ``CborError("CBOR nested too
 deeply")``, the pure decoder's error when Python's recursion limit runs out (which, at two
 Python frames a level, happens at a few hundred levels with the default limit).
+
+The encoder writes heads and payloads straight into one growing C buffer and makes a single
+bytes object at the end. Its input is the program's own data, nested at most as deep as
+Python's recursion limit allows: every list, dict or Tag level counts against that limit through
+``Py_EnterRecursiveCall`` (as CPython's JSON encoder does), so a cyclic value raises
+RecursionError, as it does in the pure encoder.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.dict cimport PyDict_Contains, PyDict_SetItem
+from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_SetItem, PyDict_Size
 from cpython.list cimport PyList_Append, PyList_New, PyList_SET_ITEM
-from cpython.long cimport PyLong_Check, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong, PyLong_Check
+from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
-from cpython.unicode cimport PyUnicode_Check, PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_Check, PyUnicode_CheckExact, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
@@ -35,6 +44,18 @@ cdef extern from "Python.h":
     double PyFloat_Unpack2(const char *p, int le) except? -1.0
     double PyFloat_Unpack4(const char *p, int le) except? -1.0
     double PyFloat_Unpack8(const char *p, int le) except? -1.0
+    int PyFloat_Pack8(double x, char *p, int le) except -1
+
+
+cdef extern from *:
+    """
+    /* Py_EnterRecursiveCall returns nonzero, RecursionError set, when the recursion limit is hit. */
+    static int icws_cbor_enter_nesting(void) {
+        return Py_EnterRecursiveCall(" while encoding CBOR") ? -1 : 0;
+    }
+    """
+    int enter_nesting "icws_cbor_enter_nesting"() except -1
+    void Py_LeaveRecursiveCall()
 
 
 # Mirrors icws_fast.ic.cbor (that module imports this one, so the values are repeated, not imported).
@@ -75,17 +96,27 @@ cdef struct Decoder:
     Py_ssize_t max_depth
 
 
-# icws_fast.ic.cbor.Tag, resolved on first use: importing it at load time would be circular when this
-# module is imported before icws_fast.ic.cbor.
+# icws_fast.ic.cbor.Tag and the pure head writer, resolved on first use: importing them at load time
+# would be circular when this module is imported before icws_fast.ic.cbor.
 cdef object _Tag = None
+cdef object _pure_head = None
+cdef object _Principal = None
+
+
+cdef int resolve_pure() except -1:
+    global _Tag, _pure_head, _Principal
+    if _Tag is None:
+        from icws_fast.ic.cbor import Tag, _head
+        from icws_fast.ic.principal import Principal
+
+        _pure_head = _head
+        _Principal = Principal
+        _Tag = Tag
+    return 0
 
 
 cdef object make_tag(uint64_t tag, object value):
-    global _Tag
-    if _Tag is None:
-        from icws_fast.ic.cbor import Tag
-
-        _Tag = Tag
+    resolve_pure()
     return _Tag(PyLong_FromUnsignedLongLong(tag), value)
 
 
@@ -350,6 +381,167 @@ cdef object decode_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t
     if d.pos != d.end:
         raise CborError(f"{d.end - d.pos} trailing bytes after CBOR item")
     return value
+
+
+cdef struct Writer:
+    char *buf
+    Py_ssize_t size
+    Py_ssize_t capacity
+
+
+cdef char *reserve(Writer *w, Py_ssize_t n) except NULL:
+    """Room for ``n`` more bytes at the end of the buffer (which grows by doubling)."""
+    cdef Py_ssize_t capacity = w.capacity
+    cdef char *grown
+    if n > w.capacity - w.size:
+        while capacity - w.size < n:
+            capacity = 2 * capacity if capacity else 256
+        grown = <char *>PyMem_Realloc(w.buf, capacity)
+        if grown == NULL:
+            raise MemoryError()
+        w.buf = grown
+        w.capacity = capacity
+    return w.buf + w.size
+
+
+cdef int write(Writer *w, const char *data, Py_ssize_t n) except -1:
+    memcpy(reserve(w, n), data, n)
+    w.size += n
+    return 0
+
+
+cdef int write_head(Writer *w, int major, uint64_t n) except -1:
+    cdef unsigned char *out = <unsigned char *>reserve(w, 9)
+    cdef unsigned char m = <unsigned char>(major << 5)
+    cdef int size, i
+    if n < 24:
+        out[0] = m | <unsigned char>n
+        w.size += 1
+        return 0
+    if n < 0x100:
+        out[0] = m | 24
+        size = 1
+    elif n < 0x10000:
+        out[0] = m | 25
+        size = 2
+    elif n < 0x100000000:
+        out[0] = m | 26
+        size = 4
+    else:
+        out[0] = m | 27
+        size = 8
+    for i in range(size, 0, -1):
+        out[i] = <unsigned char>(n & 0xFF)
+        n >>= 8
+    w.size += 1 + size
+    return 0
+
+
+cdef int write_string(Writer *w, int major, bytes raw) except -1:
+    """A byte string (major 2) or text (major 3) whose bytes are ``raw``."""
+    write_head(w, major, <uint64_t>PyBytes_GET_SIZE(raw))
+    return write(w, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+
+
+cdef int write_int(Writer *w, object obj) except -1:
+    cdef int overflow = 0
+    cdef long long small = PyLong_AsLongLongAndOverflow(obj, &overflow)
+    if not overflow:
+        if small >= 0:
+            return write_head(w, 0, <uint64_t>small)
+        return write_head(w, 1, <uint64_t>(-1 - small))
+    if 0 <= obj < (1 << 64):
+        return write_head(w, 0, PyLong_AsUnsignedLongLong(obj))
+    if -(1 << 64) <= obj < 0:
+        return write_head(w, 1, PyLong_AsUnsignedLongLong(-1 - obj))
+    tag, magnitude = (2, obj) if obj >= 0 else (3, -1 - obj)
+    write_head(w, 6, tag)
+    return write_string(w, 2, magnitude.to_bytes((magnitude.bit_length() + 7) // 8, "big"))
+
+
+cdef int write_tag_number(Writer *w, object tag) except -1:
+    if PyLong_Check(tag) and 0 <= tag < (1 << 64):
+        return write_head(w, 6, PyLong_AsUnsignedLongLong(tag))
+    # Anything else fails (or not) exactly as the pure encoder's head writer does with it.
+    head = _pure_head(6, tag)
+    return write(w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+
+
+cdef int write_nested(Writer *w, object obj) except -1:
+    """A list, tuple, dict or Tag: one level of nesting, counted against the recursion limit."""
+    enter_nesting()
+    try:
+        if isinstance(obj, _Tag):  # before tuple: a Tag is one
+            write_tag_number(w, obj.tag)
+            write_item(w, obj.value)
+        elif PyDict_CheckExact(obj):
+            write_head(w, 5, <uint64_t>PyDict_Size(obj))
+            for key, value in (<dict>obj).items():
+                write_item(w, key)
+                write_item(w, value)
+        elif isinstance(obj, dict):
+            write_head(w, 5, <uint64_t>len(obj))
+            for key, value in obj.items():
+                write_item(w, key)
+                write_item(w, value)
+        else:
+            write_head(w, 4, <uint64_t>len(obj))
+            for item in obj:
+                write_item(w, item)
+    finally:
+        Py_LeaveRecursiveCall()
+    return 0
+
+
+cdef int write_item(Writer *w, object obj) except -1:
+    """Append the encoding of ``obj``, testing types in the pure encoder's order."""
+    cdef char *out
+    if obj is True:
+        return write(w, b"\xf5", 1)
+    if obj is False:
+        return write(w, b"\xf4", 1)
+    if obj is None:
+        return write(w, b"\xf6", 1)
+    if PyLong_Check(obj):
+        return write_int(w, obj)
+    if PyBytes_CheckExact(obj):
+        return write_string(w, 2, <bytes>obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        # len() and bytes() exactly as the pure encoder takes them.
+        write_head(w, 2, <uint64_t>len(obj))
+        raw = bytes(obj)
+        return write(w, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+    if PyUnicode_CheckExact(obj):
+        return write_string(w, 3, PyUnicode_AsUTF8String(obj))
+    if PyUnicode_Check(obj):
+        return write_string(w, 3, obj.encode("utf-8"))
+    if isinstance(obj, (list, tuple, dict)):
+        return write_nested(w, obj)
+    if isinstance(obj, _Principal):
+        return write_string(w, 2, obj.bytes)
+    if isinstance(obj, float):
+        out = reserve(w, 9)
+        out[0] = <char>0xFB
+        PyFloat_Pack8(obj, out + 1, 0)
+        w.size += 9
+        return 0
+    raise TypeError(f"cannot CBOR-encode {type(obj).__name__}")
+
+
+def encode(obj, *, self_describe=True):
+    """Encode ``obj``; prefix the self-describe tag unless ``self_describe`` is false (see ``cbor.encode``)."""
+    cdef Writer w
+    w.buf = NULL
+    w.size = 0
+    w.capacity = 0
+    resolve_pure()
+    try:
+        if self_describe:
+            write(&w, b"\xd9\xd9\xf7", 3)
+        write_item(&w, obj)
+        return PyBytes_FromStringAndSize(w.buf, w.size)
+    finally:
+        PyMem_Free(w.buf)
 
 
 def decode(data, *, Py_ssize_t max_depth=DEFAULT_MAX_DEPTH):

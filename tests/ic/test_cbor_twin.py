@@ -1,12 +1,15 @@
-"""The compiled CBOR decoder gives exactly the pure results: vector blobs, generated values, hostile bytes.
+"""The compiled CBOR twins give exactly the pure results: vector blobs, generated values, hostile bytes.
 
-"Exactly" means the same value with the same types all the way down (bool is not int, bytes is
-not str, Tag is not a tuple, floats bit for bit) and the same map key order, or a CborError with
-the same message, for every input.
+For decoding, "exactly" means the same value with the same types all the way down (bool is not
+int, bytes is not str, Tag is not a tuple, floats bit for bit) and the same map key order, or a
+CborError with the same message, for every input. For encoding it means the same bytes, or the
+same exception type and message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import gc
 import importlib
 import random
@@ -24,6 +27,7 @@ from icws_fast import _ext
 from icws_fast.errors import CborError
 from icws_fast.ic import cbor as pure_cbor
 from icws_fast.ic import hashtree
+from icws_fast.ic.principal import Principal
 
 try:
     from tests.conftest import VECTORS, load_vectors
@@ -37,9 +41,11 @@ except ImportError:
         pytest.skip("compiled CBOR twin not built (pure mode)", allow_module_level=True)
     raise
 
-# Once icws_fast.ic.cbor binds the compiled decoder, the pure one stays reachable as decode_pure.
+# Once icws_fast.ic.cbor binds the compiled twins, the pure functions stay reachable as *_pure.
 pure_decode: Callable[..., Any] = getattr(pure_cbor, "decode_pure", pure_cbor.decode)
 fast_decode: Callable[..., Any] = _cbor.decode
+pure_encode: Callable[..., bytes] = getattr(pure_cbor, "encode_pure", pure_cbor.encode)
+fast_encode: Callable[..., bytes] = _cbor.encode
 
 
 def _typed(value: Any) -> Any:
@@ -105,14 +111,15 @@ VECTOR_FILES = sorted(path.stem for path in VECTORS.glob("*.json"))
 
 
 def test_pure_and_compiled_are_distinct() -> None:
-    assert pure_decode is not fast_decode
-    assert pure_decode.__module__ == "icws_fast.ic.cbor"
+    assert pure_decode.__module__ == pure_encode.__module__ == "icws_fast.ic.cbor"
+    assert fast_decode.__module__ == fast_encode.__module__ == "icws_fast._ext._cbor"
 
 
-def test_seam_binds_compiled_decoder() -> None:
-    if not hasattr(pure_cbor, "decode_pure"):
-        pytest.skip("icws_fast.ic.cbor does not bind the compiled decoder yet")
-    assert pure_cbor.decode is (pure_cbor.decode_pure if _ext.PURE else fast_decode)
+@pytest.mark.parametrize("name", ["decode", "encode"])
+def test_seam_binds_compiled_twin(name: str) -> None:
+    if not hasattr(pure_cbor, f"{name}_pure"):
+        pytest.skip(f"icws_fast.ic.cbor does not bind the compiled {name} yet")
+    assert getattr(pure_cbor, name) is getattr(pure_cbor if _ext.PURE else _cbor, f"{name}_pure" if _ext.PURE else name)
 
 
 def test_cbor_vectors_decode_identically() -> None:
@@ -344,6 +351,7 @@ def test_witness_of_a_message_batch() -> None:
 
 
 def test_no_leak_on_success_or_failure() -> None:
+    """Decoding and encoding, succeeding and failing, leave no objects behind."""
     good = bytes.fromhex(load_vectors("certificates")[0]["cbor_hex"])
     # Truncated, bad UTF-8 after a filled list slot, duplicate key, bignum of a list.
     bad = [good[:-1], good[: len(good) // 2], b"\x84\x01\x41\xaa\x61\xff", b"\xa2\x61a\x00\x61a\x00"]
@@ -352,9 +360,13 @@ def test_no_leak_on_success_or_failure() -> None:
     deep = [_nested(200), _nested(100, b"\xa1\x61a"), _nested(150, b"\x9f") + b"\xff" * 150]
     bad += [_nested(200)[:-1], _nested(100, b"\xbf\x00"), _nested(100, b"\xa1\x61a")[:-1] + b"\xa2\x00\x00\x00"]
 
+    unencodable = [1, {"a": [b"x", object()]}]
+
     def churn() -> None:
         for _ in range(500):
-            fast_decode(good)
+            fast_encode(fast_decode(good))
+            with contextlib.suppress(TypeError):
+                fast_encode(unencodable)
             for blob in deep:
                 fast_decode(blob)
             for blob in bad:
@@ -379,3 +391,107 @@ def test_no_leak_on_success_or_failure() -> None:
     growth = sum(stat.size_diff for stat in diff)
     # A leak of one object per decode would be over 100 kB here; what remains is the interpreter's noise.
     assert growth < 8_000, growth
+
+
+def _encoded(encode: Callable[..., bytes], value: Any, **kwargs: Any) -> tuple[str, Any]:
+    """The encoding, or the exception's type and message (any exception: both must fail alike)."""
+    try:
+        return ("ok", encode(value, **kwargs))
+    except Exception as exc:  # the comparison is the test
+        return (type(exc).__name__, str(exc))
+
+
+def _assert_same_encoding(value: Any, **kwargs: Any) -> tuple[str, Any]:
+    expected = _encoded(pure_encode, value, **kwargs)
+    assert _encoded(fast_encode, value, **kwargs) == expected, repr(value)[:200]
+    return expected
+
+
+class _Level(enum.IntEnum):
+    HIGH = 300
+
+
+class _Text(str):
+    pass
+
+
+class _Blob(bytes):
+    pass
+
+
+class _Map(dict[Any, Any]):
+    pass
+
+
+def _view(raw: bytes) -> memoryview:
+    return memoryview(raw)
+
+
+_encodables = st.recursive(
+    st.one_of(
+        _scalars,
+        st.binary(max_size=10).map(bytearray),
+        st.binary(max_size=10).map(_view),
+        st.binary(max_size=29).map(Principal),
+        st.sampled_from([_Level.HIGH, _Text("tx"), _Blob(b"bx"), 1 << 64, -(1 << 64) - 1, 10**40]),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.lists(children, max_size=5).map(tuple),
+        st.dictionaries(st.one_of(_keys, st.booleans(), st.none()), children, max_size=5),
+        st.dictionaries(_keys, children, max_size=3).map(_Map),
+        st.builds(pure_cbor.Tag, st.integers(min_value=0, max_value=(1 << 64) - 1), children),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_encodables, self_describe=st.booleans())
+def test_generated_values_encode_identically(value: Any, self_describe: bool) -> None:
+    status, _ = _assert_same_encoding(value, self_describe=self_describe)
+    assert status == "ok"
+
+
+def test_vector_values_encode_identically() -> None:
+    for name in ("certificates", "hash_trees", "envelopes"):
+        for record in load_vectors(name):
+            for key in ("cbor_hex", "envelope_cbor_hex"):
+                if key in record:
+                    value = pure_decode(bytes.fromhex(record[key]))
+                    assert _assert_same_encoding(value)[0] == "ok"
+                    assert _assert_same_encoding(value, self_describe=False)[0] == "ok"
+
+
+def test_witness_encodes_identically() -> None:
+    mapping = {b"websocket": {b"key-%04d" % i: bytes([i % 256]) * 32 for i in range(200)}}
+    tree = hashtree.witness(mapping, [[b"websocket", b"key-%04d" % i] for i in range(50, 100)])
+    assert fast_encode(tree) == pure_encode(tree) == hashtree.to_cbor(tree)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        object(),
+        {1, 2},
+        [1, object()],
+        {"k": 1j},
+        "\ud800",
+        pure_cbor.Tag(-1, 0),
+        pure_cbor.Tag(1 << 64, 0),
+        pure_cbor.Tag(1.5, 0),  # type: ignore[arg-type]
+        pure_cbor.Tag(True, b""),
+        memoryview(b"\x00" * 8).cast("I"),  # len() counts 2 items, bytes() gives 8: encoded as the pure one does
+    ],
+    ids=repr,
+)
+def test_unusual_values_encode_or_fail_identically(value: Any) -> None:
+    _assert_same_encoding(value)
+
+
+def test_cyclic_value_is_a_recursion_error() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    for encode in (pure_encode, fast_encode):
+        with pytest.raises(RecursionError):
+            encode(cycle)
