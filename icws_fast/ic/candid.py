@@ -953,18 +953,6 @@ def _is_mapping(v: Any) -> bool:
     return type(v) is dict or isinstance(v, Mapping)
 
 
-_SMALL_LEB: Final = tuple(bytes((i,)) for i in range(0x80))
-
-
-def _uleb(n: int) -> bytes:
-    """``leb128(n)`` with the one- and two-byte cases (counts and lengths) short-cut."""
-    if n < 0x80:
-        return _SMALL_LEB[n]
-    if n < 0x4000:
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    return leb128(n)
-
-
 class _EncoderCompiler:
     def __init__(self) -> None:
         self.named: dict[NamedType, list[_Encoder]] = {}
@@ -1023,7 +1011,7 @@ class _EncoderCompiler:
                         raise _fail_encode(t, v, "elements must be ints in 0..255") from None
                 elif not isinstance(v, (bytes, bytearray, memoryview)):
                     raise _fail_encode(t, v, "expected bytes")
-                out += _uleb(len(v))
+                out += leb128(len(v))
                 out += v
 
             return enc_blob
@@ -1032,7 +1020,7 @@ class _EncoderCompiler:
         def enc_vec(v: Any, out: bytearray) -> None:
             if not isinstance(v, (list, tuple)):
                 raise _fail_encode(t, v, "expected a list")
-            out += _uleb(len(v))
+            out += leb128(len(v))
             for item in v:
                 inner(item, out)
 
@@ -1117,7 +1105,7 @@ def _prim_encoder(t: PrimType) -> _Encoder:
             if v < 0x80:
                 out.append(v)
             else:
-                out += _uleb(v)
+                out += leb128(v)
 
         return enc_nat
     if t is INT:
@@ -1159,7 +1147,7 @@ def _prim_encoder(t: PrimType) -> _Encoder:
                 raw = v.encode("utf-8")
             except UnicodeEncodeError:
                 raise _fail_encode(t, v, "not encodable as UTF-8") from None
-            out += _uleb(len(raw))
+            out += leb128(len(raw))
             out += raw
 
         return enc_text
@@ -1177,7 +1165,7 @@ def _encode_principal(t: Type, v: Any, out: bytearray) -> None:
         raise _fail_encode(t, v, "expected a Principal")
     raw = v.bytes
     out.append(1)
-    out += _uleb(len(raw))
+    out += leb128(len(raw))
     out += raw
 
 
@@ -1190,7 +1178,7 @@ def _encode_func(t: FuncType, v: Any, out: bytearray) -> None:
         raw = v[1].encode("utf-8")
     except UnicodeEncodeError:
         raise _fail_encode(t, v, "method name not encodable as UTF-8") from None
-    out += _uleb(len(raw))
+    out += leb128(len(raw))
     out += raw
 
 

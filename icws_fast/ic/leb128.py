@@ -20,8 +20,16 @@ _BITS7: Final = tuple(f"{i:07b}" for i in range(128))
 _TRUNCATED: Final = "truncated LEB128 number"
 
 
+_ONE_BYTE: Final = tuple(bytes((i,)) for i in range(0x80))
+
+
 def leb128(n: int) -> bytes:
     """Unsigned LEB128 of a non-negative integer."""
+    # Short cuts for one and two bytes: Candid writes a count or length before every vector, text and blob.
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]
+    if 0x80 <= n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     if n < 0:
         raise ValueError("leb128 takes a non-negative integer")
     out = bytearray()
