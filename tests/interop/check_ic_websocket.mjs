@@ -9,9 +9,9 @@
 // any of these errors; so every check also fails on an `onerror` call.
 // Prints "ok CHECK" or "FAIL CHECK: reason"; the exit code is 0 only for "ok".
 import { Actor, HttpAgent } from '@dfinity/agent';
-import { IDL } from '@dfinity/candid';
 import { Ed25519KeyIdentity } from '@dfinity/identity';
 import { IcWebSocket, createWsConfig, generateRandomIdentity } from 'ic-websocket-js';
+import readline from 'node:readline';
 import WebSocket from 'ws';
 
 // The SDK expects browser globals: Node 20 has Event and MessageEvent but neither WebSocket nor ErrorEvent.
@@ -216,6 +216,24 @@ const checks = {
     const again = new Client(test, actor, identity);
     await pingPong(again, 'again', 3);
     await closeFromClient(again, 'again');
+  },
+
+  // The gateway restarts under a connected client (driven by the test through stdin): the SDK sees the close,
+  // and the same identity reconnects to the new gateway at the same URL.
+  async 'gateway-restart'() {
+    const actor = await actorFor(test);
+    const identity = generateRandomIdentity();
+    const before = new Client(test, actor, identity);
+    await pingPong(before, 'before', 1);
+    console.log('connected');
+    const { code } = await within(before.closed, 'the close by the draining gateway');
+    console.log(`closed ${code}`);
+    for await (const line of readline.createInterface({ input: process.stdin })) {
+      if (line === 'restarted') break;
+    }
+    const after = new Client(test, actor, identity);
+    await pingPong(after, 'after', 2);
+    await closeFromClient(after, 'after');
   },
 
   // The negative control: a client that takes its root key from another replica (cfg.other_ic_url, same canister

@@ -16,13 +16,14 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.interop.conftest import HERE
-from tests.interop.ws_stack import running_stack
-from tests.plugins.devnet import DevnetProcess
+from tests.interop.ws_stack import gateway_process, running_stack
+from tests.plugins.devnet import DevnetProcess, free_port
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -60,6 +61,43 @@ def run_check(node: str, name: str, info: dict[str, Any], timeout: float = 180) 
 )
 def test_ic_websocket_js(node: str, stack: dict[str, Any], check: str) -> None:
     run_check(node, check, stack)
+
+
+def test_ic_websocket_js_reconnects_after_a_gateway_restart(node: str, stack: dict[str, Any], tmp_path: Path) -> None:
+    """A gateway of its own on a fixed port, drained (SIGTERM) under a connected client, then started again."""
+    address = f"127.0.0.1:{free_port()}"
+    with gateway_process(stack["ic_url"], tmp_path, address) as gateway_url:
+        config = json.dumps({**stack, "gateway_url": gateway_url})
+        check = subprocess.Popen(
+            [node, str(HERE / "check_ic_websocket.mjs"), "gateway-restart", config],
+            cwd=HERE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "LOG_LEVEL": "warn"},
+        )
+        assert check.stdin is not None and check.stdout is not None
+        try:
+            output = [check.stdout.readline()]
+            assert output[0] == "connected\n", output[0] + check.stdout.read()
+        except BaseException:
+            check.kill()
+            check.wait()
+            raise
+    # Leaving the block drained the gateway, which closes its clients; then a new gateway starts on the same port.
+    try:
+        output.append(check.stdout.readline())
+        assert output[-1].startswith("closed "), "".join(output) + check.stdout.read()
+        with gateway_process(stack["ic_url"], tmp_path, address):
+            check.stdin.write("restarted\n")
+            check.stdin.flush()
+            rest, _ = check.communicate(timeout=120)
+    finally:
+        if check.poll() is None:
+            check.kill()
+            check.wait()
+    assert check.returncode == 0 and "ok gateway-restart" in rest, "".join(output) + rest
 
 
 def test_ic_websocket_js_refuses_a_foreign_root_key(

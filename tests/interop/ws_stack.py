@@ -41,13 +41,13 @@ class QuickAckTestCanister(TestCanister):
         )
 
 
-def _gateway_command(ic_url: str, data_dir: Path) -> list[str]:
+def _gateway_command(ic_url: str, data_dir: Path, address: str) -> list[str]:
     script = shutil.which("icws-gateway", path=str(Path(sys.executable).parent))
     command = [script] if script else [sys.executable, "-m", "icws_fast.gateway"]
     return [
         *command,
         "--gateway-address",
-        "127.0.0.1:0",
+        address,
         "--prometheus-endpoint",
         "127.0.0.1:0",
         "--ic-network-url",
@@ -62,10 +62,10 @@ def _gateway_command(ic_url: str, data_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def gateway_process(ic_url: str, data_dir: Path) -> Iterator[str]:
-    """``icws-gateway`` in front of ``ic_url``; yields its ``ws://`` URL, drains it (SIGTERM) on exit."""
+def gateway_process(ic_url: str, data_dir: Path, address: str = "127.0.0.1:0") -> Iterator[str]:
+    """``icws-gateway`` on ``address`` in front of ``ic_url``; yields its ``ws://`` URL, drains it (SIGTERM) on exit."""
     proc = subprocess.Popen(
-        _gateway_command(ic_url, data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        _gateway_command(ic_url, data_dir, address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     output: list[str] = []
     try:
