@@ -1,9 +1,10 @@
-"""CBOR decoding: pure vs compiled ``decode`` on what the gateway decodes per batch and per frame.
+"""CBOR: pure vs compiled ``decode`` and ``encode`` on what the gateway and the devnet handle per batch.
 
 Workloads: a real mainnet certificate with a subnet delegation (the shape of the
 certificate on every polled batch), a large mainnet certificate, the witness an
 ic-websocket canister returns for a batch of 50 messages out of a 1000-entry message
-map, and a signed call envelope (what a client frame carries). The compiled/pure
+map, and a signed call envelope (what a client frame carries); each is decoded, and
+its decoded value encoded again (the devnet encodes a witness per poll). The compiled/pure
 ratios are printed at the end of the module; they compare medians, which other
 processes on a shared machine disturb less than means.
 
@@ -31,10 +32,12 @@ except ModuleNotFoundError:  # pytest run without the repository root on sys.pat
     from tests.conftest import load_vectors
 
 compiled = _ext.compiled("_cbor")
-# Once icws_fast.ic.cbor binds the compiled decoder, the pure one stays reachable as decode_pure.
-IMPLS: dict[str, Callable[..., Any]] = {"pure": getattr(cbor, "decode_pure", cbor.decode)}
+# Once icws_fast.ic.cbor binds the compiled twins, the pure functions stay reachable as *_pure.
+IMPLS: dict[str, dict[str, Callable[..., Any]]] = {
+    "pure": {"decode": getattr(cbor, "decode_pure", cbor.decode), "encode": getattr(cbor, "encode_pure", cbor.encode)}
+}
 if compiled is not None:
-    IMPLS["compiled"] = compiled.decode
+    IMPLS["compiled"] = {"decode": compiled.decode, "encode": compiled.encode}
 
 CERTIFICATES = {record["id"]: bytes.fromhex(record["cbor_hex"]) for record in load_vectors("certificates")}
 ENVELOPES = {record["id"]: record for record in load_vectors("envelopes")}
@@ -51,7 +54,9 @@ WORKLOADS: dict[str, bytes] = {
     "signed call envelope": bytes.fromhex(ENVELOPES["derived-ed25519-signed-call"]["envelope_cbor_hex"]),
 }
 
-MEDIANS: dict[tuple[str, str], float] = {}
+VALUES = {workload: IMPLS["pure"]["decode"](data) for workload, data in WORKLOADS.items()}
+
+MEDIANS: dict[tuple[str, str, str], float] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,18 +67,27 @@ def _print_ratios(request: pytest.FixtureRequest) -> Iterator[None]:
     if reporter is None or capture is None:
         return
     with capture.global_and_fixture_disabled():  # module teardown output is captured otherwise
-        for workload in WORKLOADS:
-            pure, fast = MEDIANS.get(("pure", workload)), MEDIANS.get(("compiled", workload))
-            if pure and fast:
-                ratio = f"compiled/pure time = {fast / pure:.3f} ({pure / fast:.1f}x faster)"
-                reporter.write_line(f"cbor decode {workload}: {ratio}")
+        for op in ("decode", "encode"):
+            for workload in WORKLOADS:
+                pure, fast = MEDIANS.get(("pure", op, workload)), MEDIANS.get(("compiled", op, workload))
+                if pure and fast:
+                    ratio = f"compiled/pure time = {fast / pure:.3f} ({pure / fast:.1f}x faster)"
+                    reporter.write_line(f"cbor {op} {workload}: {ratio}")
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS))
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_decode(benchmark: Any, impl: str, workload: str) -> None:
-    data = WORKLOADS[workload]
-    value = benchmark(IMPLS[impl], data)
-    assert value == IMPLS["pure"](data)
+    value = benchmark(IMPLS[impl]["decode"], WORKLOADS[workload])
+    assert value == VALUES[workload]
     if benchmark.stats is not None:
-        MEDIANS[(impl, workload)] = benchmark.stats.stats.median
+        MEDIANS[(impl, "decode", workload)] = benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_encode(benchmark: Any, impl: str, workload: str) -> None:
+    data = benchmark(IMPLS[impl]["encode"], VALUES[workload])
+    assert IMPLS["pure"]["decode"](data) == VALUES[workload]
+    if benchmark.stats is not None:
+        MEDIANS[(impl, "encode", workload)] = benchmark.stats.stats.median
