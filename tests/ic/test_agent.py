@@ -35,7 +35,7 @@ from icws_fast.errors import (
 from icws_fast.ic import agent as agent_module
 from icws_fast.ic import bls, candid, cbor, hashtree
 from icws_fast.ic.agent import MAINNET_ROOT_KEY, Agent, is_mainnet_url
-from icws_fast.ic.certificate import sign_certificate
+from icws_fast.ic.certificate import encode_delegation, sign_certificate
 from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content
 from icws_fast.ic.identity import AnonymousIdentity, DelegationChain, DelegationIdentity, Ed25519Identity
 from icws_fast.ic.principal import Principal
@@ -44,6 +44,8 @@ from tests.conftest import load_vectors
 from tests.interop.echo_devnet import Echo
 
 CANISTER = Principal.from_text("rwlgt-iiaaa-aaaaa-aaaaa-cai")
+OTHER_RANGE_LOW = bytes.fromhex("00000000001000000101")
+OTHER_RANGE_HIGH = bytes.fromhex("00000000001fffff0101")
 MINUTE_NS = 60 * 1_000_000_000
 
 
@@ -67,6 +69,7 @@ class ScriptedReplica:
     corrupt_node_signature: bool = False
     polls_before_done: int = 0  # read_state answers "received" this many times first
     certify_other_request: bool = False  # a v3 answer certifies a forged reply of another request id
+    delegated_ranges: list[list[bytes]] | None = None  # sign as a subnet delegated these canister ranges
     hostile: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # endpoint kind -> (status, body)
     hang: asyncio.Event | None = None  # when set, every request waits on it
     hits: list[str] = field(default_factory=list)
@@ -80,6 +83,7 @@ class ScriptedReplica:
         self.node = Ed25519Identity.from_seed(bytes(range(32)))
         self.node_id = Principal.self_authenticating(self.node.der_public_key).bytes
         self.subnet_id = Principal.self_authenticating(self.root_key).bytes
+        self.subnet_key = bls.generate_secret_key(b"scripted replica subnet key")
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -102,7 +106,16 @@ class ScriptedReplica:
             },
             **extra,
         }
-        return sign_certificate(hashtree.build(mapping), self.signing_key)
+        if self.delegated_ranges is None:
+            return sign_certificate(hashtree.build(mapping), self.signing_key)
+        # The root key vouches for the subnet key and the canister ranges; the subnet key signs the state.
+        subnet = {
+            b"public_key": bls.der_encode_public_key(bls.public_key(self.subnet_key)),
+            b"canister_ranges": cbor.encode(self.delegated_ranges),
+        }
+        root_state = {b"time": mapping[b"time"], b"subnet": {self.subnet_id: subnet}}
+        delegation = encode_delegation(self.subnet_id, sign_certificate(hashtree.build(root_state), self.signing_key))
+        return sign_certificate(hashtree.build(mapping), self.subnet_key, delegation)
 
     def status_subtree(self, rid: bytes) -> dict[bytes, Any]:
         req = self.requests.get(rid)
@@ -346,6 +359,8 @@ async def test_done_call_has_no_reply(replica_server: tuple[ScriptedReplica, str
         ({"sign_with_other_key": True}, "invalid-signature"),
         ({"clock_offset_ns": -10 * MINUTE_NS}, "time-too-old"),
         ({"clock_offset_ns": 10 * MINUTE_NS}, "time-in-future"),
+        # A valid delegation, but to a subnet whose ranges do not hold the canister.
+        ({"delegated_ranges": [[OTHER_RANGE_LOW, OTHER_RANGE_HIGH]]}, "canister-not-in-range"),
     ],
 )
 async def test_certificates_are_verified(
@@ -359,6 +374,17 @@ async def test_certificates_are_verified(
             with pytest.raises(CertificateError) as info:
                 await attempt
             assert info.value.reason == reason
+
+
+async def test_delegated_certificates_for_the_canister_are_accepted(
+    replica_server: tuple[ScriptedReplica, str],
+) -> None:
+    replica, url = replica_server
+    reconfigure(replica, delegated_ranges=[[OTHER_RANGE_LOW, OTHER_RANGE_HIGH], [CANISTER.bytes, CANISTER.bytes]])
+    async with await agent_for(url, replica) as agent:
+        assert await agent.call(CANISTER, "echo", b"d") == b"echo:d"
+        cert = await agent.read_state(CANISTER, [[b"time"]])
+        assert cert.delegation is not None and cert.delegation.subnet_id.bytes == replica.subnet_id
 
 
 async def test_polling_ends_at_the_ingress_expiry(replica_server: tuple[ScriptedReplica, str]) -> None:
