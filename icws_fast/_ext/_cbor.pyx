@@ -249,7 +249,7 @@ cdef bint not_break(Decoder *d) except -1:
     return True
 
 
-cdef object items(Decoder *d):
+cdef object read_item(Decoder *d):
     """Decode one item, iteratively: containers and tags are frames, closed as their last item arrives."""
     cdef Frame local_frames[LOCAL_FRAMES]
     cdef Frame *frames = local_frames
@@ -263,7 +263,8 @@ cdef object items(Decoder *d):
     cdef bint closed
     try:
         while True:
-            # Step 1: produce a value, or open a frame and go on to its first item.
+            # Step 1: a break closing the innermost indefinite container, or the next item: a value, or a
+            # new frame (then on to its first item).
             closed = False
             if top:
                 f = &frames[top - 1]
@@ -377,7 +378,7 @@ cdef object decode_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t
     d.pos = 0
     d.end = size
     d.max_depth = max_depth
-    value = items(&d)
+    value = read_item(&d)
     if d.pos != d.end:
         raise CborError(f"{d.end - d.pos} trailing bytes after CBOR item")
     return value
