@@ -43,18 +43,31 @@ CHAT_PAGE_DIR: Final = Path(__file__).resolve().parents[2] / "examples" / "chat-
 """The chat page's sources; present in a source checkout (where `make run` runs), not in an installed wheel."""
 
 
+def npm_ci(project: Path) -> None:
+    """``npm ci`` in ``project`` unless its ``node_modules`` already matches its ``package-lock.json``.
+
+    Raises ``OSError`` when npm is missing and ``subprocess.CalledProcessError`` when npm fails.
+    """
+    installed = project / "node_modules" / ".package-lock.json"  # npm's record of what node_modules holds
+    if installed.is_file() and installed.stat().st_mtime >= (project / "package-lock.json").stat().st_mtime:
+        return
+    subprocess.run([_npm(), "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=project, check=True)
+
+
 def build_chat_page(page_dir: Path = CHAT_PAGE_DIR) -> None:
     """Install the page's pinned npm packages if needed and bundle it (``dist/app.js``) with esbuild.
 
     Raises ``OSError`` when npm is missing and ``subprocess.CalledProcessError`` when npm fails.
     """
+    npm_ci(page_dir)
+    subprocess.run([_npm(), "run", "--silent", "build"], cwd=page_dir, check=True)
+
+
+def _npm() -> str:
     npm = shutil.which("npm")
     if npm is None:
         raise FileNotFoundError("npm is not installed")
-    installed = page_dir / "node_modules" / ".package-lock.json"  # npm's record of what node_modules holds
-    if not installed.is_file() or installed.stat().st_mtime < (page_dir / "package-lock.json").stat().st_mtime:
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=page_dir, check=True)
-    subprocess.run([npm, "run", "--silent", "build"], cwd=page_dir, check=True)
+    return npm
 
 
 class ChatPageServer:

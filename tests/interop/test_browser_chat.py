@@ -22,8 +22,7 @@ from typing import Final
 import pytest
 
 from icws_fast.devnet.run_all import CHAT_PAGE_DIR, ChatPageServer, build_chat_page
-from tests.interop.conftest import HERE
-from tests.interop.ws_stack import REPO, running_stack
+from tests.interop.ws_stack import HERE, REPO, running_stack
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 

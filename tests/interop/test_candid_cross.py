@@ -20,7 +20,7 @@ from icws_fast.devnet.canisters.test_canister import APP_MESSAGE_DID
 from icws_fast.ic import candid
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import SERVICE_MESSAGES_DID, WS_TYPES_DID
-from tests.interop.conftest import HERE
+from tests.interop.ws_stack import HERE
 
 pytestmark = pytest.mark.interop
 

@@ -18,8 +18,8 @@ import subprocess
 
 import pytest
 
-from tests.interop.conftest import HERE
 from tests.interop.echo_devnet import running
+from tests.interop.ws_stack import HERE
 
 CHECKS = 7
 

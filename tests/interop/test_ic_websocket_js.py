@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.interop.conftest import HERE
-from tests.interop.ws_stack import gateway_process, running_stack
+from tests.interop.ws_stack import HERE, gateway_process, running_stack
 from tests.plugins.devnet import DevnetProcess, free_port
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]

@@ -21,7 +21,8 @@ from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.devnet.canisters.test_canister import TestCanister
 from tests.plugins.devnet import DevnetProcess, free_port
 
-REPO: Final = Path(__file__).resolve().parents[2]
+HERE: Final = Path(__file__).resolve().parent
+REPO: Final = HERE.parents[1]
 # The cycle the SDK is configured with (``ackMessageIntervalMs``): it must equal the canister's.
 SEND_ACK_INTERVAL_MS: Final = 2000
 KEEP_ALIVE_TIMEOUT_MS: Final = 1500
