@@ -448,16 +448,20 @@ class Agent:
     ) -> bytes:
         """Relay an envelope someone else signed (bytes unchanged) to ``canister_id``; its certified reply.
 
-        The envelope's shape is checked first (:class:`~icws_fast.errors.EnvelopeError`); the replica checks
-        the signature. When the outcome is not in the synchronous answer it must be polled, and the spec
-        lets only the request's own sender read its status: the agent polls when that sender is its own
-        identity or anonymous, and otherwise raises :class:`~icws_fast.errors.CallPending` (the call was
-        accepted; its outcome is not readable here).
+        The envelope's shape and target are checked first (:class:`~icws_fast.errors.EnvelopeError`: not a call,
+        or a call to another canister than ``canister_id``); the replica checks the signature. When the outcome
+        is not in the synchronous answer it must be polled, and the spec lets only the request's own sender read
+        its status: the agent polls when that sender is its own identity or anonymous, and otherwise raises
+        :class:`~icws_fast.errors.CallPending` (the call was accepted; its outcome is not readable here).
         """
         canister = _as_principal(canister_id)
         envelope = parse_envelope(envelope_bytes)
         if envelope.request_type != "call":
             raise EnvelopeError(f"submit_signed relays call envelopes, not {envelope.request_type}")
+        # The IC refuses a call whose canister_id is not the effective canister id (bar the management canister,
+        # whose effective id is read from its argument); refusing it here keeps a relayed envelope to its canister.
+        if envelope.canister_id != canister and envelope.canister_id != Principal.management():
+            raise EnvelopeError(f"the envelope calls {envelope.canister_id}, not {canister}")
         poller: Identity | None = None
         if envelope.sender == self.identity.sender:
             poller = self.identity

@@ -474,6 +474,15 @@ async def test_submit_signed_refuses_what_is_not_a_call(
     assert replica.hits == ["v2/status"]
 
 
+async def test_submit_signed_keeps_an_envelope_to_its_canister(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    other = Principal.from_text("ryjl3-tyaaa-aaaaa-aaaba-cai")
+    async with await agent_for(url, replica) as gateway:
+        with pytest.raises(EnvelopeError, match="calls"):
+            await gateway.submit_signed(other, signed_call(Ed25519Identity.generate()))
+    assert replica.hits == ["v2/status"]
+
+
 # -- queries and read_state -----------------------------------------------------------------------------
 
 
