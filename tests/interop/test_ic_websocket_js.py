@@ -62,6 +62,12 @@ def test_ic_websocket_js(node: str, stack: dict[str, Any], check: str) -> None:
     run_check(node, check, stack)
 
 
+def test_ic_websocket_js_through_a_subnet_delegation(node: str, tmp_path: Path) -> None:
+    """Certificates signed by a subnet key delegated from the root key (the mainnet layout) pass the SDK too."""
+    with running_stack(tmp_path, subnet_delegation=True) as info:
+        run_check(node, "open-send-receive", info)
+
+
 def test_ic_websocket_js_reconnects_after_a_gateway_restart(node: str, stack: dict[str, Any], tmp_path: Path) -> None:
     """A gateway of its own on a fixed port, drained (SIGTERM) under a connected client, then started again."""
     address = f"127.0.0.1:{free_port()}"

@@ -93,10 +93,11 @@ def gateway_process(ic_url: str, data_dir: Path, address: str = "127.0.0.1:0") -
 
 
 @contextlib.contextmanager
-def running_stack(state_dir: Path) -> Iterator[dict[str, Any]]:
+def running_stack(state_dir: Path, *, subnet_delegation: bool = False) -> Iterator[dict[str, Any]]:
     """Devnet + gateway; yields ``{"ic_url", "root_key", "canisters", "gateway_url", "ack_interval_ms"}``.
 
     ``canisters`` maps ``test``, ``chat`` and ``quick`` to their ids; ``ack_interval_ms`` is ``quick``'s cycle.
+    ``subnet_delegation`` makes the devnet certify through a subnet delegation, as mainnet application subnets do.
     """
     devnet = DevnetProcess(
         address=f"127.0.0.1:{free_port()}",
@@ -108,6 +109,7 @@ def running_stack(state_dir: Path) -> Iterator[dict[str, Any]]:
             "chat=icws_fast.devnet.canisters.chat:ChatCanister",
             "--canister",
             f"quick={__name__}:QuickAckTestCanister",
+            *(["--subnet-delegation"] if subnet_delegation else []),
         ],
         # The devnet imports this module to find QuickAckTestCanister.
         env={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
