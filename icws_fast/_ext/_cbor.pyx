@@ -227,6 +227,11 @@ cdef object scalar(Decoder *d, int major, int info):
     raise CborError(f"unsupported simple value {info} at offset {d.pos - 1}")
 
 
+# Must equal icws_fast.ic.cbor.MAX_BIGNUM_BYTES (a test compares them).
+DEF_MAX_BIGNUM_BYTES = 64
+cdef Py_ssize_t MAX_BIGNUM_BYTES = DEF_MAX_BIGNUM_BYTES
+
+
 cdef object untag(uint64_t tag, object value):
     """The value of a tagged item: self-describe is transparent, bignums become ints, the rest Tag."""
     if tag == SELF_DESCRIBE_TAG:
@@ -234,6 +239,8 @@ cdef object untag(uint64_t tag, object value):
     if tag == 2 or tag == 3:
         if not PyBytes_CheckExact(value):
             raise CborError("bignum tag must wrap a byte string")
+        if PyBytes_GET_SIZE(value) > MAX_BIGNUM_BYTES:
+            raise CborError(f"bignum of {PyBytes_GET_SIZE(value)} bytes is over the limit of {MAX_BIGNUM_BYTES}")
         magnitude = int.from_bytes(value, "big")
         return magnitude if tag == 2 else -1 - magnitude
     return make_tag(tag, value)
@@ -508,9 +515,8 @@ cdef int write_item(Writer *w, object obj) except -1:
     if PyBytes_CheckExact(obj):
         return write_string(w, 2, <bytes>obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        # len() and bytes() exactly as the pure encoder takes them.
-        write_head(w, 2, <uint64_t>len(obj))
-        raw = bytes(obj)
+        raw = bytes(obj)  # len() of a memoryview counts items, not bytes
+        write_head(w, 2, <uint64_t>PyBytes_GET_SIZE(raw))
         return write(w, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
     if PyUnicode_CheckExact(obj):
         return write_string(w, 3, PyUnicode_AsUTF8String(obj))

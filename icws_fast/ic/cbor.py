@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Final, NamedTuple
 
+from icws_fast import _ext
 from icws_fast.errors import CborError
 from icws_fast.ic.principal import Principal
 
@@ -68,8 +69,9 @@ def _encode_into(out: list[bytes], obj: Any) -> None:
             raw = mag.to_bytes((mag.bit_length() + 7) // 8, "big")
             out.append(_head(6, tag) + _head(2, len(raw)) + raw)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        out.append(_head(2, len(obj)))
-        out.append(bytes(obj))
+        raw = bytes(obj)  # len() of a memoryview counts items, not bytes
+        out.append(_head(2, len(raw)))
+        out.append(raw)
     elif isinstance(obj, str):
         raw = obj.encode("utf-8")
         out.append(_head(3, len(raw)))
@@ -251,3 +253,12 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
     if dec.pos != dec.end:
         raise CborError(f"{dec.end - dec.pos} trailing bytes after CBOR item")
     return value
+
+
+# The compiled twins (icws_fast/_ext/_cbor.pyx) take over unless ICWS_FAST_PURE=1.
+decode_pure = decode
+encode_pure = encode
+_compiled = _ext.compiled("_cbor")
+if _compiled is not None:
+    decode = _compiled.decode
+    encode = _compiled.encode

@@ -481,7 +481,7 @@ def test_witness_encodes_identically() -> None:
         pure_cbor.Tag(1 << 64, 0),
         pure_cbor.Tag(1.5, 0),  # type: ignore[arg-type]
         pure_cbor.Tag(True, b""),
-        memoryview(b"\x00" * 8).cast("I"),  # len() counts 2 items, bytes() gives 8: encoded as the pure one does
+        memoryview(b"\x00" * 8).cast("I"),  # len() counts 2 items: both must encode the 8 bytes
     ],
     ids=repr,
 )
@@ -495,3 +495,13 @@ def test_cyclic_value_is_a_recursion_error() -> None:
     for encode in (pure_encode, fast_encode):
         with pytest.raises(RecursionError):
             encode(cycle)
+
+
+def test_multibyte_memoryview_encodes_all_its_bytes() -> None:
+    view = memoryview(bytes(range(8))).cast("I")
+    for encode in (pure_encode, fast_encode):
+        assert pure_cbor.decode(encode(view)) == bytes(range(8))
+
+
+def test_bignum_limit_is_the_same() -> None:
+    assert _cbor.DEF_MAX_BIGNUM_BYTES == pure_cbor.MAX_BIGNUM_BYTES
