@@ -29,6 +29,7 @@ typecheck: $(STAMP)
 
 interop-deps:
 	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
+	cd examples/chat-web && npm ci --no-audit --no-fund --loglevel=error
 
 # Compiled mode: the extensions must import (a broken build fails instead of falling back).
 pytest: ext interop-deps
