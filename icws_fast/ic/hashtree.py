@@ -515,6 +515,42 @@ def witness(mapping: TreeMapping | HashedTree, paths: Iterable[Path]) -> Node:
     return hashed.witness(paths)
 
 
+class HashTree:
+    """A parsed hash tree as an object: ``HashTree.from_cbor(data).reconstruct()`` / ``.lookup(path)``.
+
+    A thin wrapper over the node functions for callers that prefer methods; it keeps the root
+    hash once computed (a tree is immutable).
+    """
+
+    __slots__ = ("_root_hash", "root")
+
+    def __init__(self, root: Node) -> None:
+        self.root = root
+        self._root_hash: bytes | None = None
+
+    @classmethod
+    def from_cbor(cls, data: bytes | bytearray | memoryview) -> HashTree:
+        """Parse and validate the CBOR encoding of a tree (HashTreeError / CborError when malformed)."""
+        return cls(parse(data))
+
+    def reconstruct(self) -> bytes:
+        """The root hash, with the spec's domain separators."""
+        if self._root_hash is None:
+            self._root_hash = reconstruct(self.root)
+        return self._root_hash
+
+    def lookup(self, path: Path) -> LookupResult:
+        """The spec's ``lookup_path``: Found(value) / Absent / Unknown / Error."""
+        return lookup_path(self.root, path)
+
+    def lookup_subtree(self, path: Path) -> LookupResult:
+        """The node at ``path`` (Found), or Absent / Unknown."""
+        return lookup_subtree(self.root, path)
+
+    def to_cbor(self) -> bytes:
+        return to_cbor(self.root)
+
+
 reconstruct: Callable[[Node], bytes] = reconstruct_pure
 lookup_path: Callable[[Node, Path], LookupResult] = lookup_path_pure
 leaf_hash_pure = leaf_hash

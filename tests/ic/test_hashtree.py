@@ -72,6 +72,17 @@ def test_vector_lookups(record: dict[str, Any], lookup: dict[str, Any]) -> None:
             assert result.value == _from_json(lookup["subtree"])
 
 
+@pytest.mark.parametrize("record", RECORDS, ids=[r["id"] for r in RECORDS])
+def test_vector_hashtree_object(record: dict[str, Any]) -> None:
+    tree = hashtree.HashTree.from_cbor(bytes.fromhex(record["cbor_hex"]))
+    assert tree.reconstruct().hex() == record["root_hash"]
+    assert hashtree.HashTree.from_cbor(tree.to_cbor()).root == tree.root
+    for lookup in record.get("lookups", []):
+        path = [bytes.fromhex(label) for label in lookup["path"]]
+        result = tree.lookup(path) if lookup["mode"] == "lookup_path" else tree.lookup_subtree(path)
+        assert result.status == lookup["expected"]
+
+
 def test_str_labels_are_utf8() -> None:
     node = hashtree.build({"time": b"\x01", "a": {"b": b"c"}})
     assert hashtree.lookup_path(node, ["a", "b"]) == LookupResult("Found", b"c")
