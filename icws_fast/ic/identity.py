@@ -259,7 +259,7 @@ class _EcdsaIdentity(Identity):
 
     def sign(self, message: bytes) -> bytes:
         r, s = decode_dss_signature(self._key.sign(message, _ECDSA_SHA256))
-        # Low-S form: the IC's secp256k1 verifier (like Bitcoin's) rejects the malleable high-S twin.
+        # Low-S form: the canonical one (Bitcoin-style verifiers insist on it); the IC accepts both.
         if s > self._ORDER // 2:
             s = self._ORDER - s
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
@@ -319,8 +319,9 @@ def _public_key(der: bytes) -> tuple[Any, int] | None:
 def verify_signature(der_public_key: bytes, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` over ``message`` verifies under the DER key (Ed25519, secp256k1 or P-256).
 
-    Unknown or malformed keys and malformed signatures answer False. secp256k1 signatures must be
-    low-S, as the IC requires; P-256 accepts both forms, as the IC does.
+    Unknown or malformed keys and malformed signatures answer False. ECDSA signatures are accepted
+    in both low-S and high-S form, as the IC's ingress verifier does (its secp256k1 check is the
+    malleable one, because agents such as ic-py sign high-S half of the time).
     """
     loaded = _public_key(bytes(der_public_key))
     if loaded is None or len(signature) != 64:
@@ -333,8 +334,6 @@ def verify_signature(der_public_key: bytes, message: bytes, signature: bytes) ->
         r = int.from_bytes(signature[:32], "big")
         s = int.from_bytes(signature[32:], "big")
         if not (0 < r < order and 0 < s < order):
-            return False
-        if order == _SECP256K1_ORDER and s > order // 2:
             return False
         key.verify(encode_dss_signature(r, s), bytes(message), _ECDSA_SHA256)
         return True

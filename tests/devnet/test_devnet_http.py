@@ -579,12 +579,6 @@ async def test_non_http_bytes_do_not_hurt_the_server(devnet: Devnet, http: aioht
 SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
-@pytest.mark.xfail(
-    strict=False,  # XPASS once the identity module is fixed: then drop this marker
-    reason="icws_fast.ic.identity.verify_signature rejects high-S secp256k1 signatures; the IC's ingress "
-    "verifier accepts them (verify_ecdsa_signature_prehashed_with_malleability), and agents like ic-py "
-    "produce them half of the time",
-)
 async def test_secp256k1_high_s_signature_is_accepted(devnet: Devnet, http: aiohttp.ClientSession) -> None:
     identity = Secp256k1Identity.generate()
     client = Client(devnet, http, identity)
