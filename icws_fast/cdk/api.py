@@ -48,6 +48,7 @@ __all__ = [
     "caller",
     "canister_self",
     "certified_data_set",
+    "certified_data_set_deferred",
     "clear_timer",
     "data_certificate",
     "query",
@@ -190,6 +191,15 @@ class System(ABC):
     def certified_data_set(self, data: bytes) -> None:
         """Set the canister's certified data (at most 32 bytes); traps in queries."""
 
+    def certified_data_set_deferred(self, compute: Callable[[], bytes]) -> None:
+        """Set the certified data to ``compute()`` when the current execution ends (see
+        :func:`~icws_fast.cdk.api.certified_data_set_deferred`).
+
+        This default computes it at once, which is correct for any host; a host overrides it to call
+        ``compute`` once per execution however often the canister calls it.
+        """
+        self.certified_data_set(checked_certified_data(compute()))
+
     @abstractmethod
     def data_certificate(self) -> bytes | None:
         """In a query: the CBOR certificate covering this canister's certified data; else None."""
@@ -242,11 +252,30 @@ def canister_self() -> Principal:
     return _system().canister_self()
 
 
-def certified_data_set(data: bytes) -> None:
-    """Set this canister's certified data (at most 32 bytes; traps when longer or in a query)."""
+def checked_certified_data(data: bytes) -> bytes:
+    """``data`` as certified data (bytes, at most 32 of them); traps otherwise (host side helper)."""
     if len(data) > MAX_CERTIFIED_DATA:
         trap(f"certified data is {len(data)} bytes, at most {MAX_CERTIFIED_DATA} are allowed")
-    _system().certified_data_set(bytes(data))
+    return bytes(data)
+
+
+def certified_data_set(data: bytes) -> None:
+    """Set this canister's certified data (at most 32 bytes; traps when longer or in a query)."""
+    _system().certified_data_set(checked_certified_data(data))
+
+
+def certified_data_set_deferred(compute: Callable[[], bytes]) -> None:
+    """Set this canister's certified data to ``compute()`` when the current update, timer or hook ends.
+
+    For canister code that changes its certified state many times in one execution (the IC WebSocket
+    CDK certifies its message map after every message it queues): the host calls ``compute`` once,
+    after the method or timer returns and before the round is certified, instead of the canister
+    hashing after every change. The IC has no such call; the effect is the same as calling
+    :func:`certified_data_set` with the final value at the end. A later call replaces ``compute``; a
+    later :func:`certified_data_set` cancels it. ``compute`` runs in the same execution: if it raises
+    or its result is not at most 32 bytes, the execution traps (and is rolled back). Traps in queries.
+    """
+    _system().certified_data_set_deferred(compute)
 
 
 def data_certificate() -> bytes | None:

@@ -90,7 +90,7 @@ class _Timer:
 class _Context(api.System):
     """The system API for one execution (a message, a timer or a lifecycle hook)."""
 
-    __slots__ = ("_caller", "_certificate", "_host", "_is_query", "_now_ns", "timers_added")
+    __slots__ = ("_caller", "_certificate", "_deferred_data", "_host", "_is_query", "_now_ns", "timers_added")
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class _Context(api.System):
         self._now_ns = now_ns
         self._is_query = is_query
         self._certificate = certificate
+        self._deferred_data: Callable[[], bytes] | None = None
         self.timers_added: list[int] = []
 
     def caller(self) -> Principal:
@@ -120,7 +121,19 @@ class _Context(api.System):
     def certified_data_set(self, data: bytes) -> None:
         if self._is_query:
             api.trap("ic0_certified_data_set cannot be executed in non replicated query mode")
+        self._deferred_data = None
         self._host.certified_data = data
+
+    def certified_data_set_deferred(self, compute: Callable[[], bytes]) -> None:
+        if self._is_query:
+            api.trap("ic0_certified_data_set cannot be executed in non replicated query mode")
+        self._deferred_data = compute
+
+    def commit(self) -> None:
+        """End of the execution (still inside it: a failure here traps it): apply deferred certified data."""
+        compute, self._deferred_data = self._deferred_data, None
+        if compute is not None:
+            self._host.certified_data = api.checked_certified_data(compute())
 
     def data_certificate(self) -> bytes | None:
         return self._certificate() if self._is_query and self._certificate is not None else None
@@ -189,9 +202,11 @@ class CanisterHost:
         return host
 
     def _run_hook(self, hook: Callable[[], None], now_ns: int) -> None:
-        with api.system_context(_Context(self, self.canister_id, now_ns, is_query=False)):
+        context = _Context(self, self.canister_id, now_ns, is_query=False)
+        with api.system_context(context):
             try:
                 hook()
+                context.commit()
             except Exception as exc:
                 log.error("canister %s: %s failed: %r", self.canister_id, hook.__name__, exc)
 
@@ -270,6 +285,7 @@ class CanisterHost:
             try:
                 instance = copy.deepcopy(self.instance) if is_query and spec.kind == "update" else self.instance
                 result = getattr(instance, method)(*args)
+                context.commit()
             except api.Trap as exc:
                 raise _called_trap(self.canister_id, exc.message) from None
             except Exception as exc:
@@ -323,6 +339,7 @@ class CanisterHost:
                 try:
                     snapshot = self._snapshot()
                     timer.fn()
+                    context.commit()
                 except Exception as exc:
                     log.warning("canister %s: timer %d trapped: %r", self.canister_id, timer.timer_id, exc)
                     self._roll_back(snapshot, context)

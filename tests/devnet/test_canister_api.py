@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+
 import pytest
 
 from icws_fast.cdk import api
@@ -232,3 +235,116 @@ def test_an_overdue_interval_catches_up_at_most_five_times_a_round() -> None:
     assert host.run_due_timers(late) == 5
     assert host.run_due_timers(late + Metronome.INTERVAL - 1) == 0
     assert host.run_due_timers(late + Metronome.INTERVAL) == 1
+
+
+class Batcher(Canister):
+    """Changes its certified state several times per message, certifying it once (deferred)."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.hashed = 0
+
+    def _digest(self) -> bytes:
+        self.hashed += 1
+        return hashlib.sha256(b"".join(self.items)).digest()
+
+    @update("(vec blob, bool) -> ()")
+    def add(self, items: list[bytes], fail: bool) -> None:
+        for item in items:
+            self.items.append(item)
+            api.certified_data_set_deferred(self._digest)
+        if fail:
+            api.trap("refused")
+
+    @update("() -> ()")
+    def oversized(self) -> None:
+        api.certified_data_set_deferred(lambda: b"x" * 33)
+
+    @update("(blob) -> ()")
+    def set_then_defer_then_set(self, data: bytes) -> None:
+        api.certified_data_set_deferred(self._digest)
+        api.certified_data_set(data)
+
+    @query("() -> ()")
+    def in_query(self) -> None:
+        api.certified_data_set_deferred(self._digest)
+
+
+def test_deferred_certified_data_is_computed_once_when_the_message_ends() -> None:
+    host = CanisterHost.install(CANISTER_ID, Batcher, NOW)
+    batcher = host.instance
+    assert isinstance(batcher, Batcher)
+    host.execute(
+        "add", candid.encode("(vec blob, bool)", [[b"a", b"b", b"c"], False]), CANISTER_ID, NOW, is_query=False
+    )
+    assert batcher.hashed == 1
+    assert host.certified_data == hashlib.sha256(b"abc").digest()
+    # A trap discards the deferred value with the rest of the message's system state.
+    with pytest.raises(Reject, match="refused"):
+        host.execute("add", candid.encode("(vec blob, bool)", [[b"d"], True]), CANISTER_ID, NOW, is_query=False)
+    assert batcher.hashed == 1
+    assert host.certified_data == hashlib.sha256(b"abc").digest()
+    # A later explicit set cancels the deferred one; a result over 32 bytes traps the message.
+    host.execute("set_then_defer_then_set", candid.encode("(blob)", [b"explicit"]), CANISTER_ID, NOW, is_query=False)
+    assert (host.certified_data, batcher.hashed) == (b"explicit", 1)
+    with pytest.raises(Reject, match="at most 32"):
+        host.execute("oversized", candid.encode("()", []), CANISTER_ID, NOW, is_query=False)
+    assert host.certified_data == b"explicit"
+    with pytest.raises(Reject, match="non replicated query mode"):
+        host.execute("in_query", candid.encode("()", []), CANISTER_ID, NOW, is_query=True)
+
+
+def test_deferred_certified_data_in_a_timer_and_in_init() -> None:
+    class Deferring(Batcher):
+        def init(self) -> None:
+            self.items.append(b"init")
+            api.certified_data_set_deferred(self._digest)
+            api.set_timer(1, self.tick)
+
+        def tick(self) -> None:
+            self.items.append(b"tick")
+            api.certified_data_set_deferred(self._digest)
+
+    host = CanisterHost.install(CANISTER_ID, Deferring, NOW)
+    assert host.certified_data == hashlib.sha256(b"init").digest()
+    assert host.run_due_timers(NOW + 1) == 1
+    assert host.certified_data == hashlib.sha256(b"inittick").digest()
+
+
+def test_the_default_system_applies_deferred_certified_data_at_once() -> None:
+    class Eager(api.System):
+        """A minimal host without deferral: only what certified data needs."""
+
+        def __init__(self) -> None:
+            self.data = b""
+
+        def caller(self) -> Principal:
+            return CANISTER_ID
+
+        def time(self) -> int:
+            return NOW
+
+        def canister_self(self) -> Principal:
+            return CANISTER_ID
+
+        def certified_data_set(self, data: bytes) -> None:
+            self.data = data
+
+        def data_certificate(self) -> bytes | None:
+            return None
+
+        def set_timer(self, delay_ns: int, fn: Callable[[], None]) -> int:
+            raise NotImplementedError
+
+        def set_timer_interval(self, interval_ns: int, fn: Callable[[], None]) -> int:
+            raise NotImplementedError
+
+        def clear_timer(self, timer_id: int) -> None:
+            raise NotImplementedError
+
+    host = Eager()
+    with api.system_context(host):
+        api.certified_data_set_deferred(lambda: b"now")
+        assert host.data == b"now"
+        with pytest.raises(api.Trap):
+            api.certified_data_set_deferred(lambda: b"y" * 33)
