@@ -15,6 +15,7 @@ from gw_rawclient import RawClient
 from icws_fast.gateway.cli import build_parser
 from icws_fast.gateway.identity import load_or_create_identity
 from icws_fast.gateway.logs import EnvFilter
+from icws_fast.ic.identity import Ed25519Identity
 
 
 def test_defaults_match_the_rust_gateway():
@@ -54,6 +55,19 @@ def test_identity_is_created_once_and_kept(tmp_path):
     path.write_bytes(b"not a key")
     with pytest.raises(ValueError):
         load_or_create_identity(path)
+
+
+def test_identity_reads_the_rust_gateway_key_pair_format(tmp_path):
+    # ring's generate_pkcs8 (what the Rust gateway stores) is version-2 PKCS#8, with the public key.
+    rust_identity = Ed25519Identity.from_seed(bytes(range(32)))
+    der = rust_identity.to_der()
+    assert der[:5] == bytes.fromhex("3051020101")  # SEQUENCE, INTEGER 1 (= PKCS#8 version 2)
+    path = tmp_path / "data" / "key_pair"
+    path.parent.mkdir()
+    path.write_bytes(der)
+    assert load_or_create_identity(path).sender == rust_identity.sender
+    path.write_text(rust_identity.to_pem())
+    assert load_or_create_identity(path).sender == rust_identity.sender
 
 
 def test_env_filter():
