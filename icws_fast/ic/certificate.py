@@ -9,9 +9,10 @@ the effective canister (``/canister_ranges/<subnet_id>/<shard>`` or
 ``/subnet/<subnet_id>/canister_ranges``) or be for the requested subnet. The
 certificate's ``/time`` must lie within the allowed skew of now.
 
-BLS results are kept in a process-wide LRU keyed by (sha256 of the certificate
-bytes, public key): a certificate shared by many messages (a batch of
-ic-websocket messages) is paired once, while the time checks run on every call.
+BLS results are kept in a process-wide LRU keyed by (signature, signed message,
+public key): a certificate shared by many messages (a batch of ic-websocket
+messages), and every witness pruned from one signed state, is paired once, while
+the time checks run on every call.
 
 Failures raise :class:`~icws_fast.errors.CertificateError` whose ``reason`` is one
 of the short stable strings below (``REASON_*``); hostile bytes raise it with

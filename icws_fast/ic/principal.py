@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import zlib
 from typing import Final
@@ -17,6 +18,7 @@ _SELF_AUTHENTICATING_TAG: Final = 0x02
 _ALPHABET: Final = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 
 
+@functools.total_ordering
 class Principal:
     """An IC principal (at most 29 bytes). Immutable and hashable."""
 
@@ -104,5 +106,7 @@ class Principal:
     def __hash__(self) -> int:
         return hash(self._bytes)
 
-    def __lt__(self, other: Principal) -> bool:
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Principal):
+            return NotImplemented
         return self._bytes < other._bytes
