@@ -1,0 +1,359 @@
+# cython: language_level=3
+"""Compiled twin of :func:`icws_fast.protocol.types.decode_get_messages_result`.
+
+The gateway decodes one ``ws_get_messages`` reply per poll. This twin returns the same value (the same
+:class:`~icws_fast.protocol.types.CanisterOutputCertifiedMessages`, :class:`~icws_fast.protocol.types.ClientKey`
+and :class:`~icws_fast.ic.principal.Principal` classes, equal fields) and raises the same exception with the same
+message for every input, because it only ever answers when it is certain and hands everything else to the pure
+decoder:
+
+* The header (type table and argument types) must have exactly the shape the CDKs emit for
+  ``(CanisterWsGetMessagesResult)``: one argument, ``variant { Ok; Err : text }`` with the Ok record's fields
+  ``messages``, ``cert``, ``tree`` and ``is_end_of_queue`` as ``bool``, ``opt bool`` or absent (CDK < 0.3.1), and
+  nothing else in the table. The table order is free (the Rust CDK lists a type before its parts, our encoder
+  after them), so headers are recognised by a structural match, once; the last ``RECENT_HEADERS`` recognised
+  headers are kept and later replies are matched against them by a byte comparison (header parsing is
+  prefix-determined, so an identical prefix is an identical header). A header of any other shape (extra fields or
+  arguments, Candid subtyping, unused table entries) is the pure decoder's.
+* The values are then read straight from the bytes with C integers, bounds-checked before any allocation:
+  LEB128 lengths and counts, UTF-8 keys, blobs, principals, little-endian nat64 nonces, the bool. Any anomaly
+  (truncation, trailing bytes, invalid UTF-8, a bool byte above 1, an opaque or over-long principal, a LEB128
+  number over 9 bytes, an unknown variant index) also goes to the pure decoder, which produces the canonical
+  :class:`~icws_fast.errors.ProtocolDecodeError`.
+
+So the fast path succeeds only on input the pure decoder accepts with the same value: the element budget of
+:func:`icws_fast.ic.candid.decode` (100 000 plus 4 per byte) cannot run out on the vector of messages, which takes
+at least ``MIN_MESSAGE_SIZE`` bytes an element, and the value nests only four levels deep. An ``Err`` reply raises
+:class:`~icws_fast.errors.ProtocolError` with the pure decoder's text, after the same trailing-bytes check.
+
+Messages of one batch that share a client key share one ``ClientKey`` (and ``Principal``) object: both are
+immutable, and a batch is usually addressed to few clients.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_Append
+from cpython.long cimport PyLong_FromUnsignedLongLong
+from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp
+
+from icws_fast.errors import DecodeError, ProtocolError
+from icws_fast.ic.candid import idl_hash
+from icws_fast.ic.leb128 import decode_leb128, decode_sleb128
+from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
+from icws_fast.ic.principal import Principal
+
+__all__ = ["decode_get_messages_result"]
+
+
+cdef enum:
+    # Type codes (SLEB128) of the primitive types in the expected type, and the opcodes of its table entries.
+    T_BOOL = -2
+    T_NAT8 = -5
+    T_NAT64 = -8
+    T_TEXT = -15
+    T_PRINCIPAL = -24
+    OP_OPT = -18
+    OP_VEC = -19
+    OP_RECORD = -20
+    OP_VARIANT = -21
+    # Smallest encoded CanisterOutputMessage: empty key and content (1 + 1), principal tag and empty principal
+    # (1 + 1), nonce (8). A count above remaining / MIN_MESSAGE_SIZE cannot be satisfied, so it is refused before
+    # any list grows.
+    MIN_MESSAGE_SIZE = 12
+    NONCE_SIZE = 8
+    # Largest table and records worth matching: the expected type has 9 composite nodes and 4 fields at most.
+    # They only bound the work a hostile header costs before it is handed to the pure decoder.
+    MAX_TABLE = 16
+    MAX_FIELDS = 8
+    # Variant indexes in the wire order of ``variant { Ok; Err }`` (idl_hash("Ok") < idl_hash("Err")).
+    VARIANT_OK = 0
+    VARIANT_ERR = 1
+
+RECENT_HEADERS = 8
+"""How many recognised headers are kept (replies of one canister all share one)."""
+
+def _record(opcode, *fields):
+    """An expected record or variant: ``fields`` are ``(name, type)`` in wire order, which is by field id."""
+    ids = [idl_hash(name) for name, _ in fields]
+    # The value decoder reads fields in the order written here, so it must be the wire order.
+    if ids != sorted(set(ids)):
+        raise AssertionError(f"fields out of wire order: {[name for name, _ in fields]}")
+    return (opcode, tuple(zip(ids, [t for _, t in fields])))
+
+
+# The expected type, in the wire order the value decoder follows. An entry is a primitive type code or
+# ``(opcode, inner)`` for opt and vec or ``(opcode, ((field id, type), ...))`` for record and variant.
+_BLOB = (OP_VEC, T_NAT8)
+_CLIENT_KEY = _record(OP_RECORD, ("client_principal", T_PRINCIPAL), ("client_nonce", T_NAT64))
+_MESSAGE = _record(OP_RECORD, ("key", T_TEXT), ("content", _BLOB), ("client_key", _CLIENT_KEY))
+_BATCH_FIELDS = (("messages", (OP_VEC, _MESSAGE)), ("cert", _BLOB), ("tree", _BLOB))
+_RESULT_TYPES = tuple(
+    (eoq, _record(OP_VARIANT, ("Ok", _record(OP_RECORD, *_BATCH_FIELDS, *end_field)), ("Err", T_TEXT)))
+    for eoq, end_field in (
+        (EOQ_BOOL, [("is_end_of_queue", T_BOOL)]),
+        (EOQ_ABSENT, []),
+        (EOQ_OPT_BOOL, [("is_end_of_queue", (OP_OPT, T_BOOL))]),
+    )
+)
+
+# Recognised headers, most recent first: ``(header bytes after the magic, EndOfQueue)``.
+cdef list _recent = []
+
+# The pure decoder and the classes of icws_fast.protocol.types, resolved on first use: types.py imports this
+# module through the _ext seam while it is being defined, and rebinds its public name to this module's function
+# (keeping the pure one as ``decode_get_messages_result_pure``).
+cdef object _pure = None
+cdef object _ClientKey = None
+cdef object _Message = None
+cdef object _Batch = None
+cdef object _tuple_new = tuple.__new__
+
+
+cdef int resolve_types() except -1:
+    global _pure, _ClientKey, _Message, _Batch
+    if _pure is None:
+        from icws_fast.protocol import types
+
+        pure = getattr(types, "decode_get_messages_result_pure", types.decode_get_messages_result)
+        if pure is decode_get_messages_result:
+            raise ImportError("icws_fast.protocol.types does not keep its pure decode_get_messages_result")
+        _ClientKey = types.ClientKey
+        _Message = types.CanisterOutputMessage
+        _Batch = types.CanisterOutputCertifiedMessages
+        _pure = pure
+    return 0
+
+
+def _matches(list table, ref, expected, set used):
+    """Whether table reference ``ref`` is exactly the expected type; adds the table entries it uses to ``used``."""
+    if type(expected) is int:
+        return ref == expected
+    if not 0 <= ref < len(table):
+        return False
+    opcode, body = table[ref]
+    if opcode != expected[0]:
+        return False
+    used.add(ref)
+    if opcode == OP_OPT or opcode == OP_VEC:
+        return _matches(table, body, expected[1], used)
+    fields = expected[1]
+    return len(body) == len(fields) and all(
+        field_id == expected_id and _matches(table, field_ref, field_type, used)
+        for (field_id, field_ref), (expected_id, field_type) in zip(body, fields)
+    )
+
+
+def _recognise(bytes data):
+    """``(header end, EndOfQueue)`` when the header after the magic has the expected shape, else None.
+
+    Only opt, vec, record and variant entries are read, every one must be used by the match, and the single
+    argument must be the result variant; the pure decoder accepts every header this accepts.
+    """
+    try:
+        count, pos = decode_leb128(data, 4)
+        if count > MAX_TABLE:
+            return None
+        table = []
+        for _ in range(count):
+            opcode, pos = decode_sleb128(data, pos)
+            if opcode == OP_OPT or opcode == OP_VEC:
+                ref, pos = decode_sleb128(data, pos)
+                table.append((opcode, ref))
+            elif opcode == OP_RECORD or opcode == OP_VARIANT:
+                nfields, pos = decode_leb128(data, pos)
+                if nfields > MAX_FIELDS:
+                    return None
+                fields = []
+                for _ in range(nfields):
+                    field_id, pos = decode_leb128(data, pos)
+                    ref, pos = decode_sleb128(data, pos)
+                    fields.append((field_id, ref))
+                table.append((opcode, tuple(fields)))
+            else:
+                return None
+        nargs, pos = decode_leb128(data, pos)
+        if nargs != 1:
+            return None
+        arg, pos = decode_sleb128(data, pos)
+    except DecodeError:  # a truncated number: the pure decoder words the error
+        return None
+    for eoq, expected in _RESULT_TYPES:
+        used = set()
+        if _matches(table, arg, expected, used) and len(used) == count:
+            return pos, eoq
+    return None
+
+
+cdef inline Py_ssize_t read_leb(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos, uint64_t *out) noexcept:
+    """The unsigned LEB128 number at ``p[pos]`` into ``out``; the position after it, or -1 when it is truncated
+    or longer than 9 bytes (over 63 bits: no length or count of a message that fits in memory)."""
+    cdef uint64_t value = 0
+    cdef unsigned int shift = 0
+    cdef unsigned char b
+    while pos < size:
+        b = p[pos]
+        pos += 1
+        value |= <uint64_t>(b & 0x7F) << shift
+        if b < 0x80:
+            out[0] = value
+            return pos
+        shift += 7
+        if shift >= 63:
+            return -1
+    return -1
+
+
+cdef inline Py_ssize_t read_length(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos, Py_ssize_t *out) noexcept:
+    """A LEB128 length whose bytes all follow in the buffer; the position after the number, or -1."""
+    cdef uint64_t n
+    pos = read_leb(p, size, pos, &n)
+    if pos < 0 or n > <uint64_t>(size - pos):
+        return -1
+    out[0] = <Py_ssize_t>n
+    return pos
+
+
+cdef inline uint64_t read_u64_le(const unsigned char *p) noexcept:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(NONCE_SIZE - 1, -1, -1):
+        value = (value << 8) | p[i]
+    return value
+
+
+cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos, EndOfQueue eoq):
+    """The result at ``p[pos:size]`` after a recognised header, or None for the pure decoder to decide.
+
+    An ``Err`` reply raises :class:`~icws_fast.errors.ProtocolError`.
+    """
+    cdef uint64_t index
+    cdef Py_ssize_t n, i, length, principal_start
+    cdef PyObject *cached
+    cdef object key, content, client_key, cert, tree, end
+    cdef bint present
+    cdef dict client_keys
+    cdef list messages
+
+    pos = read_leb(p, size, pos, &index)
+    if pos < 0:
+        return None
+    if index == VARIANT_ERR:
+        pos = read_length(p, size, pos, &length)
+        if pos < 0 or pos + length != size:
+            return None
+        try:
+            text = PyUnicode_DecodeUTF8(<const char *>p + pos, length, NULL)
+        except UnicodeDecodeError:
+            return None
+        raise ProtocolError(f"ws_get_messages failed: {text}")
+    if index != VARIANT_OK:
+        return None
+
+    pos = read_length(p, size, pos, &n)
+    if pos < 0 or n > (size - pos) // MIN_MESSAGE_SIZE:
+        return None
+    messages = []
+    client_keys = {}
+    for i in range(n):
+        # key : text
+        pos = read_length(p, size, pos, &length)
+        if pos < 0:
+            return None
+        try:
+            key = PyUnicode_DecodeUTF8(<const char *>p + pos, length, NULL)
+        except UnicodeDecodeError:
+            return None
+        pos += length
+        # content : blob
+        pos = read_length(p, size, pos, &length)
+        if pos < 0:
+            return None
+        content = PyBytes_FromStringAndSize(<const char *>p + pos, length)
+        pos += length
+        # client_key : record { client_principal : principal; client_nonce : nat64 }, a transparent reference
+        if pos >= size or p[pos] != 1:
+            return None
+        pos = read_length(p, size, pos + 1, &length)
+        if pos < 0 or length > PRINCIPAL_MAX_LENGTH or size - pos - length < NONCE_SIZE:
+            return None
+        # The principal's bytes and the nonce that follows them identify the key (the length fixes the split).
+        principal_start = pos
+        pos += length + NONCE_SIZE
+        ck_bytes = PyBytes_FromStringAndSize(<const char *>p + principal_start, pos - principal_start)
+        cached = PyDict_GetItem(client_keys, ck_bytes)
+        if cached is NULL:
+            client_key = _tuple_new(
+                _ClientKey,
+                (
+                    Principal(PyBytes_FromStringAndSize(<const char *>p + principal_start, length)),
+                    PyLong_FromUnsignedLongLong(read_u64_le(p + pos - NONCE_SIZE)),
+                ),
+            )
+            PyDict_SetItem(client_keys, ck_bytes, client_key)
+        else:
+            client_key = <object>cached
+        PyList_Append(messages, _tuple_new(_Message, (client_key, key, content)))
+
+    pos = read_length(p, size, pos, &length)
+    if pos < 0:
+        return None
+    cert = PyBytes_FromStringAndSize(<const char *>p + pos, length)
+    pos += length
+    pos = read_length(p, size, pos, &length)
+    if pos < 0:
+        return None
+    tree = PyBytes_FromStringAndSize(<const char *>p + pos, length)
+    pos += length
+
+    present = eoq != EOQ_ABSENT
+    if eoq == EOQ_OPT_BOOL:
+        if pos >= size or p[pos] > 1:
+            return None
+        present = p[pos] == 1  # null reads as the end of the queue, like an absent field
+        pos += 1
+    end = True
+    if present:
+        if pos >= size or p[pos] > 1:
+            return None
+        end = p[pos] == 1
+        pos += 1
+    if pos != size:
+        return None
+    return _tuple_new(_Batch, (messages, cert, tree, end))
+
+
+def decode_get_messages_result(data):
+    """Parse a ``ws_get_messages`` reply; an ``Err`` reply raises :class:`~icws_fast.errors.ProtocolError`.
+
+    Same results and errors as the pure :func:`icws_fast.protocol.types.decode_get_messages_result`; see the
+    module docstring for which replies are decoded here and which by the pure decoder.
+    """
+    cdef const unsigned char *p
+    cdef Py_ssize_t size, header_size
+    cdef bytes header
+    resolve_types()
+    if not PyBytes_CheckExact(data):
+        return _pure(data)
+    p = <const unsigned char *>PyBytes_AS_STRING(data)
+    size = PyBytes_GET_SIZE(data)
+    if size < 4 or memcmp(p, b"DIDL", 4) != 0:
+        return _pure(data)
+    for header, eoq in _recent:
+        header_size = PyBytes_GET_SIZE(header)
+        if header_size <= size - 4 and memcmp(p + 4, PyBytes_AS_STRING(header), header_size) == 0:
+            break
+    else:
+        found = _recognise(data)
+        if found is None:
+            return _pure(data)
+        header_end, eoq = found
+        header = data[4:header_end]
+        _recent.insert(0, (header, eoq))
+        del _recent[RECENT_HEADERS:]
+    result = decode_values(p, size, 4 + PyBytes_GET_SIZE(header), eoq)
+    if result is None:
+        return _pure(data)
+    return result
