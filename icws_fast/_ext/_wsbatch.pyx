@@ -26,8 +26,8 @@ So the fast path succeeds only on input the pure decoder accepts with the same v
 at least ``MIN_MESSAGE_SIZE`` bytes an element, and the value nests only four levels deep. An ``Err`` reply raises
 :class:`~icws_fast.errors.ProtocolError` with the pure decoder's text, after the same trailing-bytes check.
 
-Messages of one batch that share a client key share one ``ClientKey`` (and ``Principal``) object: both are
-immutable, and a batch is usually addressed to few clients.
+Messages that name the same client key, in one reply or in later ones, share one ``ClientKey`` (and
+``Principal``) object: both are immutable, and a gateway polls the same clients over and over.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -75,6 +75,10 @@ cdef enum:
 RECENT_HEADERS = 8
 """How many recognised headers are kept (replies of one canister all share one)."""
 
+CLIENT_KEY_CACHE_SIZE = 4096
+"""How many client keys are kept between replies (each costs a few hundred bytes)."""
+
+
 def _record(opcode, *fields):
     """An expected record or variant: ``fields`` are ``(name, type)`` in wire order, which is by field id."""
     ids = [idl_hash(name) for name, _ in fields]
@@ -109,7 +113,13 @@ cdef object _pure = None
 cdef object _ClientKey = None
 cdef object _Message = None
 cdef object _Batch = None
-cdef object _tuple_new = tuple.__new__
+
+
+cdef type named_tuple(type cls, tuple fields):
+    """``cls``, checked to be a named tuple of exactly ``fields``: the decoder fills its slots by position."""
+    if not issubclass(cls, tuple) or getattr(cls, "_fields", None) != fields:
+        raise ImportError(f"{cls.__qualname__} is not a named tuple of {fields}")
+    return cls
 
 
 cdef int resolve_types() except -1:
@@ -120,11 +130,33 @@ cdef int resolve_types() except -1:
         pure = getattr(types, "decode_get_messages_result_pure", types.decode_get_messages_result)
         if pure is decode_get_messages_result:
             raise ImportError("icws_fast.protocol.types does not keep its pure decode_get_messages_result")
-        _ClientKey = types.ClientKey
-        _Message = types.CanisterOutputMessage
-        _Batch = types.CanisterOutputCertifiedMessages
+        _ClientKey = named_tuple(types.ClientKey, ("client_principal", "client_nonce"))
+        _Message = named_tuple(types.CanisterOutputMessage, ("client_key", "key", "content"))
+        _Batch = named_tuple(types.CanisterOutputCertifiedMessages, ("messages", "cert", "tree", "is_end_of_queue"))
         _pure = pure
     return 0
+
+
+cdef extern from *:
+    """
+    /* ``cls(*items)`` for a named tuple class ``cls``: what its Python-level __new__ does, tuple.__new__(cls,
+       items), without that frame and the keyword-argument parsing. Through the tp_new slot, so that every
+       invariant CPython keeps for tuple subclasses (such as the hash cache of 3.14) is kept. */
+    static PyObject *icws_wsbatch_new_named(PyObject *cls, PyObject *items) {
+        PyObject *args = PyTuple_Pack(1, items);
+        if (args == NULL) return NULL;
+        PyObject *result = PyTuple_Type.tp_new((PyTypeObject *)cls, args, NULL);
+        Py_DECREF(args);
+        return result;
+    }
+    """
+    object new_named "icws_wsbatch_new_named"(object cls, tuple items)
+
+
+# Client keys decoded so far, by the principal's bytes followed by the nonce's (the length fixes the split): a
+# gateway polls the same clients over and over, and ClientKey and Principal are immutable, so replies share them.
+# Cleared when full, which bounds it against a canister that names ever new clients.
+cdef dict _client_keys = {}
 
 
 def _matches(list table, ref, expected, set used):
@@ -234,7 +266,6 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
     cdef PyObject *cached
     cdef object key, content, client_key, cert, tree, end
     cdef bint present
-    cdef dict client_keys
     cdef list messages
 
     pos = read_leb(p, size, pos, &index)
@@ -256,7 +287,6 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
     if pos < 0 or n > (size - pos) // MIN_MESSAGE_SIZE:
         return None
     messages = []
-    client_keys = {}
     for i in range(n):
         # key : text
         pos = read_length(p, size, pos, &length)
@@ -283,19 +313,21 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
         principal_start = pos
         pos += length + NONCE_SIZE
         ck_bytes = PyBytes_FromStringAndSize(<const char *>p + principal_start, pos - principal_start)
-        cached = PyDict_GetItem(client_keys, ck_bytes)
+        cached = PyDict_GetItem(_client_keys, ck_bytes)
         if cached is NULL:
-            client_key = _tuple_new(
+            client_key = new_named(
                 _ClientKey,
                 (
                     Principal(PyBytes_FromStringAndSize(<const char *>p + principal_start, length)),
                     PyLong_FromUnsignedLongLong(read_u64_le(p + pos - NONCE_SIZE)),
                 ),
             )
-            PyDict_SetItem(client_keys, ck_bytes, client_key)
+            if len(_client_keys) >= CLIENT_KEY_CACHE_SIZE:
+                _client_keys.clear()
+            PyDict_SetItem(_client_keys, ck_bytes, client_key)
         else:
             client_key = <object>cached
-        PyList_Append(messages, _tuple_new(_Message, (client_key, key, content)))
+        PyList_Append(messages, new_named(_Message, (client_key, key, content)))
 
     pos = read_length(p, size, pos, &length)
     if pos < 0:
@@ -322,7 +354,7 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
         pos += 1
     if pos != size:
         return None
-    return _tuple_new(_Batch, (messages, cert, tree, end))
+    return new_named(_Batch, (messages, cert, tree, end))
 
 
 def decode_get_messages_result(data):

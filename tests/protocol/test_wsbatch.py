@@ -173,6 +173,27 @@ def test_shared_client_keys_are_equal_to_fresh_ones() -> None:
     assert [m.client_key for m in decoded.messages] == [key, other, key, other]
 
 
+def test_decoded_tuples_hash_like_fresh_ones() -> None:
+    """The named tuples the twin builds hash and compare like constructed ones (the gateway keys dicts by them)."""
+    key = t.ClientKey(Principal(b"\x07" * 29), 3)
+    batch = t.CanisterOutputCertifiedMessages([t.CanisterOutputMessage(key, "k_1", b"x")], b"c", b"t", True)
+    decoded = fast_decode(t.encode_get_messages_result(batch))
+    assert hash(decoded.messages[0].client_key) == hash(key)
+    assert hash(decoded.messages[0]) == hash(batch.messages[0])
+    assert {key: 1}[decoded.messages[0].client_key] == 1
+    assert str(decoded.messages[0].client_key) == str(key)
+
+
+def test_more_client_keys_than_the_cache_holds() -> None:
+    """Replies naming more distinct clients than the twin keeps between replies still decode the same."""
+    for start in range(0, 2 * wsbatch.CLIENT_KEY_CACHE_SIZE + 1000, 1000):
+        keys = [t.ClientKey(Principal(i.to_bytes(4, "big")), i) for i in range(start, start + 1000)]
+        batch = t.CanisterOutputCertifiedMessages(
+            [t.CanisterOutputMessage(key, f"k_{i}", b"") for i, key in enumerate(keys)], b"", b"", True
+        )
+        assert assert_same(t.encode_get_messages_result(batch))[1] == batch
+
+
 @pytest.mark.skipif(LocalHost is None, reason="tests.cdk.cdk_harness is not importable")
 def test_replies_of_the_cdk_in_process() -> None:
     """What the devnet sends the gateway: the CDK's ws_get_messages result encoded with the method's own types."""

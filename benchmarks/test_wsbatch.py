@@ -1,0 +1,81 @@
+"""``ws_get_messages`` reply: pure vs compiled ``decode_get_messages_result`` (the gateway decodes one per poll).
+
+Workloads: a full batch of 50 messages (the CDK's default ``max_number_of_returned_messages``) as the CDK returns
+it: keys ``<gateway>_<20-digit nonce>``, each content a CBOR ``WebsocketMessage`` carrying a 100-byte app message,
+a 1.5 kB certificate and the 50-message witness of a 1000-entry message map; once addressed to 5 clients (the
+compiled twin builds each client key once per batch) and once to 50. The compiled/pure ratios (of medians) are
+printed at the end of the module.
+
+Run: ``.venv/bin/python -m pytest benchmarks/test_wsbatch.py --benchmark-only --benchmark-enable``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from icws_fast import _ext
+from icws_fast.ic import hashtree
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol import types as t
+
+compiled = _ext.compiled("_wsbatch")
+# Once icws_fast.protocol.types binds the compiled twin, the pure function stays reachable as *_pure.
+IMPLS: dict[str, Callable[[bytes], t.CanisterOutputCertifiedMessages]] = {
+    "pure": getattr(t, "decode_get_messages_result_pure", t.decode_get_messages_result)
+}
+if compiled is not None:
+    IMPLS["compiled"] = compiled.decode_get_messages_result
+
+GATEWAY = Principal.from_text("sqdfl-mr4km-2hfjy-gajqo-xqvh7-hf4mf-nra4i-3it6l-neaw4-soolw-tae")
+BATCH_SIZE = 50
+
+
+def _reply(clients: int) -> bytes:
+    rng = random.Random(clients)
+    keys = [t.ClientKey(Principal(rng.randbytes(29)), rng.getrandbits(64)) for _ in range(clients)]
+    messages = []
+    for i in range(BATCH_SIZE):
+        key = keys[i % clients]
+        ws = t.WebsocketMessage(key, i, 1_700_000_000_000_000_000 + i, False, rng.randbytes(100))
+        messages.append(t.CanisterOutputMessage(key, f"{GATEWAY}_{1000 + i:020d}", t.encode_websocket_message(ws)))
+    ws_map = {b"websocket": {f"{GATEWAY}_{i:020d}".encode(): hashlib.sha256(b"%d" % i).digest() for i in range(2000)}}
+    tree = hashtree.to_cbor(hashtree.witness(ws_map, [[b"websocket", m.key.encode()] for m in messages]))
+    batch = t.CanisterOutputCertifiedMessages(messages, rng.randbytes(1500), tree, False)
+    return t.encode_get_messages_result(batch)
+
+
+WORKLOADS = {f"{BATCH_SIZE} messages to {clients} clients": _reply(clients) for clients in (5, BATCH_SIZE)}
+VALUES = {workload: IMPLS["pure"](data) for workload, data in WORKLOADS.items()}
+MEDIANS: dict[tuple[str, str], float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_ratios(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():  # module teardown output is captured otherwise
+        for workload, data in WORKLOADS.items():
+            pure, fast = MEDIANS.get(("pure", workload)), MEDIANS.get(("compiled", workload))
+            if pure and fast:
+                ratio = f"compiled/pure time = {fast / pure:.3f} ({pure / fast:.1f}x faster)"
+                reporter.write_line(
+                    f"decode_get_messages_result {workload} ({len(data)} bytes): "
+                    f"pure {pure * 1e6:.1f} us, compiled {fast * 1e6:.1f} us, {ratio}"
+                )
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_decode_get_messages_result(benchmark: Any, impl: str, workload: str) -> None:
+    value = benchmark(IMPLS[impl], WORKLOADS[workload])
+    assert value == VALUES[workload]
+    if benchmark.stats is not None:
+        MEDIANS[(impl, workload)] = benchmark.stats.stats.median
