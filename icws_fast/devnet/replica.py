@@ -9,7 +9,9 @@ canister runs one message at a time: Python canister code never awaits), run the
 due at the round's time, prune the ingress history, then update the state tree, hash it and sign
 its root once (BLS). Every ``read_state`` and every synchronous call of that round is answered
 with a witness of that one signed tree, so a round costs one signature however many requests it
-serves.
+serves. The server runs a round step by step (:meth:`Replica.round_steps`), answering requests
+between two executions against the certified state; only the canisters that already executed in
+the round make their queries wait for its certification.
 
 Canister ids follow a local replica's scheme: the 8-byte big-endian index followed by
 ``0x01 0x01``; the first canister has index 0 (``rwlgt-iiaaa-aaaaa-aaaaa-cai``). The subnet
@@ -22,7 +24,7 @@ import asyncio
 import heapq
 import logging
 import time as _time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -148,6 +150,9 @@ class Replica:
         self._queue: list[_Message] = []
         self._queued: set[bytes] = set()
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        # The canisters that executed in the round under way (see round_steps), and the queries waiting for it.
+        self.executing: set[Principal] = set()
+        self._settled: list[asyncio.Future[None]] = []
         self._expiring: list[tuple[int, bytes]] = []
         self._forgetting: list[tuple[int, bytes]] = []
 
@@ -241,7 +246,7 @@ class Replica:
         return len(self._queue)
 
     def known_request(self, request_id: bytes) -> bool:
-        """Whether a request id is queued or in the ingress history (a replay is not executed again)."""
+        """Whether a request id is queued, executing or in the ingress history (a replay is not executed again)."""
         return request_id in self.ingress or request_id in self._queued
 
     def submit(
@@ -340,16 +345,39 @@ class Replica:
 
     def run_round(self) -> None:
         """Execute one round and certify the resulting state."""
+        for _ in self.round_steps():
+            pass
+
+    def round_steps(self) -> Iterator[None]:
+        """One round, pausing (``yield``) after each execution so that a server can answer requests meanwhile.
+
+        Between two steps the certified state is still the previous round's: the ingress history, the
+        state tree, its signature and :attr:`time_ns` change only in the last step, where the round is
+        certified. A canister that executed in this round is in :attr:`executing` until then, and
+        queries must not run against it (:meth:`settled`), since its state is not certified yet; any
+        other canister's state is still the certified one. Run the generator to its end even when the
+        caller is cancelled, or the round's messages are lost.
+        """
         now = max(self.clock(), self.time_ns + 1)
+        queue, self._queue = self._queue, []
+        records: list[tuple[bytes, IngressStatus]] = []
+        for message in queue:
+            records.append((message.request_id, self._execute(message, now)))
+            self.executing.add(message.canister_id)
+            yield
+        for canister_id, host in self.hosts.items():
+            if host.run_due_timers(now):
+                self.executing.add(canister_id)
+                yield
+        self._certify(now, records)
+
+    def _certify(self, now: int, records: list[tuple[bytes, IngressStatus]]) -> None:
+        """The end of a round: record the executed messages, update the state tree, sign it (once)."""
         self.time_ns = now
         self.round += 1
-
-        queue, self._queue = self._queue, []
-        self._queued.clear()
-        for message in queue:
-            self._execute(message, now)
-        for host in self.hosts.values():
-            host.run_due_timers(now)
+        for request_id, entry in records:
+            self._record(request_id, entry)
+        self._queued.difference_update(request_id for request_id, _ in records)
         for canister_id, host in self.hosts.items():
             if self._certified_data.get(canister_id) != host.certified_data:
                 self._certified_data[canister_id] = host.certified_data
@@ -367,12 +395,29 @@ class Replica:
             self._refresh_delegations()
         self._data_certificates.clear()
 
-        for message in queue:
-            for future in self._waiters.pop(message.request_id, ()):
+        self.executing.clear()
+        settled, self._settled = self._settled, []
+        for future in settled:
+            if not future.done():
+                future.set_result(None)
+        for request_id, _ in records:
+            for future in self._waiters.pop(request_id, ()):
                 if not future.done():
                     future.set_result(None)
 
-    def _execute(self, message: _Message, now: int) -> None:
+    def settled(self, canister_id: Principal) -> asyncio.Future[None] | None:
+        """None when queries may run against ``canister_id`` now; else a future resolved when they may.
+
+        That is when the canister executed in the round under way: its state is then ahead of the
+        certified state (and of its data certificate) until the round is certified.
+        """
+        if canister_id not in self.executing:
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settled.append(future)
+        return future
+
+    def _execute(self, message: _Message, now: int) -> IngressStatus:
         entry = IngressStatus("replied", message.sender, message.canister_id, message.expiry_ns)
         host = self.hosts.get(message.canister_id)
         try:
@@ -388,7 +433,7 @@ class Replica:
             log.exception("canister %s: executing %s failed", message.canister_id, message.method)
             entry.reject = trapped(message.canister_id, exc)
             entry.status = "rejected"
-        self._record(message.request_id, entry)
+        return entry
 
     def _record(self, request_id: bytes, entry: IngressStatus) -> None:
         self.ingress[request_id] = entry

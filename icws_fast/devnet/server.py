@@ -27,7 +27,7 @@ import datetime
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -233,6 +233,9 @@ class _Api:
         canister_id = env.canister_id
         assert canister_id is not None and env.method_name is not None and env.arg is not None
         replica = self.replica
+        settled = replica.settled(canister_id)
+        if settled is not None:
+            await settled
         fields: dict[str, Any]
         try:
             reply = replica.query(canister_id, env.method_name, env.arg, env.sender)
@@ -564,6 +567,13 @@ class Devnet:
         if self.state_dir is not None:
             storage.save_canisters(self.state_dir, self.replica)
 
+    def _finish_round(self, steps: Iterator[None]) -> None:
+        try:
+            for _ in steps:
+                pass
+        except Exception:
+            log.exception("round %d failed", self.replica.round + 1)
+
     async def _run_rounds(self) -> None:
         loop = asyncio.get_running_loop()
         next_round = loop.time()
@@ -575,10 +585,17 @@ class Devnet:
             else:
                 next_round = loop.time()  # fell behind: do not try to catch up with a burst of rounds
                 await asyncio.sleep(0)
+            steps = self.replica.round_steps()
             try:
-                self.replica.run_round()
+                for _ in steps:
+                    # Serve requests between two executions: a round of many messages must not stall the server.
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                # Stopped in the middle of a round: finish it, so that no executed message is lost.
+                self._finish_round(steps)
+                raise
             except Exception:
-                log.exception("round %d failed", self.replica.round)
+                log.exception("round %d failed", self.replica.round + 1)
             if self.state_dir is not None and loop.time() - self._last_persist >= PERSIST_INTERVAL_S:
                 self._last_persist = loop.time()
                 self.persist()

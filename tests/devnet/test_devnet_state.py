@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -313,3 +314,69 @@ async def test_slow_certification_turns_a_synchronous_call_into_polling() -> Non
                 break
             await asyncio.sleep(0.01)
         assert candid.decode(cert.lookup_value([b"request_status", rid, b"reply"]), "(nat64)") == [1]
+
+
+async def test_between_the_steps_of_a_round_the_certified_state_is_served() -> None:
+    clock = FakeClock()
+    replica = _replica(clock)
+    counter, ticker = replica.canister_ids["counter"], replica.canister_ids["ticker"]
+    sender = Principal.anonymous()
+    first, second = os.urandom(32), os.urandom(32)
+    expiry = clock.now + 60 * SECOND_NS
+    for rid in (first, second):
+        replica.submit(rid, sender=sender, canister_id=counter, method="increment", arg=NOARGS, expiry_ns=expiry)
+    before = (replica.round, replica.time_ns)
+    clock.now += 1
+    steps = replica.round_steps()
+    next(steps)  # the first increment executed; the round is not certified
+    assert replica.executing == {counter}
+    # Another canister still answers from its certified state; the executed one waits for the certification.
+    assert replica.settled(ticker) is None
+    assert _ticks(replica) == {"once": 0, "every": 0, "canceled": 0}
+    waiting = replica.settled(counter)
+    assert waiting is not None and not waiting.done()
+    # read_state still certifies the previous round's tree (the certificate verifies), and a replay of a message
+    # that already executed is not queued again.
+    assert (replica.round, replica.time_ns) == before
+    assert _certified(replica, [b"request_status", first, b"status"]).status == "Absent"
+    assert _certified(replica, [b"canister", counter.bytes, b"certified_data"]).value == b""
+    assert replica.known_request(first)
+    replica.submit(first, sender=sender, canister_id=counter, method="increment", arg=NOARGS, expiry_ns=expiry)
+    assert replica.queue_length == 0
+    for _ in steps:
+        pass
+    assert waiting.done() and not replica.executing
+    assert replica.round == before[0] + 1
+    assert _certified(replica, [b"request_status", first, b"status"]).value == b"replied"
+    assert _certified(replica, [b"canister", counter.bytes, b"certified_data"]).value == (2).to_bytes(8, "big")
+    assert candid.decode(replica.query(counter, "get", NOARGS, sender), "(nat64)") == [2]
+
+
+async def test_a_round_cancelled_between_its_steps_is_finished() -> None:
+    async with Devnet("127.0.0.1:0", {"counter": Counter}, round_ms=10) as dn:
+        replica, rounds = dn.replica, dn._rounds
+        assert rounds is not None
+        run_steps = replica.round_steps
+
+        def cancelled_at_each_step() -> Iterator[None]:
+            for step in run_steps():
+                rounds.cancel()  # as Devnet.stop() would, between two executions
+                yield step
+
+        replica.round_steps = cancelled_at_each_step  # type: ignore[method-assign]
+        counter, sender = dn.canister_ids["counter"], Principal.anonymous()
+        rids = [os.urandom(32) for _ in range(3)]
+        for rid in rids:
+            replica.submit(
+                rid,
+                sender=sender,
+                canister_id=counter,
+                method="increment",
+                arg=NOARGS,
+                expiry_ns=replica.clock() + 10**11,
+            )
+        with pytest.raises(asyncio.CancelledError):
+            await rounds
+        assert [replica.ingress[rid].status for rid in rids] == ["replied"] * 3
+        assert not replica.executing
+        assert candid.decode(replica.query(counter, "get", NOARGS, sender), "(nat64)") == [3]
