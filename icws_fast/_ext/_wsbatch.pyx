@@ -23,7 +23,7 @@ decoder:
 
 So the fast path succeeds only on input the pure decoder accepts with the same value: the element budget of
 :func:`icws_fast.ic.candid.decode` (100 000 plus 4 per byte) cannot run out on the vector of messages, which takes
-at least ``MIN_MESSAGE_SIZE`` bytes an element, and the value nests only four levels deep. An ``Err`` reply raises
+at least ``MIN_MESSAGE_SIZE`` bytes an element, and the value nests only five levels deep. An ``Err`` reply raises
 :class:`~icws_fast.errors.ProtocolError` with the pure decoder's text, after the same trailing-bytes check.
 
 Messages that name the same client key, in one reply or in later ones, share one ``ClientKey`` (and

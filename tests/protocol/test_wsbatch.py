@@ -23,18 +23,13 @@ from icws_fast.ic.leb128 import leb128, sleb128
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
 
-try:
-    from tests.cdk.cdk_harness import LocalHost
-except ImportError:  # run without the repository root on sys.path
-    LocalHost = None
-
 
 def _compiled() -> ModuleType:
     try:
         return importlib.import_module("icws_fast._ext._wsbatch")
     except ImportError:
         if _ext.PURE:
-            pytest.skip("icws_fast._ext._wsbatch is not built (pure mode)")
+            pytest.skip("icws_fast._ext._wsbatch is not built (pure mode)", allow_module_level=True)
         raise
 
 
@@ -194,12 +189,12 @@ def test_more_client_keys_than_the_cache_holds() -> None:
         assert assert_same(t.encode_get_messages_result(batch))[1] == batch
 
 
-@pytest.mark.skipif(LocalHost is None, reason="tests.cdk.cdk_harness is not importable")
 def test_replies_of_the_cdk_in_process() -> None:
     """What the devnet sends the gateway: the CDK's ws_get_messages result encoded with the method's own types."""
     from icws_fast.devnet.canisters.test_canister import TestCanister
 
-    host = LocalHost(TestCanister())
+    harness = pytest.importorskip("tests.cdk.cdk_harness", reason="needs the repository root on sys.path")
+    host = harness.LocalHost(TestCanister())
     spec = TestCanister.exported_methods()["ws_get_messages"]
     clients = [Principal(bytes([i]) * 29) for i in range(1, 4)]
     for i, client in enumerate(clients):
