@@ -7,8 +7,10 @@ Rust CDK's type-table order and the older or gateway forms, and from random and 
 
 from __future__ import annotations
 
+import gc
 import importlib
 import random
+import tracemalloc
 from types import ModuleType
 from typing import Any
 
@@ -17,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from icws_fast import _ext
-from icws_fast.errors import ProtocolError
+from icws_fast.errors import ProtocolDecodeError, ProtocolError
 from icws_fast.ic import candid
 from icws_fast.ic.leb128 import leb128, sleb128
 from icws_fast.ic.principal import Principal
@@ -410,3 +412,38 @@ def test_value_anomalies(parts: dict[str, bytes], ok: bool) -> None:
     assert result[0] == ("value" if ok else "raised")
     if not parts:
         assert result[1] == EXPECTED
+
+
+def test_no_leak_on_success_or_failure() -> None:
+    """Decoding, succeeding, bailing out to the pure decoder half-way or answering Err, leaves no objects behind."""
+    good = t.encode_get_messages_result(make_batch(random.Random(15), 20, clients=4))
+    head, _ = split(good)
+    # Truncated, or with a trailing byte: the fast path bails out after building every message; bad UTF-8 in a
+    # key or an over-long principal: part-way through a message.
+    bad = [good[:-1], good + b"\x00", head + _values(key=b"\x01\xff"), head + _values(principal=b"\x01\x1e")]
+    err = candid.encode(RESULT_TYPES, [{"Err": "no"}])
+
+    def churn() -> None:
+        for _ in range(300):
+            fast_decode(good)
+            with pytest.raises(ProtocolError):
+                fast_decode(err)
+            for data in bad:
+                with pytest.raises(ProtocolDecodeError):
+                    fast_decode(data)
+
+    churn()  # warm caches (recognised headers, client keys, the pure decoder's plan)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        churn()
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, pytest.__file__)]
+    diff = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "lineno")
+    growth = sum(stat.size_diff for stat in diff)
+    # A leak of one object per decode would be over 50 kB here; what remains is the interpreter's noise.
+    assert growth < 8_000, growth
