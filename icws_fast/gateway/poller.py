@@ -144,7 +144,7 @@ class CanisterPoller:
         self._label = canister_id.to_text()
 
     async def _query(self, nonce: int) -> bytes:
-        with span("poll", canister_id=self._label):
+        with span("poll", canister_id=self._label, nonce=nonce):
             async with asyncio.timeout(self.poll_timeout_s):
                 return await self.agent.query(self.canister_id, "ws_get_messages", encode_get_messages_args(nonce))
 
@@ -192,7 +192,9 @@ class CanisterPoller:
                 in_flight.popleft()
                 self.metrics.poller_duration.observe(loop.time() - started)
                 try:
-                    end_of_queue, count = self._handle_reply(reply)
+                    with span("poll_reply", canister_id=self._label) as reply_span:
+                        end_of_queue, count = self._handle_reply(reply)
+                        reply_span.set_attribute("messages", count)
                 except ProtocolDecodeError as exc:
                     self._cancel(in_flight)
                     stride = 0

@@ -27,7 +27,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSU
 from icws_fast.errors import AgentError, CallPending, IcwsError, ProtocolDecodeError, RejectError
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
 from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
-from icws_fast.gateway.tracing import span
+from icws_fast.gateway.tracing import NO_SPAN, TraceSpan, span, span_context, start_span
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
@@ -81,6 +81,7 @@ class ClientConnection(WSListener):
         self._relays: collections.deque[proto.Relay] = collections.deque()
         self._relay_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.trace_span: TraceSpan = NO_SPAN
 
     # picows callbacks -------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class ClientConnection(WSListener):
             self._send_close(proto.CLOSE_TRY_AGAIN_LATER, refusal)
             return
         self._counted = True
+        self.trace_span = start_span("client_session")
         gw.metrics.clients_connected.inc()
         self.session = proto.GatewaySession(
             gw.principal,
@@ -132,6 +134,7 @@ class ClientConnection(WSListener):
             self._counted = False
             gw.metrics.clients_connected.dec()
             gw.metrics.connection_duration.observe(gw.loop.time() - self.connected_at)
+            self.trace_span.end()
         gw.release(self)
         if self.session is not None:
             self._apply(self.session.connection_lost())
@@ -191,6 +194,9 @@ class ClientConnection(WSListener):
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
+                self.trace_span.set_attributes(
+                    {"canister_id": action.canister_id.to_text(), "client_key": str(action.client_key)}
+                )
                 if not gw.register(action.canister_id, action.client_key, self):
                     gw.metrics.errors.labels("duplicate_client_key").inc()
                     assert self.session is not None
@@ -211,7 +217,7 @@ class ClientConnection(WSListener):
             return
         self._relays.append(relay)
         if self._relay_task is None:
-            self._relay_task = self.gateway.loop.create_task(self._run_relays())
+            self._relay_task = self.gateway.loop.create_task(self._run_relays(), context=span_context(self.trace_span))
 
     async def _run_relays(self) -> None:
         """Relay queued envelopes one at a time: a later call must not overtake an earlier one."""
