@@ -23,9 +23,11 @@ unreachable collector after its timeout, logging a warning.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -65,8 +67,9 @@ class _NoSpan:
 
 NO_SPAN: TraceSpan = _NoSpan()
 
-# The SDK's TracerProvider and Tracer while tracing is on; typed Any because the extra is optional.
+# The SDK's TracerProvider, its exporter and its Tracer while tracing is on; Any because the extra is optional.
 _provider: Any = None
+_exporter: Any = None
 _tracer: Any = None
 
 
@@ -82,7 +85,7 @@ def setup_tracing(endpoint: str, gateway_principal: str) -> None:
     extra is not installed: the operator asked for traces, so running without them would hide
     the mistake.
     """
-    global _provider, _tracer
+    global _provider, _exporter, _tracer
     try:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
         from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
@@ -97,23 +100,36 @@ def setup_tracing(endpoint: str, gateway_principal: str) -> None:
         {"service.name": f"ic-ws-gw-{gateway_principal[:5]}", "gateway.principal": gateway_principal}
     )
     # A provider of our own rather than the process-wide one, which can be set only once per process.
-    # Its shutdown_on_exit hook flushes the last spans when the process ends.
-    provider = TracerProvider(resource=resource)
+    # The SDK's exit hook is replaced by ours, which bounds how long a dead collector can delay the exit.
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     # insecure=True is overridden by an https:// endpoint, which gets TLS.
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
-    _provider = provider
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    _provider, _exporter = provider, exporter
     _tracer = provider.get_tracer("icws_fast.gateway")
+    atexit.register(shutdown_tracing)
     log.info("exporting traces to %s", endpoint)
 
 
 def shutdown_tracing(timeout_s: float = 5.0) -> None:
-    """Send the spans still queued (waiting at most about ``timeout_s``) and turn tracing off; no-op when off."""
-    global _provider, _tracer
-    provider, _provider, _tracer = _provider, None, None
+    """Send the spans still queued and turn tracing off, in about ``timeout_s`` at most; no-op when off.
+
+    Runs at exit too. The SDK's own shutdown may retry a dead collector for its export timeout
+    once per batch still queued, so it runs in a thread given ``timeout_s``; past that, the
+    exporter is shut down, which drops what is left and makes the export thread (a daemon) give up.
+    """
+    global _provider, _exporter, _tracer
+    provider, exporter = _provider, _exporter
+    _provider = _exporter = _tracer = None
+    atexit.unregister(shutdown_tracing)
     if provider is None:
         return
-    provider.force_flush(int(timeout_s * 1000))
-    provider.shutdown()
+    flushing = threading.Thread(target=provider.shutdown, name="icws-otel-shutdown", daemon=True)
+    flushing.start()
+    flushing.join(timeout_s)
+    if flushing.is_alive():
+        log.warning("the OpenTelemetry collector did not take the last spans within %.1fs; dropping them", timeout_s)
+        exporter.shutdown()
 
 
 def start_span(name: str, **attributes: AttributeValue) -> TraceSpan:
