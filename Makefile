@@ -11,7 +11,7 @@ DEVNET_ADDRESS ?= 127.0.0.1:4943
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,otel]'
 	touch $(STAMP)
 
 ext: $(STAMP)

@@ -23,6 +23,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
+from icws_fast import _ext
 from icws_fast.errors import DecodeError, ProtocolDecodeError, ProtocolError
 from icws_fast.ic import candid, cbor
 from icws_fast.ic.principal import Principal
@@ -611,3 +612,10 @@ def decode_unit_result(data: bytes | bytearray | memoryview) -> None:
     value = _candid_decode(data, _UNIT_RESULT, "CanisterWsResult")
     if "Err" in value:
         raise ProtocolError(value["Err"])
+
+
+# The compiled twin (icws_fast/_ext/_wsbatch.pyx) takes over unless ICWS_FAST_PURE=1.
+decode_get_messages_result_pure = decode_get_messages_result
+_compiled = _ext.compiled("_wsbatch")
+if _compiled is not None:
+    decode_get_messages_result = _compiled.decode_get_messages_result
