@@ -110,3 +110,12 @@ class CdkError(IcwsError):
 
     The message is the Rust CDK's error text, which the ``ws_*`` methods return as ``Err``.
     """
+
+
+class ConfigError(IcwsError, ValueError):
+    """A configuration value is refused; ``field`` names it, ``problem`` says what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")

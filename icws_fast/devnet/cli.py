@@ -21,40 +21,84 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from icws_fast import cliconfig
 from icws_fast.cdk.api import Canister
+from icws_fast.cliconfig import ConfigError, check_address, check_positive, flag, parse_float
 from icws_fast.devnet.server import DEFAULT_ROUND_MS, Devnet
 from icws_fast.errors import IcwsError
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icws-devnet", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--address", default="127.0.0.1:4943", help="host:port to listen on (default, like dfx: %(default)s)"
+@dataclass(frozen=True)
+class DevnetConfig:
+    """Everything ``icws-devnet`` is run with: each field is one flag (see :func:`flag_table`)."""
+
+    address: str = flag("127.0.0.1:4943", "--address", "host:port to listen on (like dfx)", metavar="HOST:PORT")
+    """Where the replica's HTTP interface listens; port 0 picks a free port (the JSON line says which)."""
+
+    state_dir: Path | None = flag(
+        None,
+        "--state-dir",
+        "persist keys and canister state here (restarts keep ids, root key, state)",
+        metavar="DIR",
+        parse=Path,
     )
-    parser.add_argument("--state-dir", help="persist keys and canister state here (restarts keep ids, root key, state)")
-    parser.add_argument(
-        "--round-ms", type=float, default=DEFAULT_ROUND_MS, help="round length in milliseconds (default %(default)s)"
+    """Directory holding the keys and every canister's state; None keeps everything in memory."""
+
+    round_ms: float = flag(
+        DEFAULT_ROUND_MS, "--round-ms", "round length in milliseconds", metavar="MS", parse=parse_float
     )
-    parser.add_argument("--root-key-file", help="load the BLS root secret key (hex) from this file; created if missing")
-    parser.add_argument(
+    """Length of a round: every round executes the pending calls and certifies the state once."""
+
+    root_key_file: Path | None = flag(
+        None,
+        "--root-key-file",
+        "load the BLS root secret key (hex) from this file; created if missing",
+        metavar="FILE",
+        parse=Path,
+    )
+    """File with the BLS root secret key in hex, created when missing: the root key survives restarts."""
+
+    subnet_delegation: bool = flag(
+        False,
         "--subnet-delegation",
-        action="store_true",
-        help="certify through a delegation from the root key to a subnet key (as mainnet application subnets)",
+        "certify through a delegation from the root key to a subnet key (as mainnet application subnets)",
+        switch=True,
     )
-    parser.add_argument(
+    """Sign certificates with a subnet key delegated by the root key, as mainnet application subnets do."""
+
+    canister: tuple[str, ...] = flag(
+        (),
         "--canister",
-        action="append",
-        default=[],
+        "host this canister class under NAME (repeatable; replaces the demo canisters)",
         metavar="NAME=MODULE:CLASS",
-        help="host this canister class under NAME (repeatable; replaces the demo canisters)",
+        collect=tuple,
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
-    return parser
+    """Canister specs ``NAME=MODULE:CLASS``; empty: the demo canisters of ``icws_fast.devnet.canisters``."""
+
+    log_level: str = flag("INFO", "--log-level", "logging level", metavar="LEVEL")
+    """Level of the log lines written to stderr (a :mod:`logging` level name, any case)."""
+
+    def __post_init__(self) -> None:
+        check_address("address", self.address)
+        check_positive("round_ms", self.round_ms, "the round length")
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ConfigError("log_level", f"unknown logging level {self.log_level!r} (e.g. DEBUG, INFO, WARNING)")
 
 
-def _load_canisters(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, type[Canister]] | None:
+def flag_table() -> str:
+    """The flags of ``icws-devnet`` as a Markdown table (flag, env, default, meaning)."""
+    return cliconfig.flag_table(DevnetConfig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    return cliconfig.build_parser(DevnetConfig, prog="icws-devnet", description=__doc__.split("\n\n")[0])
+
+
+def _load_canisters(parser: argparse.ArgumentParser, specs: tuple[str, ...]) -> dict[str, type[Canister]] | None:
     """The canisters named by ``--canister`` options, or None (the demo canisters) when there are none."""
     if not specs:
         return None
@@ -89,19 +133,19 @@ async def _serve(devnet: Devnet) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
-    canisters = _load_canisters(parser, args.canister)
+    config, _ = cliconfig.config_from_argv(DevnetConfig, parser, argv)
+    canisters = _load_canisters(parser, config.canister)
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         devnet = Devnet(
-            args.address,
+            config.address,
             canisters,
-            round_ms=args.round_ms,
-            state_dir=args.state_dir,
-            root_key_file=args.root_key_file,
-            subnet_delegation=args.subnet_delegation,
+            round_ms=config.round_ms,
+            state_dir=config.state_dir,
+            root_key_file=config.root_key_file,
+            subnet_delegation=config.subnet_delegation,
         )
     except (ValueError, OSError, IcwsError) as exc:  # bad address, unreadable key file, bad canister Candid...
         parser.error(str(exc))
@@ -115,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # typically: the address is in use
-        print(f"icws-devnet: error: cannot serve on {args.address}: {exc}", file=sys.stderr)
+        print(f"icws-devnet: error: cannot serve on {config.address}: {exc}", file=sys.stderr)
         return 1
     return 0
 
