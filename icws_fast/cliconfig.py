@@ -114,19 +114,34 @@ def _default_text(config_type: type[Any], field: dataclasses.Field[Any], spec: F
     return spec.show(field.default)
 
 
+def _described(config_type: type[Any], field: dataclasses.Field[Any], spec: Flag) -> str:
+    """What ``--help`` says of a setting: its meaning, its default and the variable that may set it."""
+    text = spec.help
+    default = _default_text(config_type, field, spec)
+    if default is not None:
+        text += f" (default: {default})"
+    if spec.env is not None and spec.name is not None:
+        text += f" [env: {spec.env}]"
+    return text
+
+
 def build_parser(config_type: type[Any], *, prog: str, description: str) -> argparse.ArgumentParser:
     """The argument parser of ``config_type``'s flags; ``--help`` shows each default and variable."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    env_only = [
+        f"  {spec.env}: {_described(config_type, field, spec)}"
+        for field, spec in _flags(config_type)
+        if spec.name is None
+    ]
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="environment variables:\n" + "\n".join(env_only) if env_only else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for field, spec in _flags(config_type):
         if spec.name is None:
             continue
-        help_text = spec.help
-        default = _default_text(config_type, field, spec)
-        if default is not None:
-            help_text += f" (default: {default})"
-        if spec.env is not None:
-            help_text += f" [env: {spec.env}]"
-        help_text = help_text.replace("%", "%%")  # argparse formats help with %
+        help_text = _described(config_type, field, spec).replace("%", "%%")  # argparse formats help with %
         dest = field.name
         if spec.switch:
             parser.add_argument(spec.name, dest=dest, action="store_true", default=None, help=help_text)
@@ -149,12 +164,12 @@ def config_from_argv(
     argv: Sequence[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-) -> tuple[C, argparse.Namespace]:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) into ``config_type``, and the namespace of any other flags.
+) -> C:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into ``config_type``.
 
-    ``parser`` comes from :func:`build_parser` (a command may add flags of its own to it). Bad flag
-    text or a value the config refuses exits through ``parser.error``: a message naming the flag
-    and the text given, exit status 2, no traceback.
+    ``parser`` comes from :func:`build_parser`. Bad flag text or a value the config refuses exits
+    through ``parser.error``: a message naming the flag and the text given, exit status 2, no
+    traceback. Environment variables are read from ``environ`` (default: ``os.environ``).
     """
     environ = os.environ if environ is None else environ
     args = parser.parse_args(argv)
@@ -184,7 +199,7 @@ def config_from_argv(
     except ConfigError as exc:
         where = given.get(exc.field, exc.field)
         parser.error(f"{where}: {exc.problem}")
-    return config, args
+    return config
 
 
 def _given(source: str, text: str) -> str:
@@ -204,7 +219,8 @@ def flag_table(config_type: type[Any]) -> str:
     rows = ["| Flag | Env | Default | Meaning |", "| --- | --- | --- | --- |"]
     for field, spec in _flags(config_type):
         default = _default_text(config_type, field, spec)
-        usage = " ".join(part for part in (spec.name, spec.metavar) if part)
+        metavar = spec.metavar or ("{" + ",".join(spec.choices) + "}" if spec.choices else None)
+        usage = " ".join(part for part in (spec.name, metavar) if part)
         cells = [
             f"`{usage}`" if usage else "",
             f"`{spec.env}`" if spec.env else "",

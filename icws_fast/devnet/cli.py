@@ -133,7 +133,7 @@ async def _serve(devnet: Devnet) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    config, _ = cliconfig.config_from_argv(DevnetConfig, parser, argv)
+    config = cliconfig.config_from_argv(DevnetConfig, parser, argv)
     canisters = _load_canisters(parser, config.canister)
     logging.basicConfig(
         level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

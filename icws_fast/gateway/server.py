@@ -16,15 +16,14 @@ import asyncio
 import collections
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from icws_fast.errors import AgentError, CallPending, IcwsError, ProtocolDecodeError, RejectError
+from icws_fast.gateway.config import GatewayConfig
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
 from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
 from icws_fast.gateway.tracing import NO_SPAN, TraceSpan, span, span_context, start_span
@@ -35,35 +34,6 @@ from icws_fast.protocol import session as proto
 from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GatewayConfig:
-    """Everything a gateway needs to run; the CLI fills it from flags, tests build it directly."""
-
-    ic_url: str = "http://127.0.0.1:4943"
-    host: str = "0.0.0.0"
-    port: int = 8080
-    polling_interval_s: float = 0.1
-    poll_timeout_s: float = 5.0
-    poll_pipeline_depth: int = 3
-    metrics_host: str | None = "0.0.0.0"
-    metrics_port: int = 9000
-    ssl_context: ssl.SSLContext | None = None
-    max_clients: int = 10_000
-    max_clients_per_ip: int = 100
-    max_message_size: int = 256 * 1024
-    max_send_buffer: int = 4 * 1024 * 1024
-    max_pending_relays: int = 32
-    handshake_timeout_s: float = 5.0
-    open_timeout_s: float = 10.0
-    close_timeout_s: float = 2.0
-    ping_interval_s: float = 20.0
-    drain_timeout_s: float = 10.0
-    verify_certificates: bool = True
-    allowed_canisters: frozenset[Principal] | None = None
-    # The IC root key (DER) certificates are checked against; None: the agent's (fetched off mainnet).
-    root_key_der: bytes | None = None
 
 
 class ClientConnection(WSListener):
@@ -277,6 +247,8 @@ class Gateway:
         self._accepting = False
         self.port = 0
         self.metrics_port = 0
+        # The root key polled batches are certified against: the config's, else the agent's (set by start()).
+        self.root_key_der: bytes | None = config.root_key_der
 
     async def start(self) -> None:
         """Fetch what is needed from the replica, then listen for clients and for metrics scrapes."""
@@ -285,14 +257,14 @@ class Gateway:
         except AgentError:
             # Not mainnet and not given: trust the replica's status, as the Rust gateway does off mainnet.
             agent_root_key = await self.agent.fetch_root_key()
-        if self.config.root_key_der is None:
-            self.config.root_key_der = agent_root_key
+        if self.root_key_der is None:
+            self.root_key_der = agent_root_key
         cfg = self.config
         self._server = await ws_create_server(
             self._listener_for,
             cfg.host,
             cfg.port,
-            ssl=cfg.ssl_context,
+            ssl=cfg.ssl_context(),
             websocket_handshake_timeout=cfg.handshake_timeout_s,
             max_frame_size=cfg.max_message_size,
             enable_auto_ping=cfg.ping_interval_s > 0,
@@ -376,7 +348,7 @@ class Gateway:
             canister_id,
             routes,
             metrics=self.metrics,
-            root_key_der=self.config.root_key_der if self.config.verify_certificates else None,
+            root_key_der=self.root_key_der if self.config.verify_certificates else None,
             interval_s=self.config.polling_interval_s,
             poll_timeout_s=self.config.poll_timeout_s,
             pipeline_depth=self.config.poll_pipeline_depth,

@@ -16,7 +16,8 @@ from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.client import IcWebSocket, SyncIcWebSocket
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.canisters.test_canister import TestCanister
-from icws_fast.gateway.server import Gateway, GatewayConfig
+from icws_fast.gateway.config import GatewayConfig
+from icws_fast.gateway.server import Gateway
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity

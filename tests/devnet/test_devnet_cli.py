@@ -14,7 +14,7 @@ from icws_fast.errors import ConfigError
 
 
 def test_no_flags_give_the_dataclass_defaults():
-    config, _ = config_from_argv(DevnetConfig, _parser(), [], environ={})
+    config = config_from_argv(DevnetConfig, _parser(), [], environ={})
     assert config == DevnetConfig()
     assert config.address == "127.0.0.1:4943" and config.round_ms == 50 and config.canister == ()
 
@@ -31,7 +31,7 @@ def test_every_field_is_a_flag_in_the_table_and_the_help():
 
 def test_flags_reach_the_config():
     argv = ["--address", "0.0.0.0:0", "--subnet-delegation", "--canister", "a=m:A", "--canister", "b=m:B"]
-    config, _ = config_from_argv(DevnetConfig, _parser(), argv, environ={})
+    config = config_from_argv(DevnetConfig, _parser(), argv, environ={})
     assert config.address == "0.0.0.0:0" and config.subnet_delegation
     assert config.canister == ("a=m:A", "b=m:B")
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from icws_fast.gateway.server import Gateway, GatewayConfig
+from icws_fast.gateway.config import GatewayConfig
+from icws_fast.gateway.server import Gateway
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
 

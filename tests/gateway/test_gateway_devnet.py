@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -350,10 +351,10 @@ def _self_signed(tmp_path) -> tuple[str, str, ssl.SSLContext]:
 
 
 async def test_tls(devnet, tmp_path):
-    from icws_fast.gateway.cli import _ssl_context
-
     cert_path, key_path, client_ctx = _self_signed(tmp_path)
-    gateway = await start_gateway(devnet.url, ssl_context=_ssl_context(cert_path, key_path))
+    gateway = await start_gateway(
+        devnet.url, tls_certificate_pem_path=Path(cert_path), tls_certificate_key_pem_path=Path(key_path)
+    )
     try:
         client = await open_client(gateway, devnet.canister_ids["echo"], ssl_context=client_ctx)
         assert client.transport.is_secure

@@ -1,0 +1,276 @@
+"""The gateway's configuration: every setting, its flag, its default and its checks, in one place.
+
+:class:`GatewayConfig` is what :class:`~icws_fast.gateway.server.Gateway` runs with. The
+``icws-gateway`` command builds its flags from it (the names and defaults of the Rust
+ic-websocket-gateway 1.4.x, plus limits of its own); code embedding a gateway builds it directly.
+Either way the values are checked once, on construction, and the config never changes afterwards.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from icws_fast import cliconfig
+from icws_fast.cliconfig import (
+    ConfigError,
+    check_at_least,
+    check_http_url,
+    check_port,
+    check_positive,
+    check_readable_file,
+    flag,
+    parse_address,
+    parse_float,
+    parse_int,
+    show_address,
+)
+from icws_fast.gateway.logs import EnvFilter
+from icws_fast.ic.principal import Principal
+
+__all__ = ["GatewayConfig", "flag_table"]
+
+
+def _parse_ms(text: str) -> float:
+    """A flag in whole milliseconds, as the Rust gateway takes it, to seconds."""
+    return parse_int(text) / 1000
+
+
+def _show_ms(seconds: float) -> str:
+    return f"{round(seconds * 1000)}"
+
+
+def _show_seconds(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+def _parse_principal(text: str) -> Principal:
+    return Principal.from_text(text)  # InvalidPrincipal is a ValueError with the reason
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything a gateway runs with; the CLI fills it from flags (see :func:`flag_table`), tests build it directly.
+
+    Fields without a flag are for code embedding a gateway. ``log_*``, ``data_dir`` and
+    ``opentelemetry_collector_endpoint`` are read by the ``icws-gateway`` command (which sets up
+    logging, the identity and tracing for its process); a :class:`Gateway` ignores them.
+    """
+
+    ic_url: str = flag("http://127.0.0.1:4943", "--ic-network-url", "replica (or boundary node) URL", metavar="URL")
+    """The IC HTTP interface the gateway polls and relays to (``http://`` or ``https://``)."""
+
+    host: str = flag(
+        "0.0.0.0",
+        "--gateway-address",
+        "WebSocket listen address",
+        metavar="HOST:PORT",
+        parse=parse_address,
+        show=show_address,
+        also=("port",),
+    )
+    """Interface the WebSocket server listens on (``0.0.0.0``: every IPv4 interface)."""
+
+    port: int = 8080
+    """TCP port of the WebSocket server (0: a free port, then read :attr:`Gateway.port`); set with ``host``."""
+
+    polling_interval_s: float = flag(
+        0.1, "--polling-interval", "canister polling interval, in ms", metavar="MS", parse=_parse_ms, show=_show_ms
+    )
+    """Seconds between two ``ws_get_messages`` polls of a canister that has no backlog."""
+
+    poll_timeout_s: float = 5.0
+    """Seconds a ``ws_get_messages`` query may take before the poll counts as failed."""
+
+    poll_pipeline_depth: int = flag(
+        3,
+        "--poll-pipeline-depth",
+        "ws_get_messages polls in flight per canister while it has a backlog (1: strictly one at a time)",
+        metavar="N",
+        parse=parse_int,
+    )
+    """Polls a canister's poller keeps in flight while the canister has more messages than one batch."""
+
+    metrics_host: str | None = flag(
+        "0.0.0.0",
+        "--prometheus-endpoint",
+        "/metrics, /health and /ready address",
+        metavar="HOST:PORT",
+        parse=parse_address,
+        show=show_address,
+        also=("metrics_port",),
+    )
+    """Interface of the HTTP server for ``/metrics``, ``/health`` and ``/ready``; None: no such server."""
+
+    metrics_port: int = 9000
+    """TCP port of the metrics server (0: a free port, then read :attr:`Gateway.metrics_port`)."""
+
+    tls_certificate_pem_path: Path | None = flag(
+        None, "--tls-certificate-pem-path", "certificate chain (PEM) to serve wss://", metavar="FILE", parse=Path
+    )
+    """Certificate chain (PEM) to serve ``wss://`` with; needs ``tls_certificate_key_pem_path``. None: ``ws://``."""
+
+    tls_certificate_key_pem_path: Path | None = flag(
+        None, "--tls-certificate-key-pem-path", "private key (PEM) of the certificate", metavar="FILE", parse=Path
+    )
+    """Private key (PEM) of ``tls_certificate_pem_path``."""
+
+    opentelemetry_collector_endpoint: str | None = flag(
+        None, "--opentelemetry-collector-endpoint", "OTLP gRPC endpoint to export traces to", metavar="URL"
+    )
+    """OTLP/gRPC collector the command exports spans to (e.g. ``http://127.0.0.1:4317``); None: no tracing."""
+
+    max_clients: int = flag(10_000, "--max-clients", "connections accepted at once", metavar="N", parse=parse_int)
+    """Open connections beyond which new ones are refused (close code 1013, try again later)."""
+
+    max_clients_per_ip: int = flag(
+        100, "--max-clients-per-ip", "connections accepted per client IP", metavar="N", parse=parse_int
+    )
+    """Open connections from one client IP beyond which its new ones are refused."""
+
+    max_message_size: int = flag(
+        256 * 1024, "--max-message-size", "largest client frame, in bytes", metavar="BYTES", parse=parse_int
+    )
+    """Largest WebSocket frame a client may send, in bytes; a larger one closes the connection."""
+
+    max_send_buffer: int = flag(
+        4 * 1024 * 1024,
+        "--max-send-buffer",
+        "bytes a client may leave unread from earlier batches before it is closed as a slow consumer",
+        metavar="BYTES",
+        parse=parse_int,
+    )
+    """Bytes written to a client but not yet sent, beyond which the client is closed as a slow consumer."""
+
+    max_pending_relays: int = 32
+    """Envelopes a client may have waiting to be relayed to the IC before it is closed for flooding."""
+
+    handshake_timeout_s: float = flag(
+        5.0, "--handshake-timeout", "seconds for the HTTP upgrade", metavar="S", parse=parse_float, show=_show_seconds
+    )
+    """Seconds a new connection has to complete the WebSocket (HTTP upgrade) handshake."""
+
+    open_timeout_s: float = flag(
+        10.0,
+        "--first-message-timeout",
+        "seconds for the client's ws_open",
+        metavar="S",
+        parse=parse_float,
+        show=_show_seconds,
+    )
+    """Seconds a connected client has to send its ``ws_open`` envelope."""
+
+    close_timeout_s: float = 2.0
+    """Seconds the gateway waits for a client to answer a close frame before it drops the connection."""
+
+    ping_interval_s: float = flag(
+        20.0,
+        "--ping-interval",
+        "seconds of client silence before a ping (0: never)",
+        metavar="S",
+        parse=parse_float,
+        show=_show_seconds,
+    )
+    """Seconds of silence from a client after which it is pinged (and closed if the pong is as late); 0: never."""
+
+    drain_timeout_s: float = flag(
+        10.0,
+        "--drain-timeout",
+        "seconds to drain on SIGTERM/SIGINT",
+        metavar="S",
+        parse=parse_float,
+        show=_show_seconds,
+    )
+    """Seconds :meth:`Gateway.drain` lets pending relays and queued messages finish before closing clients."""
+
+    verify_certificates: bool = True
+    """Check the certificate of every polled batch (False only for tests of the bare relay)."""
+
+    allowed_canisters: frozenset[Principal] | None = flag(
+        None,
+        "--allowed-canister-id",
+        "serve only this canister (repeat for several; default: any canister)",
+        metavar="PRINCIPAL",
+        parse=_parse_principal,
+        collect=frozenset,
+    )
+    """The canisters clients may open a session with; None: any canister."""
+
+    root_key_der: bytes | None = None
+    """The IC root key (DER) certificates are checked against; None: the agent's (mainnet's, or the replica's)."""
+
+    log_format: str = flag("text", "--log-format", "log line format", choices=("text", "json"))
+    """Format of the command's log lines: ``text`` or ``json`` (one object a line)."""
+
+    log_level: str = flag(
+        "info",
+        "--log-level",
+        "what the command logs to stdout: a level or an EnvFilter spec (e.g. warn,ic_websocket_gateway=debug)",
+        env="RUST_LOG_STDOUT",
+        metavar="FILTER",
+    )
+    """EnvFilter spec of the command's stdout log: a level, or ``target=level`` directives after it."""
+
+    log_file_level: str = flag(
+        "trace", None, "what the command logs to data/traces/gateway_*.log (an EnvFilter spec)", env="RUST_LOG_FILE"
+    )
+    """EnvFilter spec of the command's log file (under ``data_dir/traces``); there is no flag, as in Rust."""
+
+    data_dir: Path = flag(Path("data"), "--data-dir", "where key_pair and traces/ live", metavar="DIR", parse=Path)
+    """Directory of the command's identity (``key_pair``, kept across restarts) and logs (``traces/``)."""
+
+    def __post_init__(self) -> None:
+        check_http_url("ic_url", self.ic_url)
+        check_port("port", self.port)
+        check_port("metrics_port", self.metrics_port)
+        check_positive("polling_interval_s", self.polling_interval_s, "the polling interval")
+        check_positive("poll_timeout_s", self.poll_timeout_s, "the poll timeout")
+        for name in ("poll_pipeline_depth", "max_clients", "max_clients_per_ip", "max_pending_relays"):
+            check_positive(name, getattr(self, name), "the limit")
+        check_positive("max_message_size", self.max_message_size, "the size")
+        check_positive("max_send_buffer", self.max_send_buffer, "the size")
+        for name in ("handshake_timeout_s", "open_timeout_s", "close_timeout_s"):
+            check_positive(name, getattr(self, name), "the timeout")
+        check_at_least("ping_interval_s", self.ping_interval_s, 0, "the ping interval")
+        check_at_least("drain_timeout_s", self.drain_timeout_s, 0, "the drain timeout")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format", f"expected text or json, got {self.log_format!r}")
+        for name in ("log_level", "log_file_level"):
+            try:
+                EnvFilter(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(name, str(exc)) from None
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        cert, key = self.tls_certificate_pem_path, self.tls_certificate_key_pem_path
+        if (cert is None) != (key is None):
+            raise ConfigError(
+                "tls_certificate_pem_path" if key is None else "tls_certificate_key_pem_path",
+                "TLS needs both the certificate (--tls-certificate-pem-path)"
+                " and its key (--tls-certificate-key-pem-path)",
+            )
+        if cert is None or key is None:
+            return
+        check_readable_file("tls_certificate_pem_path", cert)
+        check_readable_file("tls_certificate_key_pem_path", key)
+        try:
+            self.ssl_context()
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                "tls_certificate_key_pem_path", f"cannot load the certificate {str(cert)!r} with this key: {exc}"
+            ) from None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server TLS context of the certificate and key; None when the gateway serves ``ws://``."""
+        if self.tls_certificate_pem_path is None or self.tls_certificate_key_pem_path is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.tls_certificate_pem_path, self.tls_certificate_key_pem_path)
+        return ctx
+
+
+def flag_table() -> str:
+    """The flags of ``icws-gateway`` as a Markdown table: flag, environment variable, default, meaning."""
+    return cliconfig.flag_table(GatewayConfig)
