@@ -30,9 +30,10 @@ from typing import Any, Final, Literal
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet.runtime import CanisterHost, Reject, canister_not_found, method_not_found, trapped
-from icws_fast.devnet.tree import FrozenLeaves, LabeledMap, Node, prune_path
+from icws_fast.devnet.tree import FrozenLeaves, LabeledMap, prune_path
 from icws_fast.ic import bls, cbor
 from icws_fast.ic.certificate import STATE_ROOT_DOMAIN, sign_certificate
+from icws_fast.ic.hashtree import Node
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import hash_of_map, leb128

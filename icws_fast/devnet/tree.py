@@ -10,8 +10,9 @@ entries, the hashes of the balanced forks above them:
 - entries are grouped into chunks by the first byte of their label (request ids are uniformly
   distributed, so a round that touches ``k`` entries rehashes about ``k`` chunks, not the whole map);
 - each chunk is a balanced binary tree of forks over its sorted entries, and the map is a balanced
-  binary tree of forks over its sorted chunks. Any fork shape is a valid hash tree as long as an
-  in-order walk meets the labels sorted, which chunking by the first byte preserves.
+  binary tree of forks over its sorted chunks (both :class:`~icws_fast.ic.hashtree.BalancedForks`).
+  Any fork shape is a valid hash tree as long as an in-order walk meets the labels sorted, which
+  chunking by the first byte preserves.
 
 Nodes use the tuple form of :mod:`icws_fast.ic.hashtree` (``(0,)`` Empty, ``(1, l, r)`` Fork,
 ``(2, label, t)`` Labeled, ``(3, v)`` Leaf, ``(4, h)`` Pruned); they encode to CBOR directly.
@@ -20,18 +21,14 @@ Nodes use the tuple form of :mod:`icws_fast.ic.hashtree` (``(0,)`` Empty, ``(1, 
 from __future__ import annotations
 
 import bisect
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, Union
+from typing import Union
 
-from icws_fast.ic.hashtree import EMPTY_HASH, HashedTree, fork_hash, labeled_hash, leaf_hash, reconstruct
+from icws_fast.ic.hashtree import EMPTY_NODE, BalancedForks, HashedTree, Node, labeled_hash, leaf_hash, reconstruct
 
-Node = tuple[Any, ...]
 Value = Union[bytes, "LabeledMap", "FrozenLeaves"]
 Path = Sequence[bytes]
-
-EMPTY: Node = (0,)
 
 
 def _chunk_key(label: bytes) -> int:
@@ -71,48 +68,6 @@ class FrozenLeaves:
         return HashedTree(self.items).witness(paths)
 
 
-class _Balanced:
-    """Range hashes of a balanced fork tree over a fixed sequence of node hashes."""
-
-    __slots__ = ("_ranges", "size")
-
-    def __init__(self, hashes: Sequence[bytes]) -> None:
-        self.size = len(hashes)
-        self._ranges: dict[tuple[int, int], bytes] = {}
-        if hashes:
-            self._fill(hashes, 0, len(hashes))
-
-    def _fill(self, hashes: Sequence[bytes], lo: int, hi: int) -> bytes:
-        if hi - lo == 1:
-            digest = hashes[lo]
-        else:
-            mid = (lo + hi) // 2
-            digest = fork_hash(self._fill(hashes, lo, mid), self._fill(hashes, mid, hi))
-        self._ranges[(lo, hi)] = digest
-        return digest
-
-    @property
-    def root(self) -> bytes:
-        return self._ranges[(0, self.size)] if self.size else EMPTY_HASH
-
-    def witness(self, wanted: dict[int, Callable[[], Node]]) -> Node:
-        """The fork tree with the items in ``wanted`` expanded (by their builders) and the rest pruned."""
-        if not self.size:
-            return EMPTY
-        indices = sorted(wanted)
-
-        def build(lo: int, hi: int) -> Node:
-            first = bisect.bisect_left(indices, lo)
-            if first == len(indices) or indices[first] >= hi:
-                return (4, self._ranges[(lo, hi)])
-            if hi - lo == 1:
-                return wanted[lo]()
-            mid = (lo + hi) // 2
-            return (1, build(lo, mid), build(mid, hi))
-
-        return build(0, self.size)
-
-
 class _Chunk:
     """The entries of a map whose labels share a first byte."""
 
@@ -121,7 +76,7 @@ class _Chunk:
     def __init__(self) -> None:
         self.labels: list[bytes] = []
         self.entry_hashes: dict[bytes, bytes] = {}
-        self.forks: _Balanced | None = None
+        self.forks: BalancedForks | None = None
 
 
 class LabeledMap:
@@ -138,7 +93,7 @@ class LabeledMap:
         self._chunks: dict[int, _Chunk] = {}
         self._chunk_keys: list[int] = []
         self._dirty: set[int] = set()
-        self._top: _Balanced | None = None
+        self._top: BalancedForks | None = None
         for label, value in (items or {}).items():
             self.set(label, value)
 
@@ -184,12 +139,12 @@ class LabeledMap:
                 for label in chunk.labels:
                     if label not in hashes:
                         hashes[label] = labeled_hash(label, self._value_hash(self._children[label]))
-                chunk.forks = _Balanced([hashes[label] for label in chunk.labels])
+                chunk.forks = BalancedForks([hashes[label] for label in chunk.labels])
             self._dirty.clear()
-            self._top = _Balanced([self._chunk_forks(key).root for key in self._chunk_keys])
-        return self._top.root
+            self._top = BalancedForks([self._chunk_forks(key).root_hash for key in self._chunk_keys])
+        return self._top.root_hash
 
-    def _chunk_forks(self, key: int) -> _Balanced:
+    def _chunk_forks(self, key: int) -> BalancedForks:
         forks = self._chunks[key].forks
         assert forks is not None  # set by root_hash before any reader gets here
         return forks
@@ -253,15 +208,14 @@ class LabeledMap:
 
     def _witness(self, wanted: dict[bytes, list[Path]], neighbours: AbstractSet[bytes]) -> Node:
         if self._top is None or not self._chunk_keys:
-            return EMPTY
-        by_chunk: dict[int, dict[int, Callable[[], Node]]] = {}
+            return EMPTY_NODE
+        by_chunk: dict[int, dict[int, Node]] = {}
         for label in (*wanted, *neighbours):
             key = _chunk_key(label)
             index = bisect.bisect_left(self._chunks[key].labels, label)
-            rests = wanted.get(label)
-            by_chunk.setdefault(key, {})[index] = functools.partial(self._entry, label, rests)
-        top_wanted: dict[int, Callable[[], Node]] = {}
-        for key, items in by_chunk.items():
-            forks = self._chunk_forks(key)
-            top_wanted[bisect.bisect_left(self._chunk_keys, key)] = functools.partial(forks.witness, items)
-        return self._top.witness(top_wanted)
+            by_chunk.setdefault(key, {})[index] = self._entry(label, wanted.get(label))
+        top_kept = {
+            bisect.bisect_left(self._chunk_keys, key): self._chunk_forks(key).witness(kept)
+            for key, kept in by_chunk.items()
+        }
+        return self._top.witness(top_kept)
