@@ -51,9 +51,8 @@ from icws_fast.client._common import (
     ClientBase,
     make_protocol,
 )
-from icws_fast.errors import AgentError, CborError, ConnectionClosed, IcwsError, ProtocolError, TransportError
-from icws_fast.ic import cbor
-from icws_fast.ic.agent import MAINNET_ROOT_KEY, is_mainnet_url
+from icws_fast.errors import AgentError, ConnectionClosed, IcwsError, ProtocolError, TransportError
+from icws_fast.ic.agent import MAINNET_ROOT_KEY, is_mainnet_url, root_key_from_status
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
@@ -72,7 +71,8 @@ def fetch_root_key(ic_url: str, timeout_s: float = 10.0) -> bytes:
     """The root key for ``ic_url``: built in for mainnet, else the ``root_key`` of its ``/api/v2/status``.
 
     Raises :class:`~icws_fast.errors.TransportError` when the replica cannot be reached and
-    :class:`~icws_fast.errors.AgentError` when its answer carries no root key.
+    :class:`~icws_fast.errors.AgentError` when its answer carries no DER BLS root key (the checks
+    of :func:`~icws_fast.ic.agent.root_key_from_status`, shared with the asyncio agent).
     """
     if is_mainnet_url(ic_url):
         return MAINNET_ROOT_KEY
@@ -84,14 +84,7 @@ def fetch_root_key(ic_url: str, timeout_s: float = 10.0) -> bytes:
         raise TransportError(f"cannot read {url}: {exc}") from exc
     if len(body) > _MAX_STATUS_SIZE:
         raise AgentError(f"the status of {ic_url} is larger than {_MAX_STATUS_SIZE} bytes")
-    try:
-        status = cbor.decode(body)
-    except CborError as exc:
-        raise AgentError(f"the status of {ic_url} is not CBOR: {exc}") from exc
-    key = status.get("root_key") if isinstance(status, dict) else None
-    if not isinstance(key, bytes):
-        raise AgentError(f"the status of {ic_url} carries no root_key byte string")
-    return key
+    return root_key_from_status(body, ic_url)
 
 
 def _open_socket(

@@ -95,6 +95,26 @@ def is_mainnet_url(url: str) -> bool:
     return any(host == name or host.endswith("." + name) for name in MAINNET_HOSTS)
 
 
+def root_key_from_status(data: bytes, url: str) -> bytes:
+    """The root key (DER BLS12-381) in the body of ``url``'s ``/api/v2/status`` answer.
+
+    One parser for every transport (this agent, the blocking client): raises :class:`AgentError`
+    when the body is not a CBOR map, has no ``root_key`` byte string, or that key is not DER BLS.
+    """
+    try:
+        status = cbor.decode(data)
+    except DecodeError as exc:
+        raise AgentError(f"malformed CBOR in the status answer of {url}: {exc}") from exc
+    key = status.get("root_key") if type(status) is dict else None
+    if type(key) is not bytes:
+        raise AgentError(f"the status of {url} carries no root_key byte string")
+    try:
+        bls.der_decode_public_key(key)
+    except DecodeError as exc:
+        raise AgentError(f"the root key of {url} is not a DER BLS12-381 public key: {exc}") from exc
+    return key
+
+
 def _as_principal(value: Principal | str) -> Principal:
     return value if isinstance(value, Principal) else Principal.from_text(value)
 
@@ -280,13 +300,8 @@ class Agent:
         if self.is_mainnet:
             self._root_key = MAINNET_ROOT_KEY
             return MAINNET_ROOT_KEY
-        key = (await self.status(timeout_s=timeout_s)).get("root_key")
-        if type(key) is not bytes:
-            raise AgentError(f"the status of {self.url} carries no root_key byte string")
-        try:
-            bls.der_decode_public_key(key)
-        except DecodeError as exc:
-            raise AgentError(f"the root key of {self.url} is not a DER BLS12-381 public key: {exc}") from exc
+        _, data = await self._request("GET", "/api/v2/status", None, timeout_s)
+        key = root_key_from_status(data, self.url)
         self._root_key = key
         return key
 

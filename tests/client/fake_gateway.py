@@ -46,6 +46,7 @@ class FakeGateway:
         self._server_ssl, self.client_ssl = _self_signed_contexts() if tls else (None, None)
         self.received: list[Any] = []  # every decoded client request, in order
         self.closes: list[tuple[int | None, str]] = []
+        self.status_root_key = ROOT_KEY_DER  # what /api/v2/status serves as the root key
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -85,7 +86,7 @@ class FakeGateway:
         return port
 
     async def _status(self, request: web.Request) -> web.Response:
-        body = cbor.encode({"ic_api_version": "0.18.0", "root_key": ROOT_KEY_DER})
+        body = cbor.encode({"ic_api_version": "0.18.0", "root_key": self.status_root_key})
         return web.Response(body=body, content_type="application/cbor")
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from icws_fast.client import SyncIcWebSocket, fetch_root_key
-from icws_fast.errors import CertificateError, ConnectionClosed, IcwsError, ProtocolError, TransportError
+from icws_fast.errors import AgentError, CertificateError, ConnectionClosed, IcwsError, ProtocolError, TransportError
 from icws_fast.ic.agent import MAINNET_ROOT_KEY
 from icws_fast.protocol.types import KeepAliveMessage
 
@@ -39,6 +39,9 @@ def test_fetch_root_key(gateway: FakeGateway) -> None:
     assert fetch_root_key("https://icp-api.io") == MAINNET_ROOT_KEY  # never fetched for mainnet
     with pytest.raises(TransportError):
         fetch_root_key(gateway.ic_url + "/nowhere")
+    gateway.status_root_key = ROOT_KEY_DER[:-1]  # the same checks as the asyncio agent's: DER BLS or refused
+    with pytest.raises(AgentError, match="is not a DER BLS12-381 public key"):
+        fetch_root_key(gateway.ic_url)
 
 
 def test_echo(gateway: FakeGateway) -> None:

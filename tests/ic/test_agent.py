@@ -34,7 +34,7 @@ from icws_fast.errors import (
 )
 from icws_fast.ic import agent as agent_module
 from icws_fast.ic import bls, candid, cbor, hashtree
-from icws_fast.ic.agent import MAINNET_ROOT_KEY, Agent, is_mainnet_url
+from icws_fast.ic.agent import MAINNET_ROOT_KEY, Agent, is_mainnet_url, root_key_from_status
 from icws_fast.ic.certificate import encode_delegation, sign_certificate
 from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content
 from icws_fast.ic.identity import AnonymousIdentity, DelegationChain, DelegationIdentity, Ed25519Identity
@@ -264,6 +264,25 @@ async def test_fetch_root_key_and_status(replica_server: tuple[ScriptedReplica, 
     async with Agent(url) as agent:
         assert (await agent.status())["impl_version"] == "scripted"
         assert await agent.fetch_root_key() == replica.root_key
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"\xff", "malformed CBOR in the status answer of http://r"),
+        (cbor.encode(["root_key"]), "the status of http://r carries no root_key byte string"),
+        (cbor.encode({"ic_api_version": "0.18.0"}), "carries no root_key byte string"),
+        (cbor.encode({"root_key": "30"}), "carries no root_key byte string"),
+        (
+            cbor.encode({"root_key": MAINNET_ROOT_KEY[:-1]}),
+            "the root key of http://r is not a DER BLS12-381 public key",
+        ),
+    ],
+)
+def test_root_key_from_status_refuses_what_is_not_a_der_bls_key(body: bytes, problem: str) -> None:
+    with pytest.raises(AgentError, match=problem):
+        root_key_from_status(body, "http://r")
+    assert root_key_from_status(cbor.encode({"root_key": MAINNET_ROOT_KEY}), "http://r") == MAINNET_ROOT_KEY
 
 
 async def test_certified_answer_needs_a_root_key(replica_server: tuple[ScriptedReplica, str]) -> None:
