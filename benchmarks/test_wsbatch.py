@@ -43,8 +43,10 @@ def _reply(clients: int) -> bytes:
         key = keys[i % clients]
         ws = t.WebsocketMessage(key, i, 1_700_000_000_000_000_000 + i, False, rng.randbytes(100))
         messages.append(t.CanisterOutputMessage(key, f"{GATEWAY}_{1000 + i:020d}", t.encode_websocket_message(ws)))
-    ws_map = {b"websocket": {f"{GATEWAY}_{i:020d}".encode(): hashlib.sha256(b"%d" % i).digest() for i in range(2000)}}
-    tree = hashtree.to_cbor(hashtree.witness(ws_map, [[b"websocket", m.key.encode()] for m in messages]))
+    ws_map = {
+        t.LABEL_WEBSOCKET: {f"{GATEWAY}_{i:020d}".encode(): hashlib.sha256(b"%d" % i).digest() for i in range(2000)}
+    }
+    tree = hashtree.to_cbor(hashtree.witness(ws_map, [[t.LABEL_WEBSOCKET, m.key.encode()] for m in messages]))
     batch = t.CanisterOutputCertifiedMessages(messages, rng.randbytes(1500), tree, False)
     return t.encode_get_messages_result(batch)
 

@@ -34,12 +34,12 @@ from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
-    DEFAULT_ACK_INTERVAL_MS,
     DEFAULT_MAX_CERTIFICATE_AGE_S,
     DEFAULT_MESSAGE_TYPE,
     DEFAULT_OPEN_TIMEOUT_MS,
     ClientProtocol,
 )
+from icws_fast.protocol.types import DEFAULT_SEND_ACK_INTERVAL_MS
 
 # RFC 6455 section 7.1.5: the code a close frame without a status code reads as.
 _CLOSE_NO_STATUS = 1005
@@ -126,7 +126,7 @@ class IcWebSocket(ClientBase):
         ic_url: str,
         identity: Identity | None = None,
         message_type: str = DEFAULT_MESSAGE_TYPE,
-        ack_interval_ms: int = DEFAULT_ACK_INTERVAL_MS,
+        ack_interval_ms: int = DEFAULT_SEND_ACK_INTERVAL_MS,
         max_certificate_age_s: float = DEFAULT_MAX_CERTIFICATE_AGE_S,
         *,
         root_key_der: bytes | None = None,

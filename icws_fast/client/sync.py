@@ -56,12 +56,12 @@ from icws_fast.ic.agent import MAINNET_ROOT_KEY, is_mainnet_url, root_key_from_s
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
-    DEFAULT_ACK_INTERVAL_MS,
     DEFAULT_MAX_CERTIFICATE_AGE_S,
     DEFAULT_MESSAGE_TYPE,
     DEFAULT_OPEN_TIMEOUT_MS,
     ClientProtocol,
 )
+from icws_fast.protocol.types import DEFAULT_SEND_ACK_INTERVAL_MS
 
 _READ_SIZE: Final = 65536
 _MAX_STATUS_SIZE: Final = 1 << 20
@@ -139,7 +139,7 @@ class SyncIcWebSocket(ClientBase):
         ic_url: str,
         identity: Identity | None = None,
         message_type: str = DEFAULT_MESSAGE_TYPE,
-        ack_interval_ms: int = DEFAULT_ACK_INTERVAL_MS,
+        ack_interval_ms: int = DEFAULT_SEND_ACK_INTERVAL_MS,
         max_certificate_age_s: float = DEFAULT_MAX_CERTIFICATE_AGE_S,
         *,
         root_key_der: bytes | None = None,

@@ -36,11 +36,10 @@ from icws_fast.ic.certificate import STATE_ROOT_DOMAIN, sign_certificate
 from icws_fast.ic.hashtree import Node
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
-from icws_fast.ic.request_id import hash_of_map, leb128
+from icws_fast.ic.request_id import RESPONSE_DOMAIN, hash_of_map, leb128
 
 log = logging.getLogger(__name__)
 
-RESPONSE_DOMAIN: Final = b"\x0bic-response"
 CANISTER_RANGE_SIZE: Final = 1 << 20
 # How long a replied/rejected status stays after the request expired ("done"), before it is forgotten.
 DONE_RETENTION_NS: Final = 60 * 1_000_000_000

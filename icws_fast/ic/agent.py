@@ -11,9 +11,9 @@ One :class:`Agent` owns one pooled keep-alive HTTP client (aiohttp) for one repl
 * ``POST /api/v2/canister/<ecid>/read_state`` for :meth:`Agent.read_state` and the polling.
 
 Every certified answer (v3 call, read_state) is checked with :meth:`Certificate.verify` against the root key
-and the effective canister id, and must be fresh (:data:`MAX_CERTIFICATE_AGE_NS`). Query answers are not
-certified; their node signatures are checked when ``verify_query_signatures`` is on (the default for mainnet
-URLs, as in the Rust gateway).
+and the effective canister id, and must be fresh (:data:`~icws_fast.ic.certificate.MAX_CERTIFICATE_AGE_NS`).
+Query answers are not certified; their node signatures are checked when ``verify_query_signatures`` is on
+(the default for mainnet URLs, as in the Rust gateway).
 
 Failures raise :class:`~icws_fast.errors.AgentError` subclasses: :class:`~icws_fast.errors.AgentTimeout` when a
 request exceeds its time-out, :class:`~icws_fast.errors.TransportError` when the connection fails,
@@ -46,7 +46,7 @@ from icws_fast.errors import (
     TransportError,
 )
 from icws_fast.ic import bls, cbor, hashtree
-from icws_fast.ic.certificate import Certificate
+from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, Certificate
 from icws_fast.ic.envelope import (
     MAX_INGRESS_TTL_NS,
     PERMITTED_DRIFT_NS,
@@ -58,7 +58,7 @@ from icws_fast.ic.envelope import (
 from icws_fast.ic.identity import AnonymousIdentity, Identity, verify_signature
 from icws_fast.ic.leb128 import leb128_value
 from icws_fast.ic.principal import Principal
-from icws_fast.ic.request_id import hash_of_map, request_id
+from icws_fast.ic.request_id import RESPONSE_DOMAIN, hash_of_map, request_id
 
 #: The IC mainnet root key (DER-wrapped BLS12-381 G2 point); public, and the trust anchor for mainnet URLs.
 MAINNET_ROOT_KEY: Final = bytes.fromhex(
@@ -70,8 +70,6 @@ MAINNET_ROOT_KEY: Final = bytes.fromhex(
 MAINNET_HOSTS: Final = ("ic0.app", "icp0.io", "icp-api.io")
 DEFAULT_TIMEOUT_S: Final = 30.0
 DEFAULT_MAX_CONNECTIONS: Final = 100
-#: Oldest certificate or query signature accepted (5 minutes, the ingress expiry window, as the spec suggests).
-MAX_CERTIFICATE_AGE_NS: Final = 5 * 60 * 1_000_000_000
 #: Largest answer body read from a replica (a reply is at most 2 MiB; certificates add little).
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 #: Polling back-off: first delay, growth factor and cap (seconds).
@@ -81,7 +79,6 @@ POLL_MAX_DELAY_S: Final = 1.0
 #: Longest a call is polled, whatever its ingress expiry says: the IC accepts no expiry further ahead, so a relayed
 #: envelope claiming one (hostile or broken) must not keep a poller busy for longer.
 MAX_POLL_NS: Final = MAX_INGRESS_TTL_NS + PERMITTED_DRIFT_NS
-RESPONSE_DOMAIN: Final = b"\x0bic-response"
 #: More node signatures on one query answer than any subnet has nodes (the spec sends one) is malformed.
 MAX_NODE_SIGNATURES: Final = 100
 _NONCE_BYTES: Final = 16

@@ -34,7 +34,8 @@ from icws_fast.ic.leb128 import leb128_value
 from icws_fast.ic.principal import Principal
 
 STATE_ROOT_DOMAIN: Final = b"\x0dic-state-root"
-DEFAULT_MAX_SKEW_NS: Final = 5 * 60 * 1_000_000_000
+MAX_CERTIFICATE_AGE_NS: Final = 5 * 60 * 1_000_000_000
+"""How far a certificate's ``/time`` may lag the clock (or lead it) by default: 5 minutes, as agent-js."""
 BLS_CACHE_SIZE: Final = 4096
 
 REASON_MALFORMED: Final = "malformed"
@@ -243,10 +244,10 @@ class Certificate:
 
     def _check_time(self, now_ns: int, max_age_ns: int | None) -> None:
         cert_time = self.time_ns
-        max_age = DEFAULT_MAX_SKEW_NS if max_age_ns is None else max_age_ns
+        max_age = MAX_CERTIFICATE_AGE_NS if max_age_ns is None else max_age_ns
         if cert_time < now_ns - max_age:
             raise CertificateError(REASON_TIME_TOO_OLD, f"certificate time {cert_time} ns, now {now_ns} ns")
-        if cert_time > now_ns + DEFAULT_MAX_SKEW_NS:
+        if cert_time > now_ns + MAX_CERTIFICATE_AGE_NS:
             raise CertificateError(REASON_TIME_IN_FUTURE, f"certificate time {cert_time} ns, now {now_ns} ns")
 
 

@@ -14,9 +14,20 @@ from icws_fast.ic.leb128 import leb128, sleb128
 from icws_fast.ic.principal import Principal
 
 # leb128 and sleb128 are re-exported: callers imported them from here before icws_fast.ic.leb128 existed.
-__all__ = ["REQUEST_DOMAIN", "SignedInt", "hash_of_map", "hash_value", "leb128", "request_id", "sleb128"]
+__all__ = [
+    "REQUEST_DOMAIN",
+    "RESPONSE_DOMAIN",
+    "SignedInt",
+    "hash_of_map",
+    "hash_value",
+    "leb128",
+    "request_id",
+    "sleb128",
+]
 
 REQUEST_DOMAIN: Final = b"\x0aic-request"
+RESPONSE_DOMAIN: Final = b"\x0bic-response"
+"""Domain separator of a replica's signature over a query response (before its ``hash_of_map``)."""
 
 
 class SignedInt(int):

@@ -40,11 +40,14 @@ from typing import Any, Final, TypeAlias
 
 from icws_fast.errors import CertificateError, IcwsError, ProtocolError
 from icws_fast.ic import candid, hashtree
-from icws_fast.ic.certificate import Certificate
+from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, Certificate
 from icws_fast.ic.envelope import build_envelope, call_content, default_ingress_expiry
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import (
+    COMMUNICATION_LATENCY_BOUND_MS,
+    DEFAULT_SEND_ACK_INTERVAL_MS,
+    LABEL_WEBSOCKET,
     AckMessage,
     ClientKey,
     CloseMessage,
@@ -63,10 +66,7 @@ from icws_fast.protocol.types import (
 )
 
 _NS_PER_MS: Final = 1_000_000
-# The latency bound the CDK and the JS SDK assume between client and canister.
-COMMUNICATION_LATENCY_BOUND_MS: Final = 30_000
-DEFAULT_ACK_INTERVAL_MS: Final = 300_000
-DEFAULT_MAX_CERTIFICATE_AGE_S: Final = 300
+DEFAULT_MAX_CERTIFICATE_AGE_S: Final = MAX_CERTIFICATE_AGE_NS // 1_000_000_000
 # Opening takes a client -> canister message and a canister -> client message.
 DEFAULT_OPEN_TIMEOUT_MS: Final = 2 * COMMUNICATION_LATENCY_BOUND_MS
 DEFAULT_MESSAGE_TYPE: Final = "record { text : text; timestamp : nat64 }"
@@ -83,8 +83,6 @@ REASON_OPEN_TIMEOUT: Final = "Open connection timeout"
 REASON_HANDSHAKE_ERROR: Final = "Handshake message error"
 REASON_CANISTER_CLOSE: Final = "Received close message from canister"
 REASON_CLOSED_BY_APPLICATION: Final = "ClosedByApplication"
-
-_WEBSOCKET_LABEL: Final = b"websocket"
 
 
 class ClientState(enum.Enum):
@@ -158,7 +156,7 @@ def verify_canister_message(
     certified_data = cert.lookup_value([b"canister", canister_id.bytes, b"certified_data"])
     if (hashtree.reconstruct(tree) if tree_root is None else tree_root) != certified_data:
         raise CertificateError("tree_mismatch", "the message tree does not match the canister's certified data")
-    leaf = hashtree.lookup_path(tree, [_WEBSOCKET_LABEL, key.encode()])
+    leaf = hashtree.lookup_path(tree, [LABEL_WEBSOCKET, key.encode()])
     if leaf.status != hashtree.FOUND:
         raise CertificateError("key_not_found", f"message key {key!r} is {leaf.status} in the tree")
     if leaf.value != hashlib.sha256(content).digest():
@@ -233,7 +231,7 @@ class ClientProtocol:
         root_key_der: bytes,
         message_type: str = DEFAULT_MESSAGE_TYPE,
         *,
-        ack_interval_ms: int = DEFAULT_ACK_INTERVAL_MS,
+        ack_interval_ms: int = DEFAULT_SEND_ACK_INTERVAL_MS,
         max_certificate_age_s: float = DEFAULT_MAX_CERTIFICATE_AGE_S,
         open_timeout_ms: int = DEFAULT_OPEN_TIMEOUT_MS,
         client_nonce: int | None = None,

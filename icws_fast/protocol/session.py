@@ -41,7 +41,6 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013  # connection limits
 MAX_CLOSE_REASON: Final = 123
 # Envelopes nest a few levels (delegations are the deepest); anything deeper is an attack.
 _ENVELOPE_MAX_DEPTH: Final = 32
-_SELF_DESCRIBE: Final = b"\xd9\xd9\xf7"
 _ENVELOPE_LABEL: Final = b"envelope"
 _NOT_A_CLIENT_REQUEST: Final = "a ClientRequest must be a CBOR map with the single key 'envelope'"
 
@@ -144,7 +143,7 @@ def envelope_span(data: bytes) -> tuple[int, int]:
     envelope is for the caller's decoder to say. Any other shape raises
     :class:`~icws_fast.errors.CborError`.
     """
-    pos = 3 if data[:3] == _SELF_DESCRIBE else 0
+    pos = 3 if data[:3] == cbor.SELF_DESCRIBE_PREFIX else 0
     major, count, pos = _read_head(data, pos)
     if major != 5 or count != 1:
         raise CborError(_NOT_A_CLIENT_REQUEST)

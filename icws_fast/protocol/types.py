@@ -29,7 +29,8 @@ from icws_fast.ic import candid, cbor
 from icws_fast.ic.principal import Principal
 
 __all__ = [
-    "CBOR_SELF_DESCRIBE_PREFIX",
+    "COMMUNICATION_LATENCY_BOUND_MS",
+    "DEFAULT_SEND_ACK_INTERVAL_MS",
     "LABEL_WEBSOCKET",
     "MAX_NAT64",
     "SERVICE_MESSAGES_DID",
@@ -75,7 +76,10 @@ __all__ = [
 MAX_NAT64: Final = (1 << 64) - 1
 LABEL_WEBSOCKET: Final = b"websocket"
 """Label of the CDK's certified message map in the canister's certified data."""
-CBOR_SELF_DESCRIBE_PREFIX: Final = cbor.SELF_DESCRIBE_PREFIX
+COMMUNICATION_LATENCY_BOUND_MS: Final = 30_000
+"""The latency between a client and its canister that the Rust CDK and the JS SDK assume."""
+DEFAULT_SEND_ACK_INTERVAL_MS: Final = 300_000
+"""How often a canister acknowledges its clients' messages (the Rust CDK's default); clients expect acks as often."""
 _NONCE_DIGITS: Final = 20
 # The deepest legitimate frame is a ClientRequest whose envelope carries a delegation chain with targets
 # (request > envelope > sender_delegation > item > delegation > targets > principal): 7 levels.
@@ -357,8 +361,8 @@ def _websocket_message_head(client_key: ClientKey) -> bytes:
             }
         }
     )
-    prefix = len(CBOR_SELF_DESCRIBE_PREFIX)
-    return CBOR_SELF_DESCRIBE_PREFIX + b"\xa5" + one_entry[prefix + 1 :]
+    prefix = len(cbor.SELF_DESCRIBE_PREFIX)
+    return cbor.SELF_DESCRIBE_PREFIX + b"\xa5" + one_entry[prefix + 1 :]
 
 
 def encode_websocket_message(msg: WebsocketMessage) -> bytes:
@@ -430,8 +434,8 @@ def encode_client_request(envelope: bytes | Mapping[str, Any]) -> bytes:
     if isinstance(envelope, Mapping):
         return cbor.encode({"envelope": dict(envelope)})
     raw = bytes(envelope)
-    if raw.startswith(CBOR_SELF_DESCRIBE_PREFIX):
-        raw = raw[len(CBOR_SELF_DESCRIBE_PREFIX) :]
+    if raw.startswith(cbor.SELF_DESCRIBE_PREFIX):
+        raw = raw[len(cbor.SELF_DESCRIBE_PREFIX) :]
     # Splicing keeps the envelope's bytes intact instead of decoding and re-encoding them.
     return _CLIENT_REQUEST_HEAD + raw
 

@@ -33,7 +33,7 @@ from icws_fast.ic.identity import (
     verify_signature,
 )
 from icws_fast.ic.principal import Principal
-from icws_fast.ic.request_id import hash_of_map, request_id
+from icws_fast.ic.request_id import RESPONSE_DOMAIN, hash_of_map, request_id
 
 CANISTERS = {"counter": Counter, "ticker": Ticker}
 MINUTE_NS = 60 * 1_000_000_000
@@ -317,7 +317,7 @@ async def test_query_answers_are_signed_by_the_certified_node_key(
     for answer_, rid_ in ((replied, rid), (rejected, rid2)):
         (signature,) = answer_["signatures"]
         fields = {k: v for k, v in answer_.items() if k != "signatures"}
-        signed = b"\x0bic-response" + hash_of_map({**fields, "timestamp": signature["timestamp"], "request_id": rid_})
+        signed = RESPONSE_DOMAIN + hash_of_map({**fields, "timestamp": signature["timestamp"], "request_id": rid_})
         assert verify_signature(node_keys[signature["identity"]], signed, signature["signature"])
         assert not verify_signature(node_keys[signature["identity"]], signed + b"x", signature["signature"])
 

@@ -39,7 +39,7 @@ from icws_fast.ic.certificate import encode_delegation, sign_certificate
 from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content
 from icws_fast.ic.identity import AnonymousIdentity, DelegationChain, DelegationIdentity, Ed25519Identity
 from icws_fast.ic.principal import Principal
-from icws_fast.ic.request_id import hash_of_map, leb128
+from icws_fast.ic.request_id import RESPONSE_DOMAIN, hash_of_map, leb128
 from tests.conftest import load_vectors
 from tests.interop.echo_devnet import Echo
 
@@ -183,7 +183,7 @@ class ScriptedReplica:
             }
         else:
             fields = {"status": "replied", "reply": {"arg": b"echo:" + env.arg}}
-        message = b"\x0bic-response" + hash_of_map({**fields, "timestamp": timestamp, "request_id": env.request_id})
+        message = RESPONSE_DOMAIN + hash_of_map({**fields, "timestamp": timestamp, "request_id": env.request_id})
         signature = self.node.sign(message)
         if self.corrupt_node_signature:
             signature = bytes([signature[0] ^ 1]) + signature[1:]

@@ -21,7 +21,6 @@ from icws_fast.protocol.client import (
     CLOSE_BY_APPLICATION,
     CLOSE_ERROR,
     CLOSE_NORMAL,
-    COMMUNICATION_LATENCY_BOUND_MS,
     REASON_ACK_ERROR,
     REASON_ACK_TIMEOUT,
     REASON_CANISTER_CLOSE,
@@ -38,6 +37,7 @@ from icws_fast.protocol.client import (
     verify_canister_message,
 )
 from icws_fast.protocol.types import (
+    COMMUNICATION_LATENCY_BOUND_MS,
     ClientKey,
     CloseMessageReason,
     KeepAliveMessage,

@@ -39,7 +39,7 @@ def _ws_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
 def test_websocket_message_round_trip_and_layout() -> None:
     msg = t.WebsocketMessage(KEY, 7, 1_700_000_000_000_000_000, False, b"\x00hello")
     data = t.encode_websocket_message(msg)
-    assert data.startswith(t.CBOR_SELF_DESCRIBE_PREFIX)
+    assert data.startswith(cbor.SELF_DESCRIBE_PREFIX)
     assert t.decode_websocket_message(data) == msg
     # serde writes the fields in declaration order; the certified bytes depend on it.
     assert list(cbor.decode(data)) == ["client_key", "sequence_num", "timestamp", "is_service_message", "content"]
@@ -84,7 +84,7 @@ def test_handshake_round_trip() -> None:
 def test_canister_to_client_round_trip_without_tag() -> None:
     data = t.encode_canister_to_client("k_00000000000000000001", b"c", b"cert", b"tree")
     # The Rust gateway relays with serde_cbor::to_vec: no self-describe tag, fields in declaration order.
-    assert not data.startswith(t.CBOR_SELF_DESCRIBE_PREFIX)
+    assert not data.startswith(cbor.SELF_DESCRIBE_PREFIX)
     assert list(cbor.decode(data)) == ["key", "content", "cert", "tree"]
     assert t.decode_canister_to_client(data) == t.CanisterToClientMessage(
         "k_00000000000000000001", b"c", b"cert", b"tree"
@@ -103,7 +103,7 @@ def test_client_request_embeds_the_envelope_as_a_map() -> None:
     assert from_bytes == from_map
     assert cbor.decode(from_bytes) == {"envelope": envelope}
     decoded = t.decode_client_request(from_bytes)
-    assert decoded.startswith(t.CBOR_SELF_DESCRIBE_PREFIX)
+    assert decoded.startswith(cbor.SELF_DESCRIBE_PREFIX)
     assert cbor.decode(decoded) == envelope
 
 
