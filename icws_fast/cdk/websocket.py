@@ -17,7 +17,7 @@ Every queued message is certified: the map key -> sha256(content) (:mod:`.certif
 ``MESSAGES_TO_DELETE_COUNT`` per new message, as in Rust.
 
 One process hosts many canisters (and tests may run several devnets), so the CDK state is an object,
-:class:`IcWebSocket`, owned by the canister rather than module globals. :class:`WsCanister` is a canister base class
+:class:`WsEndpoint`, owned by the canister rather than module globals. :class:`WsCanister` is a canister base class
 exporting the four ``ws_*`` methods; a canister sets ``CANDID = WS_TYPES_DID + "type AppMessage = ...;"`` and calls
 ``self.websocket.init(WsInitParams(...))`` from ``init`` and ``post_upgrade``::
 
@@ -75,8 +75,8 @@ __all__ = [
     "DEFAULT_SEND_ACK_INTERVAL_MS",
     "MESSAGES_TO_DELETE_COUNT",
     "WS_TYPES_DID",
-    "IcWebSocket",
     "WsCanister",
+    "WsEndpoint",
     "WsHandlers",
     "WsInitParams",
 ]
@@ -100,8 +100,8 @@ OnClose = Callable[[Principal], None]
 class WsHandlers:
     """The application's callbacks. ``on_message`` gets the client's app message as Candid bytes.
 
-    ``on_close`` runs whenever a client goes away (gateway close, reconnect, timeout, :meth:`IcWebSocket.close`);
-    it must not call :meth:`IcWebSocket.close`.
+    ``on_close`` runs whenever a client goes away (gateway close, reconnect, timeout, :meth:`WsEndpoint.close`);
+    it must not call :meth:`WsEndpoint.close`.
     """
 
     on_open: OnOpen | None = None
@@ -197,8 +197,11 @@ def _empty_messages() -> dict[str, Any]:
     return {"Ok": {"messages": [], "cert": b"", "tree": b"", "is_end_of_queue": True}}
 
 
-class IcWebSocket:
-    """The IC WebSocket state of one canister and its operations (see the module docstring)."""
+class WsEndpoint:
+    """The canister's end of IC WebSocket: its clients, gateways and certified queues, and the operations on them.
+
+    (Named apart from the client SDK's :class:`icws_fast.client.IcWebSocket`, the other end.)
+    """
 
     def __init__(self) -> None:
         self._params = WsInitParams()
@@ -482,7 +485,7 @@ class WsCanister(Canister):
     CANDID = WS_TYPES_DID + "type AppMessage = blob;\n"
 
     def __init__(self) -> None:
-        self.websocket = IcWebSocket()
+        self.websocket = WsEndpoint()
 
     @update("(CanisterWsOpenArguments) -> (CanisterWsOpenResult)")
     def ws_open(self, args: dict[str, Any]) -> dict[str, Any]:

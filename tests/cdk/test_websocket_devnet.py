@@ -13,7 +13,7 @@ import pytest_asyncio
 from ws_actors import WsClient, WsGateway
 
 from icws_fast.devnet import Devnet
-from icws_fast.devnet.canisters.test_canister import decode_app_message, encode_app_message
+from icws_fast.devnet.canisters.pingpong import decode_app_message, encode_app_message
 from icws_fast.errors import RejectError
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent

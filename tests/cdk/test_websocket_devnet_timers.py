@@ -16,7 +16,7 @@ from ws_actors import WsClient, WsGateway
 from icws_fast.cdk.api import Canister
 from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.devnet import Devnet
-from icws_fast.devnet.canisters.test_canister import TestCanister
+from icws_fast.devnet.canisters.pingpong import PingPongCanister
 from icws_fast.protocol import types as t
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,7 +25,7 @@ ACK_INTERVAL_MS = 1000
 KEEP_ALIVE_TIMEOUT_MS = 700
 
 
-class FastAckCanister(TestCanister):
+class FastAckCanister(PingPongCanister):
     def ws_params(self) -> WsInitParams:
         return WsInitParams(
             WsHandlers(self.on_open, self.on_message, self.on_close),

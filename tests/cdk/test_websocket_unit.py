@@ -17,11 +17,11 @@ from icws_fast.cdk.certified_map import CertifiedMessageMap
 from icws_fast.cdk.websocket import (
     CLIENT_KEEP_ALIVE_TIMEOUT_MS,
     DEFAULT_SEND_ACK_INTERVAL_MS,
-    IcWebSocket,
+    WsEndpoint,
     WsHandlers,
     WsInitParams,
 )
-from icws_fast.devnet.canisters.test_canister import TestCanister, decode_app_message, encode_app_message
+from icws_fast.devnet.canisters.pingpong import PingPongCanister, decode_app_message, encode_app_message
 from icws_fast.errors import CdkError
 from icws_fast.ic import hashtree
 from icws_fast.ic.principal import Principal
@@ -34,7 +34,7 @@ CLIENT_2 = Principal(b"\x02" * 29)
 ANONYMOUS = Principal.anonymous()
 
 
-class Recorder(TestCanister):
+class Recorder(PingPongCanister):
     """The test canister, recording the handler calls."""
 
     def __init__(self) -> None:
@@ -368,7 +368,7 @@ def test_icwebsocket_is_usable_without_a_canister_class() -> None:
 
     class Bare(api.Canister):
         def __init__(self) -> None:
-            self.ws = IcWebSocket()
+            self.ws = WsEndpoint()
 
         def init(self) -> None:
             self.ws.init(WsInitParams(WsHandlers(on_open=opened.append)))

@@ -15,7 +15,7 @@ from icws_fast.cdk.api import Canister
 from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.client import IcWebSocket, SyncIcWebSocket
 from icws_fast.devnet import Devnet
-from icws_fast.devnet.canisters.test_canister import TestCanister
+from icws_fast.devnet.canisters.pingpong import PingPongCanister
 from icws_fast.gateway.config import GatewayConfig
 from icws_fast.gateway.server import Gateway
 from icws_fast.ic import candid
@@ -25,7 +25,7 @@ from icws_fast.ic.identity import Ed25519Identity
 pytestmark = pytest.mark.slow
 
 
-class FastAckCanister(TestCanister):
+class FastAckCanister(PingPongCanister):
     """The ``test`` canister acking every second (the Rust default is every 300 s)."""
 
     def ws_params(self) -> WsInitParams:
@@ -45,7 +45,7 @@ def subnet_delegation() -> bool:
 @pytest.fixture
 def devnet_canisters() -> dict[str, type[Canister]]:
     """For the ``devnet`` fixture of tests/plugins/devnet.py."""
-    return {"test": TestCanister, "fast_ack": FastAckCanister}
+    return {"test": PingPongCanister, "fast_ack": FastAckCanister}
 
 
 @pytest.fixture

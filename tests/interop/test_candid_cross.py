@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import pytest
 
-from icws_fast.devnet.canisters.test_canister import APP_MESSAGE_DID
+from icws_fast.devnet.canisters.pingpong import APP_MESSAGE_DID
 from icws_fast.ic import candid
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import SERVICE_MESSAGES_DID, WS_TYPES_DID

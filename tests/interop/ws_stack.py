@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from icws_fast.cdk.websocket import WsHandlers, WsInitParams
-from icws_fast.devnet.canisters.test_canister import TestCanister
+from icws_fast.devnet.canisters.pingpong import PingPongCanister
 from tests.plugins.devnet import DevnetProcess, free_port
 
 HERE: Final = Path(__file__).resolve().parent
@@ -29,7 +29,7 @@ KEEP_ALIVE_TIMEOUT_MS: Final = 1500
 _START_TIMEOUT_S: Final = 30.0
 
 
-class QuickAckTestCanister(TestCanister):
+class QuickAckTestCanister(PingPongCanister):
     """The ``test`` canister acking every 2 s and dropping clients whose keep-alive is 1.5 s late."""
 
     __test__ = False
@@ -104,7 +104,7 @@ def running_stack(state_dir: Path, *, subnet_delegation: bool = False) -> Iterat
         state_dir=state_dir / "devnet",
         extra_args=[
             "--canister",
-            "test=icws_fast.devnet.canisters.test_canister:TestCanister",
+            "test=icws_fast.devnet.canisters.pingpong:PingPongCanister",
             "--canister",
             "chat=icws_fast.devnet.canisters.chat:ChatCanister",
             "--canister",

@@ -193,11 +193,11 @@ def test_more_client_keys_than_the_cache_holds() -> None:
 
 def test_replies_of_the_cdk_in_process() -> None:
     """What the devnet sends the gateway: the CDK's ws_get_messages result encoded with the method's own types."""
-    from icws_fast.devnet.canisters.test_canister import TestCanister
+    from icws_fast.devnet.canisters.pingpong import PingPongCanister
 
     harness = pytest.importorskip("tests.cdk.cdk_harness", reason="needs the repository root on sys.path")
-    host = harness.LocalHost(TestCanister())
-    spec = TestCanister.exported_methods()["ws_get_messages"]
+    host = harness.LocalHost(PingPongCanister())
+    spec = PingPongCanister.exported_methods()["ws_get_messages"]
     clients = [Principal(bytes([i]) * 29) for i in range(1, 4)]
     for i, client in enumerate(clients):
         host.open(client, i, GATEWAY)

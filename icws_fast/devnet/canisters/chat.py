@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from icws_fast.cdk import api
 from icws_fast.cdk.websocket import WS_TYPES_DID, WsCanister, WsHandlers, WsInitParams
-from icws_fast.devnet.canisters.test_canister import APP_MESSAGE_DID, decode_app_message
+from icws_fast.devnet.canisters.pingpong import APP_MESSAGE_DID, decode_app_message
 from icws_fast.errors import CandidError
 from icws_fast.ic.principal import Principal
 

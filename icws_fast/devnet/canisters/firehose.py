@@ -14,7 +14,7 @@ from typing import Any, Final
 from icws_fast.cdk import api
 from icws_fast.cdk.api import query, update
 from icws_fast.cdk.websocket import WS_TYPES_DID, WsCanister, WsHandlers, WsInitParams
-from icws_fast.devnet.canisters.test_canister import APP_MESSAGE_DID, encode_app_message
+from icws_fast.devnet.canisters.pingpong import APP_MESSAGE_DID, encode_app_message
 
 FIREHOSE_ACK_INTERVAL_MS: Final = 70_000
 MAX_MESSAGES_PER_ROUND: Final = 100_000

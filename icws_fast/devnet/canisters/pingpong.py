@@ -38,7 +38,7 @@ def result(error: CdkError | None) -> dict[str, Any]:
     return {"Ok": None} if error is None else {"Err": str(error)}
 
 
-class TestCanister(WsCanister):
+class PingPongCanister(WsCanister):
     """Echoes ``text + " ping"``; keeps the set of connected clients like the official canister."""
 
     __test__ = False  # not a pytest test class, whatever its name
