@@ -26,6 +26,7 @@ from typing import Any, Final
 from icws_fast import _ext
 from icws_fast.errors import CborError, IcwsError
 from icws_fast.ic import cbor
+from icws_fast.ic.cbor import SELF_DESCRIBE_PREFIX
 from icws_fast.ic.envelope import parse_envelope, verify_envelope
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import ClientKey, decode_ws_open_args, encode_handshake
@@ -143,7 +144,7 @@ def envelope_span(data: bytes) -> tuple[int, int]:
     envelope is for the caller's decoder to say. Any other shape raises
     :class:`~icws_fast.errors.CborError`.
     """
-    pos = 3 if data[:3] == cbor.SELF_DESCRIBE_PREFIX else 0
+    pos = 3 if data[:3] == SELF_DESCRIBE_PREFIX else 0
     major, count, pos = _read_head(data, pos)
     if major != 5 or count != 1:
         raise CborError(_NOT_A_CLIENT_REQUEST)

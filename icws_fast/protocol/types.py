@@ -26,6 +26,7 @@ from typing import Any, Final, NamedTuple, TypeAlias
 from icws_fast import _ext
 from icws_fast.errors import DecodeError, ProtocolDecodeError, ProtocolError
 from icws_fast.ic import candid, cbor
+from icws_fast.ic.cbor import SELF_DESCRIBE_PREFIX
 from icws_fast.ic.principal import Principal
 
 __all__ = [
@@ -361,8 +362,8 @@ def _websocket_message_head(client_key: ClientKey) -> bytes:
             }
         }
     )
-    prefix = len(cbor.SELF_DESCRIBE_PREFIX)
-    return cbor.SELF_DESCRIBE_PREFIX + b"\xa5" + one_entry[prefix + 1 :]
+    prefix = len(SELF_DESCRIBE_PREFIX)
+    return SELF_DESCRIBE_PREFIX + b"\xa5" + one_entry[prefix + 1 :]
 
 
 def encode_websocket_message(msg: WebsocketMessage) -> bytes:
@@ -434,8 +435,8 @@ def encode_client_request(envelope: bytes | Mapping[str, Any]) -> bytes:
     if isinstance(envelope, Mapping):
         return cbor.encode({"envelope": dict(envelope)})
     raw = bytes(envelope)
-    if raw.startswith(cbor.SELF_DESCRIBE_PREFIX):
-        raw = raw[len(cbor.SELF_DESCRIBE_PREFIX) :]
+    if raw.startswith(SELF_DESCRIBE_PREFIX):
+        raw = raw[len(SELF_DESCRIBE_PREFIX) :]
     # Splicing keeps the envelope's bytes intact instead of decoding and re-encoding them.
     return _CLIENT_REQUEST_HEAD + raw
 
