@@ -29,6 +29,7 @@ from icws_fast.errors import ConfigError
 __all__ = [
     "ConfigError",
     "Flag",
+    "address_flag",
     "build_parser",
     "check_address",
     "check_at_least",
@@ -93,6 +94,13 @@ def flag(
     """
     spec = Flag(name, help, env, metavar, parse, show, choices, switch, collect, also)
     return dataclasses.field(default=default, metadata={_METADATA_KEY: spec})
+
+
+def address_flag(default_host: str | None, name: str, help: str, *, port_field: str) -> Any:
+    """A host field set, with the field ``port_field`` (declared after it), by a ``HOST:PORT`` flag."""
+    return flag(
+        default_host, name, help, metavar="HOST:PORT", parse=parse_address, show=show_address, also=(port_field,)
+    )
 
 
 def _flags(config_type: type[Any]) -> Iterator[tuple[dataclasses.Field[Any], Flag]]:

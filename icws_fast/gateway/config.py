@@ -15,16 +15,15 @@ from pathlib import Path
 from icws_fast import cliconfig
 from icws_fast.cliconfig import (
     ConfigError,
+    address_flag,
     check_at_least,
     check_http_url,
     check_port,
     check_positive,
     check_readable_file,
     flag,
-    parse_address,
     parse_float,
     parse_int,
-    show_address,
 )
 from icws_fast.gateway.logs import EnvFilter
 from icws_fast.ic.principal import Principal
@@ -61,15 +60,7 @@ class GatewayConfig:
     ic_url: str = flag("http://127.0.0.1:4943", "--ic-network-url", "replica (or boundary node) URL", metavar="URL")
     """The IC HTTP interface the gateway polls and relays to (``http://`` or ``https://``)."""
 
-    host: str = flag(
-        "0.0.0.0",
-        "--gateway-address",
-        "WebSocket listen address",
-        metavar="HOST:PORT",
-        parse=parse_address,
-        show=show_address,
-        also=("port",),
-    )
+    host: str = address_flag("0.0.0.0", "--gateway-address", "WebSocket listen address", port_field="port")
     """Interface the WebSocket server listens on (``0.0.0.0``: every IPv4 interface)."""
 
     port: int = 8080
@@ -92,14 +83,8 @@ class GatewayConfig:
     )
     """Polls a canister's poller keeps in flight while the canister has more messages than one batch."""
 
-    metrics_host: str | None = flag(
-        "0.0.0.0",
-        "--prometheus-endpoint",
-        "/metrics, /health and /ready address",
-        metavar="HOST:PORT",
-        parse=parse_address,
-        show=show_address,
-        also=("metrics_port",),
+    metrics_host: str | None = address_flag(
+        "0.0.0.0", "--prometheus-endpoint", "/metrics, /health and /ready address", port_field="metrics_port"
     )
     """Interface of the HTTP server for ``/metrics``, ``/health`` and ``/ready``; None: no such server."""
 
