@@ -44,10 +44,6 @@ def _show_seconds(seconds: float) -> str:
     return f"{seconds:g}"
 
 
-def _parse_principal(text: str) -> Principal:
-    return Principal.from_text(text)  # InvalidPrincipal is a ValueError with the reason
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
     """Everything a gateway runs with; the CLI fills it from flags (see :func:`flag_table`), tests build it directly.
@@ -177,7 +173,7 @@ class GatewayConfig:
         "--allowed-canister-id",
         "serve only this canister (repeat for several; default: any canister)",
         metavar="PRINCIPAL",
-        parse=_parse_principal,
+        parse=Principal.from_text,  # InvalidPrincipal is a ValueError with the reason
         collect=frozenset,
     )
     """The canisters clients may open a session with; None: any canister."""
