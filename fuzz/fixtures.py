@@ -52,22 +52,36 @@ def delegated_client() -> DelegationIdentity:
     return DelegationIdentity(session, chain)
 
 
-@functools.lru_cache(maxsize=1)
-def _delegation() -> bytes:
-    """A delegation from the fuzz root key to :data:`SUBNET`, covering :data:`CANISTER` in both range layouts."""
-    ranges = _ranges_leaf()
-    tree = hashtree.build(
+def delegation_tree() -> hashtree.Node:
+    """The tree of the root's delegation to :data:`SUBNET`: its key, and ranges covering :data:`CANISTER`.
+
+    The ranges appear in both layouts, sharded (``/canister_ranges``) and legacy (``/subnet/<id>``).
+    """
+    ranges = cbor.encode([[CANISTER.bytes, CANISTER.bytes]])
+    return hashtree.build(
         {
             b"canister_ranges": {SUBNET.bytes: {CANISTER.bytes: ranges}},
             b"subnet": {SUBNET.bytes: {b"public_key": SUBNET_KEY_DER, b"canister_ranges": ranges}},
             b"time": leb128.leb128(NOW_NS),
         }
     )
+
+
+def canister_tree(certified_data: bytes) -> hashtree.Node:
+    """A state tree holding :data:`CANISTER`'s ``certified_data`` and the time :data:`NOW_NS`."""
+    return hashtree.build(
+        {b"canister": {CANISTER.bytes: {b"certified_data": certified_data}}, b"time": leb128.leb128(NOW_NS)}
+    )
+
+
+def delegation(tree: hashtree.Node) -> bytes:
+    """A delegation map to :data:`SUBNET` whose certificate, over ``tree``, the root key signs."""
     return encode_delegation(SUBNET, sign_certificate(tree, ROOT_SECRET))
 
 
-def _ranges_leaf() -> bytes:
-    return cbor.encode([[CANISTER.bytes, CANISTER.bytes]])
+@functools.lru_cache(maxsize=1)
+def _delegation() -> bytes:
+    return delegation(delegation_tree())
 
 
 def certify(certified_data: bytes, *, delegated: bool = False) -> bytes:
@@ -75,12 +89,7 @@ def certify(certified_data: bytes, *, delegated: bool = False) -> bytes:
 
     ``delegated``: signed by the subnet key through a delegation from the root key, as mainnet does.
     """
-    tree = hashtree.build(
-        {
-            b"canister": {CANISTER.bytes: {b"certified_data": certified_data}},
-            b"time": leb128.leb128(NOW_NS),
-        }
-    )
+    tree = canister_tree(certified_data)
     if delegated:
         return sign_certificate(tree, SUBNET_SECRET, _delegation())
     return sign_certificate(tree, ROOT_SECRET)

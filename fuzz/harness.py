@@ -2,7 +2,8 @@
 
 A target feeds one input to a parser a peer can reach. The allowed outcomes are a return
 or an :class:`~icws_fast.errors.IcwsError`; any other exception is a crash, and so is
-:class:`TwinMismatch`, raised when the pure and the compiled twin of a function disagree.
+:class:`Violation`, raised when an outcome breaks a property it must have, such as the
+pure and the compiled twin of a function agreeing.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ TARGETS = (
 )
 
 
-class TwinMismatch(AssertionError):
+class Violation(AssertionError):
+    """A property every outcome must have does not hold (e.g. a close reason longer than a close frame allows)."""
+
+
+class TwinMismatch(Violation):
     """The pure and the compiled twin of a function answered the same input differently."""
 
 

@@ -13,7 +13,7 @@ from icws_fast import _ext
 from icws_fast.ic import cbor
 
 from fuzz import fixtures
-from fuzz.harness import TwinMismatch, same, twins
+from fuzz.harness import Violation, same, twins
 
 PREFIX = 0
 _COMPILED = _ext.compiled("_cbor")
@@ -29,7 +29,7 @@ def one_input(data: bytes) -> None:
     value = twins("decode", cbor.decode_pure, _DECODE, data)
     encoded = twins("encode", cbor.encode_pure, _ENCODE, value)
     if not same(cbor.decode_pure(encoded), value):
-        raise TwinMismatch(f"decode(encode(v)) != v for v = {value!r:.200}")
+        raise Violation(f"decode(encode(v)) != v for v = {value!r:.200}")
 
 
 def seeds() -> Iterator[bytes]:

@@ -1,0 +1,62 @@
+"""Hash-tree parse and lookup (``icws_fast.ic.hashtree``), reconstruct and lookup_path on both twins.
+
+Input: the tree's CBOR. The paths looked up come from the tree itself (every labeled
+node's path, and near misses: a label just before or after it, one level too deep, the
+labels as text), so lookups end Found, Absent, Unknown and Error alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from icws_fast import _ext
+from icws_fast.ic import hashtree
+
+from fuzz import fixtures
+from fuzz.harness import Violation, twins
+
+PREFIX = 0
+_COMPILED = _ext.compiled("_hashtree")
+_RECONSTRUCT = _COMPILED.reconstruct if _COMPILED else None
+_LOOKUP_PATH = _COMPILED.lookup_path if _COMPILED else None
+_MAX_PATHS = 48
+
+
+def _paths(tree: hashtree.Node) -> list[list[hashtree.Label]]:
+    """Paths into ``tree``: those of its labeled nodes, and near misses of each."""
+    paths: list[list[hashtree.Label]] = [[], [b""], [b"\xff" * 8]]
+    stack: list[tuple[hashtree.Node, list[hashtree.Label]]] = [(tree, [])]
+    while stack and len(paths) < _MAX_PATHS:
+        node, prefix = stack.pop()
+        if node[0] == hashtree.FORK:
+            stack += [(node[2], prefix), (node[1], prefix)]
+        elif node[0] == hashtree.LABELED:
+            label: bytes = node[1]
+            path = [*prefix, label]
+            paths += [path, [*prefix, label + b"\x00"], [*prefix, label[:-1]], [*path, b"websocket"]]
+            try:
+                paths.append([lab.decode() if isinstance(lab, bytes) else lab for lab in path])
+            except UnicodeDecodeError:
+                pass
+            stack.append((node[2], path))
+    return paths
+
+
+def one_input(data: bytes) -> None:
+    tree = hashtree.parse(data)
+    twins("reconstruct", hashtree.reconstruct_pure, _RECONSTRUCT, tree)
+    if hashtree.parse(hashtree.to_cbor(tree)) != tree:
+        raise Violation("parse(to_cbor(tree)) != tree")
+    hashtree.flatten_forks(tree)
+    for path in _paths(tree):
+        twins("lookup_path", hashtree.lookup_path_pure, _LOOKUP_PATH, tree, path)
+        hashtree.lookup_subtree(tree, path)
+
+
+def seeds() -> Iterator[bytes]:
+    for record in fixtures.records("hash_trees"):
+        yield bytes.fromhex(record["cbor_hex"])
+    for record in fixtures.records("certificates"):
+        for message in record.get("ws_messages") or ([record["ws_message"]] if record.get("ws_message") else []):
+            yield bytes.fromhex(message["tree_cbor_hex"])
+    yield fixtures.certify_message("gateway_00000000000000000001", b"content")[1]

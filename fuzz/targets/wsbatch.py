@@ -1,0 +1,67 @@
+"""The ``ws_get_messages`` reply decoder, both twins (``decode_get_messages_result`` and ``_ext._wsbatch``).
+
+Input: the Candid reply as a canister (or a replica in between) sends it. The message
+keys of a decoded batch are then read as the gateway's poller reads them
+(``parse_message_nonce``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from icws_fast import _ext
+from icws_fast.errors import ProtocolDecodeError
+from icws_fast.ic import candid
+from icws_fast.protocol.types import (
+    CanisterOutputCertifiedMessages,
+    CanisterOutputMessage,
+    ClientKey,
+    WebsocketMessage,
+    decode_get_messages_result_pure,
+    encode_get_messages_result,
+    encode_websocket_message,
+    message_key,
+    parse_message_nonce,
+)
+
+from fuzz import fixtures
+from fuzz.harness import twins
+
+PREFIX = 0
+_COMPILED = _ext.compiled("_wsbatch")
+_DECODE = _COMPILED.decode_get_messages_result if _COMPILED else None
+# The reply of a CDK before 0.3.1: no is_end_of_queue.
+_OLD_RESULT = candid.parse_args(
+    "(variant { Ok : record { messages : vec record { client_key : record { client_principal : principal;"
+    " client_nonce : nat64 }; key : text; content : blob }; cert : blob; tree : blob }; Err : text })"
+)
+
+
+def one_input(data: bytes) -> None:
+    batch = twins("decode_get_messages_result", decode_get_messages_result_pure, _DECODE, data)
+    for message in batch.messages:
+        try:
+            parse_message_nonce(message.key)
+        except ProtocolDecodeError:
+            pass
+
+
+def seeds() -> Iterator[bytes]:
+    key = ClientKey(fixtures.CLIENT.sender, fixtures.CLIENT_NONCE)
+    messages = []
+    for nonce in range(3):
+        content = encode_websocket_message(WebsocketMessage(key, nonce + 1, fixtures.NOW_NS, False, b"DIDL\x00\x00"))
+        messages.append(CanisterOutputMessage(key, message_key(fixtures.GATEWAY, nonce), content))
+    cert, tree = fixtures.certify_message(messages[0].key, messages[0].content)
+    for end in (True, False):
+        yield encode_get_messages_result(CanisterOutputCertifiedMessages(messages, cert, tree, end))
+    yield encode_get_messages_result(CanisterOutputCertifiedMessages([], cert, tree, True))
+    yield candid.encode(_OLD_RESULT, [{"Ok": {"messages": [m.to_candid() for m in messages], "cert": cert, "tree": tree}}])
+    yield candid.encode(_OLD_RESULT, [{"Err": "the gateway is not registered"}])
+    for record in fixtures.records("certificates"):
+        for item in record.get("ws_messages") or ([record["ws_message"]] if record.get("ws_message") else []):
+            vector = CanisterOutputMessage(key, item["key"], bytes.fromhex(item["content_hex"]))
+            batch = CanisterOutputCertifiedMessages(
+                [vector], bytes.fromhex(record["cbor_hex"]), bytes.fromhex(item["tree_cbor_hex"]), True
+            )
+            yield encode_get_messages_result(batch)
