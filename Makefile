@@ -5,13 +5,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 GATEWAY_ADDRESS ?= 127.0.0.1:8080
 DEVNET_ADDRESS ?= 127.0.0.1:4943
+# make fuzz: seconds per target, targets at once, which targets (empty: all; see fuzz/harness.py).
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS ?= 2
+FUZZ_TARGETS ?=
 
-.PHONY: run test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps clean
+.PHONY: run test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
-	$(PY) -m pip install --quiet -e '.[test,otel]'
+	$(PY) -m pip install --quiet -e '.[test,otel,fuzz]'
 	touch $(STAMP)
 
 ext: $(STAMP)
@@ -40,6 +44,10 @@ pytest-pure: ext
 	ICWS_FAST_PURE=1 $(PY) -m pytest -q -m "not slow and not interop"
 
 test: lint typecheck pytest pytest-pure
+
+# Coverage-guided fuzzing of every parser a peer can reach; crashing inputs land in fuzz/regressions/.
+fuzz: ext
+	nice -n 10 $(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(FUZZ_TARGETS)
 
 bench: ext
 	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest benchmarks --benchmark-only --benchmark-enable -q

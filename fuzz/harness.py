@@ -136,9 +136,9 @@ def same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, float):
-        return (a == b and math.copysign(1, a) == math.copysign(1, b)) or (a != a and b != b)
+        return (a == b and math.copysign(1, a) == math.copysign(1, b)) or (math.isnan(a) and math.isnan(b))
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     return bool(a == b)
@@ -158,7 +158,9 @@ def twins(what: str, pure: Callable[..., Any], compiled: Callable[..., Any] | No
                 got = compiled(*args)
             except IcwsError:
                 raise exc from None
-            raise TwinMismatch(f"{what}: pure raised {type(exc).__name__}({exc}), compiled returned {got!r:.200}") from None
+            raise TwinMismatch(
+                f"{what}: pure raised {type(exc).__name__}({exc}), compiled returned {got!r:.200}"
+            ) from None
         raise
     if compiled is not None:
         try:

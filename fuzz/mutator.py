@@ -22,6 +22,7 @@ from icws_fast.ic import cbor
 
 _SELF_DESCRIBE = cbor.SELF_DESCRIBE_PREFIX
 _MAX_NEST = 270  # past the decoders' depth limits (CBOR 256, hash tree 256), so those limits are hit
+_MAX_SLOTS = 5000  # a value duplicated by reference is walked once per reference: bound the walk
 ByteMutator = Callable[[bytes, int], bytes]
 
 
@@ -66,14 +67,24 @@ def _head(major: int, n: int, rng: random.Random) -> bytes:
     raise ValueError(f"CBOR argument {n} does not fit 64 bits")
 
 
-def encode(value: Any, rng: random.Random) -> bytes:
-    """Encode a model value; rarely with indefinite lengths or overlong heads."""
+class _TooBig(Exception):
+    """The encoding outgrew the size limit (duplicated references can grow a value exponentially)."""
+
+
+def encode(value: Any, rng: random.Random, max_len: int) -> bytes | None:
+    """Encode a model value, rarely with indefinite lengths or overlong heads; None if over ``max_len`` bytes."""
     out: list[bytes] = []
-    _encode_into(out, value, rng)
+    try:
+        _encode_into(out, value, rng, [max_len])
+    except (_TooBig, RecursionError):  # too long, or nested past what this recursive encoder can write
+        return None
     return b"".join(out)
 
 
-def _encode_into(out: list[bytes], v: Any, rng: random.Random) -> None:
+def _encode_into(out: list[bytes], v: Any, rng: random.Random, budget: list[int]) -> None:
+    budget[0] -= 9 + (len(v) if isinstance(v, (bytes, str)) else 0)
+    if budget[0] < 0:
+        raise _TooBig
     indefinite = rng.random() < 0.02
     if v is True or v is False or v is None:
         out.append({True: b"\xf5", False: b"\xf4", None: b"\xf6"}[v])
@@ -101,18 +112,18 @@ def _encode_into(out: list[bytes], v: Any, rng: random.Random) -> None:
             out.append(_head(major, len(raw), rng) + raw)
     elif isinstance(v, CTag):
         out.append(_head(6, v.tag, rng))
-        _encode_into(out, v.holder[0], rng)
+        _encode_into(out, v.holder[0], rng, budget)
     elif isinstance(v, list):
         out.append(b"\x9f" if indefinite else _head(4, len(v), rng))
         for item in v:
-            _encode_into(out, item, rng)
+            _encode_into(out, item, rng, budget)
         if indefinite:
             out.append(b"\xff")
     elif isinstance(v, CMap):
         out.append(b"\xbf" if indefinite else _head(5, len(v.entries), rng))
         for key, item in v.entries:
-            _encode_into(out, key, rng)
-            _encode_into(out, item, rng)
+            _encode_into(out, key, rng, budget)
+            _encode_into(out, item, rng, budget)
         if indefinite:
             out.append(b"\xff")
     else:
@@ -175,7 +186,7 @@ def _slots(root: list[Any]) -> tuple[list[tuple[list[Any], int]], list[Any]]:
     slots: list[tuple[list[Any], int]] = []
     keys: list[Any] = []
     stack: list[tuple[list[Any], int]] = [(root, 0)]
-    while stack:
+    while stack and len(slots) < _MAX_SLOTS:
         container, index = stack.pop()
         slots.append((container, index))
         value = container[index]
@@ -209,7 +220,9 @@ def _mutate_slot(value: Any, rng: random.Random, keys: list[Any], max_len: int, 
             entries.insert(i, [entries[i][0], _random_value(rng, keys, max_len)])  # duplicate key
         elif op == 6:
             key = entries[i][0]
-            entries[i][0] = key.encode() if isinstance(key, str) else rng.choice(keys) if keys else 0
+            entries[i][0] = (
+                key.encode("utf-8", "surrogatepass") if isinstance(key, str) else rng.choice(keys) if keys else 0
+            )
         elif op == 7:
             entries.append([rng.choice(keys) if keys else "x", _random_value(rng, keys, max_len)])
         else:
@@ -257,10 +270,8 @@ def mutate_cbor(data: bytes, max_len: int, rng: random.Random, byte_mutate: Byte
         container, index = rng.choice(slots)
         container[index] = _mutate_slot(container[index], rng, keys, max_len, byte_mutate)
     prefix = _SELF_DESCRIBE if data.startswith(_SELF_DESCRIBE) and rng.random() < 0.9 else b""
-    try:
-        return prefix + encode(root[0], rng)
-    except RecursionError:  # nested past what the recursive encoder can write: let the caller fall back
-        return None
+    encoded = encode(root[0], rng, max_len - len(prefix))
+    return None if encoded is None else prefix + encoded
 
 
 def custom_mutator(prefix: int, byte_mutate: ByteMutator) -> Callable[[bytes, int, int], bytes]:

@@ -18,9 +18,14 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["icws_fast"]):
+    from fuzz import harness, mutator
     from icws_fast.errors import IcwsError
 
-    from fuzz import harness, mutator
+
+def _libfuzzer_mutate(data: bytes, max_size: int) -> bytes:
+    """libFuzzer's byte mutator; ``atheris.Mutate`` is only bound to it once ``Fuzz()`` has loaded libFuzzer."""
+    mutated: bytes = atheris.Mutate(data, max_size)
+    return mutated
 
 
 def main(argv: list[str]) -> None:
@@ -64,8 +69,7 @@ def main(argv: list[str]) -> None:
     atheris.Setup(
         [argv[0], *libfuzzer_args],
         test_one_input,
-        # atheris.Mutate is rebound when Fuzz() loads libFuzzer, so it is looked up at each call.
-        custom_mutator=mutator.custom_mutator(target.prefix, lambda data, size: atheris.Mutate(data, size)),
+        custom_mutator=mutator.custom_mutator(target.prefix, _libfuzzer_mutate),
     )
     atheris.Fuzz()
 

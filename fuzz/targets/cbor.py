@@ -9,11 +9,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
-from icws_fast import _ext
-from icws_fast.ic import cbor
-
 from fuzz import fixtures
 from fuzz.harness import Violation, same, twins
+from icws_fast import _ext
+from icws_fast.ic import cbor
 
 PREFIX = 0
 _COMPILED = _ext.compiled("_cbor")

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from fuzz import fixtures
 from icws_fast.ic import hashtree
 from icws_fast.ic.certificate import Certificate, sign_certificate
 from icws_fast.ic.principal import Principal
-
-from fuzz import fixtures
 
 PREFIX = 1
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
+from fuzz import fixtures
+from fuzz.harness import Violation
 from icws_fast.ic import candid
 from icws_fast.protocol.client import (
     DEFAULT_MESSAGE_TYPE,
@@ -39,9 +41,6 @@ from icws_fast.protocol.types import (
     encode_websocket_message,
     message_key,
 )
-
-from fuzz import fixtures
-from fuzz.harness import Violation
 
 PREFIX = 1
 _EVENTS = (SendFrame, Opened, MessageReceived, ErrorOccurred, CloseConnection)

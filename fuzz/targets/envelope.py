@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from fuzz import fixtures
 from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content, verify_envelope
 from icws_fast.ic.identity import AnonymousIdentity, Identity
-
-from fuzz import fixtures
 
 PREFIX = 0
 _MINUTE_NS = 60 * 10**9

@@ -7,13 +7,13 @@ labels as text), so lookups end Found, Absent, Unknown and Error alike.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
-
-from icws_fast import _ext
-from icws_fast.ic import hashtree
 
 from fuzz import fixtures
 from fuzz.harness import Violation, twins
+from icws_fast import _ext
+from icws_fast.ic import hashtree
 
 PREFIX = 0
 _COMPILED = _ext.compiled("_hashtree")
@@ -34,10 +34,8 @@ def _paths(tree: hashtree.Node) -> list[list[hashtree.Label]]:
             label: bytes = node[1]
             path = [*prefix, label]
             paths += [path, [*prefix, label + b"\x00"], [*prefix, label[:-1]], [*path, b"websocket"]]
-            try:
+            with contextlib.suppress(UnicodeDecodeError):
                 paths.append([lab.decode() if isinstance(lab, bytes) else lab for lab in path])
-            except UnicodeDecodeError:
-                pass
             stack.append((node[2], path))
     return paths
 

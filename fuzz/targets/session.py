@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from fuzz import fixtures
+from fuzz.harness import Violation
+from fuzz.targets.envelope import signed_envelopes
 from icws_fast.ic.envelope import build_envelope, call_content
 from icws_fast.ic.identity import Identity
 from icws_fast.protocol.session import (
@@ -30,10 +33,6 @@ from icws_fast.protocol.types import (
     encode_ws_message_args,
     encode_ws_open_args,
 )
-
-from fuzz import fixtures
-from fuzz.harness import Violation
-from fuzz.targets.envelope import signed_envelopes
 
 PREFIX = 1
 _ACTIONS = (SendFrame, Register, Relay, Close, Unregister)

@@ -7,8 +7,11 @@ keys of a decoded batch are then read as the gateway's poller reads them
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
+from fuzz import fixtures
+from fuzz.harness import twins
 from icws_fast import _ext
 from icws_fast.errors import ProtocolDecodeError
 from icws_fast.ic import candid
@@ -24,9 +27,6 @@ from icws_fast.protocol.types import (
     parse_message_nonce,
 )
 
-from fuzz import fixtures
-from fuzz.harness import twins
-
 PREFIX = 0
 _COMPILED = _ext.compiled("_wsbatch")
 _DECODE = _COMPILED.decode_get_messages_result if _COMPILED else None
@@ -40,10 +40,8 @@ _OLD_RESULT = candid.parse_args(
 def one_input(data: bytes) -> None:
     batch = twins("decode_get_messages_result", decode_get_messages_result_pure, _DECODE, data)
     for message in batch.messages:
-        try:
+        with contextlib.suppress(ProtocolDecodeError):
             parse_message_nonce(message.key)
-        except ProtocolDecodeError:
-            pass
 
 
 def seeds() -> Iterator[bytes]:
@@ -56,7 +54,9 @@ def seeds() -> Iterator[bytes]:
     for end in (True, False):
         yield encode_get_messages_result(CanisterOutputCertifiedMessages(messages, cert, tree, end))
     yield encode_get_messages_result(CanisterOutputCertifiedMessages([], cert, tree, True))
-    yield candid.encode(_OLD_RESULT, [{"Ok": {"messages": [m.to_candid() for m in messages], "cert": cert, "tree": tree}}])
+    yield candid.encode(
+        _OLD_RESULT, [{"Ok": {"messages": [m.to_candid() for m in messages], "cert": cert, "tree": tree}}]
+    )
     yield candid.encode(_OLD_RESULT, [{"Err": "the gateway is not registered"}])
     for record in fixtures.records("certificates"):
         for item in record.get("ws_messages") or ([record["ws_message"]] if record.get("ws_message") else []):
