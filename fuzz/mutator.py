@@ -203,6 +203,7 @@ def _slots(root: list[Any]) -> tuple[list[tuple[list[Any], int]], list[Any]]:
 
 
 def _mutate_slot(value: Any, rng: random.Random, keys: list[Any], max_len: int, byte_mutate: ByteMutator) -> Any:
+    """``value`` changed in one way: replaced by another type, nested, or edited according to its own type."""
     op = rng.randrange(10)
     if op <= 2:
         return _random_value(rng, keys, max_len)
