@@ -295,12 +295,23 @@ def identity_from_pem(pem: str | bytes) -> Ed25519Identity | Secp256k1Identity |
     raise DecodeError(f"unsupported private key type {type(key).__name__}")
 
 
-@functools.lru_cache(maxsize=4096)
+_MAX_KEY_DER_SIZE = max(len(ED25519_DER_PREFIX) + 32, len(SECP256K1_DER_PREFIX) + 65, len(P256_DER_PREFIX) + 65)
+
+
 def _public_key(der: bytes) -> tuple[Any, int] | None:
     """The key object and (for ECDSA) the group order of a DER public key; None if not a valid IC key.
 
-    Cached because a server verifies the same few client keys again and again.
+    A key longer than any valid one is refused before the cache: the sender picks these bytes, and a
+    cache keyed on arbitrary frames of up to the message size limit would let one client pin gigabytes.
     """
+    if len(der) > _MAX_KEY_DER_SIZE:
+        return None
+    return _parse_public_key(der)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_public_key(der: bytes) -> tuple[Any, int] | None:
+    # Cached because a server verifies the same few client keys again and again.
     try:
         if len(der) == len(ED25519_DER_PREFIX) + 32 and der.startswith(ED25519_DER_PREFIX):
             return ed25519.Ed25519PublicKey.from_public_bytes(der[len(ED25519_DER_PREFIX) :]), 0

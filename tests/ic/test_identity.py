@@ -369,3 +369,17 @@ def test_delegation_misuse() -> None:
 def test_delegation_json_malformed(text: str) -> None:
     with pytest.raises(DecodeError):
         DelegationChain.from_json(text)
+
+
+def test_oversized_keys_never_reach_the_key_cache() -> None:
+    # A sender picks its key bytes: a cache keyed on them must not hold frames of any size.
+    from icws_fast.ic import identity
+
+    identity._parse_public_key.cache_clear()
+    for n in range(50):
+        huge = ED25519_DER_PREFIX + bytes([n]) * (64 * 1024)
+        assert verify_signature(huge, b"m", bytes(64)) is False
+    assert identity._parse_public_key.cache_info().currsize == 0
+    good = Ed25519Identity.generate()
+    assert verify_signature(good.der_public_key, b"m", good.sign(b"m")) is True
+    assert identity._parse_public_key.cache_info().currsize == 1
