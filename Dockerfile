@@ -1,7 +1,7 @@
 # The gateway image: `docker build -t icws-gateway .` then
 # `docker run -p 8080:8080 -p 9000:9000 -v $PWD/data:/app/data icws-gateway --ic-network-url https://icp0.io`
 FROM python:3.11-slim AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md LICENSE ./
 COPY icws_fast ./icws_fast

@@ -106,10 +106,10 @@ cdef object _Principal = None
 cdef int resolve_pure() except -1:
     global _Tag, _pure_head, _Principal
     if _Tag is None:
-        from icws_fast.ic.cbor import Tag, _head
+        from icws_fast.ic.cbor import Tag, write_head
         from icws_fast.ic.principal import Principal
 
-        _pure_head = _head
+        _pure_head = write_head
         _Principal = Principal
         _Tag = Tag
     return 0
@@ -419,29 +419,7 @@ cdef int write(Writer *w, const char *data, Py_ssize_t n) except -1:
 
 
 cdef int write_head(Writer *w, int major, uint64_t n) except -1:
-    cdef unsigned char *out = <unsigned char *>reserve(w, 9)
-    cdef unsigned char m = <unsigned char>(major << 5)
-    cdef int size, i
-    if n < 24:
-        out[0] = m | <unsigned char>n
-        w.size += 1
-        return 0
-    if n < 0x100:
-        out[0] = m | 24
-        size = 1
-    elif n < 0x10000:
-        out[0] = m | 25
-        size = 2
-    elif n < 0x100000000:
-        out[0] = m | 26
-        size = 4
-    else:
-        out[0] = m | 27
-        size = 8
-    for i in range(size, 0, -1):
-        out[i] = <unsigned char>(n & 0xFF)
-        n >>= 8
-    w.size += 1 + size
+    w.size += put_head(<unsigned char *>reserve(w, 9), major, n)
     return 0
 
 

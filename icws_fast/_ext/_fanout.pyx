@@ -6,7 +6,10 @@ bytes object is created empty and filled with memcpy, no intermediate joins.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memcpy
+
+from icws_fast._ext._cbor cimport head_size, put_head
 
 from icws_fast.errors import CborError
 
@@ -16,47 +19,21 @@ cdef const char *CERT_LABEL = b"\x64cert"
 cdef const char *TREE_LABEL = b"\x64tree"
 
 
-cdef Py_ssize_t cbor_head_size(unsigned long long n) noexcept:
-    if n < 24:
-        return 1
-    if n < 0x100:
-        return 2
-    if n < 0x10000:
-        return 3
-    if n < 0x100000000:
-        return 5
-    return 9
-
-
-cdef Py_ssize_t write_cbor_head(unsigned char *out, int major, unsigned long long n) noexcept:
-    cdef unsigned char m = <unsigned char>(major << 5)
-    cdef Py_ssize_t size = cbor_head_size(n)
-    cdef Py_ssize_t i
-    if size == 1:
-        out[0] = m | <unsigned char>n
-        return 1
-    out[0] = m | (23 + (1 if size == 2 else 2 if size == 3 else 3 if size == 5 else 4))
-    for i in range(size - 1, 0, -1):
-        out[i] = <unsigned char>(n & 0xFF)
-        n >>= 8
-    return size
-
-
 def batch_suffix(bytes cert not None, bytes tree not None):
     """The encoded ``cert`` and ``tree`` map entries shared by every message of one batch."""
     cdef Py_ssize_t cert_len = PyBytes_GET_SIZE(cert)
     cdef Py_ssize_t tree_len = PyBytes_GET_SIZE(tree)
-    cdef Py_ssize_t size = 5 + cbor_head_size(cert_len) + cert_len + 5 + cbor_head_size(tree_len) + tree_len
+    cdef Py_ssize_t size = 5 + head_size(cert_len) + cert_len + 5 + head_size(tree_len) + tree_len
     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     memcpy(p, CERT_LABEL, 5)
     p += 5
-    p += write_cbor_head(p, 2, cert_len)
+    p += put_head(p, 2, cert_len)
     memcpy(p, PyBytes_AS_STRING(cert), cert_len)
     p += cert_len
     memcpy(p, TREE_LABEL, 5)
     p += 5
-    p += write_cbor_head(p, 2, tree_len)
+    p += put_head(p, 2, tree_len)
     memcpy(p, PyBytes_AS_STRING(tree), tree_len)
     return out
 
@@ -64,7 +41,7 @@ def batch_suffix(bytes cert not None, bytes tree not None):
 cdef inline Py_ssize_t message_size(bytes key, bytes content, Py_ssize_t suffix_len) noexcept:
     cdef Py_ssize_t key_len = PyBytes_GET_SIZE(key)
     cdef Py_ssize_t content_len = PyBytes_GET_SIZE(content)
-    return 5 + cbor_head_size(key_len) + key_len + 8 + cbor_head_size(content_len) + content_len + suffix_len
+    return 5 + head_size(key_len) + key_len + 8 + head_size(content_len) + content_len + suffix_len
 
 
 cdef inline Py_ssize_t ws_header_size(Py_ssize_t length) noexcept:
@@ -95,12 +72,12 @@ cdef void write_message(unsigned char *p, bytes key, bytes content, bytes suffix
     cdef Py_ssize_t content_len = PyBytes_GET_SIZE(content)
     memcpy(p, MESSAGE_PREFIX, 5)
     p += 5
-    p += write_cbor_head(p, 3, key_len)
+    p += put_head(p, 3, key_len)
     memcpy(p, PyBytes_AS_STRING(key), key_len)
     p += key_len
     memcpy(p, CONTENT_LABEL, 8)
     p += 8
-    p += write_cbor_head(p, 2, content_len)
+    p += put_head(p, 2, content_len)
     memcpy(p, PyBytes_AS_STRING(content), content_len)
     p += content_len
     memcpy(p, PyBytes_AS_STRING(suffix), PyBytes_GET_SIZE(suffix))
@@ -149,23 +126,26 @@ def encode_message(bytes key not None, bytes content not None, bytes suffix not 
     return _encode_message(key, content, suffix)
 
 
-cdef Py_ssize_t _read_head(const unsigned char *data, Py_ssize_t end, Py_ssize_t pos,
-                           int *major, unsigned long long *arg) except -1:
+cdef Py_ssize_t read_head(const unsigned char *data, Py_ssize_t end, Py_ssize_t pos,
+                          int *major, uint64_t *arg) except -1:
+    """The definite-length head at ``data[pos]``, as :func:`icws_fast.ic.cbor.read_head` reads it (same errors)."""
     cdef int info
     cdef Py_ssize_t width, i
     if pos >= end:
-        raise CborError("truncated ClientRequest")
+        raise CborError(f"truncated CBOR: need 1 bytes at offset {pos}, have 0")
     major[0] = data[pos] >> 5
     info = data[pos] & 0x1F
-    pos += 1
     if info < 24:
         arg[0] = info
-        return pos
+        return pos + 1
+    if info == 31:
+        raise CborError(f"indefinite length at offset {pos} where a definite head is needed")
     if info > 27:
-        raise CborError("ClientRequest uses an indefinite or reserved length")
+        raise CborError(f"reserved additional information {info} at offset {pos}")
     width = 1 << (info - 24)
-    if pos + width > end:
-        raise CborError("truncated ClientRequest")
+    pos += 1
+    if width > end - pos:
+        raise CborError(f"truncated CBOR: need {width} bytes at offset {pos}, have {end - pos}")
     arg[0] = 0
     for i in range(width):
         arg[0] = (arg[0] << 8) | data[pos + i]
@@ -178,13 +158,13 @@ def envelope_span(bytes data not None):
     cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t pos = 0
     cdef int major
-    cdef unsigned long long arg
+    cdef uint64_t arg
     if end >= 3 and p[0] == 0xD9 and p[1] == 0xD9 and p[2] == 0xF7:
         pos = 3
-    pos = _read_head(p, end, pos, &major, &arg)
+    pos = read_head(p, end, pos, &major, &arg)
     if major != 5 or arg != 1:
         raise CborError("a ClientRequest must be a CBOR map with the single key 'envelope'")
-    pos = _read_head(p, end, pos, &major, &arg)
+    pos = read_head(p, end, pos, &major, &arg)
     if major != 3 or arg != 8 or pos + 8 > end or memcmp(p + pos, b"envelope", 8) != 0:
         raise CborError("a ClientRequest must be a CBOR map with the single key 'envelope'")
     pos += 8

@@ -48,6 +48,12 @@ from icws_fast.ic.principal import Principal
 __all__ = ["decode_get_messages_result"]
 
 
+# How a recognised header types the ``is_end_of_queue`` field of the Ok record.
+cdef enum EndOfQueue:
+    EOQ_ABSENT    # CDK < 0.3.1: no such field, which reads as the end of the queue
+    EOQ_BOOL      # ``bool``, as the CDKs send it
+    EOQ_OPT_BOOL  # ``opt bool``, as the Rust gateway declares it
+
 cdef enum:
     # Type codes (SLEB128) of the primitive types in the expected type, and the opcodes of its table entries.
     T_BOOL = -2
@@ -107,8 +113,8 @@ _RESULT_TYPES = tuple(
 cdef list _recent = []
 
 # The pure decoder and the classes of icws_fast.protocol.types, resolved on first use: types.py imports this
-# module through the _ext seam while it is being defined, and rebinds its public name to this module's function
-# (keeping the pure one as ``decode_get_messages_result_pure``).
+# module through the _ext seam while it is being defined (its public name is bound to this module's function,
+# the pure one is ``decode_get_messages_result_pure``).
 cdef object _pure = None
 cdef object _ClientKey = None
 cdef object _Message = None
@@ -127,9 +133,7 @@ cdef int resolve_types() except -1:
     if _pure is None:
         from icws_fast.protocol import types
 
-        pure = getattr(types, "decode_get_messages_result_pure", types.decode_get_messages_result)
-        if pure is decode_get_messages_result:
-            raise ImportError("icws_fast.protocol.types does not keep its pure decode_get_messages_result")
+        pure = types.decode_get_messages_result_pure
         _ClientKey = named_tuple(types.ClientKey, ("client_principal", "client_nonce"))
         _Message = named_tuple(types.CanisterOutputMessage, ("client_key", "key", "content"))
         _Batch = named_tuple(types.CanisterOutputCertifiedMessages, ("messages", "cert", "tree", "is_end_of_queue"))

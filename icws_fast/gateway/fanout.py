@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from icws_fast import _ext
-from icws_fast.ic.cbor import _head
+from icws_fast.ic.cbor import write_head
 
 # CBOR map(4) + text "key": the constant start of every CanisterToClientMessage.
 _MESSAGE_PREFIX = b"\xa4\x63key"
@@ -30,14 +30,16 @@ _TREE_LABEL = b"\x64tree"
 _WS_FIN_BINARY = 0x82
 
 
-def batch_suffix(cert: bytes, tree: bytes) -> bytes:
+def batch_suffix_pure(cert: bytes, tree: bytes) -> bytes:
     """The encoded ``cert`` and ``tree`` map entries shared by every message of one batch."""
-    return b"".join((_CERT_LABEL, _head(2, len(cert)), cert, _TREE_LABEL, _head(2, len(tree)), tree))
+    return b"".join((_CERT_LABEL, write_head(2, len(cert)), cert, _TREE_LABEL, write_head(2, len(tree)), tree))
 
 
-def encode_message(key: bytes, content: bytes, suffix: bytes) -> bytes:
+def encode_message_pure(key: bytes, content: bytes, suffix: bytes) -> bytes:
     """One CanisterToClientMessage from its UTF-8 ``key``, its ``content`` and the batch ``suffix``."""
-    return b"".join((_MESSAGE_PREFIX, _head(3, len(key)), key, _CONTENT_LABEL, _head(2, len(content)), content, suffix))
+    return b"".join(
+        (_MESSAGE_PREFIX, write_head(3, len(key)), key, _CONTENT_LABEL, write_head(2, len(content)), content, suffix)
+    )
 
 
 def _ws_header(length: int) -> bytes:
@@ -49,7 +51,7 @@ def _ws_header(length: int) -> bytes:
     return bytes((_WS_FIN_BINARY, 127)) + length.to_bytes(8, "big")
 
 
-def encode_frames(keys: Sequence[bytes], contents: Sequence[bytes], suffix: bytes) -> bytes:
+def encode_frames_pure(keys: Sequence[bytes], contents: Sequence[bytes], suffix: bytes) -> bytes:
     """The WebSocket frames of the CanisterToClientMessages ``(keys[i], contents[i])`` of one batch, back to back.
 
     ``suffix`` is the batch's :func:`batch_suffix`. Each message is one binary frame, as the clients expect;
@@ -59,13 +61,12 @@ def encode_frames(keys: Sequence[bytes], contents: Sequence[bytes], suffix: byte
         raise ValueError("keys and contents differ in length")
     parts: list[bytes] = []
     for key, content in zip(keys, contents, strict=True):
-        message = encode_message(key, content, suffix)
+        message = encode_message_pure(key, content, suffix)
         parts += (_ws_header(len(message)), message)
     return b"".join(parts)
 
 
-_compiled = _ext.compiled("_fanout")
-if _compiled is not None:
-    batch_suffix = _compiled.batch_suffix
-    encode_message = _compiled.encode_message
-    encode_frames = _compiled.encode_frames
+# The compiled twins (icws_fast/_ext/_fanout.pyx) take over unless ICWS_FAST_PURE=1.
+batch_suffix = _ext.twin("_fanout", batch_suffix_pure)
+encode_message = _ext.twin("_fanout", encode_message_pure)
+encode_frames = _ext.twin("_fanout", encode_frames_pure)

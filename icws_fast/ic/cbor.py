@@ -39,17 +39,48 @@ class Tag(NamedTuple):
     value: Any
 
 
-def _head(major: int, n: int) -> bytes:
+def write_head(major: int, argument: int) -> bytes:
+    """The head of a CBOR item (RFC 8949 section 3) in its shortest form.
+
+    ``major`` is the major type (0-7) and ``argument`` its unsigned argument (an integer's value, a
+    string's length in bytes, an array's or a map's count, a tag number), below 2**64. The compiled
+    encoders write the same bytes (``head_size`` / ``write_head`` in ``icws_fast/_ext/_cbor.pxd``).
+    """
     m = major << 5
-    if n < 24:
-        return bytes((m | n,))
-    if n < 0x100:
-        return bytes((m | 24, n))
-    if n < 0x10000:
-        return bytes((m | 25,)) + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return bytes((m | 26,)) + n.to_bytes(4, "big")
-    return bytes((m | 27,)) + n.to_bytes(8, "big")
+    if argument < 24:
+        return bytes((m | argument,))
+    if argument < 0x100:
+        return bytes((m | 24, argument))
+    if argument < 0x10000:
+        return bytes((m | 25,)) + argument.to_bytes(2, "big")
+    if argument < 0x100000000:
+        return bytes((m | 26,)) + argument.to_bytes(4, "big")
+    return bytes((m | 27,)) + argument.to_bytes(8, "big")
+
+
+def read_head(data: bytes, pos: int = 0) -> tuple[int, int, int]:
+    """``(major type, argument, offset after the head)`` of the definite-length head at ``data[pos]``.
+
+    For code that reads a CBOR structure it knows without decoding it (e.g. where a value lies in a
+    frame). :class:`~icws_fast.errors.CborError` when the head is truncated, or when its additional
+    information is reserved (28-30) or indefinite (31), with :func:`decode`'s wording.
+    """
+    end = len(data)
+    if pos >= end:
+        raise CborError(f"truncated CBOR: need 1 bytes at offset {pos}, have 0")
+    ib = data[pos]
+    major, info = ib >> 5, ib & 0x1F
+    if info < 24:
+        return major, info, pos + 1
+    if info == 31:
+        raise CborError(f"indefinite length at offset {pos} where a definite head is needed")
+    if info > 27:
+        raise CborError(f"reserved additional information {info} at offset {pos}")
+    width = 1 << (info - 24)
+    start = pos + 1
+    if width > end - start:
+        raise CborError(f"truncated CBOR: need {width} bytes at offset {start}, have {end - start}")
+    return major, int.from_bytes(data[start : start + width], "big"), start + width
 
 
 def _encode_into(out: list[bytes], obj: Any) -> None:
@@ -61,36 +92,36 @@ def _encode_into(out: list[bytes], obj: Any) -> None:
         out.append(b"\xf6")
     elif isinstance(obj, int):
         if 0 <= obj < 1 << 64:
-            out.append(_head(0, obj))
+            out.append(write_head(0, obj))
         elif -(1 << 64) <= obj < 0:
-            out.append(_head(1, -1 - obj))
+            out.append(write_head(1, -1 - obj))
         else:
             tag, mag = (2, obj) if obj >= 0 else (3, -1 - obj)
             raw = mag.to_bytes((mag.bit_length() + 7) // 8, "big")
-            out.append(_head(6, tag) + _head(2, len(raw)) + raw)
+            out.append(write_head(6, tag) + write_head(2, len(raw)) + raw)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         raw = bytes(obj)  # len() of a memoryview counts items, not bytes
-        out.append(_head(2, len(raw)))
+        out.append(write_head(2, len(raw)))
         out.append(raw)
     elif isinstance(obj, str):
         raw = obj.encode("utf-8")
-        out.append(_head(3, len(raw)))
+        out.append(write_head(3, len(raw)))
         out.append(raw)
     elif isinstance(obj, (list, tuple)) and not isinstance(obj, Tag):
-        out.append(_head(4, len(obj)))
+        out.append(write_head(4, len(obj)))
         for item in obj:
             _encode_into(out, item)
     elif isinstance(obj, dict):
-        out.append(_head(5, len(obj)))
+        out.append(write_head(5, len(obj)))
         for key, value in obj.items():
             _encode_into(out, key)
             _encode_into(out, value)
     elif isinstance(obj, Tag):
-        out.append(_head(6, obj.tag))
+        out.append(write_head(6, obj.tag))
         _encode_into(out, obj.value)
     elif isinstance(obj, Principal):
         raw = obj.bytes
-        out.append(_head(2, len(raw)))
+        out.append(write_head(2, len(raw)))
         out.append(raw)
     elif isinstance(obj, float):
         out.append(b"\xfb" + struct.pack(">d", obj))
@@ -98,7 +129,7 @@ def _encode_into(out: list[bytes], obj: Any) -> None:
         raise TypeError(f"cannot CBOR-encode {type(obj).__name__}")
 
 
-def encode(obj: Any, *, self_describe: bool = True) -> bytes:
+def encode_pure(obj: Any, *, self_describe: bool = True) -> bytes:
     """Encode ``obj``; prefix the self-describe tag unless ``self_describe`` is false."""
     out: list[bytes] = [SELF_DESCRIBE_PREFIX] if self_describe else []
     _encode_into(out, obj)
@@ -243,7 +274,7 @@ class _Decoder:
         result[key] = self.item(depth + 1)
 
 
-def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+def decode_pure(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Decode exactly one CBOR item; trailing bytes are an error."""
     dec = _Decoder(bytes(data), max_depth)
     try:
@@ -256,9 +287,5 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
 
 
 # The compiled twins (icws_fast/_ext/_cbor.pyx) take over unless ICWS_FAST_PURE=1.
-decode_pure = decode
-encode_pure = encode
-_compiled = _ext.compiled("_cbor")
-if _compiled is not None:
-    decode = _compiled.decode
-    encode = _compiled.encode
+decode = _ext.twin("_cbor", decode_pure)
+encode = _ext.twin("_cbor", encode_pure)

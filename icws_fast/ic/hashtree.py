@@ -22,15 +22,15 @@ root hash and any number of witnesses cost no hashing after construction, and a
 ``HashedTree`` can be reused as a value inside a bigger mapping.
 
 ``reconstruct``, ``lookup_path``, ``leaf_hash``, ``fork_hash`` and ``labeled_hash``
-are rebound to the Cython twins of ``icws_fast._ext._hashtree`` when they are
-built; the pure versions stay reachable as ``<name>_pure`` for comparison.
+are the Cython twins of ``icws_fast._ext._hashtree`` when they are built (bound by
+:func:`icws_fast._ext.twin`); the pure versions are ``<name>_pure``.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
 from icws_fast import _ext
@@ -113,14 +113,14 @@ def pruned(digest: bytes) -> Node:
     return (PRUNED, bytes(digest))
 
 
-def leaf_hash(value: bytes | bytearray | memoryview) -> bytes:
+def leaf_hash_pure(value: bytes | bytearray | memoryview) -> bytes:
     """The hash of a Leaf holding ``value``."""
     h = hashlib.sha256(LEAF_DOMAIN)
     h.update(value)
     return h.digest()
 
 
-def fork_hash(left_hash: bytes, right_hash: bytes) -> bytes:
+def fork_hash_pure(left_hash: bytes, right_hash: bytes) -> bytes:
     """The hash of a Fork whose children hash to ``left_hash`` and ``right_hash``."""
     h = hashlib.sha256(FORK_DOMAIN)
     h.update(left_hash)
@@ -128,7 +128,7 @@ def fork_hash(left_hash: bytes, right_hash: bytes) -> bytes:
     return h.digest()
 
 
-def labeled_hash(label: Label, subtree_hash: bytes) -> bytes:
+def labeled_hash_pure(label: Label, subtree_hash: bytes) -> bytes:
     """The hash of a Labeled node whose subtree hashes to ``subtree_hash``."""
     h = hashlib.sha256(LABELED_DOMAIN)
     h.update(_label_bytes(label))
@@ -554,16 +554,9 @@ class HashTree:
         return to_cbor(self.root)
 
 
-reconstruct: Callable[[Node], bytes] = reconstruct_pure
-lookup_path: Callable[[Node, Path], LookupResult] = lookup_path_pure
-leaf_hash_pure = leaf_hash
-fork_hash_pure = fork_hash
-labeled_hash_pure = labeled_hash
-
-_compiled = _ext.compiled("_hashtree")
-if _compiled is not None:
-    reconstruct = _compiled.reconstruct
-    lookup_path = _compiled.lookup_path
-    leaf_hash = _compiled.leaf_hash
-    fork_hash = _compiled.fork_hash
-    labeled_hash = _compiled.labeled_hash
+# The compiled twins (icws_fast/_ext/_hashtree.pyx) take over unless ICWS_FAST_PURE=1.
+reconstruct = _ext.twin("_hashtree", reconstruct_pure)
+lookup_path = _ext.twin("_hashtree", lookup_path_pure)
+leaf_hash = _ext.twin("_hashtree", leaf_hash_pure)
+fork_hash = _ext.twin("_hashtree", fork_hash_pure)
+labeled_hash = _ext.twin("_hashtree", labeled_hash_pure)

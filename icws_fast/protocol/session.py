@@ -26,7 +26,7 @@ from typing import Any, Final
 from icws_fast import _ext
 from icws_fast.errors import CborError, IcwsError
 from icws_fast.ic import cbor
-from icws_fast.ic.cbor import SELF_DESCRIBE_PREFIX
+from icws_fast.ic.cbor import SELF_DESCRIBE_PREFIX, read_head
 from icws_fast.ic.envelope import parse_envelope, verify_envelope
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import ClientKey, decode_ws_open_args, encode_handshake
@@ -116,25 +116,7 @@ def truncate_reason(reason: str) -> str:
     return raw[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
 
 
-def _read_head(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(major type, argument, offset after the head) of the definite-length CBOR head at ``pos``."""
-    end = len(data)
-    if pos >= end:
-        raise CborError("truncated ClientRequest")
-    ib = data[pos]
-    major, info = ib >> 5, ib & 0x1F
-    pos += 1
-    if info < 24:
-        return major, info, pos
-    if info > 27:
-        raise CborError("ClientRequest uses an indefinite or reserved length")
-    width = 1 << (info - 24)
-    if pos + width > end:
-        raise CborError("truncated ClientRequest")
-    return major, int.from_bytes(data[pos : pos + width], "big"), pos + width
-
-
-def envelope_span(data: bytes) -> tuple[int, int]:
+def envelope_span_pure(data: bytes) -> tuple[int, int]:
     """The (start, end) offsets of the ``envelope`` value in a ClientRequest ``{"envelope": ...}``.
 
     The gateway relays the client's envelope bytes unchanged, so it needs where they lie
@@ -145,10 +127,10 @@ def envelope_span(data: bytes) -> tuple[int, int]:
     :class:`~icws_fast.errors.CborError`.
     """
     pos = 3 if data[:3] == SELF_DESCRIBE_PREFIX else 0
-    major, count, pos = _read_head(data, pos)
+    major, count, pos = read_head(data, pos)
     if major != 5 or count != 1:
         raise CborError(_NOT_A_CLIENT_REQUEST)
-    major, length, pos = _read_head(data, pos)
+    major, length, pos = read_head(data, pos)
     if major != 3 or data[pos : pos + length] != _ENVELOPE_LABEL:
         raise CborError(_NOT_A_CLIENT_REQUEST)
     pos += length
@@ -157,9 +139,8 @@ def envelope_span(data: bytes) -> tuple[int, int]:
     return pos, len(data)
 
 
-_compiled = _ext.compiled("_fanout")
-if _compiled is not None:
-    envelope_span = _compiled.envelope_span
+# The compiled twin (icws_fast/_ext/_fanout.pyx) takes over unless ICWS_FAST_PURE=1.
+envelope_span = _ext.twin("_fanout", envelope_span_pure)
 
 
 class GatewaySession:

@@ -591,7 +591,7 @@ def encode_get_messages_result(batch: CanisterOutputCertifiedMessages) -> bytes:
     return candid.encode(_GET_MESSAGES_RESULT, [{"Ok": batch.to_candid()}])
 
 
-def decode_get_messages_result(data: bytes | bytearray | memoryview) -> CanisterOutputCertifiedMessages:
+def decode_get_messages_result_pure(data: bytes | bytearray | memoryview) -> CanisterOutputCertifiedMessages:
     """Parse a ``ws_get_messages`` reply; an ``Err`` reply raises :class:`ProtocolError` with its text.
 
     A reply without ``is_end_of_queue`` (CDK < 0.3.1) reads as the end of the queue, as in the Rust gateway.
@@ -620,7 +620,4 @@ def decode_unit_result(data: bytes | bytearray | memoryview) -> None:
 
 
 # The compiled twin (icws_fast/_ext/_wsbatch.pyx) takes over unless ICWS_FAST_PURE=1.
-decode_get_messages_result_pure = decode_get_messages_result
-_compiled = _ext.compiled("_wsbatch")
-if _compiled is not None:
-    decode_get_messages_result = _compiled.decode_get_messages_result
+decode_get_messages_result = _ext.twin("_wsbatch", decode_get_messages_result_pure)

@@ -1,32 +1,21 @@
-"""The fan-out splice (the module's binding and the compiled twin) against the generic CBOR encoder."""
+"""The fan-out splice (the pure functions and their compiled twins) against the generic CBOR encoder."""
 
 from __future__ import annotations
-
-import importlib
-import os
 
 import pytest
 
 from icws_fast.gateway import fanout
 from icws_fast.ic import cbor
+from tests import twins
 
 SIZES = [0, 1, 23, 24, 255, 256, 65535, 65536, 70000]
 
 
-def _implementations() -> list[object]:
-    impls: list[object] = [fanout]
-    try:
-        impls.append(importlib.import_module("icws_fast._ext._fanout"))
-    except ImportError:
-        if os.environ.get("ICWS_FAST_REQUIRE_EXT"):
-            raise
-    return impls
+# The pure functions and, in the compiled run, their compiled twins (never the public names, which are one of them).
+IMPLS = twins.implementations(fanout, "batch_suffix", "encode_message", "encode_frames")
 
 
-IMPLS = _implementations()
-
-
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", SIZES)
 def test_message_matches_generic_encoding(impl, size):
     key = ("k" * (size % 300)).encode()
@@ -62,7 +51,7 @@ def _read_frames(data: bytes) -> list[bytes]:
     return payloads
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("impl", IMPLS)
 def test_frames_share_suffix_and_keep_order(impl):
     keys = [f"gw_{i:020d}".encode() for i in range(50)]
     contents = [bytes([i]) * i for i in range(50)]
@@ -75,7 +64,7 @@ def test_frames_share_suffix_and_keep_order(impl):
         impl.encode_frames(keys, contents[:-1], suffix)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("impl", IMPLS)
 def test_frame_lengths_at_every_header_boundary(impl):
     # A message is 15 bytes plus its content head and content here: sweep the 7-, 16- and 64-bit lengths' edges.
     sizes = [*range(100, 130), *range(65490, 65540)]
@@ -86,15 +75,16 @@ def test_frame_lengths_at_every_header_boundary(impl):
 
 
 def test_pure_and_compiled_agree():
-    if len(IMPLS) < 2:
-        pytest.skip("compiled extension not built")
-    pure, compiled = IMPLS
     for size in SIZES:
-        args = ([b"key" * (size % 50), b"k"], [b"x" * size, b""], pure.batch_suffix(b"c" * size, b"t"))
-        assert pure.encode_frames(*args) == compiled.encode_frames(*args)
+        keys, contents = [b"key" * (size % 50), b"k"], [b"x" * size, b""]
+        twins.assert_agree(fanout, "batch_suffix", b"c" * size, b"t")
+        suffix = fanout.batch_suffix_pure(b"c" * size, b"t")
+        twins.assert_agree(fanout, "encode_message", keys[0], contents[0], suffix)
+        twins.assert_agree(fanout, "encode_frames", keys, contents, suffix)
+    twins.assert_agree(fanout, "encode_frames", [b"k"], [], b"")
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("bad", [None, "text", 5])
 def test_non_bytes_are_a_type_error(impl, bad):
     with pytest.raises(TypeError):

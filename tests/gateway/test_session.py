@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-
 import pytest
 from gw_rawclient import message_request, open_request, signed_request
 from hypothesis import given, settings
@@ -16,6 +13,7 @@ from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as s
 from icws_fast.protocol.types import ClientKey, decode_handshake, encode_client_request, encode_ws_open_args
+from tests import twins
 
 CANISTER = Principal.from_text("rrkah-fqaaa-aaaaa-aaaaq-cai")
 OTHER_CANISTER = Principal.from_text("ryjl3-tyaaa-aaaaa-aaaba-cai")
@@ -215,15 +213,12 @@ def test_gateway_close_and_reason_truncation():
     assert session.close(1000, "again") == []
 
 
-def _span_implementations():
-    impls = {"module": s.envelope_span}
-    with contextlib.suppress(ImportError):
-        impls["compiled"] = importlib.import_module("icws_fast._ext._fanout").envelope_span
-    return impls
+SPANS = twins.implementations(s, "envelope_span")
 
 
-@pytest.mark.parametrize("span", list(_span_implementations().values()), ids=list(_span_implementations()))
-def test_envelope_span(span):
+@pytest.mark.parametrize("impl", SPANS)
+def test_envelope_span(impl):
+    span = impl.envelope_span
     envelope = {"content": {"request_type": "call", "arg": b"\x00" * 300}, "sender_sig": b"s" * 64}
     for self_describe in (True, False):
         frame = cbor.encode({"envelope": envelope}, self_describe=self_describe)
@@ -235,7 +230,7 @@ def test_envelope_span(span):
     assert cbor.decode(frame[start:end]) == envelope
 
 
-@pytest.mark.parametrize("span", list(_span_implementations().values()), ids=list(_span_implementations()))
+@pytest.mark.parametrize("impl", SPANS)
 @pytest.mark.parametrize(
     "frame",
     [
@@ -253,9 +248,17 @@ def test_envelope_span(span):
         b"\xa1\x48envelope\xa0",
     ],
 )
-def test_envelope_span_rejects_other_shapes(span, frame):
+def test_envelope_span_rejects_other_shapes(impl, frame):
     with pytest.raises(CborError):
-        span(frame)
+        impl.envelope_span(frame)
+
+
+@given(st.binary(max_size=24).map(lambda tail: b"\xa1\x68envelope" + tail) | st.binary(max_size=16))
+@settings(max_examples=300)
+def test_envelope_span_twins_agree(frame):
+    """Same span or same CborError message, on client requests and on anything else."""
+    twins.assert_agree(s, "envelope_span", frame)
+    twins.assert_agree(s, "envelope_span", b"\xd9\xd9\xf7" + frame)
 
 
 _VALID_OPEN = open_request(Ed25519Identity.from_seed(b"\x01" * 32), CANISTER, GATEWAY, 1)

@@ -23,29 +23,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icws_fast import _ext
 from icws_fast.errors import CborError
 from icws_fast.ic import cbor as pure_cbor
 from icws_fast.ic import hashtree
 from icws_fast.ic.principal import Principal
+from tests import twins
 
 try:
     from tests.conftest import VECTORS, load_vectors
 except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
     from conftest import VECTORS, load_vectors  # type: ignore[no-redef]
 
-try:
-    _cbor = importlib.import_module("icws_fast._ext._cbor")
-except ImportError:
-    if _ext.PURE and not _ext.REQUIRE:
-        pytest.skip("compiled CBOR twin not built (pure mode)", allow_module_level=True)
-    raise
+_decode = twins.twin(pure_cbor, "decode")
+_encode = twins.twin(pure_cbor, "encode")
+pytestmark = pytest.mark.skipif(_decode.compiled is None, reason=_decode.skip_reason)
 
-# Once icws_fast.ic.cbor binds the compiled twins, the pure functions stay reachable as *_pure.
-pure_decode: Callable[..., Any] = getattr(pure_cbor, "decode_pure", pure_cbor.decode)
-fast_decode: Callable[..., Any] = _cbor.decode
-pure_encode: Callable[..., bytes] = getattr(pure_cbor, "encode_pure", pure_cbor.encode)
-fast_encode: Callable[..., bytes] = _cbor.encode
+pure_decode: Callable[..., Any] = _decode.pure
+fast_decode: Any = _decode.compiled  # None in a pure run, where every test here is skipped
+pure_encode: Callable[..., bytes] = _encode.pure
+fast_encode: Any = _encode.compiled
 
 
 def _typed(value: Any) -> Any:
@@ -110,16 +106,10 @@ def _nested_bytes(value: Any) -> Iterator[bytes]:
 VECTOR_FILES = sorted(path.stem for path in VECTORS.glob("*.json"))
 
 
-def test_pure_and_compiled_are_distinct() -> None:
+def test_seam_binds_the_compiled_twins() -> None:
+    assert pure_cbor.decode is fast_decode and pure_cbor.encode is fast_encode
     assert pure_decode.__module__ == pure_encode.__module__ == "icws_fast.ic.cbor"
     assert fast_decode.__module__ == fast_encode.__module__ == "icws_fast._ext._cbor"
-
-
-@pytest.mark.parametrize("name", ["decode", "encode"])
-def test_seam_binds_compiled_twin(name: str) -> None:
-    if not hasattr(pure_cbor, f"{name}_pure"):
-        pytest.skip(f"icws_fast.ic.cbor does not bind the compiled {name} yet")
-    assert getattr(pure_cbor, name) is getattr(pure_cbor if _ext.PURE else _cbor, f"{name}_pure" if _ext.PURE else name)
 
 
 def test_cbor_vectors_decode_identically() -> None:
@@ -504,4 +494,4 @@ def test_multibyte_memoryview_encodes_all_its_bytes() -> None:
 
 
 def test_bignum_limit_is_the_same() -> None:
-    assert _cbor.DEF_MAX_BIGNUM_BYTES == pure_cbor.MAX_BIGNUM_BYTES
+    assert importlib.import_module(fast_decode.__module__).DEF_MAX_BIGNUM_BYTES == pure_cbor.MAX_BIGNUM_BYTES

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icws_fast import _ext
 from icws_fast.errors import HashTreeError
 from icws_fast.ic import hashtree
+from tests import twins
 
 try:
     from tests.conftest import load_vectors
 except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
     from conftest import load_vectors  # type: ignore[no-redef]
 
-compiled = _ext.compiled("_hashtree")
-pytestmark = pytest.mark.skipif(compiled is None, reason="compiled twin not built, or pure mode")
+pytestmark = twins.skip_unless_compiled(hashtree, "reconstruct")
+# The compiled twins (None in a pure run, where every test here is skipped).
+compiled = SimpleNamespace(
+    **{
+        name: twins.twin(hashtree, name).compiled
+        for name in ("reconstruct", "lookup_path", "leaf_hash", "fork_hash", "labeled_hash")
+    }
+)
 
 TREES = [hashtree.parse(bytes.fromhex(r["cbor_hex"])) for r in load_vectors("hash_trees")]
 for _record in load_vectors("certificates"):
@@ -44,13 +50,6 @@ PATHS = [
 ]
 
 
-def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
-    try:
-        return ("ok", fn(*args))
-    except HashTreeError as exc:
-        return ("HashTreeError", str(exc))
-
-
 def _all_paths(tree: hashtree.Node, prefix: list[bytes], out: list[list[bytes]]) -> None:
     """Every label path of ``tree``, plus a missing sibling after each, so all four statuses appear."""
     for node in hashtree.flatten_forks(tree):
@@ -62,14 +61,12 @@ def _all_paths(tree: hashtree.Node, prefix: list[bytes], out: list[list[bytes]])
 
 
 def test_compiled_is_bound() -> None:
-    assert compiled is not None
-    assert hashtree.reconstruct is compiled.reconstruct
-    assert hashtree.lookup_path is compiled.lookup_path
+    assert hashtree.reconstruct is compiled.reconstruct is not hashtree.reconstruct_pure
+    assert hashtree.lookup_path is compiled.lookup_path is not hashtree.lookup_path_pure
 
 
 @pytest.mark.parametrize("tree", TREES)
 def test_vector_trees_identical(tree: hashtree.Node) -> None:
-    assert compiled is not None
     assert compiled.reconstruct(tree) == hashtree.reconstruct_pure(tree)
     paths: list[list[bytes]] = []
     _all_paths(tree, [], paths)
@@ -77,35 +74,17 @@ def test_vector_trees_identical(tree: hashtree.Node) -> None:
         assert compiled.lookup_path(tree, path) == hashtree.lookup_path_pure(tree, path), path
 
 
-@pytest.fixture(params=["builtin", "openssl"])
-def sha256_backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each SHA-256 backend of the compiled twin in turn (OpenSSL when the process has it)."""
-    assert compiled is not None
-    before = compiled.SHA256_BACKEND
-    try:
-        compiled.set_sha256_backend(request.param)
-    except ValueError:
-        pytest.skip("OpenSSL's SHA-256 is not loadable here")
-    yield request.param
-    compiled.set_sha256_backend(before)
-
-
-def test_sha256_at_block_boundaries(sha256_backend: str) -> None:
-    assert compiled is not None
-    assert sha256_backend == compiled.SHA256_BACKEND
-    for n in [*range(0, 200), 1000, 4096, 65537]:
+def test_sha256_around_the_contiguous_limit_and_block_boundaries() -> None:
+    # Short inputs are copied and hashed in one piece, long ones (over 256 bytes with the domain) in three.
+    for n in [*range(0, 300), 1000, 4096, 65537]:
         value = bytes((i * 7 + n) % 256 for i in range(n))
         assert compiled.reconstruct(hashtree.leaf(value)) == hashlib.sha256(b"\x10ic-hashtree-leaf" + value).digest()
+        assert compiled.leaf_hash(value) == hashtree.leaf_hash_pure(value)
+        assert compiled.labeled_hash(value, value[:32]) == hashtree.labeled_hash_pure(value, value[:32])
         label_tree = hashtree.labeled(value, hashtree.empty())
         assert compiled.reconstruct(label_tree) == hashtree.reconstruct_pure(label_tree)
     for tree in TREES:
         assert compiled.reconstruct(tree) == hashtree.reconstruct_pure(tree)
-
-
-def test_unknown_backend_rejected() -> None:
-    assert compiled is not None
-    with pytest.raises(ValueError):
-        compiled.set_sha256_backend("md5")
 
 
 _labels = st.binary(max_size=3)
@@ -126,7 +105,6 @@ _nodes = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(_nodes, st.lists(st.lists(_labels, max_size=3), min_size=1, max_size=5))
 def test_generated_trees_identical(tree: hashtree.Node, paths: list[list[bytes]]) -> None:
-    assert compiled is not None
     assert compiled.reconstruct(tree) == hashtree.reconstruct_pure(tree)
     for path in paths:
         assert compiled.lookup_path(tree, path) == hashtree.lookup_path_pure(tree, path)
@@ -135,7 +113,6 @@ def test_generated_trees_identical(tree: hashtree.Node, paths: list[list[bytes]]
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.binary(max_size=6), st.binary(max_size=40), max_size=60), st.lists(st.binary(max_size=6)))
 def test_built_witnesses_identical(mapping: dict[bytes, bytes], labels: list[bytes]) -> None:
-    assert compiled is not None
     wit = hashtree.witness({b"m": mapping}, [[b"m", label] for label in labels])
     assert compiled.reconstruct(wit) == hashtree.reconstruct_pure(wit) == hashtree.HashedTree({b"m": mapping}).root_hash
     for label in labels:
@@ -171,15 +148,12 @@ MALFORMED: list[Any] = [
 
 @pytest.mark.parametrize("node", MALFORMED, ids=range(len(MALFORMED)))
 def test_malformed_nodes_fail_alike(node: Any) -> None:
-    assert compiled is not None
-    assert _outcome(compiled.reconstruct, node) == _outcome(hashtree.reconstruct_pure, node)
-    assert _outcome(compiled.reconstruct, node)[0] == "HashTreeError"
+    assert twins.assert_agree(hashtree, "reconstruct", node)[:2] == ("raised", HashTreeError)
     for path in ([], [b"a"], [b"a", b"b"]):
-        assert _outcome(compiled.lookup_path, node, path) == _outcome(hashtree.lookup_path_pure, node, path)
+        twins.assert_agree(hashtree, "lookup_path", node, path)
 
 
 def test_label_types() -> None:
-    assert compiled is not None
     tree = hashtree.build({b"a": {b"b": b"v"}})
     paths: list[list[Any]] = [["a", "b"], [bytearray(b"a"), memoryview(b"b")]]
     for path in paths:
@@ -192,8 +166,6 @@ def test_label_types() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200), st.binary(max_size=40), st.text(max_size=10))
 def test_hash_helpers_identical(data: bytes, other: bytes, text: str) -> None:
-    assert compiled is not None
-    assert hashtree.leaf_hash is compiled.leaf_hash
     assert compiled.leaf_hash(data) == hashtree.leaf_hash_pure(data) == compiled.leaf_hash(bytearray(data))
     assert compiled.fork_hash(data, other) == hashtree.fork_hash_pure(data, other)
     assert compiled.fork_hash(memoryview(data), other) == hashtree.fork_hash_pure(data, other)
@@ -202,7 +174,6 @@ def test_hash_helpers_identical(data: bytes, other: bytes, text: str) -> None:
 
 
 def test_hash_helpers_reject_alike() -> None:
-    assert compiled is not None
     for fn, args in [("leaf_hash", ("text",)), ("fork_hash", (b"", None)), ("labeled_hash", (1, b""))]:
         for impl in (getattr(compiled, fn), getattr(hashtree, f"{fn}_pure")):
             with pytest.raises(TypeError):

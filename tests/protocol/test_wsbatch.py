@@ -11,34 +11,25 @@ import gc
 import importlib
 import random
 import tracemalloc
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icws_fast import _ext
 from icws_fast.errors import ProtocolDecodeError, ProtocolError
 from icws_fast.ic import candid
 from icws_fast.ic.leb128 import leb128, sleb128
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
+from tests import twins
 
-
-def _compiled() -> ModuleType:
-    try:
-        return importlib.import_module("icws_fast._ext._wsbatch")
-    except ImportError:
-        if _ext.PURE:
-            pytest.skip("icws_fast._ext._wsbatch is not built (pure mode)", allow_module_level=True)
-        raise
-
-
-wsbatch = _compiled()
-# Until types.py binds the compiled twin it has no ``*_pure`` name, and its public name is the pure function.
-pure_decode = getattr(t, "decode_get_messages_result_pure", t.decode_get_messages_result)
-fast_decode = wsbatch.decode_get_messages_result
+_twin = twins.twin(t, "decode_get_messages_result")
+pytestmark = pytest.mark.skipif(_twin.compiled is None, reason=_twin.skip_reason)
+pure_decode = _twin.pure
+fast_decode: Any = _twin.compiled  # None in a pure run, where every test here is skipped
+# The compiled module itself, for its header recogniser and cache size (None in a pure run).
+wsbatch: Any = None if _twin.compiled is None else importlib.import_module(_twin.compiled.__module__)
 
 GATEWAY = Principal(b"\x22" * 29)
 RESULT_TYPES = candid.parse_args("(CanisterWsGetMessagesResult)", t.WS_TYPES_DID)
