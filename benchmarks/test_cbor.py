@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from icws_fast import _ext
 from icws_fast.ic import cbor, hashtree
 
 try:
@@ -31,13 +30,12 @@ except ModuleNotFoundError:  # pytest run without the repository root on sys.pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.conftest import load_vectors
 
-compiled = _ext.compiled("_cbor")
-# Once icws_fast.ic.cbor binds the compiled twins, the pure functions stay reachable as *_pure.
-IMPLS: dict[str, dict[str, Callable[..., Any]]] = {
-    "pure": {"decode": getattr(cbor, "decode_pure", cbor.decode), "encode": getattr(cbor, "encode_pure", cbor.encode)}
-}
-if compiled is not None:
-    IMPLS["compiled"] = {"decode": compiled.decode, "encode": compiled.encode}
+from tests import twins
+
+_decode, _encode = twins.twin(cbor, "decode"), twins.twin(cbor, "encode")
+IMPLS: dict[str, dict[str, Callable[..., Any]]] = {"pure": {"decode": _decode.pure, "encode": _encode.pure}}
+if _decode.compiled is not None and _encode.compiled is not None:
+    IMPLS["compiled"] = {"decode": _decode.compiled, "encode": _encode.compiled}
 
 CERTIFICATES = {record["id"]: bytes.fromhex(record["cbor_hex"]) for record in load_vectors("certificates")}
 ENVELOPES = {record["id"]: record for record in load_vectors("envelopes")}

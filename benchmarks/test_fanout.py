@@ -6,13 +6,13 @@ which is what a gateway does that copies cert and tree into every message.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import pytest
 
 from icws_fast.gateway import fanout
 from icws_fast.ic import cbor
+from tests import twins
 
 KEYS = [f"zqfso-syaaa-aaaaq-aaafq-cai_{i:020d}".encode() for i in range(50)]
 CONTENTS = [bytes([i]) * 1024 for i in range(50)]
@@ -46,15 +46,7 @@ def _payloads(frames: bytes) -> list[bytes]:
     return out
 
 
-def test_splice_module(benchmark):
-    frames = benchmark(_frames, fanout)
-    assert _payloads(frames) == _generic()
-
-
-def test_splice_compiled(benchmark):
-    try:
-        compiled = importlib.import_module("icws_fast._ext._fanout")
-    except ImportError:
-        pytest.skip("compiled extension not built")
-    frames = benchmark(_frames, compiled)
+@pytest.mark.parametrize("impl", twins.implementations(fanout, "batch_suffix", "encode_frames"))
+def test_splice(benchmark, impl):
+    frames = benchmark(_frames, impl)
     assert _payloads(frames) == _generic()

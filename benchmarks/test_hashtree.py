@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from icws_fast import _ext
 from icws_fast.ic import bls, hashtree
 from icws_fast.ic.certificate import BLS_CACHE, Certificate, sign_certificate
 from icws_fast.ic.request_id import leb128
@@ -30,12 +29,12 @@ except ModuleNotFoundError:  # pytest run without the repository root on sys.pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.conftest import load_vectors
 
-compiled = _ext.compiled("_hashtree")
-IMPLS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-    "pure": (hashtree.reconstruct_pure, hashtree.lookup_path_pure)
-}
-if compiled is not None:
-    IMPLS["compiled"] = (compiled.reconstruct, compiled.lookup_path)
+from tests import twins
+
+_reconstruct, _lookup_path = twins.twin(hashtree, "reconstruct"), twins.twin(hashtree, "lookup_path")
+IMPLS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {"pure": (_reconstruct.pure, _lookup_path.pure)}
+if _reconstruct.compiled is not None and _lookup_path.compiled is not None:
+    IMPLS["compiled"] = (_reconstruct.compiled, _lookup_path.compiled)
 
 VECTOR_RECORDS = load_vectors("hash_trees")
 VECTOR_TREES = [hashtree.parse(bytes.fromhex(r["cbor_hex"])) for r in VECTOR_RECORDS]

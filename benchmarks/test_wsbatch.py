@@ -18,18 +18,15 @@ from typing import Any
 
 import pytest
 
-from icws_fast import _ext
 from icws_fast.ic import hashtree
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
+from tests import twins
 
-compiled = _ext.compiled("_wsbatch")
-# Once icws_fast.protocol.types binds the compiled twin, the pure function stays reachable as *_pure.
-IMPLS: dict[str, Callable[[bytes], t.CanisterOutputCertifiedMessages]] = {
-    "pure": getattr(t, "decode_get_messages_result_pure", t.decode_get_messages_result)
-}
-if compiled is not None:
-    IMPLS["compiled"] = compiled.decode_get_messages_result
+_twin = twins.twin(t, "decode_get_messages_result")
+IMPLS: dict[str, Callable[[bytes], t.CanisterOutputCertifiedMessages]] = {"pure": _twin.pure}
+if _twin.compiled is not None:
+    IMPLS["compiled"] = _twin.compiled
 
 GATEWAY = Principal.from_text("sqdfl-mr4km-2hfjy-gajqo-xqvh7-hf4mf-nra4i-3it6l-neaw4-soolw-tae")
 BATCH_SIZE = 50

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests" / "gateway"))
 
 from gw_rawclient import RawClient, RawListener  # noqa: E402
 
-from icws_fast.ic import candid  # noqa: E402
+from icws_fast.ic import candid, cbor  # noqa: E402
 from icws_fast.ic.agent import Agent  # noqa: E402
 from icws_fast.ic.principal import Principal  # noqa: E402
 from icws_fast.protocol.types import decode_canister_to_client, decode_websocket_message  # noqa: E402
@@ -86,13 +86,10 @@ async def read_line(stream: asyncio.StreamReader, prefix: str = "", timeout: flo
 
 def _uint(data: bytes, pos: int) -> tuple[int, int]:
     """The CBOR unsigned integer at ``pos`` and the offset after it."""
-    info = data[pos] & 0x1F
-    if data[pos] >> 5 != 0 or info > 27:
+    major, value, end = cbor.read_head(data, pos)
+    if major != 0:
         raise ValueError("not an unsigned integer")
-    if info < 24:
-        return info, pos + 1
-    width = 1 << (info - 24)
-    return int.from_bytes(data[pos + 1 : pos + 1 + width], "big"), pos + 1 + width
+    return value, end
 
 
 def scan_message(frame: bytes) -> tuple[int, int, bool]:

@@ -219,3 +219,38 @@ def test_mutated_real_cbor_raises_only_cbor_error() -> None:
                     mutated.insert(pos, rng.randrange(256))
             with contextlib.suppress(CborError):
                 cbor.decode(bytes(mutated))
+
+
+HEAD_ARGUMENTS = [(0, 1), (23, 1), (24, 2), (255, 2), (256, 3), (65535, 3), (65536, 5), (2**32 - 1, 5), (2**32, 9)]
+HEAD_ARGUMENTS += [(2**64 - 1, 9)]
+
+
+@pytest.mark.parametrize("major", range(8))
+@pytest.mark.parametrize(("argument", "size"), HEAD_ARGUMENTS)
+def test_write_head_is_shortest_and_read_head_reads_it(major: int, argument: int, size: int) -> None:
+    head = cbor.write_head(major, argument)
+    assert len(head) == size
+    assert head[0] >> 5 == major
+    assert cbor.read_head(b"\x00" + head + b"rest", 1) == (major, argument, 1 + size)
+    if major == 0:
+        # The encoders (the compiled one's shared C head writer included) write the same heads.
+        assert cbor.encode(argument, self_describe=False) == head == cbor2.dumps(argument)
+    for cut in range(size):
+        with pytest.raises(CborError, match="truncated CBOR"):
+            cbor.read_head(head[:cut])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x5f", "indefinite length at offset 0"),
+        (b"\xbf", "indefinite length at offset 0"),
+        (b"\x1c", "reserved additional information 28 at offset 0"),
+        (b"\x7e", "reserved additional information 30 at offset 0"),
+        (b"", "truncated CBOR: need 1 bytes at offset 0, have 0"),
+        (b"\x19\x01", "truncated CBOR: need 2 bytes at offset 1, have 1"),
+    ],
+)
+def test_read_head_rejects_what_has_no_definite_argument(data: bytes, message: str) -> None:
+    with pytest.raises(CborError, match=message):
+        cbor.read_head(data)

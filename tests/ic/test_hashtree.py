@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from icws_fast.errors import CborError, HashTreeError, IcwsError
 from icws_fast.ic import cbor, hashtree
 from icws_fast.ic.hashtree import HashedTree, LookupResult
+from tests import twins
 
 try:
     from tests.conftest import load_vectors
@@ -89,7 +90,11 @@ def test_str_labels_are_utf8() -> None:
     assert hashtree.lookup_path(node, [b"a", b"b"]) == LookupResult("Found", b"c")
 
 
-def test_spec_domain_separators() -> None:
+HASHES = twins.implementations(hashtree, "reconstruct", "lookup_path", "leaf_hash", "fork_hash", "labeled_hash")
+
+
+@pytest.mark.parametrize("impl", HASHES)
+def test_spec_domain_separators(impl: Any) -> None:
     # Independent recomputation of the spec's reconstruct for one node of each kind.
     import hashlib
 
@@ -101,11 +106,12 @@ def test_spec_domain_separators() -> None:
     emp = h(b"\x11ic-hashtree-empty")
     root = h(b"\x10ic-hashtree-fork", lab, emp)
     tree = hashtree.fork(hashtree.labeled(b"k", hashtree.leaf(b"v")), hashtree.empty())
-    assert hashtree.reconstruct(tree) == root
+    assert impl.reconstruct(tree) == root
     assert emp == hashtree.EMPTY_HASH
-    assert hashtree.fork_hash(lab, emp) == root
-    assert hashtree.labeled_hash(b"k", hashtree.leaf_hash(b"v")) == lab
-    assert hashtree.reconstruct(hashtree.pruned(root)) == root
+    assert impl.fork_hash(lab, emp) == root
+    assert impl.labeled_hash(b"k", impl.leaf_hash(b"v")) == lab
+    assert impl.labeled_hash("k", leaf) == lab
+    assert impl.reconstruct(hashtree.pruned(root)) == root
 
 
 @pytest.mark.parametrize(
@@ -270,15 +276,16 @@ _mapping = st.recursive(
 ).filter(lambda m: isinstance(m, dict))
 
 
+@pytest.mark.parametrize("impl", HASHES)
 @settings(max_examples=150, deadline=None)
 @given(_mapping, st.lists(st.lists(_label, min_size=1, max_size=3), max_size=4))
-def test_witness_answers_like_the_full_tree(mapping: dict[bytes, Any], paths: list[list[bytes]]) -> None:
+def test_witness_answers_like_the_full_tree(impl: Any, mapping: dict[bytes, Any], paths: list[list[bytes]]) -> None:
     full = hashtree.build(mapping)
     wit = hashtree.witness(mapping, paths)
-    assert hashtree.reconstruct(wit) == hashtree.reconstruct(full) == HashedTree(mapping).root_hash
+    assert impl.reconstruct(wit) == impl.reconstruct(full) == HashedTree(mapping).root_hash
     for path in paths:
-        expected = hashtree.lookup_path(full, path)
-        got = hashtree.lookup_path(wit, path)
+        expected = impl.lookup_path(full, path)
+        got = impl.lookup_path(wit, path)
         assert got == expected, path
 
 
