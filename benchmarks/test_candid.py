@@ -66,7 +66,7 @@ def test_decode_get_messages_first_sight(benchmark: BenchmarkFixture) -> None:
     """Parsing the type table and compiling the decoder (what a new header costs once)."""
 
     def fresh() -> list[Any]:
-        candid._decode_plan.cache_clear()
+        candid.decoder._decode_plan.cache_clear()
         return candid.decode(BATCH_BYTES, RESULT)
 
     assert benchmark(fresh) == [BATCH]

@@ -1,0 +1,712 @@
+"""Decoding ``DIDL`` messages at expected types, with the specification's coercions.
+
+A decoder is compiled once per (message type table, expected types) pair and cached, so steady-state
+decoding of a stream of same-typed messages does not interpret types again. Decoding is metered
+against hostile input: nesting depth and the number of decoded elements (including zero-sized ones
+such as ``vec null``) are bounded, and every failure raises :class:`~icws_fast.errors.CandidError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple, TypeAlias
+
+from icws_fast.errors import CandidError, DecodeError
+from icws_fast.ic.candid.parser import as_types
+from icws_fast.ic.candid.types import (
+    BOOL,
+    EMPTY,
+    FIXED_WIDTH,
+    FLOATS,
+    INT,
+    MAX_TYPE_DEPTH,
+    NAT,
+    NAT8,
+    NULL,
+    PRINCIPAL,
+    RESERVED,
+    TEXT,
+    Field,
+    FuncRef,
+    FuncType,
+    FutureType,
+    OptType,
+    PrimType,
+    RecordType,
+    ServiceType,
+    Some,
+    Type,
+    VariantType,
+    VecType,
+    describe,
+    nullable,
+    resolve,
+)
+from icws_fast.ic.candid.typetable import MAGIC, read_header, read_leb
+from icws_fast.ic.leb128 import decode_leb128, decode_sleb128
+from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
+from icws_fast.ic.principal import Principal
+
+__all__ = ["ELEMENT_BUDGET_BASE", "ELEMENT_BUDGET_PER_BYTE", "MAX_DEPTH", "decode"]
+
+#: Deepest value nesting a decode accepts (each level costs the decoder about one Python frame).
+MAX_DEPTH: Final = 256
+#: Element budget of one decode: vector elements and zero-sized records, skipped ones included.
+#: Anything that consumes input bytes is already bounded by the input; this bounds the rest.
+ELEMENT_BUDGET_BASE: Final = 100_000
+ELEMENT_BUDGET_PER_BYTE: Final = 4
+
+
+class _Mismatch(CandidError):
+    """A well-formed value that does not coerce to the expected type (an enclosing ``opt`` recovers)."""
+
+
+class _State:
+    """Per-call mutable state: the remaining element budget."""
+
+    __slots__ = ("budget",)
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+
+_Decoder: TypeAlias = Callable[[bytes, int, _State, int], tuple[Any, int]]
+
+_TOO_DEEP: Final = "Candid value nested too deeply"
+_OVER_BUDGET: Final = "Candid message decodes to too many elements"
+
+
+def _forward_decoder(cell: list[_Decoder]) -> _Decoder:
+    """A decoder for a recursive pair still being compiled; ``cell`` receives the real one."""
+
+    def dec_forward(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        return cell[0](data, pos, st, depth)
+
+    return dec_forward
+
+
+def _discarding(dec: _Decoder) -> _Decoder:
+    """``dec`` with its value dropped: skipping a value still validates it."""
+
+    def dec_discard(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        return None, dec(data, pos, st, depth)[1]
+
+    return dec_discard
+
+
+def _const_none(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    return None, pos
+
+
+def _mismatch(wire: Type, expected: Type) -> _Decoder:
+    message = f"a value of type {describe(wire)} does not fit type {describe(expected)}"
+
+    def dec_mismatch(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        raise _Mismatch(message)
+
+    return dec_mismatch
+
+
+def _no_value(wire: Type) -> _Decoder:
+    message = f"type {describe(wire)} has no values"
+
+    def dec_no_value(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        raise CandidError(message)
+
+    return dec_no_value
+
+
+def _dec_bool(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    b = data[pos]
+    if b > 1:
+        raise CandidError(f"invalid bool byte {b}")
+    return b == 1, pos + 1
+
+
+def _dec_nat(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    b = data[pos]
+    if b < 0x80:
+        return b, pos + 1
+    return decode_leb128(data, pos)
+
+
+def _dec_int(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    b = data[pos]
+    if b < 0x80:
+        return (b - 0x80 if b & 0x40 else b), pos + 1
+    return decode_sleb128(data, pos)
+
+
+def _struct_decoder(code: str) -> _Decoder:
+    s = struct.Struct("<" + code)
+    unpack_from = s.unpack_from
+    size = s.size
+
+    def dec_fixed(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        return unpack_from(data, pos)[0], pos + size
+
+    return dec_fixed
+
+
+def _dec_text(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    n = data[pos]
+    if n < 0x80:
+        pos += 1
+    else:
+        n, pos = decode_leb128(data, pos)
+    end = pos + n
+    if end > len(data):
+        raise CandidError("text overshoots the message")
+    try:
+        return data[pos:end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        raise CandidError("text is not valid UTF-8") from None
+
+
+def _dec_principal(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    if data[pos] != 1:
+        raise CandidError("opaque or malformed principal reference")
+    n, pos = read_leb(data, pos + 1)
+    end = pos + n
+    if n > PRINCIPAL_MAX_LENGTH or end > len(data):
+        raise CandidError(f"principal of {n} bytes is invalid or overshoots the message")
+    return Principal(data[pos:end]), end
+
+
+def _dec_func(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    if data[pos] != 1:
+        raise CandidError("opaque or malformed func reference")
+    principal, pos = _dec_principal(data, pos + 1, st, depth)
+    method, pos = _dec_text(data, pos, st, depth)
+    return FuncRef(principal, method), pos
+
+
+def _dec_future(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    m, pos = read_leb(data, pos)
+    _refs, pos = read_leb(data, pos)
+    end = pos + m
+    if end > len(data):
+        raise CandidError("future value overshoots the message")
+    return None, end
+
+
+_PRIM_DECODERS: Final[dict[PrimType, _Decoder]] = {
+    NULL: _const_none,
+    BOOL: _dec_bool,
+    NAT: _dec_nat,
+    INT: _dec_int,
+    TEXT: _dec_text,
+    PRINCIPAL: _dec_principal,
+    **{t: _struct_decoder(code) for t, (code, _lo, _hi) in FIXED_WIDTH.items()},
+    **{t: _struct_decoder(code) for t, code in FLOATS.items()},
+}
+
+
+def _zero_sized_records(table: Sequence[Type]) -> set[int]:
+    """Ids of the wire records whose values take no bytes (only null/reserved/such records inside)."""
+    zero = {id(t) for t in table if isinstance(t, RecordType)}
+    changed = True
+    while changed:
+        changed = False
+        for t in table:
+            if id(t) in zero and isinstance(t, RecordType):
+                for f in t.fields:
+                    ft = f.type
+                    if not (ft is NULL or ft is RESERVED or id(ft) in zero):
+                        zero.discard(id(t))
+                        changed = True
+                        break
+    return zero
+
+
+class _DecoderCompiler:
+    """Compiles decoders for (wire type, expected type) pairs of one message header."""
+
+    def __init__(self, table: Sequence[Type]) -> None:
+        self.zero_sized = _zero_sized_records(table)
+        self.pairs: dict[tuple[int, int], list[_Decoder]] = {}
+        self.skips: dict[int, list[_Decoder]] = {}
+        self.subtypes: dict[tuple[int, int], bool] = {}
+        self.depth = 0
+
+    def _enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_TYPE_DEPTH:
+            raise CandidError("Candid type nested too deeply")
+
+    # -- skipping ------------------------------------------------------------------------
+    def skip(self, w: Type) -> _Decoder:
+        cell = self.skips.get(id(w))
+        if cell is not None:
+            return cell[0] if cell else _forward_decoder(cell)
+        cell = self.skips[id(w)] = []
+        self._enter()
+        try:
+            cell.append(self._skip(w))
+        finally:
+            self.depth -= 1
+        return cell[0]
+
+    def _skip(self, w: Type) -> _Decoder:
+        if isinstance(w, PrimType):
+            if w is EMPTY:
+                return _no_value(w)
+            if w is RESERVED or w is NULL:
+                return _const_none
+            return _discarding(_PRIM_DECODERS[w])  # skipping validates the value like decoding
+        if isinstance(w, FutureType):
+            return _dec_future
+        if isinstance(w, FuncType):
+            return _discarding(_dec_func)
+        if isinstance(w, ServiceType):
+            return _discarding(_dec_principal)
+        if isinstance(w, OptType):
+            return self._opt_skip(self.skip(w.inner))
+        if isinstance(w, VecType):
+            code = _packed_code(w.inner)
+            if code is not None:
+                # Every bit pattern of a fixed-width number is valid: jump over the whole vector.
+                return _skip_packed_vec(struct.calcsize("<" + code))
+            return self._vec(self.skip(w.inner), as_bytes=False, discard=True)
+        if isinstance(w, RecordType):
+            return self._record(w, [(None, self.skip(f.type)) for f in w.fields], None, False)
+        if isinstance(w, VariantType):
+            return self._variant([(None, self.skip(f.type)) for f in w.fields], discard=True)
+        raise CandidError(f"unsupported wire type {describe(w)}")
+
+    @staticmethod
+    def _opt_skip(inner: _Decoder) -> _Decoder:
+        def skip_opt(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+            tag = data[pos]
+            if tag == 0:
+                return None, pos + 1
+            if tag != 1:
+                raise CandidError(f"invalid opt tag {tag}")
+            if depth >= MAX_DEPTH:
+                raise CandidError(_TOO_DEEP)
+            return None, inner(data, pos + 1, st, depth + 1)[1]
+
+        return skip_opt
+
+    # -- decoding at an expected type ----------------------------------------------------
+    def decoder(self, w: Type, e: Type) -> _Decoder:
+        e = resolve(e)
+        key = (id(w), id(e))
+        cell = self.pairs.get(key)
+        if cell is not None:
+            return cell[0] if cell else _forward_decoder(cell)
+        cell = self.pairs[key] = []
+        self._enter()
+        try:
+            cell.append(self._decoder(w, e))
+        finally:
+            self.depth -= 1
+        return cell[0]
+
+    def _decoder(self, w: Type, e: Type) -> _Decoder:
+        if w is EMPTY:
+            return _no_value(w)
+        if e is RESERVED:
+            return self.skip(w)
+        if isinstance(e, OptType):
+            return self._opt(w, e)
+        if isinstance(e, PrimType):
+            if w is e or (e is INT and w is NAT):
+                return _PRIM_DECODERS.get(e, _const_none)
+            if e is PRINCIPAL and isinstance(w, ServiceType):
+                return _dec_principal
+            return _mismatch(w, e)
+        if isinstance(e, VecType) and isinstance(w, VecType):
+            return self._vec_at(w, e)
+        if isinstance(e, RecordType) and isinstance(w, RecordType):
+            return self._record_at(w, e)
+        if isinstance(e, VariantType) and isinstance(w, VariantType):
+            table: list[tuple[Any, _Decoder]] = []
+            expected = {f.id: f for f in e.fields}
+            unknown_tag: _Decoder | None = None
+            for wf in w.fields:
+                ef = expected.get(wf.id)
+                if ef is None:
+                    unknown_tag = unknown_tag or _mismatch(w, e)
+                    table.append((wf.id, unknown_tag))  # only a value using this tag fails
+                else:
+                    table.append((ef.key, self.decoder(wf.type, ef.type)))
+            return self._variant(table, discard=False)
+        if isinstance(e, FuncType) and isinstance(w, FuncType):
+            return _dec_func if self.subtype(w, e) else _mismatch(w, e)
+        if isinstance(e, ServiceType) and isinstance(w, ServiceType):
+            return _dec_principal if self.subtype(w, e) else _mismatch(w, e)
+        return _mismatch(w, e)
+
+    def _opt(self, w: Type, e: OptType) -> _Decoder:
+        wrap = nullable(e.inner)
+        if w is NULL or w is RESERVED:
+            return _const_none
+        if isinstance(w, FutureType):
+            return _dec_future
+        if isinstance(w, OptType):
+            inner = self.decoder(w.inner, e.inner)
+            skip_inner = self.skip(w.inner)
+
+            def dec_opt(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+                tag = data[pos]
+                if tag == 0:
+                    return None, pos + 1
+                if tag != 1:
+                    raise CandidError(f"invalid opt tag {tag}")
+                if depth >= MAX_DEPTH:
+                    raise CandidError(_TOO_DEEP)
+                try:
+                    v, end = inner(data, pos + 1, st, depth + 1)
+                except _Mismatch:
+                    return None, skip_inner(data, pos + 1, st, depth + 1)[1]
+                return (Some(v) if wrap else v), end
+
+            return dec_opt
+        # A plain value at an opt type: present if it coerces to the content type, else null.
+        inner = self.decoder(w, e.inner)
+        skip_value = self.skip(w)
+
+        def dec_as_opt(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+            if depth >= MAX_DEPTH:
+                raise CandidError(_TOO_DEEP)
+            try:
+                v, end = inner(data, pos, st, depth + 1)
+            except _Mismatch:
+                return None, skip_value(data, pos, st, depth + 1)[1]
+            return (Some(v) if wrap else v), end
+
+        return dec_as_opt
+
+    def _vec_at(self, w: VecType, e: VecType) -> _Decoder:
+        wi, ei = w.inner, resolve(e.inner)
+        code = _packed_code(wi)
+        if wi is ei and code is not None:
+            return _packed_vec(code, as_bytes=ei is NAT8)
+        if wi is BOOL and ei is BOOL:
+            return _dec_bool_vec
+        return self._vec(self.decoder(wi, ei), as_bytes=ei is NAT8, discard=False)
+
+    @staticmethod
+    def _vec(elem: _Decoder, *, as_bytes: bool, discard: bool) -> _Decoder:
+        def dec_vec(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+            n = data[pos]
+            if n < 0x80:
+                pos += 1
+            else:
+                n, pos = decode_leb128(data, pos)
+            budget = st.budget - n
+            if budget < 0:
+                raise CandidError(_OVER_BUDGET)
+            st.budget = budget
+            if depth >= MAX_DEPTH:
+                raise CandidError(_TOO_DEEP)
+            d = depth + 1
+            if discard:
+                for _ in range(n):
+                    pos = elem(data, pos, st, d)[1]
+                return None, pos
+            out: list[Any] = []
+            append = out.append
+            for _ in range(n):
+                v, pos = elem(data, pos, st, d)
+                append(v)
+            return (bytes(out) if as_bytes else out), pos
+
+        return dec_vec
+
+    def _record_at(self, w: RecordType, e: RecordType) -> _Decoder:
+        expected = {f.id: f for f in e.fields}
+        steps: list[tuple[Any, _Decoder]] = []
+        for wf in w.fields:
+            ef = expected.pop(wf.id, None)
+            if ef is None:
+                steps.append((None, self.skip(wf.type)))
+            else:
+                steps.append((ef.key, self.decoder(wf.type, ef.type)))
+        missing = list(expected.values())
+        for ef in missing:
+            if not nullable(ef.type):
+                return _mismatch(w, e)
+        defaults = {ef.key: None for ef in missing}
+        return self._record(w, steps, defaults, e.is_tuple, len(e.fields))
+
+    def _record(
+        self,
+        w: RecordType,
+        steps: list[tuple[Any, _Decoder]],
+        defaults: dict[Any, None] | None,
+        as_tuple: bool,
+        n_expected: int = 0,
+    ) -> _Decoder:
+        charge = id(w) in self.zero_sized
+        keyed = tuple(steps)
+        skip_only = defaults is None
+        if not skip_only and not as_tuple and all(key is not None for key, _ in keyed):
+            return _record_all_fields(keyed, defaults, charge)
+
+        def dec_record(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+            if depth >= MAX_DEPTH:
+                raise CandidError(_TOO_DEEP)
+            if charge:
+                # Zero-sized records consume no input, so meter them like vector elements.
+                st.budget -= 1
+                if st.budget < 0:
+                    raise CandidError(_OVER_BUDGET)
+            d = depth + 1
+            if skip_only:
+                for _key, f in keyed:
+                    pos = f(data, pos, st, d)[1]
+                return None, pos
+            out: dict[Any, Any] = dict(defaults) if defaults else {}
+            for key, f in keyed:
+                v, pos = f(data, pos, st, d)
+                if key is not None:
+                    out[key] = v
+            if as_tuple:
+                return tuple(out[i] for i in range(n_expected)), pos
+            return out, pos
+
+        return dec_record
+
+    @staticmethod
+    def _variant(table: list[tuple[Any, _Decoder]], *, discard: bool) -> _Decoder:
+        entries = tuple(table)
+        n = len(entries)
+
+        def dec_variant(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+            i = data[pos]
+            if i < 0x80:
+                pos += 1
+            else:
+                i, pos = decode_leb128(data, pos)
+            if i >= n:
+                raise CandidError(f"variant index {i} out of range")
+            if depth >= MAX_DEPTH:
+                raise CandidError(_TOO_DEEP)
+            key, f = entries[i]
+            v, pos = f(data, pos, st, depth + 1)
+            return (None if discard else {key: v}), pos
+
+        return dec_variant
+
+    # -- subtyping (for reference values) ------------------------------------------------
+    def subtype(self, w: Type, e: Type) -> bool:
+        """``w <: e`` per the specification, coinductively (pairs under test are assumed true)."""
+        e = resolve(e)
+        w = resolve(w)
+        key = (id(w), id(e))
+        known = self.subtypes.get(key)
+        if known is not None:
+            return known
+        self.subtypes[key] = True
+        self._enter()
+        try:
+            result = self._subtype(w, e)
+        finally:
+            self.depth -= 1
+        self.subtypes[key] = result
+        return result
+
+    def _subtype(self, w: Type, e: Type) -> bool:
+        if e is RESERVED or w is EMPTY or w is e:
+            return True
+        if isinstance(e, OptType):
+            return True  # with the special opt rules, every type is a subtype of every opt
+        if isinstance(e, PrimType):
+            return (e is INT and w is NAT) or (e is PRINCIPAL and isinstance(w, ServiceType))
+        if isinstance(e, VecType) and isinstance(w, VecType):
+            return self.subtype(w.inner, e.inner)
+        if isinstance(e, RecordType) and isinstance(w, RecordType):
+            return self._fields_subtype(w.fields, e.fields)
+        if isinstance(e, VariantType) and isinstance(w, VariantType):
+            expected = {f.id: f.type for f in e.fields}
+            return all(f.id in expected and self.subtype(f.type, expected[f.id]) for f in w.fields)
+        if isinstance(e, FuncType) and isinstance(w, FuncType):
+            if set(w.modes) != set(e.modes):
+                return False
+            args_ok = self._fields_subtype(_positional(e.args), _positional(w.args))
+            return args_ok and self._fields_subtype(_positional(w.rets), _positional(e.rets))
+        if isinstance(e, ServiceType) and isinstance(w, ServiceType):
+            return all(
+                name in w.methods and self.subtype(w.methods[name], method) for name, method in e.methods.items()
+            )
+        return False
+
+    def _fields_subtype(self, w_fields: Sequence[Field], e_fields: Sequence[Field]) -> bool:
+        wire = {f.id: f.type for f in w_fields}
+        for f in e_fields:
+            if f.id in wire:
+                if not self.subtype(wire[f.id], f.type):
+                    return False
+            elif not nullable(f.type):
+                return False
+        return True
+
+
+def _record_all_fields(
+    keyed: tuple[tuple[Any, _Decoder], ...], defaults: dict[Any, None] | None, charge: bool
+) -> _Decoder:
+    """A record decoder for the common case: every wire field is wanted, the value is a dict."""
+
+    def dec_record_all(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        if depth >= MAX_DEPTH:
+            raise CandidError(_TOO_DEEP)
+        if charge:
+            st.budget -= 1
+            if st.budget < 0:
+                raise CandidError(_OVER_BUDGET)
+        d = depth + 1
+        out: dict[Any, Any] = {}
+        for key, f in keyed:
+            out[key], pos = f(data, pos, st, d)
+        if defaults:
+            out.update(defaults)
+        return out, pos
+
+    return dec_record_all
+
+
+def _packed_code(t: Type) -> str | None:
+    """The struct letter of a fixed-width number type, else None."""
+    if not isinstance(t, PrimType):
+        return None
+    if t in FIXED_WIDTH:
+        return FIXED_WIDTH[t][0]
+    return FLOATS.get(t)
+
+
+def _positional(types: Sequence[Type]) -> tuple[Field, ...]:
+    return tuple(Field(i, i, t) for i, t in enumerate(types))
+
+
+def _packed_vec(code: str, *, as_bytes: bool) -> _Decoder:
+    size = struct.calcsize("<" + code)
+
+    def dec_packed(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        n = data[pos]
+        if n < 0x80:
+            pos += 1
+        else:
+            n, pos = decode_leb128(data, pos)
+        end = pos + n * size
+        if end > len(data):
+            raise CandidError("vector overshoots the message")
+        if as_bytes:
+            return data[pos:end], end
+        return list(struct.unpack_from(f"<{n}{code}", data, pos)), end
+
+    return dec_packed
+
+
+def _skip_packed_vec(size: int) -> _Decoder:
+    def skip_packed(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        n = data[pos]
+        if n < 0x80:
+            pos += 1
+        else:
+            n, pos = decode_leb128(data, pos)
+        end = pos + n * size
+        if end > len(data):
+            raise CandidError("vector overshoots the message")
+        return None, end
+
+    return skip_packed
+
+
+def _dec_bool_vec(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    n = data[pos]
+    if n < 0x80:
+        pos += 1
+    else:
+        n, pos = decode_leb128(data, pos)
+    end = pos + n
+    if end > len(data):
+        raise CandidError("vector overshoots the message")
+    chunk = data[pos:end]
+    if chunk.translate(None, b"\x00\x01"):
+        raise CandidError("invalid bool byte in vector")
+    return [b == 1 for b in chunk], end
+
+
+class _Compiled(NamedTuple):
+    header: bytes  # the message bytes after the magic up to the first value
+    decoders: tuple[_Decoder, ...]
+
+
+class _DecodePlan:
+    """The compiled decoders of one expected type tuple, for the few headers recently seen."""
+
+    __slots__ = ("recent", "types")
+    KEEP = 8
+
+    def __init__(self, types: tuple[Type, ...]) -> None:
+        self.types = types
+        self.recent: list[_Compiled] = []
+
+    def compiled_for(self, data: bytes) -> _Compiled:
+        for i, compiled in enumerate(self.recent):
+            # Header parsing is prefix-determined, so an identical prefix means an identical header.
+            if data.startswith(compiled.header, 4):
+                if i:
+                    self.recent.insert(0, self.recent.pop(i))
+                return compiled
+        compiled = self._compile(data)
+        self.recent.insert(0, compiled)
+        del self.recent[self.KEEP :]
+        return compiled
+
+    def _compile(self, data: bytes) -> _Compiled:
+        header = read_header(data)
+        compiler = _DecoderCompiler(header.table)
+        decoders: list[_Decoder] = []
+        for i, expected in enumerate(self.types):
+            if i < len(header.args):
+                decoders.append(compiler.decoder(header.args[i], expected))
+            elif nullable(expected):
+                decoders.append(_const_none)  # a missing argument of opt/null/reserved type reads as null
+            else:
+                raise CandidError(f"missing argument {i} of type {describe(expected)}")
+        decoders += [compiler.skip(w) for w in header.args[len(self.types) :]]
+        return _Compiled(data[4 : header.end], tuple(decoders))
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_plan(types: tuple[Type, ...]) -> _DecodePlan:
+    return _DecodePlan(types)
+
+
+def decode(data: bytes | bytearray | memoryview, types: Sequence[Type] | str) -> list[Any]:
+    """Decode a Candid message at the expected argument types ``types``; one value per type.
+
+    ``types`` is a list of types (e.g. from :func:`parse_args`) or Candid text. Extra arguments in
+    the message are skipped; missing ones of type ``opt``/``null``/``reserved`` read as ``None``.
+    Anything malformed, over a limit or not coercible raises :class:`CandidError`.
+    """
+    expected = as_types(types)
+    raw = bytes(data)
+    if not raw.startswith(MAGIC):
+        raise CandidError("not a Candid message (no DIDL magic)")
+    try:
+        compiled = _decode_plan(expected).compiled_for(raw)
+        st = _State(ELEMENT_BUDGET_BASE + ELEMENT_BUDGET_PER_BYTE * len(raw))
+        pos = 4 + len(compiled.header)
+        values: list[Any] = []
+        for dec in compiled.decoders:
+            value, pos = dec(raw, pos, st, 0)
+            values.append(value)
+    except _Mismatch as exc:
+        raise CandidError(str(exc)) from None
+    except CandidError:
+        raise
+    except DecodeError as exc:  # a truncated LEB128 number, from the shared decoder
+        raise CandidError(str(exc)) from None
+    except (IndexError, struct.error):
+        raise CandidError("truncated Candid message") from None
+    except RecursionError:
+        raise CandidError(_TOO_DEEP) from None
+    if pos != len(raw):
+        raise CandidError(f"{len(raw) - pos} trailing bytes after the Candid arguments")
+    return values[: len(expected)]

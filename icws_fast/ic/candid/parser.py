@@ -1,0 +1,455 @@
+"""Candid text: type expressions, argument tuples and ``.did`` files parsed into :mod:`.types`.
+
+The parser takes untrusted text: nesting is bounded (``MAX_TYPE_DEPTH``), every name must be defined,
+no alias chain may loop without a type constructor, and every failure raises
+:class:`~icws_fast.errors.CandidError` with the offset of the offending token.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+from icws_fast.errors import CandidError
+from icws_fast.ic.candid.types import (
+    BLOB,
+    MAX_FIELD_ID,
+    MAX_TYPE_DEPTH,
+    MODE_CODES,
+    NULL,
+    PRIM_BY_NAME,
+    DidFile,
+    Field,
+    FuncType,
+    NamedType,
+    OptType,
+    RecordType,
+    ServiceType,
+    Type,
+    VariantType,
+    VecType,
+    idl_hash,
+    resolve,
+)
+
+__all__ = ["as_types", "parse_args", "parse_did", "parse_type"]
+
+_TOKEN: Final = re.compile(
+    r"""
+    (?P<ws>[ \t\r\n]+|//[^\n]*)
+  | (?P<num>0[xX][0-9a-fA-F][0-9a-fA-F_]*|[0-9][0-9_]*)
+  | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<text>"(?:[^"\\]|\\.)*")
+  | (?P<punct>->|[(){};:,=.])
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_ESCAPE: Final = re.compile(r"\\(u\{[0-9a-fA-F_]+\}|[0-9a-fA-F]{2}|.)", re.DOTALL)
+_SIMPLE_ESCAPES: Final = {"n": b"\n", "r": b"\r", "t": b"\t", "\\": b"\\", '"': b'"', "'": b"'"}
+_KEYWORDS: Final = frozenset(
+    {"type", "import", "service", "func", "opt", "vec", "record", "variant", "blob", "query", "oneway"}
+    | {"composite_query"}
+)
+
+
+class _Tok(NamedTuple):
+    kind: str  # "num" | "id" | "text" | "punct" | "eof"
+    value: str
+    offset: int
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    tokens: list[_Tok] = []
+    pos, end = 0, len(text)
+    while pos < end:
+        if text.startswith("/*", pos):
+            pos = _skip_block_comment(text, pos)
+            continue
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise CandidError(f"unexpected character {text[pos]!r} at offset {pos}")
+        kind = m.lastgroup
+        assert kind is not None
+        if kind == "text":
+            tokens.append(_Tok("text", _unescape(m.group()[1:-1], pos), pos))
+        elif kind != "ws":
+            tokens.append(_Tok(kind, m.group(), pos))
+        pos = m.end()
+    tokens.append(_Tok("eof", "", end))
+    return tokens
+
+
+def _skip_block_comment(text: str, pos: int) -> int:
+    """The offset after the (possibly nested) block comment starting at ``pos``."""
+    depth, i = 0, pos
+    while i < len(text):
+        if text.startswith("/*", i):
+            depth += 1
+            i += 2
+        elif text.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    raise CandidError(f"unterminated comment at offset {pos}")
+
+
+def _unescape(body: str, offset: int) -> str:
+    """Decode a Candid string literal body; ``\\XX`` escapes are raw bytes, the result must be UTF-8."""
+    out = bytearray()
+    last = 0
+    for m in _ESCAPE.finditer(body):
+        out += body[last : m.start()].encode("utf-8", "surrogatepass")
+        esc = m.group(1)
+        if esc.startswith("u{"):
+            try:
+                out += chr(int(esc[2:-1].replace("_", ""), 16)).encode("utf-8")
+            except (ValueError, OverflowError):
+                raise CandidError(f"bad unicode escape in string at offset {offset}") from None
+        elif len(esc) == 2:
+            out.append(int(esc, 16))
+        elif esc in _SIMPLE_ESCAPES:
+            out += _SIMPLE_ESCAPES[esc]
+        else:
+            raise CandidError(f"bad escape \\{esc} in string at offset {offset}")
+        last = m.end()
+    out += body[last:].encode("utf-8", "surrogatepass")
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CandidError(f"string at offset {offset} is not valid UTF-8") from None
+
+
+class _Env:
+    """Type definitions being parsed: one :class:`NamedType` per name, defined or not yet."""
+
+    def __init__(self, base: _Env | None = None) -> None:
+        self.names: dict[str, NamedType] = dict(base.names) if base else {}
+
+    def ref(self, name: str) -> NamedType:
+        named = self.names.get(name)
+        if named is None:
+            named = self.names[name] = NamedType(name)
+        return named
+
+    def check(self) -> None:
+        """Every referenced name is defined, and no alias chain loops without a constructor."""
+        for name, named in self.names.items():
+            if named._definition is None:
+                raise CandidError(f"type {name!r} is not defined")
+        for named in self.names.values():
+            seen: set[int] = set()
+            t: Type = named
+            while isinstance(t, NamedType):
+                if id(t) in seen:
+                    raise CandidError(f"type {named.name!r} is defined as itself")
+                seen.add(id(t))
+                t = t.definition
+
+
+class _Parser:
+    def __init__(self, text: str, env: _Env) -> None:
+        if not isinstance(text, str):
+            raise CandidError("Candid source must be a str")
+        self.toks = _tokenize(text)
+        self.i = 0
+        self.env = env
+
+    # -- token helpers -------------------------------------------------------------------
+    def peek(self, ahead: int = 0) -> _Tok:
+        return self.toks[min(self.i + ahead, len(self.toks) - 1)]
+
+    def next(self) -> _Tok:
+        tok = self.toks[self.i]
+        if tok.kind != "eof":
+            self.i += 1
+        return tok
+
+    def at(self, value: str, ahead: int = 0) -> bool:
+        tok = self.peek(ahead)
+        return tok.kind in ("punct", "id") and tok.value == value
+
+    def accept(self, value: str) -> bool:
+        if self.at(value):
+            self.i += 1
+            return True
+        return False
+
+    def expect(self, value: str) -> None:
+        if not self.accept(value):
+            self.fail(f"expected {value!r}")
+
+    def fail(self, what: str) -> None:
+        tok = self.peek()
+        found = "end of input" if tok.kind == "eof" else repr(tok.value)
+        raise CandidError(f"{what} at offset {tok.offset}, found {found}")
+
+    def unread(self, tok: _Tok) -> None:
+        """Step back over ``tok`` (just taken by :meth:`next`) so that errors point at it."""
+        if tok.kind != "eof":
+            self.i -= 1
+
+    def end(self) -> None:
+        if self.peek().kind != "eof":
+            self.fail("expected end of input")
+
+    def name(self) -> str:
+        tok = self.next()
+        if tok.kind not in ("id", "text"):
+            self.unread(tok)
+            self.fail("expected a name")
+        return tok.value
+
+    def nat(self) -> int:
+        tok = self.next()
+        if tok.kind != "num":
+            self.unread(tok)
+            self.fail("expected a number")
+        digits = tok.value.replace("_", "")
+        if len(digits) > 40:
+            self.i -= 1
+            self.fail("number too large")
+        return int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10)
+
+    # -- grammar -------------------------------------------------------------------------
+    def datatype(self, depth: int = 0) -> Type:
+        if depth > MAX_TYPE_DEPTH:
+            self.fail("type nested too deeply")
+        d = depth + 1
+        tok = self.next()
+        if tok.kind != "id":
+            self.unread(tok)
+            self.fail("expected a type")
+        word = tok.value
+        prim = PRIM_BY_NAME.get(word)
+        if prim is not None:
+            return prim
+        if word == "opt":
+            return OptType(self.datatype(d))
+        if word == "vec":
+            return VecType(self.datatype(d))
+        if word == "blob":
+            return BLOB
+        if word == "record":
+            return self.record(d)
+        if word == "variant":
+            return self.variant(d)
+        if word == "func":
+            return self.functype(d)
+        if word == "service":
+            return self.actortype(d)
+        if word in _KEYWORDS:
+            self.i -= 1
+            self.fail("expected a type")
+        return self.env.ref(word)
+
+    def field_label(self) -> tuple[int, str | int] | None:
+        """``name :`` or ``nat :`` ahead: consume it and return (id, key); else None."""
+        tok = self.peek()
+        if not self.at(":", 1):
+            return None
+        if tok.kind == "num":
+            field_id = self.nat()
+            if field_id > MAX_FIELD_ID:
+                self.fail("field id larger than 2**32-1")
+            self.next()
+            return field_id, field_id
+        if tok.kind in ("id", "text"):
+            self.next()
+            self.next()
+            return idl_hash(tok.value), tok.value
+        return None
+
+    def record(self, depth: int) -> RecordType:
+        self.expect("{")
+        fields: list[Field] = []
+        next_id = 0
+        while not self.accept("}"):
+            label = self.field_label()
+            if label is None:
+                if next_id > MAX_FIELD_ID:
+                    self.fail("field id larger than 2**32-1")
+                fid: int = next_id
+                key: str | int = next_id
+            else:
+                fid, key = label
+            fields.append(Field(fid, key, self.datatype(depth)))
+            next_id = fid + 1
+            if not self.accept(";"):
+                self.expect("}")
+                break
+        return RecordType(_unique_fields(self, fields))
+
+    def variant(self, depth: int) -> VariantType:
+        self.expect("{")
+        fields: list[Field] = []
+        while not self.accept("}"):
+            label = self.field_label()
+            if label is not None:
+                fields.append(Field(label[0], label[1], self.datatype(depth)))
+            elif self.peek().kind == "num":
+                fid = self.nat()
+                if fid > MAX_FIELD_ID:
+                    self.fail("field id larger than 2**32-1")
+                fields.append(Field(fid, fid, NULL))
+            else:
+                tag = self.name()
+                fields.append(Field(idl_hash(tag), tag, NULL))
+            if not self.accept(";"):
+                self.expect("}")
+                break
+        return VariantType(_unique_fields(self, fields))
+
+    def tuple(self, depth: int) -> list[Type]:
+        """``( argtype, ... )`` where an argument may carry a name (``(to : principal)``)."""
+        self.expect("(")
+        types: list[Type] = []
+        while not self.accept(")"):
+            if self.peek().kind in ("id", "text") and self.at(":", 1):
+                self.next()
+                self.next()
+            types.append(self.datatype(depth))
+            if not self.accept(","):
+                self.expect(")")
+                break
+        return types
+
+    def functype(self, depth: int) -> FuncType:
+        args = self.tuple(depth)
+        self.expect("->")
+        rets = self.tuple(depth)
+        modes: list[str] = []
+        while self.peek().kind == "id" and self.peek().value in MODE_CODES:
+            modes.append(self.next().value)
+        if len(modes) > 1:
+            self.fail("a function takes at most one of query, composite_query, oneway")
+        if "oneway" in modes and rets:
+            self.fail("a oneway function has no results")
+        return FuncType(args, rets, modes)
+
+    def actortype(self, depth: int) -> ServiceType:
+        self.expect("{")
+        methods: dict[str, Type] = {}
+        while not self.accept("}"):
+            name = self.name()
+            self.expect(":")
+            if name in methods:
+                self.fail(f"duplicate method {name!r}")
+            methods[name] = self.functype(depth) if self.at("(") else self.datatype(depth)
+            if not self.accept(";"):
+                self.expect("}")
+                break
+        return ServiceType(methods)
+
+    def definitions(self) -> DidFile:
+        """A whole .did source: ``type`` definitions, then optionally the service."""
+        service: Type | None = None
+        init: list[Type] | None = None
+        while self.peek().kind != "eof":
+            if self.accept("type"):
+                tok = self.next()
+                if tok.kind != "id" or tok.value in _KEYWORDS or tok.value in PRIM_BY_NAME:
+                    self.unread(tok)
+                    self.fail("expected a type name")
+                named = self.env.ref(tok.value)
+                if named._definition is not None:
+                    self.fail(f"type {tok.value!r} defined twice")
+                self.expect("=")
+                named._definition = self.datatype()
+            elif self.accept("import"):
+                self.fail("imports are not supported")
+            elif self.accept("service"):
+                if service is not None:
+                    self.fail("more than one service")
+                if self.peek().kind == "id" and not self.at(":"):
+                    self.next()
+                self.expect(":")
+                if self.at("("):
+                    init = self.tuple(0)
+                    self.expect("->")
+                service = self.actortype(0) if self.at("{") else self.datatype()
+            else:
+                self.fail("expected 'type' or 'service'")
+            if not self.accept(";") and self.peek().kind != "eof":
+                self.fail("expected ';'")
+        self.env.check()
+        resolved: ServiceType | None = None
+        if service is not None:
+            target = resolve(service)
+            if not isinstance(target, ServiceType):
+                raise CandidError("the service of a .did file must have a service type")
+            for name, method in target.methods.items():
+                if not isinstance(resolve(method), FuncType):
+                    raise CandidError(f"method {name!r} does not have a function type")
+            resolved = target
+        types: dict[str, Type] = dict(self.env.names)
+        return DidFile(types, resolved, tuple(init) if init is not None else None)
+
+
+def _unique_fields(parser: _Parser, fields: list[Field]) -> list[Field]:
+    ids = [f.id for f in fields]
+    if len(set(ids)) != len(ids):
+        parser.fail("duplicate field id (or field names whose hashes collide)")
+    return fields
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_defs(defs: str | None) -> _Env:
+    env = _Env()
+    if defs is not None:
+        _Parser(defs, env).definitions()
+    return env
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_type_cached(text: str, defs: str | None) -> Type:
+    env = _Env(_parse_defs(defs))
+    parser = _Parser(text, env)
+    t = parser.datatype()
+    parser.end()
+    env.check()
+    return t
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_args_cached(text: str, defs: str | None) -> tuple[Type, ...]:
+    env = _Env(_parse_defs(defs))
+    parser = _Parser(text, env)
+    types = parser.tuple(0)
+    parser.end()
+    env.check()
+    return tuple(types)
+
+
+def parse_type(text: str, defs: str | None = None) -> Type:
+    """Parse one Candid type, e.g. ``"record { text : text; timestamp : nat64 }"``.
+
+    ``defs`` is .did text whose ``type X = ...;`` definitions the expression may name. Results are
+    cached: the same ``(text, defs)`` gives the same :class:`Type` object (and so hits the
+    encoder/decoder caches).
+    """
+    return _parse_type_cached(text, defs)
+
+
+def parse_args(text: str, defs: str | None = None) -> list[Type]:
+    """Parse an argument tuple type such as ``"(nat, opt text)"`` (arguments may be named)."""
+    return list(_parse_args_cached(text, defs))
+
+
+def parse_did(text: str) -> DidFile:
+    """Parse a .did source: type definitions and an optional service (with method annotations)."""
+    return _Parser(text, _Env()).definitions()
+
+
+def as_types(types: Sequence[Type] | str) -> tuple[Type, ...]:
+    if isinstance(types, str):
+        return _parse_args_cached(types, None)
+    result = tuple(types)
+    for t in result:
+        if not isinstance(t, Type):
+            raise TypeError(f"expected Candid types, got {type(t).__name__}")
+    return result
