@@ -12,7 +12,7 @@ from typing import Final
 
 from icws_fast.errors import DecodeError
 
-__all__ = ["decode_leb128", "decode_sleb128", "leb128", "leb128_value", "sleb128"]
+__all__ = ["decode_leb128", "decode_length", "decode_sleb128", "leb128", "leb128_value", "sleb128"]
 
 _END: Final = re.compile(rb"[\x00-\x7f]")
 _LOW7: Final = bytes(b & 0x7F for b in range(256))
@@ -80,6 +80,32 @@ def decode_leb128(data: bytes, pos: int = 0) -> tuple[int, int]:
     # as binary text instead, which int() parses in linear time.
     digits = data[pos:end].translate(_LOW7)[::-1]
     return int("".join(map(_BITS7.__getitem__, digits)), 2), end
+
+
+def decode_length(data: bytes, pos: int, what: str, item_size: int = 1) -> tuple[int, int]:
+    """The length prefix at ``data[pos:]``: a LEB128 count of ``item_size``-byte items that must fit in
+    the rest of ``data``. Returns ``(count, start)``, ``start`` the index of the first item.
+
+    Raises :class:`~icws_fast.errors.DecodeError` naming ``what`` (e.g. ``"text"``) when the items
+    would run past the end of ``data``, so a hostile length is refused before anything is allocated.
+    """
+    # One and two bytes inline (lengths below 16 KiB): this runs for every text, blob and vector.
+    try:
+        n = data[pos]
+        if n < 0x80:
+            pos += 1
+        else:
+            second = data[pos + 1]
+            if second < 0x80:
+                n = (n & 0x7F) | second << 7
+                pos += 2
+            else:
+                n, pos = decode_leb128(data, pos)
+    except IndexError:
+        raise DecodeError(_TRUNCATED) from None
+    if n * item_size > len(data) - pos:
+        raise DecodeError(f"{what} of length {n} overshoots the input ({len(data) - pos} bytes left)")
+    return n, pos
 
 
 def decode_sleb128(data: bytes, pos: int = 0) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from icws_fast.errors import DecodeError
-from icws_fast.ic.leb128 import decode_leb128, decode_sleb128, leb128, leb128_value, sleb128
+from icws_fast.ic.leb128 import decode_leb128, decode_length, decode_sleb128, leb128, leb128_value, sleb128
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,24 @@ def test_huge_number_decodes_exactly() -> None:
     data = leb128(n)
     assert len(data) == 200_000
     assert decode_leb128(data) == (n, len(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=1 << 70), st.sampled_from([0, 1, 2, 8]), st.binary(max_size=3))
+def test_length_fits_or_raises(n: int, item_size: int, before: bytes) -> None:
+    """A length whose items fit is returned with the start of the items; one that overshoots by a byte is refused."""
+    prefix = before + leb128(n)
+    fits = n * item_size <= 64
+    body = bytes(n * item_size) if fits else b""
+    if fits:
+        assert decode_length(prefix + body, len(before), "vector", item_size) == (n, len(prefix))
+    if n * item_size:
+        short = prefix + bytes(min(n * item_size, 64) - 1)
+        with pytest.raises(DecodeError, match=r"^vector of length \d+ overshoots the input \(\d+ bytes left\)$"):
+            decode_length(short, len(before), "vector", item_size)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x80", b"\xff\xff", b"\x05"])
+def test_length_truncated_or_short_raises_decode_error(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_length(data, 0, "text")

@@ -44,8 +44,8 @@ from icws_fast.ic.candid.types import (
     nullable,
     resolve,
 )
-from icws_fast.ic.candid.typetable import MAGIC, read_header, read_leb
-from icws_fast.ic.leb128 import decode_leb128, decode_sleb128
+from icws_fast.ic.candid.typetable import MAGIC, read_header
+from icws_fast.ic.leb128 import decode_leb128, decode_length, decode_sleb128
 from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
 from icws_fast.ic.principal import Principal
 
@@ -66,10 +66,9 @@ class _Mismatch(CandidError):
 class _State:
     """Per-call mutable state: the remaining element budget."""
 
+    # No __init__: the caller sets ``budget``, which spares a Python call on every decode.
     __slots__ = ("budget",)
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
+    budget: int
 
 
 _Decoder: TypeAlias = Callable[[bytes, int, _State, int], tuple[Any, int]]
@@ -151,14 +150,8 @@ def _struct_decoder(code: str) -> _Decoder:
 
 
 def _dec_text(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    n = data[pos]
-    if n < 0x80:
-        pos += 1
-    else:
-        n, pos = decode_leb128(data, pos)
+    n, pos = decode_length(data, pos, "text")
     end = pos + n
-    if end > len(data):
-        raise CandidError("text overshoots the message")
     try:
         return data[pos:end].decode("utf-8"), end
     except UnicodeDecodeError:
@@ -168,10 +161,10 @@ def _dec_text(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
 def _dec_principal(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
     if data[pos] != 1:
         raise CandidError("opaque or malformed principal reference")
-    n, pos = read_leb(data, pos + 1)
+    n, pos = decode_length(data, pos + 1, "principal")
+    if n > PRINCIPAL_MAX_LENGTH:
+        raise CandidError(f"principal of {n} bytes is longer than {PRINCIPAL_MAX_LENGTH}")
     end = pos + n
-    if n > PRINCIPAL_MAX_LENGTH or end > len(data):
-        raise CandidError(f"principal of {n} bytes is invalid or overshoots the message")
     return Principal(data[pos:end]), end
 
 
@@ -184,8 +177,9 @@ def _dec_func(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
 
 
 def _dec_future(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    m, pos = read_leb(data, pos)
-    _refs, pos = read_leb(data, pos)
+    # Two counts, then the bytes: the first count is the length, so it is checked after the second.
+    m, pos = decode_leb128(data, pos)
+    _refs, pos = decode_leb128(data, pos)
     end = pos + m
     if end > len(data):
         raise CandidError("future value overshoots the message")
@@ -269,7 +263,7 @@ class _DecoderCompiler:
             if code is not None:
                 # Every bit pattern of a fixed-width number is valid: jump over the whole vector.
                 return _skip_packed_vec(struct.calcsize("<" + code))
-            return self._vec(self.skip(w.inner), as_bytes=False, discard=True)
+            return self._vec(self.skip(w.inner), self._min_size(w.inner), as_bytes=False, discard=True)
         if isinstance(w, RecordType):
             return self._record(w, [(None, self.skip(f.type)) for f in w.fields], None, False)
         if isinstance(w, VariantType):
@@ -384,19 +378,19 @@ class _DecoderCompiler:
         wi, ei = w.inner, resolve(e.inner)
         code = _packed_code(wi)
         if wi is ei and code is not None:
-            return _packed_vec(code, as_bytes=ei is NAT8)
+            return _dec_blob if ei is NAT8 else _packed_vec(code)
         if wi is BOOL and ei is BOOL:
             return _dec_bool_vec
-        return self._vec(self.decoder(wi, ei), as_bytes=ei is NAT8, discard=False)
+        return self._vec(self.decoder(wi, ei), self._min_size(wi), as_bytes=ei is NAT8, discard=False)
+
+    def _min_size(self, w: Type) -> int:
+        """The fewest bytes a value of wire type ``w`` takes: 0 for ``null``, ``reserved`` and zero-sized records."""
+        return 0 if w is NULL or w is RESERVED or id(w) in self.zero_sized else 1
 
     @staticmethod
-    def _vec(elem: _Decoder, *, as_bytes: bool, discard: bool) -> _Decoder:
+    def _vec(elem: _Decoder, min_size: int, *, as_bytes: bool, discard: bool) -> _Decoder:
         def dec_vec(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-            n = data[pos]
-            if n < 0x80:
-                pos += 1
-            else:
-                n, pos = decode_leb128(data, pos)
+            n, pos = decode_length(data, pos, "vector", min_size)
             budget = st.budget - n
             if budget < 0:
                 raise CandidError(_OVER_BUDGET)
@@ -477,11 +471,7 @@ class _DecoderCompiler:
         n = len(entries)
 
         def dec_variant(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-            i = data[pos]
-            if i < 0x80:
-                pos += 1
-            else:
-                i, pos = decode_leb128(data, pos)
+            i, pos = decode_leb128(data, pos)
             if i >= n:
                 raise CandidError(f"variant index {i} out of range")
             if depth >= MAX_DEPTH:
@@ -550,6 +540,8 @@ def _record_all_fields(
     keyed: tuple[tuple[Any, _Decoder], ...], defaults: dict[Any, None] | None, charge: bool
 ) -> _Decoder:
     """A record decoder for the common case: every wire field is wanted, the value is a dict."""
+    if not charge and not defaults:
+        return _record_exact(keyed)
 
     def dec_record_all(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
         if depth >= MAX_DEPTH:
@@ -569,6 +561,47 @@ def _record_all_fields(
     return dec_record_all
 
 
+def _record_exact(keyed: tuple[tuple[Any, _Decoder], ...]) -> _Decoder:
+    """The commonest record decoder, kept lean: the wire and expected fields are the same and take bytes."""
+
+    if len(keyed) == 2:
+        (k0, f0), (k1, f1) = keyed
+
+        def dec_record2(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+            if depth >= MAX_DEPTH:
+                raise CandidError(_TOO_DEEP)
+            d = depth + 1
+            v0, pos = f0(data, pos, st, d)
+            v1, pos = f1(data, pos, st, d)
+            return {k0: v0, k1: v1}, pos
+
+        return dec_record2
+    if len(keyed) == 3:
+        (k0, f0), (k1, f1), (k2, f2) = keyed
+
+        def dec_record3(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+            if depth >= MAX_DEPTH:
+                raise CandidError(_TOO_DEEP)
+            d = depth + 1
+            v0, pos = f0(data, pos, st, d)
+            v1, pos = f1(data, pos, st, d)
+            v2, pos = f2(data, pos, st, d)
+            return {k0: v0, k1: v1, k2: v2}, pos
+
+        return dec_record3
+
+    def dec_record_exact(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        if depth >= MAX_DEPTH:
+            raise CandidError(_TOO_DEEP)
+        d = depth + 1
+        out: dict[Any, Any] = {}
+        for key, f in keyed:
+            out[key], pos = f(data, pos, st, d)
+        return out, pos
+
+    return dec_record_exact
+
+
 def _packed_code(t: Type) -> str | None:
     """The struct letter of a fixed-width number type, else None."""
     if not isinstance(t, PrimType):
@@ -582,49 +615,33 @@ def _positional(types: Sequence[Type]) -> tuple[Field, ...]:
     return tuple(Field(i, i, t) for i, t in enumerate(types))
 
 
-def _packed_vec(code: str, *, as_bytes: bool) -> _Decoder:
+def _dec_blob(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    n, pos = decode_length(data, pos, "blob")
+    end = pos + n
+    return data[pos:end], end
+
+
+def _packed_vec(code: str) -> _Decoder:
     size = struct.calcsize("<" + code)
 
     def dec_packed(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-        n = data[pos]
-        if n < 0x80:
-            pos += 1
-        else:
-            n, pos = decode_leb128(data, pos)
-        end = pos + n * size
-        if end > len(data):
-            raise CandidError("vector overshoots the message")
-        if as_bytes:
-            return data[pos:end], end
-        return list(struct.unpack_from(f"<{n}{code}", data, pos)), end
+        n, pos = decode_length(data, pos, "vector", size)
+        return list(struct.unpack_from(f"<{n}{code}", data, pos)), pos + n * size
 
     return dec_packed
 
 
 def _skip_packed_vec(size: int) -> _Decoder:
     def skip_packed(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-        n = data[pos]
-        if n < 0x80:
-            pos += 1
-        else:
-            n, pos = decode_leb128(data, pos)
-        end = pos + n * size
-        if end > len(data):
-            raise CandidError("vector overshoots the message")
-        return None, end
+        n, pos = decode_length(data, pos, "vector", size)
+        return None, pos + n * size
 
     return skip_packed
 
 
 def _dec_bool_vec(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    n = data[pos]
-    if n < 0x80:
-        pos += 1
-    else:
-        n, pos = decode_leb128(data, pos)
+    n, pos = decode_length(data, pos, "vector")
     end = pos + n
-    if end > len(data):
-        raise CandidError("vector overshoots the message")
     chunk = data[pos:end]
     if chunk.translate(None, b"\x00\x01"):
         raise CandidError("invalid bool byte in vector")
@@ -691,7 +708,8 @@ def decode(data: bytes | bytearray | memoryview, types: Sequence[Type] | str) ->
         raise CandidError("not a Candid message (no DIDL magic)")
     try:
         compiled = _decode_plan(expected).compiled_for(raw)
-        st = _State(ELEMENT_BUDGET_BASE + ELEMENT_BUDGET_PER_BYTE * len(raw))
+        st = _State()
+        st.budget = ELEMENT_BUDGET_BASE + ELEMENT_BUDGET_PER_BYTE * len(raw)
         pos = 4 + len(compiled.header)
         values: list[Any] = []
         for dec in compiled.decoders:

@@ -31,7 +31,7 @@ from icws_fast.ic.candid.types import (
     describe,
     resolve,
 )
-from icws_fast.ic.leb128 import decode_leb128, decode_sleb128, leb128, sleb128
+from icws_fast.ic.leb128 import decode_leb128, decode_length, decode_sleb128, leb128, sleb128
 
 __all__ = ["MAGIC", "MAX_TYPE_TABLE", "Header", "encode_header", "read_header"]
 
@@ -147,14 +147,6 @@ def encode_header(types: Sequence[Type]) -> bytes:
     return _TableBuilder(types).header(types)
 
 
-def read_leb(data: bytes, pos: int) -> tuple[int, int]:
-    """An unsigned LEB128 count or id (small in any valid message)."""
-    b = data[pos]
-    if b < 0x80:
-        return b, pos + 1
-    return decode_leb128(data, pos)
-
-
 class Header(NamedTuple):
     """A parsed message header: the argument types, the whole table, and the offset of the first value."""
 
@@ -166,8 +158,8 @@ class Header(NamedTuple):
 def read_header(data: bytes) -> Header:
     """Parse and validate the type table and argument types that follow the magic."""
     size = len(data)
-    n, pos = read_leb(data, 4)
-    if n > MAX_TYPE_TABLE or n > size - pos:
+    n, pos = decode_length(data, 4, "type table")
+    if n > MAX_TYPE_TABLE:
         raise CandidError(f"type table of {n} entries is too large")
     raw: list[tuple[int, Any]] = []
 
@@ -180,23 +172,17 @@ def read_header(data: bytes) -> Header:
             raise CandidError(f"invalid type opcode {ref} in a type reference")
         return ref, p
 
-    def count(p: int) -> tuple[int, int]:
-        k, p = read_leb(data, p)
-        if k > size - p:
-            raise CandidError(f"count {k} overshoots the message")
-        return k, p
-
     for _ in range(n):
         op, pos = decode_sleb128(data, pos)
         if op in (_OPT, _VEC):
             ref, pos = typeref(pos)
             raw.append((op, ref))
         elif op in (_RECORD, _VARIANT):
-            k, pos = count(pos)
+            k, pos = decode_length(data, pos, "field list")
             fields: list[tuple[int, int]] = []
             last = -1
             for _ in range(k):
-                fid, pos = read_leb(data, pos)
+                fid, pos = decode_leb128(data, pos)
                 if fid > MAX_FIELD_ID:
                     raise CandidError(f"field id {fid} larger than 2**32-1")
                 if fid <= last:
@@ -206,28 +192,28 @@ def read_header(data: bytes) -> Header:
                 fields.append((fid, ref))
             raw.append((op, fields))
         elif op == _FUNC:
-            k, pos = count(pos)
+            k, pos = decode_length(data, pos, "function arguments")
             args = []
             for _ in range(k):
                 ref, pos = typeref(pos)
                 args.append(ref)
-            k, pos = count(pos)
+            k, pos = decode_length(data, pos, "function results")
             rets = []
             for _ in range(k):
                 ref, pos = typeref(pos)
                 rets.append(ref)
-            k, pos = count(pos)
+            k, pos = decode_length(data, pos, "function annotations")
             modes = data[pos : pos + k]
             pos += k
             if any(m not in _MODE_NAMES for m in modes):
                 raise CandidError("unknown function annotation")
             raw.append((op, (args, rets, [_MODE_NAMES[m] for m in modes])))
         elif op == _SERVICE:
-            k, pos = count(pos)
+            k, pos = decode_length(data, pos, "service methods")
             methods: list[tuple[str, int]] = []
             last_name = b""
             for i in range(k):
-                ln, pos = count(pos)
+                ln, pos = decode_length(data, pos, "method name")
                 name = data[pos : pos + ln]
                 pos += ln
                 if i and name <= last_name:
@@ -241,7 +227,7 @@ def read_header(data: bytes) -> Header:
                 methods.append((text, ref))
             raw.append((op, methods))
         elif op < _FUTURE_BELOW:
-            k, pos = count(pos)
+            k, pos = decode_length(data, pos, "future type")
             pos += k
             raw.append((op, None))
         else:
@@ -288,7 +274,7 @@ def read_header(data: bytes) -> Header:
                     raise CandidError(f"service method {name!r} does not have a function type")
                 t.methods[name] = method
 
-    nargs, pos = count(pos)
+    nargs, pos = decode_length(data, pos, "argument types")
     arg_types = []
     for _ in range(nargs):
         ref, pos = typeref(pos)
