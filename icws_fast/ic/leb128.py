@@ -12,7 +12,7 @@ from typing import Final
 
 from icws_fast.errors import DecodeError
 
-__all__ = ["decode_leb128", "decode_length", "decode_sleb128", "leb128", "leb128_value", "sleb128"]
+__all__ = ["decode_leb128", "decode_length", "decode_sleb128", "leb128", "leb128_value", "number_text", "sleb128"]
 
 _END: Final = re.compile(rb"[\x00-\x7f]")
 _LOW7: Final = bytes(b & 0x7F for b in range(256))
@@ -104,7 +104,7 @@ def decode_length(data: bytes, pos: int, what: str, item_size: int = 1) -> tuple
     except IndexError:
         raise DecodeError(_TRUNCATED) from None
     if n * item_size > len(data) - pos:
-        raise DecodeError(f"{what} of length {n} overshoots the input ({len(data) - pos} bytes left)")
+        raise DecodeError(f"{what} of length {number_text(n)} overshoots the input ({len(data) - pos} bytes left)")
     return n, pos
 
 
@@ -114,6 +114,12 @@ def decode_sleb128(data: bytes, pos: int = 0) -> tuple[int, int]:
     if data[end - 1] & 0x40:
         value -= 1 << (7 * (end - pos))
     return value, end
+
+
+def number_text(n: int) -> str:
+    """``n`` for an error message. A few kilobytes of LEB128 encode a number too long for ``str()``
+    (Python refuses int-to-text beyond 4300 digits with ``ValueError``), so such numbers show as their size."""
+    return str(n) if n.bit_length() <= 128 else f"a {n.bit_length()}-bit number"
 
 
 def leb128_value(data: bytes) -> int:

@@ -737,3 +737,26 @@ def test_depth_limit_boundary() -> None:
 def test_encode_func_method_must_be_utf8() -> None:
     with pytest.raises(CandidError):
         encode("(func () -> ())", [FuncRef(Principal.anonymous(), "\ud800")])
+
+
+# A number of 21 000 bits: longer than Python will turn into text (4300 digits), so an error message
+# that printed it raised ValueError instead of CandidError.
+HUGE = b"\xff" * 3000 + b"\x01"
+
+
+@pytest.mark.parametrize(
+    ("where", "data"),
+    [
+        ("type table size", b"DIDL" + HUGE),
+        ("entry opcode", b"DIDL\x01" + HUGE),
+        ("field count", b"DIDL\x01\x6c" + HUGE),
+        ("field id", b"DIDL\x01\x6c\x01" + HUGE + b"\x7f\x01\x00"),
+        ("type reference", b"DIDL\x00\x01" + HUGE),
+        ("variant index", b"DIDL\x01\x6b\x01\x00\x7f\x01\x00" + HUGE),
+        ("text length", b"DIDL\x00\x01\x71" + HUGE),
+        ("vector length", b"DIDL\x01\x6d\x7d\x01\x00" + HUGE),
+    ],
+)
+def test_huge_wire_numbers_raise_candid_error(where: str, data: bytes) -> None:
+    with pytest.raises(CandidError, match="bit number"):
+        decode(data, "(reserved)")

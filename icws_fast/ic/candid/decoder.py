@@ -45,7 +45,7 @@ from icws_fast.ic.candid.types import (
     resolve,
 )
 from icws_fast.ic.candid.typetable import MAGIC, read_header
-from icws_fast.ic.leb128 import decode_leb128, decode_length, decode_sleb128
+from icws_fast.ic.leb128 import decode_leb128, decode_length, decode_sleb128, number_text
 from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
 from icws_fast.ic.principal import Principal
 
@@ -473,7 +473,7 @@ class _DecoderCompiler:
         def dec_variant(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
             i, pos = decode_leb128(data, pos)
             if i >= n:
-                raise CandidError(f"variant index {i} out of range")
+                raise CandidError(f"variant index {number_text(i)} out of range")
             if depth >= MAX_DEPTH:
                 raise CandidError(_TOO_DEEP)
             key, f = entries[i]

@@ -31,7 +31,7 @@ from icws_fast.ic.candid.types import (
     describe,
     resolve,
 )
-from icws_fast.ic.leb128 import decode_leb128, decode_length, decode_sleb128, leb128, sleb128
+from icws_fast.ic.leb128 import decode_leb128, decode_length, decode_sleb128, leb128, number_text, sleb128
 
 __all__ = ["MAGIC", "MAX_TYPE_TABLE", "Header", "encode_header", "read_header"]
 
@@ -167,9 +167,9 @@ def read_header(data: bytes) -> Header:
         ref, p = decode_sleb128(data, p)
         if ref >= 0:
             if ref >= n:
-                raise CandidError(f"type index {ref} out of range")
+                raise CandidError(f"type index {number_text(ref)} out of range")
         elif ref not in PRIM_BY_CODE:
-            raise CandidError(f"invalid type opcode {ref} in a type reference")
+            raise CandidError(f"invalid type opcode {number_text(ref)} in a type reference")
         return ref, p
 
     for _ in range(n):
@@ -184,7 +184,7 @@ def read_header(data: bytes) -> Header:
             for _ in range(k):
                 fid, pos = decode_leb128(data, pos)
                 if fid > MAX_FIELD_ID:
-                    raise CandidError(f"field id {fid} larger than 2**32-1")
+                    raise CandidError(f"field id {number_text(fid)} larger than 2**32-1")
                 if fid <= last:
                     raise CandidError("record/variant fields not strictly sorted by id")
                 last = fid
@@ -231,7 +231,7 @@ def read_header(data: bytes) -> Header:
             pos += k
             raw.append((op, None))
         else:
-            raise CandidError(f"invalid type table entry opcode {op}")
+            raise CandidError(f"invalid type table entry opcode {number_text(op)}")
 
     # Build the (possibly cyclic) type graph: allocate every entry, then fill in references.
     table: list[Type] = []
