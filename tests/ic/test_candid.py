@@ -760,3 +760,18 @@ HUGE = b"\xff" * 3000 + b"\x01"
 def test_huge_wire_numbers_raise_candid_error(where: str, data: bytes) -> None:
     with pytest.raises(CandidError, match="bit number"):
         decode(data, "(reserved)")
+
+
+@pytest.mark.parametrize(
+    ("types", "value"),
+    [
+        ("(nat8)", 10**5000),
+        ("(vec nat8)", [10**5000]),
+        ("(variant { a })", {10**5000: None}),
+        ("(record { a : nat })", {"a": 1, 10**5000: 2}),
+    ],
+    ids=["nat8", "blob", "variant tag", "record field"],  # pytest cannot print these ints either
+)
+def test_encode_error_for_a_huge_int_is_candid_error(types: str, value: object) -> None:
+    with pytest.raises(CandidError, match="cannot encode"):
+        encode(types, [value])

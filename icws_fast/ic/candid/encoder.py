@@ -58,10 +58,16 @@ def _forward_encoder(cell: list[_Encoder]) -> _Encoder:
 
 
 def _fail_encode(t: Type, value: Any, why: str = "") -> CandidError:
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return CandidError(f"cannot encode {shown} as {describe(t)}" + (f": {why}" if why else ""))
+    return CandidError(f"cannot encode {_shown(value)} as {describe(t)}" + (f": {why}" if why else ""))
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to 80 characters, for error messages."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's int-to-text limit (4300 digits), maybe inside a container
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _is_int(v: Any) -> bool:
@@ -175,7 +181,8 @@ class _EncoderCompiler:
                 else:
                     raise _fail_encode(t, v, f"missing field {key!r}")
             if found != len(v):
-                raise _fail_encode(t, v, f"unknown fields {sorted(map(str, v.keys() - keys))}")
+                unknown = sorted(k if isinstance(k, str) else _shown(k) for k in v.keys() - keys)
+                raise _fail_encode(t, v, f"unknown fields {unknown}")
 
         return enc_record
 
@@ -188,7 +195,7 @@ class _EncoderCompiler:
             ((key, payload),) = v.items()
             tag = tags.get(key)
             if tag is None:
-                raise _fail_encode(t, v, f"unknown tag {key!r}")
+                raise _fail_encode(t, v, f"unknown tag {_shown(key)}")
             out += tag[0]
             tag[1](payload, out)
 
