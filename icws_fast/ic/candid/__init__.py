@@ -32,8 +32,9 @@ and the number of decoded elements (including zero-sized ones such as ``vec null
 and every failure raises :class:`~icws_fast.errors.CandidError`.
 
 The package, bottom-up: :mod:`.types` (type objects, :func:`idl_hash`, rendering), :mod:`.parser`
-(Candid text), :mod:`.typetable` (a message's type table, written and read), :mod:`.encoder` and
-:mod:`.decoder`. Import from ``icws_fast.ic.candid``; the submodules are its implementation.
+(Candid text), :mod:`.typetable` (a message's type table, written and read), :mod:`.encoder`,
+:mod:`.readers` (the decoder's leaf value readers) and :mod:`.decoder`. Import from
+``icws_fast.ic.candid``; the submodules are its implementation.
 """
 
 from __future__ import annotations

@@ -10,16 +10,28 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable, Sequence
-from typing import Any, Final, NamedTuple, TypeAlias
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
 
 from icws_fast.errors import CandidError, DecodeError
 from icws_fast.ic.candid.parser import as_types
+from icws_fast.ic.candid.readers import (
+    PRIM_DECODERS,
+    Decoder,
+    State,
+    const_none,
+    dec_blob,
+    dec_bool_vec,
+    dec_func,
+    dec_future,
+    dec_principal,
+    packed_code,
+    packed_vec,
+    skip_packed_vec,
+)
 from icws_fast.ic.candid.types import (
     BOOL,
     EMPTY,
-    FIXED_WIDTH,
-    FLOATS,
     INT,
     MAX_TYPE_DEPTH,
     NAT,
@@ -27,9 +39,7 @@ from icws_fast.ic.candid.types import (
     NULL,
     PRINCIPAL,
     RESERVED,
-    TEXT,
     Field,
-    FuncRef,
     FuncType,
     FutureType,
     OptType,
@@ -45,9 +55,7 @@ from icws_fast.ic.candid.types import (
     resolve,
 )
 from icws_fast.ic.candid.typetable import MAGIC, read_header
-from icws_fast.ic.leb128 import decode_leb128, decode_length, decode_sleb128, number_text
-from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
-from icws_fast.ic.principal import Principal
+from icws_fast.ic.leb128 import decode_leb128, decode_length, number_text
 
 __all__ = ["ELEMENT_BUDGET_BASE", "ELEMENT_BUDGET_PER_BYTE", "MAX_DEPTH", "decode"]
 
@@ -63,139 +71,44 @@ class _Mismatch(CandidError):
     """A well-formed value that does not coerce to the expected type (an enclosing ``opt`` recovers)."""
 
 
-class _State:
-    """Per-call mutable state: the remaining element budget."""
-
-    # No __init__: the caller sets ``budget``, which spares a Python call on every decode.
-    __slots__ = ("budget",)
-    budget: int
-
-
-_Decoder: TypeAlias = Callable[[bytes, int, _State, int], tuple[Any, int]]
-
 _TOO_DEEP: Final = "Candid value nested too deeply"
 _OVER_BUDGET: Final = "Candid message decodes to too many elements"
 
 
-def _forward_decoder(cell: list[_Decoder]) -> _Decoder:
+def _forward_decoder(cell: list[Decoder]) -> Decoder:
     """A decoder for a recursive pair still being compiled; ``cell`` receives the real one."""
 
-    def dec_forward(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    def dec_forward(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
         return cell[0](data, pos, st, depth)
 
     return dec_forward
 
 
-def _discarding(dec: _Decoder) -> _Decoder:
+def _discarding(dec: Decoder) -> Decoder:
     """``dec`` with its value dropped: skipping a value still validates it."""
 
-    def dec_discard(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    def dec_discard(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
         return None, dec(data, pos, st, depth)[1]
 
     return dec_discard
 
 
-def _const_none(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    return None, pos
-
-
-def _mismatch(wire: Type, expected: Type) -> _Decoder:
+def _mismatch(wire: Type, expected: Type) -> Decoder:
     message = f"a value of type {describe(wire)} does not fit type {describe(expected)}"
 
-    def dec_mismatch(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    def dec_mismatch(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
         raise _Mismatch(message)
 
     return dec_mismatch
 
 
-def _no_value(wire: Type) -> _Decoder:
+def _no_value(wire: Type) -> Decoder:
     message = f"type {describe(wire)} has no values"
 
-    def dec_no_value(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    def dec_no_value(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
         raise CandidError(message)
 
     return dec_no_value
-
-
-def _dec_bool(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    b = data[pos]
-    if b > 1:
-        raise CandidError(f"invalid bool byte {b}")
-    return b == 1, pos + 1
-
-
-def _dec_nat(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    b = data[pos]
-    if b < 0x80:
-        return b, pos + 1
-    return decode_leb128(data, pos)
-
-
-def _dec_int(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    b = data[pos]
-    if b < 0x80:
-        return (b - 0x80 if b & 0x40 else b), pos + 1
-    return decode_sleb128(data, pos)
-
-
-def _struct_decoder(code: str) -> _Decoder:
-    s = struct.Struct("<" + code)
-    unpack_from = s.unpack_from
-    size = s.size
-
-    def dec_fixed(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-        return unpack_from(data, pos)[0], pos + size
-
-    return dec_fixed
-
-
-def _dec_text(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    n, pos = decode_length(data, pos, "text")
-    end = pos + n
-    try:
-        return data[pos:end].decode("utf-8"), end
-    except UnicodeDecodeError:
-        raise CandidError("text is not valid UTF-8") from None
-
-
-def _dec_principal(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    if data[pos] != 1:
-        raise CandidError("opaque or malformed principal reference")
-    n, pos = decode_length(data, pos + 1, "principal")
-    if n > PRINCIPAL_MAX_LENGTH:
-        raise CandidError(f"principal of {n} bytes is longer than {PRINCIPAL_MAX_LENGTH}")
-    end = pos + n
-    return Principal(data[pos:end]), end
-
-
-def _dec_func(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    if data[pos] != 1:
-        raise CandidError("opaque or malformed func reference")
-    principal, pos = _dec_principal(data, pos + 1, st, depth)
-    method, pos = _dec_text(data, pos, st, depth)
-    return FuncRef(principal, method), pos
-
-
-def _dec_future(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    # Two counts, then the bytes: the first count is the length, so it is checked after the second.
-    m, pos = decode_leb128(data, pos)
-    _refs, pos = decode_leb128(data, pos)
-    end = pos + m
-    if end > len(data):
-        raise CandidError("future value overshoots the message")
-    return None, end
-
-
-_PRIM_DECODERS: Final[dict[PrimType, _Decoder]] = {
-    NULL: _const_none,
-    BOOL: _dec_bool,
-    NAT: _dec_nat,
-    INT: _dec_int,
-    TEXT: _dec_text,
-    PRINCIPAL: _dec_principal,
-    **{t: _struct_decoder(code) for t, (code, _lo, _hi) in FIXED_WIDTH.items()},
-    **{t: _struct_decoder(code) for t, code in FLOATS.items()},
-}
 
 
 def _zero_sized_records(table: Sequence[Type]) -> set[int]:
@@ -220,8 +133,8 @@ class _DecoderCompiler:
 
     def __init__(self, table: Sequence[Type]) -> None:
         self.zero_sized = _zero_sized_records(table)
-        self.pairs: dict[tuple[int, int], list[_Decoder]] = {}
-        self.skips: dict[int, list[_Decoder]] = {}
+        self.pairs: dict[tuple[int, int], list[Decoder]] = {}
+        self.skips: dict[int, list[Decoder]] = {}
         self.subtypes: dict[tuple[int, int], bool] = {}
         self.depth = 0
 
@@ -231,7 +144,7 @@ class _DecoderCompiler:
             raise CandidError("Candid type nested too deeply")
 
     # -- skipping ------------------------------------------------------------------------
-    def skip(self, w: Type) -> _Decoder:
+    def skip(self, w: Type) -> Decoder:
         cell = self.skips.get(id(w))
         if cell is not None:
             return cell[0] if cell else _forward_decoder(cell)
@@ -243,26 +156,26 @@ class _DecoderCompiler:
             self.depth -= 1
         return cell[0]
 
-    def _skip(self, w: Type) -> _Decoder:
+    def _skip(self, w: Type) -> Decoder:
         if isinstance(w, PrimType):
             if w is EMPTY:
                 return _no_value(w)
             if w is RESERVED or w is NULL:
-                return _const_none
-            return _discarding(_PRIM_DECODERS[w])  # skipping validates the value like decoding
+                return const_none
+            return _discarding(PRIM_DECODERS[w])  # skipping validates the value like decoding
         if isinstance(w, FutureType):
-            return _dec_future
+            return dec_future
         if isinstance(w, FuncType):
-            return _discarding(_dec_func)
+            return _discarding(dec_func)
         if isinstance(w, ServiceType):
-            return _discarding(_dec_principal)
+            return _discarding(dec_principal)
         if isinstance(w, OptType):
             return self._opt_skip(self.skip(w.inner))
         if isinstance(w, VecType):
-            code = _packed_code(w.inner)
+            code = packed_code(w.inner)
             if code is not None:
                 # Every bit pattern of a fixed-width number is valid: jump over the whole vector.
-                return _skip_packed_vec(struct.calcsize("<" + code))
+                return skip_packed_vec(struct.calcsize("<" + code))
             return self._vec(self.skip(w.inner), self._min_size(w.inner), as_bytes=False, discard=True)
         if isinstance(w, RecordType):
             return self._record(w, [(None, self.skip(f.type)) for f in w.fields], None, False)
@@ -271,8 +184,8 @@ class _DecoderCompiler:
         raise CandidError(f"unsupported wire type {describe(w)}")
 
     @staticmethod
-    def _opt_skip(inner: _Decoder) -> _Decoder:
-        def skip_opt(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    def _opt_skip(inner: Decoder) -> Decoder:
+        def skip_opt(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
             tag = data[pos]
             if tag == 0:
                 return None, pos + 1
@@ -285,7 +198,7 @@ class _DecoderCompiler:
         return skip_opt
 
     # -- decoding at an expected type ----------------------------------------------------
-    def decoder(self, w: Type, e: Type) -> _Decoder:
+    def decoder(self, w: Type, e: Type) -> Decoder:
         e = resolve(e)
         key = (id(w), id(e))
         cell = self.pairs.get(key)
@@ -299,7 +212,7 @@ class _DecoderCompiler:
             self.depth -= 1
         return cell[0]
 
-    def _decoder(self, w: Type, e: Type) -> _Decoder:
+    def _decoder(self, w: Type, e: Type) -> Decoder:
         if w is EMPTY:
             return _no_value(w)
         if e is RESERVED:
@@ -308,18 +221,18 @@ class _DecoderCompiler:
             return self._opt(w, e)
         if isinstance(e, PrimType):
             if w is e or (e is INT and w is NAT):
-                return _PRIM_DECODERS.get(e, _const_none)
+                return PRIM_DECODERS.get(e, const_none)
             if e is PRINCIPAL and isinstance(w, ServiceType):
-                return _dec_principal
+                return dec_principal
             return _mismatch(w, e)
         if isinstance(e, VecType) and isinstance(w, VecType):
             return self._vec_at(w, e)
         if isinstance(e, RecordType) and isinstance(w, RecordType):
             return self._record_at(w, e)
         if isinstance(e, VariantType) and isinstance(w, VariantType):
-            table: list[tuple[Any, _Decoder]] = []
+            table: list[tuple[Any, Decoder]] = []
             expected = {f.id: f for f in e.fields}
-            unknown_tag: _Decoder | None = None
+            unknown_tag: Decoder | None = None
             for wf in w.fields:
                 ef = expected.get(wf.id)
                 if ef is None:
@@ -329,22 +242,22 @@ class _DecoderCompiler:
                     table.append((ef.key, self.decoder(wf.type, ef.type)))
             return self._variant(table, discard=False)
         if isinstance(e, FuncType) and isinstance(w, FuncType):
-            return _dec_func if self.subtype(w, e) else _mismatch(w, e)
+            return dec_func if self.subtype(w, e) else _mismatch(w, e)
         if isinstance(e, ServiceType) and isinstance(w, ServiceType):
-            return _dec_principal if self.subtype(w, e) else _mismatch(w, e)
+            return dec_principal if self.subtype(w, e) else _mismatch(w, e)
         return _mismatch(w, e)
 
-    def _opt(self, w: Type, e: OptType) -> _Decoder:
+    def _opt(self, w: Type, e: OptType) -> Decoder:
         wrap = nullable(e.inner)
         if w is NULL or w is RESERVED:
-            return _const_none
+            return const_none
         if isinstance(w, FutureType):
-            return _dec_future
+            return dec_future
         if isinstance(w, OptType):
             inner = self.decoder(w.inner, e.inner)
             skip_inner = self.skip(w.inner)
 
-            def dec_opt(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+            def dec_opt(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
                 tag = data[pos]
                 if tag == 0:
                     return None, pos + 1
@@ -363,7 +276,7 @@ class _DecoderCompiler:
         inner = self.decoder(w, e.inner)
         skip_value = self.skip(w)
 
-        def dec_as_opt(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        def dec_as_opt(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
             if depth >= MAX_DEPTH:
                 raise CandidError(_TOO_DEEP)
             try:
@@ -374,13 +287,13 @@ class _DecoderCompiler:
 
         return dec_as_opt
 
-    def _vec_at(self, w: VecType, e: VecType) -> _Decoder:
+    def _vec_at(self, w: VecType, e: VecType) -> Decoder:
         wi, ei = w.inner, resolve(e.inner)
-        code = _packed_code(wi)
+        code = packed_code(wi)
         if wi is ei and code is not None:
-            return _dec_blob if ei is NAT8 else _packed_vec(code)
+            return dec_blob if ei is NAT8 else packed_vec(code)
         if wi is BOOL and ei is BOOL:
-            return _dec_bool_vec
+            return dec_bool_vec
         return self._vec(self.decoder(wi, ei), self._min_size(wi), as_bytes=ei is NAT8, discard=False)
 
     def _min_size(self, w: Type) -> int:
@@ -388,8 +301,8 @@ class _DecoderCompiler:
         return 0 if w is NULL or w is RESERVED or id(w) in self.zero_sized else 1
 
     @staticmethod
-    def _vec(elem: _Decoder, min_size: int, *, as_bytes: bool, discard: bool) -> _Decoder:
-        def dec_vec(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    def _vec(elem: Decoder, min_size: int, *, as_bytes: bool, discard: bool) -> Decoder:
+        def dec_vec(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
             n, pos = decode_length(data, pos, "vector", min_size)
             budget = st.budget - n
             if budget < 0:
@@ -411,9 +324,9 @@ class _DecoderCompiler:
 
         return dec_vec
 
-    def _record_at(self, w: RecordType, e: RecordType) -> _Decoder:
+    def _record_at(self, w: RecordType, e: RecordType) -> Decoder:
         expected = {f.id: f for f in e.fields}
-        steps: list[tuple[Any, _Decoder]] = []
+        steps: list[tuple[Any, Decoder]] = []
         for wf in w.fields:
             ef = expected.pop(wf.id, None)
             if ef is None:
@@ -430,18 +343,18 @@ class _DecoderCompiler:
     def _record(
         self,
         w: RecordType,
-        steps: list[tuple[Any, _Decoder]],
+        steps: list[tuple[Any, Decoder]],
         defaults: dict[Any, None] | None,
         as_tuple: bool,
         n_expected: int = 0,
-    ) -> _Decoder:
+    ) -> Decoder:
         charge = id(w) in self.zero_sized
         keyed = tuple(steps)
         skip_only = defaults is None
         if not (skip_only or as_tuple or charge or defaults) and all(key is not None for key, _ in keyed):
             return _record_exact(keyed)
 
-        def dec_record(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        def dec_record(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
             if depth >= MAX_DEPTH:
                 raise CandidError(_TOO_DEEP)
             if charge:
@@ -468,11 +381,11 @@ class _DecoderCompiler:
         return dec_record
 
     @staticmethod
-    def _variant(table: list[tuple[Any, _Decoder]], *, discard: bool) -> _Decoder:
+    def _variant(table: list[tuple[Any, Decoder]], *, discard: bool) -> Decoder:
         entries = tuple(table)
         n = len(entries)
 
-        def dec_variant(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        def dec_variant(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
             i, pos = decode_leb128(data, pos)
             if i >= n:
                 raise CandidError(f"variant index {number_text(i)} out of range")
@@ -538,7 +451,7 @@ class _DecoderCompiler:
         return True
 
 
-def _record_exact(keyed: tuple[tuple[Any, _Decoder], ...]) -> _Decoder:
+def _record_exact(keyed: tuple[tuple[Any, Decoder], ...]) -> Decoder:
     """The commonest record decoder: the wire and expected fields are the same, and the record takes bytes.
 
     Two- and three-field records (a client key, a gateway message) are written out field by field: that
@@ -547,7 +460,7 @@ def _record_exact(keyed: tuple[tuple[Any, _Decoder], ...]) -> _Decoder:
     if len(keyed) == 2:
         (k0, f0), (k1, f1) = keyed
 
-        def dec_record2(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        def dec_record2(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
             if depth >= MAX_DEPTH:
                 raise CandidError(_TOO_DEEP)
             d = depth + 1
@@ -559,7 +472,7 @@ def _record_exact(keyed: tuple[tuple[Any, _Decoder], ...]) -> _Decoder:
     if len(keyed) == 3:
         (k0, f0), (k1, f1), (k2, f2) = keyed
 
-        def dec_record3(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+        def dec_record3(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
             if depth >= MAX_DEPTH:
                 raise CandidError(_TOO_DEEP)
             d = depth + 1
@@ -570,7 +483,7 @@ def _record_exact(keyed: tuple[tuple[Any, _Decoder], ...]) -> _Decoder:
 
         return dec_record3
 
-    def dec_record_exact(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
+    def dec_record_exact(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
         if depth >= MAX_DEPTH:
             raise CandidError(_TOO_DEEP)
         d = depth + 1
@@ -582,55 +495,13 @@ def _record_exact(keyed: tuple[tuple[Any, _Decoder], ...]) -> _Decoder:
     return dec_record_exact
 
 
-def _packed_code(t: Type) -> str | None:
-    """The struct letter of a fixed-width number type, else None."""
-    if not isinstance(t, PrimType):
-        return None
-    if t in FIXED_WIDTH:
-        return FIXED_WIDTH[t][0]
-    return FLOATS.get(t)
-
-
 def _positional(types: Sequence[Type]) -> tuple[Field, ...]:
     return tuple(Field(i, i, t) for i, t in enumerate(types))
 
 
-def _dec_blob(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    n, pos = decode_length(data, pos, "blob")
-    end = pos + n
-    return data[pos:end], end
-
-
-def _packed_vec(code: str) -> _Decoder:
-    size = struct.calcsize("<" + code)
-
-    def dec_packed(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-        n, pos = decode_length(data, pos, "vector", size)
-        return list(struct.unpack_from(f"<{n}{code}", data, pos)), pos + n * size
-
-    return dec_packed
-
-
-def _skip_packed_vec(size: int) -> _Decoder:
-    def skip_packed(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-        n, pos = decode_length(data, pos, "vector", size)
-        return None, pos + n * size
-
-    return skip_packed
-
-
-def _dec_bool_vec(data: bytes, pos: int, st: _State, depth: int) -> tuple[Any, int]:
-    n, pos = decode_length(data, pos, "vector")
-    end = pos + n
-    chunk = data[pos:end]
-    if chunk.translate(None, b"\x00\x01"):
-        raise CandidError("invalid bool byte in vector")
-    return [b == 1 for b in chunk], end
-
-
 class _Compiled(NamedTuple):
     header: bytes  # the message bytes after the magic up to the first value
-    decoders: tuple[_Decoder, ...]
+    decoders: tuple[Decoder, ...]
 
 
 class _DecodePlan:
@@ -658,12 +529,12 @@ class _DecodePlan:
     def _compile(self, data: bytes) -> _Compiled:
         header = read_header(data)
         compiler = _DecoderCompiler(header.table)
-        decoders: list[_Decoder] = []
+        decoders: list[Decoder] = []
         for i, expected in enumerate(self.types):
             if i < len(header.args):
                 decoders.append(compiler.decoder(header.args[i], expected))
             elif nullable(expected):
-                decoders.append(_const_none)  # a missing argument of opt/null/reserved type reads as null
+                decoders.append(const_none)  # a missing argument of opt/null/reserved type reads as null
             else:
                 raise CandidError(f"missing argument {i} of type {describe(expected)}")
         decoders += [compiler.skip(w) for w in header.args[len(self.types) :]]
@@ -688,7 +559,7 @@ def decode(data: bytes | bytearray | memoryview, types: Sequence[Type] | str) ->
         raise CandidError("not a Candid message (no DIDL magic)")
     try:
         compiled = _decode_plan(expected).compiled_for(raw)
-        st = _State()
+        st = State()
         st.budget = ELEMENT_BUDGET_BASE + ELEMENT_BUDGET_PER_BYTE * len(raw)
         pos = 4 + len(compiled.header)
         values: list[Any] = []
@@ -699,7 +570,7 @@ def decode(data: bytes | bytearray | memoryview, types: Sequence[Type] | str) ->
         raise CandidError(str(exc)) from None
     except CandidError:
         raise
-    except DecodeError as exc:  # a truncated LEB128 number, from the shared decoder
+    except DecodeError as exc:  # from icws_fast.ic.leb128 (truncated number, overlong length) or Principal
         raise CandidError(str(exc)) from None
     except (IndexError, struct.error):
         raise CandidError("truncated Candid message") from None
