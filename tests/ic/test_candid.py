@@ -775,3 +775,26 @@ def test_huge_wire_numbers_raise_candid_error(where: str, data: bytes) -> None:
 def test_encode_error_for_a_huge_int_is_candid_error(types: str, value: object) -> None:
     with pytest.raises(CandidError, match="cannot encode"):
         encode(types, [value])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "record { type : nat }",
+        "record { principal : nat }",
+        "variant { opt }",
+        "variant { null : nat }",
+        "func (query : nat) -> ()",
+        "service { oneway : () -> () }",
+    ],
+)
+def test_keyword_as_unquoted_name_is_rejected(text: str) -> None:
+    """The spec: identifiers cannot be keywords; a name that is one must be quoted."""
+    with pytest.raises(CandidError, match="quote it"):
+        parse_type(text)
+
+
+def test_quoted_keyword_names_print_quoted() -> None:
+    t = parse_type('record { "type" : nat; nat : text; "opt" : variant { "null" } }')
+    assert str(parse_type(str(t))) == str(t)
+    assert '"type"' in str(t) and '"opt"' in str(t) and '"null"' in str(t) and "nat : text" in str(t)

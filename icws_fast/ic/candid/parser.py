@@ -15,6 +15,7 @@ from typing import Final, NamedTuple
 from icws_fast.errors import CandidError
 from icws_fast.ic.candid.types import (
     BLOB,
+    KEYWORDS,
     MAX_FIELD_ID,
     MAX_TYPE_DEPTH,
     MODE_CODES,
@@ -48,10 +49,6 @@ _TOKEN: Final = re.compile(
 )
 _ESCAPE: Final = re.compile(r"\\(u\{[0-9a-fA-F_]+\}|[0-9a-fA-F]{2}|.)", re.DOTALL)
 _SIMPLE_ESCAPES: Final = {"n": b"\n", "r": b"\r", "t": b"\t", "\\": b"\\", '"': b'"', "'": b"'"}
-_KEYWORDS: Final = frozenset(
-    {"type", "import", "service", "func", "opt", "vec", "record", "variant", "blob", "query", "oneway"}
-    | {"composite_query"}
-)
 
 
 class _Tok(NamedTuple):
@@ -198,10 +195,14 @@ class _Parser:
             self.fail("expected end of input")
 
     def name(self) -> str:
+        """A field, tag, method or argument name: an identifier other than a keyword, or a quoted text."""
         tok = self.next()
         if tok.kind not in ("id", "text"):
             self.unread(tok)
             self.fail("expected a name")
+        if tok.kind == "id" and tok.value in KEYWORDS:
+            self.unread(tok)
+            self.fail(f'a keyword cannot be a name; quote it as "{tok.value}"')
         return tok.value
 
     def nat(self) -> int:
@@ -242,7 +243,7 @@ class _Parser:
             return self.functype(d)
         if word == "service":
             return self.actortype(d)
-        if word in _KEYWORDS:
+        if word in KEYWORDS:
             self.i -= 1
             self.fail("expected a type")
         return self.env.ref(word)
@@ -259,9 +260,9 @@ class _Parser:
             self.next()
             return field_id, field_id
         if tok.kind in ("id", "text"):
+            name = self.name()
             self.next()
-            self.next()
-            return idl_hash(tok.value), tok.value
+            return idl_hash(name), name
         return None
 
     def record(self, depth: int) -> RecordType:
@@ -310,7 +311,7 @@ class _Parser:
         types: list[Type] = []
         while not self.accept(")"):
             if self.peek().kind in ("id", "text") and self.at(":", 1):
-                self.next()
+                self.name()
                 self.next()
             types.append(self.datatype(depth))
             if not self.accept(","):
@@ -352,7 +353,7 @@ class _Parser:
         while self.peek().kind != "eof":
             if self.accept("type"):
                 tok = self.next()
-                if tok.kind != "id" or tok.value in _KEYWORDS or tok.value in PRIM_BY_NAME:
+                if tok.kind != "id" or tok.value in KEYWORDS or tok.value in PRIM_BY_NAME:
                     self.unread(tok)
                     self.fail("expected a type name")
                 named = self.env.ref(tok.value)

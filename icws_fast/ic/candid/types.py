@@ -27,6 +27,7 @@ __all__ = [
     "INT16",
     "INT32",
     "INT64",
+    "KEYWORDS",
     "MAX_FIELD_ID",
     "MAX_TYPE_DEPTH",
     "MODE_CODES",
@@ -69,6 +70,11 @@ MAX_TYPE_DEPTH: Final = 100
 MAX_FIELD_ID: Final = 0xFFFF_FFFF
 #: Function annotations and their codes in a type table.
 MODE_CODES: Final = {"query": 1, "oneway": 2, "composite_query": 3}
+#: The words of the Candid grammar, which cannot be names unless quoted (``record { "type" : nat }``).
+KEYWORDS: Final = frozenset(
+    {"type", "import", "service", "func", "opt", "vec", "record", "variant", "blob", "principal", "null"}
+    | {"query", "oneway", "composite_query", "true", "false"}
+)
 
 
 class Type:
@@ -352,6 +358,6 @@ def describe(t: Type) -> str:
 
 
 def _show_key(key: str | int) -> str:
-    if isinstance(key, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+    if isinstance(key, int) or (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) and key not in KEYWORDS):
         return str(key)
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
