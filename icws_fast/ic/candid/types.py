@@ -320,11 +320,7 @@ class _Printer:
         if isinstance(t, FuncType):
             return "func " + self.func(t)
         if isinstance(t, ServiceType):
-            methods = (
-                f"{_show_key(n)} : {self.func(m) if isinstance(m, FuncType) else self.show(m)}"
-                for n, m in t.methods.items()
-            )
-            return "service { " + "; ".join(methods) + " }"
+            return "service { " + self.join("; ", list(t.methods.items()), self.method) + " }"
         if isinstance(t, FutureType):
             return f"<future type {t.opcode}>"
         raise TypeError(f"not a Candid type: {t!r}")
