@@ -170,7 +170,8 @@ class _DecoderCompiler:
         if isinstance(w, ServiceType):
             return _discarding(dec_principal)
         if isinstance(w, OptType):
-            return self._opt_skip(self.skip(w.inner))
+            skip_inner = self.skip(w.inner)
+            return _opt_value(skip_inner, skip_inner, wrap=False)  # a skipped value is None
         if isinstance(w, VecType):
             code = packed_code(w.inner)
             if code is not None:
@@ -182,20 +183,6 @@ class _DecoderCompiler:
         if isinstance(w, VariantType):
             return self._variant([(None, self.skip(f.type)) for f in w.fields], discard=True)
         raise CandidError(f"unsupported wire type {describe(w)}")
-
-    @staticmethod
-    def _opt_skip(inner: Decoder) -> Decoder:
-        def skip_opt(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
-            tag = data[pos]
-            if tag == 0:
-                return None, pos + 1
-            if tag != 1:
-                raise CandidError(f"invalid opt tag {tag}")
-            if depth >= MAX_DEPTH:
-                raise CandidError(_TOO_DEEP)
-            return None, inner(data, pos + 1, st, depth + 1)[1]
-
-        return skip_opt
 
     # -- decoding at an expected type ----------------------------------------------------
     def decoder(self, w: Type, e: Type) -> Decoder:
@@ -254,24 +241,7 @@ class _DecoderCompiler:
         if isinstance(w, FutureType):
             return dec_future
         if isinstance(w, OptType):
-            inner = self.decoder(w.inner, e.inner)
-            skip_inner = self.skip(w.inner)
-
-            def dec_opt(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
-                tag = data[pos]
-                if tag == 0:
-                    return None, pos + 1
-                if tag != 1:
-                    raise CandidError(f"invalid opt tag {tag}")
-                if depth >= MAX_DEPTH:
-                    raise CandidError(_TOO_DEEP)
-                try:
-                    v, end = inner(data, pos + 1, st, depth + 1)
-                except _Mismatch:
-                    return None, skip_inner(data, pos + 1, st, depth + 1)[1]
-                return (Some(v) if wrap else v), end
-
-            return dec_opt
+            return _opt_value(self.decoder(w.inner, e.inner), self.skip(w.inner), wrap)
         # A plain value at an opt type: present if it coerces to the content type, else null.
         inner = self.decoder(w, e.inner)
         skip_value = self.skip(w)
@@ -449,6 +419,27 @@ class _DecoderCompiler:
             elif not nullable(f.type):
                 return False
         return True
+
+
+def _opt_value(inner: Decoder, skip_inner: Decoder, wrap: bool) -> Decoder:
+    """An ``opt`` on the wire: null, or a value that reads as null when it does not coerce (``skip_inner``
+    then steps over it); ``wrap`` puts a present value in :class:`Some`."""
+
+    def dec_opt(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
+        tag = data[pos]
+        if tag == 0:
+            return None, pos + 1
+        if tag != 1:
+            raise CandidError(f"invalid opt tag {tag}")
+        if depth >= MAX_DEPTH:
+            raise CandidError(_TOO_DEEP)
+        try:
+            v, end = inner(data, pos + 1, st, depth + 1)
+        except _Mismatch:
+            return None, skip_inner(data, pos + 1, st, depth + 1)[1]
+        return (Some(v) if wrap else v), end
+
+    return dec_opt
 
 
 def _record_exact(keyed: tuple[tuple[Any, Decoder], ...]) -> Decoder:
