@@ -14,6 +14,10 @@ Endpoints, at the versions the interface specification defines:
   delegated subnet, prunes ``/subnet/<id>/canister_ranges``);
 - ``GET /_devnet/canisters``: ``{"canisters": {name: id}, "root_key": hex, "url": ...}``.
 
+``max_api_version`` plays an older replica: 3 serves the v3 and v2 calls with v2 query and read_state (the
+replica before the sharded canister ranges), 2 only the v2 endpoints; the others answer 404, as a replica
+without the route does.
+
 Every request body is hostile: malformed CBOR or envelopes get ``400`` with a plain-text reason,
 oversized bodies ``413``, unknown routes ``404``; a handler never lets an exception escape.
 Status codes and texts follow the replica's HTTP endpoints (``rs/http_endpoints/public``).
@@ -412,10 +416,13 @@ def build_app(devnet: Devnet) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_middleware])
     app.router.add_get("/api/v2/status", api.status)
     app.router.add_get("/_devnet/canisters", api.canisters)
-    app.router.add_post(r"/api/{version:v[234]}/canister/{ecid}/call", api.call)
-    app.router.add_post(r"/api/{version:v[23]}/canister/{ecid}/query", api.query)
-    app.router.add_post(r"/api/{version:v[23]}/canister/{ecid}/read_state", api.read_state)
-    app.router.add_post(r"/api/{version:v[23]}/subnet/{subnet_id}/read_state", api.subnet_read_state)
+    # The v3 query and read_state endpoints came with the v4 call (both use the sharded canister ranges).
+    calls = "234"[: devnet.max_api_version - 1]
+    reads = "23" if devnet.max_api_version >= 4 else "2"
+    app.router.add_post(rf"/api/{{version:v[{calls}]}}/canister/{{ecid}}/call", api.call)
+    app.router.add_post(rf"/api/{{version:v[{reads}]}}/canister/{{ecid}}/query", api.query)
+    app.router.add_post(rf"/api/{{version:v[{reads}]}}/canister/{{ecid}}/read_state", api.read_state)
+    app.router.add_post(rf"/api/{{version:v[{reads}]}}/subnet/{{subnet_id}}/read_state", api.subnet_read_state)
     return app
 
 
@@ -437,7 +444,8 @@ class Devnet:
     ``root_key_file`` loads or stores the BLS root secret key; ``subnet_delegation`` certifies
     through a delegation from the root key to a subnet key; ``root_key_seed`` derives the root key
     deterministically when neither file gives one; ``sync_call_timeout_s`` bounds how long a v3/v4
-    call waits for its certificate before answering ``202`` (10 s, as the replica). :meth:`stop` and
+    call waits for its certificate before answering ``202`` (10 s, as the replica); ``max_api_version``
+    (2, 3 or 4) hides the newer endpoints (see the module docstring). :meth:`stop` and
     :meth:`start` can be called again (the replica's state is kept in memory and the port is
     reused) to simulate a replica going away under load.
 
@@ -458,10 +466,14 @@ class Devnet:
         subnet_delegation: bool = False,
         root_key_seed: bytes | None = None,
         sync_call_timeout_s: float = SYNC_CALL_TIMEOUT_S,
+        max_api_version: int = 4,
     ) -> None:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"address must be host:port, got {address!r}")
+        if max_api_version not in (2, 3, 4):
+            raise ValueError(f"max_api_version must be 2, 3 or 4, got {max_api_version!r}")
+        self.max_api_version = max_api_version
         self.host = host.strip("[]")
         self.port = int(port)
         self.round_s = round_ms / 1000

@@ -1,19 +1,29 @@
 """An asyncio agent for the IC HTTPS interface: status, queries, update calls, read_state.
 
-One :class:`Agent` owns one pooled keep-alive HTTP client (aiohttp) for one replica URL. Endpoints used
-(interface specification, the versions @dfinity/agent 2.x speaks):
+One :class:`Agent` owns one pooled keep-alive HTTP client (aiohttp) for one replica or boundary-node URL.
+Endpoints used (interface specification as ic-agent 0.49 speaks it), newest first:
 
 * ``GET /api/v2/status`` for :meth:`Agent.status` and :meth:`Agent.fetch_root_key`;
-* ``POST /api/v2/canister/<ecid>/query`` for :meth:`Agent.query`;
-* ``POST /api/v3/canister/<ecid>/call`` (synchronous) for :meth:`Agent.call` and :meth:`Agent.submit_signed`;
-  a replica without it (HTTP 404) is remembered and served by ``/api/v2/canister/<ecid>/call`` plus polling;
-  a v3 ``202`` (the replica's own time-out) is followed by polling as well;
-* ``POST /api/v2/canister/<ecid>/read_state`` for :meth:`Agent.read_state` and the polling.
+* ``POST /api/v4/canister/<ecid>/call`` (synchronous; delegations use the sharded ``/canister_ranges/<subnet_id>``
+  layout), else ``/api/v3/.../call`` (synchronous; flat ``/subnet/<subnet_id>/canister_ranges``), else
+  ``/api/v2/.../call`` (``202``, then polling) for :meth:`Agent.call` and :meth:`Agent.submit_signed`; a
+  synchronous ``202`` (the replica's own time-out) is followed by polling as well;
+* ``POST /api/v3/canister/<ecid>/query``, else ``/api/v2/...`` for :meth:`Agent.query`;
+* ``POST /api/v3/canister/<ecid>/read_state``, else ``/api/v2/...`` for :meth:`Agent.read_state` and polling.
 
-Every certified answer (v3 call, read_state) is checked with :meth:`Certificate.verify` against the root key
-and the effective canister id, and must be fresh (:data:`~icws_fast.ic.certificate.MAX_CERTIFICATE_AGE_NS`).
-Query answers are not certified; their node signatures are checked when ``verify_query_signatures`` is on
-(the default for mainnet URLs, as in the Rust gateway).
+An older replica has no route for a newer version and answers 404 (405 or 501 from some proxies): the agent
+then tries the next older version, and remembers the newest one that answered for each endpoint kind (one
+agent talks to one host, so this is per host). Only those statuses move it down, and only once an older
+version has answered: a boundary node's 404 for an unknown canister repeats on every version and is raised,
+and a reject (HTTP 200) or any other error never changes the version.
+
+Every certified answer (call, read_state) is checked with :meth:`Certificate.verify` against the root key and
+the effective canister id (either delegation layout of the canister ranges), and must be fresh
+(:data:`~icws_fast.ic.certificate.MAX_CERTIFICATE_AGE_NS`). Query answers are not certified; their node
+signatures are checked when ``verify_query_signatures`` is on (the default for mainnet URLs, as in agent-js
+and the Rust gateway) against the node keys of the canister's subnet, read from a certified ``read_state`` of
+``/subnet`` and cached for :data:`NODE_KEYS_TTL_S` (re-read once when a signature does not verify, as nodes
+join and leave subnets).
 
 Failures raise :class:`~icws_fast.errors.AgentError` subclasses: :class:`~icws_fast.errors.AgentTimeout` when a
 request exceeds its time-out, :class:`~icws_fast.errors.TransportError` when the connection fails,
@@ -46,7 +56,7 @@ from icws_fast.errors import (
     TransportError,
 )
 from icws_fast.ic import bls, cbor, hashtree
-from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, Certificate
+from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, Certificate, check_canister_ranges
 from icws_fast.ic.envelope import (
     MAX_INGRESS_TTL_NS,
     PERMITTED_DRIFT_NS,
@@ -81,6 +91,13 @@ POLL_MAX_DELAY_S: Final = 1.0
 MAX_POLL_NS: Final = MAX_INGRESS_TTL_NS + PERMITTED_DRIFT_NS
 #: More node signatures on one query answer than any subnet has nodes (the spec sends one) is malformed.
 MAX_NODE_SIGNATURES: Final = 100
+#: How long a subnet's node keys are trusted before they are read again (agent-js keeps them 5 minutes).
+NODE_KEYS_TTL_S: Final = 5 * 60.0
+#: The endpoint versions tried for each kind of request, newest first.
+ENDPOINT_VERSIONS: Final[dict[str, tuple[int, ...]]] = {"call": (4, 3, 2), "query": (3, 2), "read_state": (3, 2)}
+#: The HTTP statuses with which a replica or boundary node says it has no such endpoint (no route: 404; a proxy
+#: that knows the path but not the method or the version: 405, 501).
+ENDPOINT_MISSING_STATUSES: Final = frozenset({404, 405, 501})
 _NONCE_BYTES: Final = 16
 _CBOR_HEADERS: Final = {"Content-Type": "application/cbor"}
 _HTTP_TEXT_LIMIT: Final = 2000
@@ -173,6 +190,17 @@ def _labeled_children(node: hashtree.Node) -> Iterator[tuple[bytes, hashtree.Nod
             yield child[1], child[2]
 
 
+def _node_signature_failure(keys: dict[bytes, bytes], entries: list[tuple[bytes, bytes, bytes]]) -> str | None:
+    """Why the ``(node_id, message, signature)`` entries do not all verify under the node ``keys``; None if they do."""
+    for node_id, message, signature in entries:
+        key = keys.get(node_id)
+        if key is None:
+            return f"node {node_id.hex()} is not in the canister's subnet"
+        if not verify_signature(key, message, signature):
+            return f"bad query signature of node {node_id.hex()}"
+    return None
+
+
 class Agent:
     """An asyncio client of one IC replica (or boundary node) URL; see the module docstring.
 
@@ -180,8 +208,8 @@ class Agent:
     key is built in for mainnet URLs; elsewhere pass it, or call :meth:`fetch_root_key` (which trusts the
     replica, so only do that for a local or test network). ``timeout_s`` bounds every HTTP request unless a
     method is given its own ``timeout_s``. ``verify_query_signatures`` defaults to on for mainnet URLs only.
-    ``sync_call=False`` skips the v3 endpoint (v2 call and polling only). ``max_connections`` bounds the
-    keep-alive pool. Use as ``async with Agent(...) as agent`` or call :meth:`close`.
+    ``sync_call=False`` skips the synchronous call endpoints (v2 call and polling only). ``max_connections``
+    bounds the keep-alive pool. Use as ``async with Agent(...) as agent`` or call :meth:`close`.
     """
 
     def __init__(
@@ -203,10 +231,12 @@ class Agent:
         self.verify_query_signatures = self.is_mainnet if verify_query_signatures is None else verify_query_signatures
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        # Also cleared once a replica shows it has no v3 call endpoint, so that later calls go straight to v2.
-        self._v3_call = sync_call
-        # Node public keys (DER) by node id, per effective canister id, for query signature checks.
-        self._node_keys: dict[Principal, dict[bytes, bytes]] = {}
+        # The versions still tried per endpoint kind, newest first; _post drops those the host turns out to lack.
+        self._versions: dict[str, tuple[int, ...]] = dict(ENDPOINT_VERSIONS)
+        if not sync_call:
+            self._versions["call"] = (2,)
+        # Node public keys (DER) by node id, with the monotonic time they were read, per effective canister id.
+        self._node_keys: dict[Principal, tuple[float, dict[bytes, bytes]]] = {}
 
     async def __aenter__(self) -> Agent:
         return self
@@ -271,6 +301,38 @@ class Agent:
             raise HttpStatusError(status, data[:_HTTP_TEXT_LIMIT].decode("utf-8", "replace"))
         return status, data
 
+    def endpoint_version(self, kind: str) -> int:
+        """The endpoint version the agent uses now for ``kind`` (``call``, ``query`` or ``read_state``)."""
+        return self._versions[kind][0]
+
+    async def _post(
+        self, kind: str, canister_id: Principal, body: bytes, timeout_s: float | None
+    ) -> tuple[int, int, bytes]:
+        """POST ``body`` to the newest ``kind`` endpoint of ``canister_id`` the host has; (version, status, body).
+
+        A missing endpoint (:data:`ENDPOINT_MISSING_STATUSES`) moves on to the next older version; when an older
+        one answers, the newer ones are dropped for good. When every version says "missing", the newest one's
+        error is raised and nothing is remembered (that is how a boundary node answers for an unknown canister).
+        """
+        versions = self._versions[kind]
+        missing: HttpStatusError | None = None
+        for index, version in enumerate(versions):
+            path = f"/api/v{version}/canister/{canister_id}/{kind}"
+            try:
+                status, data = await self._request("POST", path, body, timeout_s)
+            except HttpStatusError as exc:
+                if exc.status not in ENDPOINT_MISSING_STATUSES:
+                    raise
+                missing = missing or exc
+                continue
+            if index:
+                # Only an answer proves the host lacks the newer versions; another agent method may have got there
+                # first, so never move back up.
+                self._versions[kind] = min(self._versions[kind], versions[index:], key=len)
+            return version, status, data
+        assert missing is not None  # the loop ran at least once and only a missing endpoint continues it
+        raise missing
+
     @staticmethod
     def _cbor_map(data: bytes, what: str) -> dict[str, Any]:
         """Decode a CBOR map answer; anything else is a malformed answer."""
@@ -322,9 +384,7 @@ class Agent:
     ) -> Certificate:
         """A verified read_state signed by ``identity`` (whose requests' statuses it may read)."""
         content = read_state_content(identity.sender, paths)
-        _, data = await self._request(
-            "POST", f"/api/v2/canister/{canister_id}/read_state", build_envelope(identity, content), timeout_s
-        )
+        _, _, data = await self._post("read_state", canister_id, build_envelope(identity, content), timeout_s)
         return self._verified(self._cbor_map(data, "read_state").get("certificate"), canister_id)
 
     async def read_state(
@@ -344,9 +404,7 @@ class Agent:
         """
         canister = _as_principal(canister_id)
         content = call_content(self.identity.sender, canister, method, arg, request_type="query")
-        _, data = await self._request(
-            "POST", f"/api/v2/canister/{canister}/query", build_envelope(self.identity, content), timeout_s
-        )
+        _, _, data = await self._post("query", canister, build_envelope(self.identity, content), timeout_s)
         answer = self._cbor_map(data, "query")
         status = answer.get("status")
         if status == "replied":
@@ -379,13 +437,18 @@ class Agent:
         answer: dict[str, Any],
         timeout_s: float | None,
     ) -> None:
-        """Check every node signature of a query answer (spec: ``verify_node_signatures``)."""
+        """Check every node signature of a query answer (spec: ``verify_response``).
+
+        The entries' shape and freshness are checked first; then the signatures against the cached node keys of
+        the canister's subnet, and once more against freshly read keys if that fails (a node may have joined).
+        """
         signatures = answer.get("signatures")
         if type(signatures) is not list or not signatures:
             raise CertificateError("node_signature", "the query answer carries no node signatures")
         if len(signatures) > MAX_NODE_SIGNATURES:
             raise CertificateError("node_signature", f"{len(signatures)} node signatures: more than a subnet has nodes")
         now = time.time_ns()
+        entries: list[tuple[bytes, bytes, bytes]] = []
         for entry in signatures:
             timestamp = entry.get("timestamp") if type(entry) is dict else None
             signature = entry.get("signature") if type(entry) is dict else None
@@ -394,40 +457,37 @@ class Agent:
                 raise CertificateError("node_signature", "malformed node signature entry")
             if abs(now - timestamp) > MAX_CERTIFICATE_AGE_NS:
                 raise CertificateError("node_signature", f"signature timestamp {timestamp} is not recent")
-            key = await self._node_key(canister_id, node_id, timeout_s)
             message = RESPONSE_DOMAIN + hash_of_map({**signed, "timestamp": timestamp, "request_id": rid})
-            if not verify_signature(key, message, signature):
-                raise CertificateError("node_signature", f"bad query signature of node {node_id.hex()}")
+            entries.append((node_id, message, signature))
+        keys = await self._subnet_node_keys(canister_id, timeout_s, refresh=False)
+        if _node_signature_failure(keys, entries) is None:
+            return
+        failure = _node_signature_failure(await self._subnet_node_keys(canister_id, timeout_s, refresh=True), entries)
+        if failure is not None:
+            raise CertificateError("node_signature", failure)
 
-    async def _node_key(self, canister_id: Principal, node_id: bytes, timeout_s: float | None) -> bytes:
-        """The DER key of ``node_id``, from a cached certified read of the canister's subnet (refreshed on a miss)."""
-        key = self._node_keys.get(canister_id, {}).get(node_id)
-        if key is None:
-            self._node_keys[canister_id] = await self._fetch_node_keys(canister_id, timeout_s)
-            key = self._node_keys[canister_id].get(node_id)
-            if key is None:
-                raise CertificateError("node_signature", f"node {node_id.hex()} is not in the canister's subnet")
-        return key
+    async def _subnet_node_keys(
+        self, canister_id: Principal, timeout_s: float | None, *, refresh: bool
+    ) -> dict[bytes, bytes]:
+        """The node keys (DER, by node id) of ``canister_id``'s subnet: cached, or read when old or ``refresh``."""
+        cached = self._node_keys.get(canister_id)
+        if cached is not None and not refresh and time.monotonic() - cached[0] < NODE_KEYS_TTL_S:
+            return cached[1]
+        keys = await self._fetch_node_keys(canister_id, timeout_s)
+        self._node_keys[canister_id] = (time.monotonic(), keys)
+        return keys
 
     async def _fetch_node_keys(self, canister_id: Principal, timeout_s: float | None) -> dict[bytes, bytes]:
         cert = await self._read_state_as(self.identity, canister_id, [[b"subnet"]], timeout_s)
-        subnets = hashtree.lookup_subtree(cert.tree, [b"subnet"])
-        if subnets.status != "Found":
-            raise CertificateError("node_signature", "the certificate reveals no /subnet")
         if cert.delegation is not None:
             # verify() has checked that the delegated subnet's ranges hold the canister.
             subnet_id = cert.delegation.subnet_id.bytes
         else:
-            # Signed by the root key itself: the canister lives on the subnet whose key is the root key.
-            subnet_id = next(
-                (
-                    label
-                    for label, sub in _labeled_children(subnets.value)
-                    if hashtree.lookup_path(sub, [b"public_key"]).value == self.root_key
-                ),
-                b"",
-            )
-        nodes = hashtree.lookup_subtree(subnets.value, [subnet_id, b"node"])
+            # Signed by the root key itself: the answer comes from the root subnet, whose id is the principal of
+            # the root key (spec: RootSubnetId); its own certificate must show the canister in its ranges.
+            subnet_id = Principal.self_authenticating(self.root_key).bytes
+            check_canister_ranges(cert, subnet_id, canister_id.bytes)
+        nodes = hashtree.lookup_subtree(cert.tree, [b"subnet", subnet_id, b"node"])
         if nodes.status != "Found":
             raise CertificateError("node_signature", "the certificate reveals no node keys of the canister's subnet")
         keys: dict[bytes, bytes] = {}
@@ -498,35 +558,22 @@ class Agent:
         poller: Identity | None,
         timeout_s: float | None,
     ) -> bytes:
-        """Post a signed call (v3, else v2) and return its certified reply, polling when needed."""
-        v3_missing = False
-        if self._v3_call:
-            try:
-                status, data = await self._request("POST", f"/api/v3/canister/{canister_id}/call", body, timeout_s)
-            except HttpStatusError as exc:
-                if exc.status != 404:
-                    raise
-                v3_missing = True
-            else:
-                if status == 200:
-                    answer = self._cbor_map(data, "call")
-                    kind = answer.get("status")
-                    if kind == "non_replicated_rejection":
-                        raise _reject_error(answer, "call")
-                    if kind != "replied":
-                        raise AgentError(f"unknown call answer status {kind!r:.60}")
-                    reply = _request_outcome(self._verified(answer.get("certificate"), canister_id), rid)
-                    if reply is not None:
-                        return reply
-                # 202 (or a certificate from before the call finished): the outcome must be polled.
-                return await self._poll(canister_id, rid, ingress_expiry, poller, timeout_s)
-        status, data = await self._request("POST", f"/api/v2/canister/{canister_id}/call", body, timeout_s)
-        if v3_missing:
-            # v2 answered where v3 was 404: the replica lacks v3 (a 404 for an unknown canister would have
-            # repeated on v2), so later calls skip it.
-            self._v3_call = False
-        if status == 200 and data:
+        """Post a signed call (v4, v3 or v2: see :meth:`_post`) and return its certified reply, polling when needed."""
+        version, status, data = await self._post("call", canister_id, body, timeout_s)
+        if status == 200 and version >= 3:
+            answer = self._cbor_map(data, "call")
+            kind = answer.get("status")
+            if kind == "non_replicated_rejection":
+                raise _reject_error(answer, "call")
+            if kind != "replied":
+                raise AgentError(f"unknown call answer status {kind!r:.60}")
+            reply = _request_outcome(self._verified(answer.get("certificate"), canister_id), rid)
+            if reply is not None:
+                return reply
+        elif status == 200 and data:
+            # The v2 endpoint answers a non-replicated rejection (a failed inspect_message, say) with a body.
             raise _reject_error(self._cbor_map(data, "call"), "call")
+        # 202 (accepted, or the replica's own time-out), or a certificate from before the call finished: poll.
         return await self._poll(canister_id, rid, ingress_expiry, poller, timeout_s)
 
     async def _poll(

@@ -239,7 +239,7 @@ class Certificate:
         except DecodeError as exc:
             raise CertificateError(REASON_DELEGATION_INVALID_KEY, str(exc)) from exc
         if effective_canister_id is not None:
-            _check_canister_ranges(cert, subnet, _principal_bytes(effective_canister_id))
+            check_canister_ranges(cert, subnet, _principal_bytes(effective_canister_id))
         return subnet_key
 
     def _check_time(self, now_ns: int, max_age_ns: int | None) -> None:
@@ -276,8 +276,13 @@ def _ranges_contain(leaf_value: bytes, canister_id: bytes) -> bool:
     return False
 
 
-def _check_canister_ranges(cert: Certificate, subnet: bytes, canister_id: bytes) -> None:
-    """Raise unless the delegation certificate ``cert`` shows ``canister_id`` inside the subnet's ranges."""
+def check_canister_ranges(cert: Certificate, subnet: bytes, canister_id: bytes) -> None:
+    """Raise unless ``cert`` shows ``canister_id`` inside the ranges of ``subnet``.
+
+    ``cert`` is a delegation's certificate, or a root-signed certificate of the root subnet (which serves its
+    own ranges). Either layout counts: the sharded ``/canister_ranges/<subnet>/<shard>`` (v4 call, v3 query and
+    read_state) or the flat ``/subnet/<subnet>/canister_ranges`` (v3 call, v2 endpoints).
+    """
     sharded = hashtree.lookup_subtree(cert.tree, [b"canister_ranges", subnet])
     if sharded.status == hashtree.FOUND:
         # Newer layout: one leaf per shard. Any visible shard that contains the canister proves it; a

@@ -1,9 +1,10 @@
 """The async agent against real HTTP servers on loopback.
 
 ``ScriptedReplica`` is a small replica written here from the interface specification: it signs real
-BLS certificates and Ed25519 query signatures, and it can be told to misbehave (404 on v3, 202, stale or
-wrongly signed certificates, corrupt node signatures, hostile bodies) so that every branch of the agent is
-exercised. The end-to-end tests at the bottom run the agent against the real devnet.
+BLS certificates and Ed25519 query signatures, and it can be told to misbehave (no v4/v3 endpoints, 202,
+stale or wrongly signed certificates, corrupt node signatures, hostile bodies) so that every branch of the
+agent is exercised. The end-to-end tests at the bottom run the agent against the real devnet, with all its
+endpoint versions and restricted to the older ones.
 """
 
 from __future__ import annotations
@@ -63,14 +64,17 @@ class Request:
 class ScriptedReplica:
     """A replica over aiohttp that follows the spec unless a test tells it to misbehave."""
 
-    v3: str = "sync"  # "sync" | "202" | "404"
+    sync: str = "sync"  # what the synchronous (v4, v3) call endpoints do: "sync" | "202"
+    # The newest endpoint version served per kind; newer ones answer 404 as a replica without the route does.
+    newest: dict[str, int] = field(default_factory=lambda: {"call": 4, "query": 3, "read_state": 3})
     clock_offset_ns: int = 0  # shifts the certificates' /time
     sign_with_other_key: bool = False
     corrupt_node_signature: bool = False
     polls_before_done: int = 0  # read_state answers "received" this many times first
-    certify_other_request: bool = False  # a v3 answer certifies a forged reply of another request id
+    certify_other_request: bool = False  # a synchronous answer certifies a forged reply of another request id
     delegated_ranges: list[list[bytes]] | None = None  # sign as a subnet delegated these canister ranges
-    hostile: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # endpoint kind -> (status, body)
+    # "kind" or "vN/kind" (the more specific wins) -> (status, body)
+    hostile: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     hang: asyncio.Event | None = None  # when set, every request waits on it
     hits: list[str] = field(default_factory=list)
     requests: dict[bytes, Request] = field(default_factory=dict)
@@ -95,12 +99,15 @@ class ScriptedReplica:
             return {b"status": b"done"}
         return {b"status": b"replied", b"reply": b"echo:" + arg}
 
-    def certificate(self, extra: dict[bytes, Any]) -> bytes:
+    def certificate(self, extra: dict[bytes, Any], *, sharded: bool = False) -> bytes:
+        """A certificate of ``extra``; a delegation's ranges use the sharded layout when ``sharded``."""
         mapping: dict[bytes, Any] = {
             b"time": leb128(time.time_ns() + self.clock_offset_ns),
             b"subnet": {
                 self.subnet_id: {
                     b"public_key": self.root_key,
+                    # Without a delegation this is the root subnet, which serves its own ranges.
+                    b"canister_ranges": cbor.encode([[CANISTER.bytes, CANISTER.bytes]]),
                     b"node": {self.node_id: {b"public_key": self.node.der_public_key}},
                 }
             },
@@ -109,11 +116,13 @@ class ScriptedReplica:
         if self.delegated_ranges is None:
             return sign_certificate(hashtree.build(mapping), self.signing_key)
         # The root key vouches for the subnet key and the canister ranges; the subnet key signs the state.
-        subnet = {
-            b"public_key": bls.der_encode_public_key(bls.public_key(self.subnet_key)),
-            b"canister_ranges": cbor.encode(self.delegated_ranges),
-        }
-        root_state = {b"time": mapping[b"time"], b"subnet": {self.subnet_id: subnet}}
+        ranges = cbor.encode(self.delegated_ranges)
+        subnet: dict[bytes, Any] = {b"public_key": bls.der_encode_public_key(bls.public_key(self.subnet_key))}
+        root_state: dict[bytes, Any] = {b"time": mapping[b"time"], b"subnet": {self.subnet_id: subnet}}
+        if sharded:
+            root_state[b"canister_ranges"] = {self.subnet_id: {self.delegated_ranges[0][0]: ranges}}
+        else:
+            subnet[b"canister_ranges"] = ranges
         delegation = encode_delegation(self.subnet_id, sign_certificate(hashtree.build(root_state), self.signing_key))
         return sign_certificate(hashtree.build(mapping), self.subnet_key, delegation)
 
@@ -134,11 +143,13 @@ class ScriptedReplica:
         self.hits.append(f"{version}/{kind}")
         if self.hang is not None:
             await self.hang.wait()
-        if kind in self.hostile:
-            status, body = self.hostile[kind]
-            return web.Response(status=status, body=body)
+        hostile = self.hostile.get(f"{version}/{kind}", self.hostile.get(kind))
+        if hostile is not None:
+            return web.Response(status=hostile[0], body=hostile[1])
         if kind == "status":
             return self.cbor({"root_key": self.root_key, "impl_version": "scripted"})
+        if int(version[1:]) > self.newest[kind]:
+            return web.Response(status=404)
         env = parse_envelope(await request.read())
         if kind == "call":
             return self.call(version, env)
@@ -151,25 +162,24 @@ class ScriptedReplica:
             # The spec lets only a request's sender read its status.
             return web.Response(status=403, text="request status of another sender")
         extra = self.status_subtree(rid) if rid else {}
-        return self.cbor({"certificate": self.certificate(extra)})
+        return self.cbor({"certificate": self.certificate(extra, sharded=version == "v3")})
 
     def call(self, version: str, env: Any) -> web.Response:
-        if version == "v3" and self.v3 == "404":
-            return web.Response(status=404, text="not found")
+        synchronous = version in ("v3", "v4")
         if env.method_name == "inspect_reject":
             rejection = {"reject_code": 3, "reject_message": "refused", "error_code": "IC0302"}
-            if version == "v3":
+            if synchronous:
                 return self.cbor({"status": "non_replicated_rejection", **rejection})
             return self.cbor(rejection)
         self.requests[env.request_id] = Request(env.sender.bytes, env.method_name, env.arg)
-        if version == "v3" and self.v3 == "sync":
+        if synchronous and self.sync == "sync":
+            sharded = version == "v4"
             if self.certify_other_request:
                 other = hashlib.sha256(env.request_id).digest()
                 forged = {b"request_status": {other: {b"status": b"replied", b"reply": b"forged"}}}
-                return self.cbor({"status": "replied", "certificate": self.certificate(forged)})
-            return self.cbor(
-                {"status": "replied", "certificate": self.certificate(self.status_subtree(env.request_id))}
-            )
+                return self.cbor({"status": "replied", "certificate": self.certificate(forged, sharded=sharded)})
+            certificate = self.certificate(self.status_subtree(env.request_id), sharded=sharded)
+            return self.cbor({"status": "replied", "certificate": certificate})
         return web.Response(status=202)
 
     def query(self, env: Any) -> web.Response:
@@ -295,21 +305,21 @@ async def test_certified_answer_needs_a_root_key(replica_server: tuple[ScriptedR
 # -- update calls ---------------------------------------------------------------------------------------
 
 
-async def test_call_v3_synchronous(replica_server: tuple[ScriptedReplica, str]) -> None:
+async def test_call_v4_synchronous(replica_server: tuple[ScriptedReplica, str]) -> None:
     replica, url = replica_server
     async with await agent_for(url, replica) as agent:
         assert await agent.call(CANISTER, "echo", b"hi") == b"echo:hi"
         assert await agent.call(str(CANISTER), "echo", b"hi") == b"echo:hi"
-    assert replica.hits[1:] == ["v3/call", "v3/call"]
+    assert replica.hits[1:] == ["v4/call", "v4/call"]
     assert len(replica.requests) == 2  # the nonce makes identical calls distinct requests
 
 
-async def test_call_v3_202_polls_read_state(replica_server: tuple[ScriptedReplica, str]) -> None:
+async def test_call_202_polls_read_state(replica_server: tuple[ScriptedReplica, str]) -> None:
     replica, url = replica_server
-    reconfigure(replica, v3="202", polls_before_done=2)
+    reconfigure(replica, sync="202", polls_before_done=2)
     async with await agent_for(url, replica) as agent:
         assert await agent.call(CANISTER, "echo", b"later") == b"echo:later"
-    assert replica.hits[1:] == ["v3/call", "v2/read_state", "v2/read_state", "v2/read_state"]
+    assert replica.hits[1:] == ["v4/call", "v3/read_state", "v3/read_state", "v3/read_state"]
 
 
 async def test_a_certificate_for_another_request_id_is_not_the_reply(
@@ -318,21 +328,61 @@ async def test_a_certificate_for_another_request_id_is_not_the_reply(
     replica, url = replica_server
     reconfigure(replica, certify_other_request=True)
     async with await agent_for(url, replica) as agent:
-        # The v3 answer's valid certificate holds another request's reply: the agent reads its own by polling.
+        # The v4 answer's valid certificate holds another request's reply: the agent reads its own by polling.
         assert await agent.call(CANISTER, "echo", b"mine") == b"echo:mine"
-    assert replica.hits[1:] == ["v3/call", "v2/read_state"]
+    assert replica.hits[1:] == ["v4/call", "v3/read_state"]
 
 
-async def test_call_falls_back_to_v2_once_v3_is_missing(replica_server: tuple[ScriptedReplica, str]) -> None:
+# What an agent sends to a replica of each generation: two calls (the first finds the newest call endpoint the
+# replica has), a query and a read_state (each finding its endpoint too).
+GENERATIONS = {
+    "v4": (
+        {"call": 4, "query": 3, "read_state": 3},
+        ["v4/call", "v4/call", "v3/query", "v3/read_state"],
+    ),
+    "v3-call": (
+        {"call": 3, "query": 2, "read_state": 2},
+        ["v4/call", "v3/call", "v3/call", "v3/query", "v2/query", "v3/read_state", "v2/read_state"],
+    ),
+    "v2-only": (
+        {"call": 2, "query": 2, "read_state": 2},
+        [
+            *("v4/call", "v3/call", "v2/call", "v3/read_state", "v2/read_state"),
+            *("v2/call", "v2/read_state", "v3/query", "v2/query", "v2/read_state"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+async def test_older_replicas_are_served_by_older_endpoints(
+    replica_server: tuple[ScriptedReplica, str], generation: str
+) -> None:
     replica, url = replica_server
-    reconfigure(replica, v3="404")
+    newest, hits = GENERATIONS[generation]
+    reconfigure(replica, newest=newest)
     async with await agent_for(url, replica) as agent:
         assert await agent.call(CANISTER, "echo", b"a") == b"echo:a"
         assert await agent.call(CANISTER, "echo", b"b") == b"echo:b"
-    assert replica.hits[1:] == ["v3/call", "v2/call", "v2/read_state", "v2/call", "v2/read_state"]
+        assert await agent.query(CANISTER, "echo", b"q") == b"echo:q"
+        await agent.read_state(CANISTER, [[b"time"]])
+        assert {kind: agent.endpoint_version(kind) for kind in newest} == newest
+    assert replica.hits[1:] == hits
 
 
-async def test_a_404_on_both_versions_is_not_a_missing_v3(replica_server: tuple[ScriptedReplica, str]) -> None:
+@pytest.mark.parametrize("status", [405, 501])
+async def test_other_missing_endpoint_statuses_fall_back(
+    replica_server: tuple[ScriptedReplica, str], status: int
+) -> None:
+    replica, url = replica_server
+    replica.hostile["v4/call"] = (status, b"")
+    async with await agent_for(url, replica) as agent:
+        assert await agent.call(CANISTER, "echo", b"x") == b"echo:x"
+        assert agent.endpoint_version("call") == 3
+    assert replica.hits[1:] == ["v4/call", "v3/call"]
+
+
+async def test_a_404_on_every_version_is_not_a_missing_endpoint(replica_server: tuple[ScriptedReplica, str]) -> None:
     replica, url = replica_server
     async with await agent_for(url, replica) as agent:
         # A boundary node answers 404 for an unknown canister on every endpoint version.
@@ -341,24 +391,56 @@ async def test_a_404_on_both_versions_is_not_a_missing_v3(replica_server: tuple[
             await agent.call(CANISTER, "echo", b"")
         assert (info.value.status, info.value.text) == (404, "canister not found")
         del replica.hostile["call"]
-        assert await agent.call(CANISTER, "echo", b"v3") == b"echo:v3"
-    assert replica.hits[1:] == ["v3/call", "v2/call", "v3/call"]
+        assert await agent.call(CANISTER, "echo", b"v4") == b"echo:v4"
+        assert agent.endpoint_version("call") == 4
+    assert replica.hits[1:] == ["v4/call", "v3/call", "v2/call", "v4/call"]
 
 
-@pytest.mark.parametrize("v3", ["sync", "202", "404"])
-async def test_certified_reject(replica_server: tuple[ScriptedReplica, str], v3: str) -> None:
+@pytest.mark.parametrize("status", [400, 403, 429, 500, 503])
+async def test_other_errors_never_change_the_endpoint(replica_server: tuple[ScriptedReplica, str], status: int) -> None:
     replica, url = replica_server
-    reconfigure(replica, v3=v3)
+    async with await agent_for(url, replica) as agent:
+        for kind in ("call", "query", "read_state"):
+            replica.hostile[kind] = (status, b"no")
+        attempts = [
+            agent.call(CANISTER, "echo", b""),
+            agent.query(CANISTER, "echo", b""),
+            agent.read_state(CANISTER, [[b"time"]]),
+        ]
+        for attempt in attempts:
+            with pytest.raises(HttpStatusError) as info:
+                await attempt
+            assert info.value.status == status
+        assert [agent.endpoint_version(kind) for kind in ("call", "query", "read_state")] == [4, 3, 3]
+    assert replica.hits[1:] == ["v4/call", "v3/query", "v3/read_state"]
+
+
+async def test_a_reject_never_changes_the_endpoint(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica) as agent:
+        for method in ("inspect_reject", "fail"):
+            with pytest.raises(RejectError):
+                await agent.call(CANISTER, method, b"")
+        with pytest.raises(RejectError):
+            await agent.query(CANISTER, "fail", b"")
+        assert [agent.endpoint_version(kind) for kind in ("call", "query")] == [4, 3]
+    assert replica.hits[1:] == ["v4/call", "v4/call", "v3/query"]
+
+
+@pytest.mark.parametrize("changes", [{}, {"sync": "202"}, {"newest": {"call": 2, "query": 2, "read_state": 2}}])
+async def test_certified_reject(replica_server: tuple[ScriptedReplica, str], changes: dict[str, Any]) -> None:
+    replica, url = replica_server
+    reconfigure(replica, **changes)
     async with await agent_for(url, replica) as agent:
         with pytest.raises(RejectError) as info:
             await agent.call(CANISTER, "fail", b"")
     assert (info.value.reject_code, info.value.reject_message, info.value.error_code) == (4, "no", "E1")
 
 
-@pytest.mark.parametrize("v3", ["sync", "404"])
-async def test_non_replicated_rejection(replica_server: tuple[ScriptedReplica, str], v3: str) -> None:
+@pytest.mark.parametrize("newest_call", [4, 3, 2])
+async def test_non_replicated_rejection(replica_server: tuple[ScriptedReplica, str], newest_call: int) -> None:
     replica, url = replica_server
-    reconfigure(replica, v3=v3)
+    reconfigure(replica, newest={"call": newest_call, "query": 3, "read_state": 3})
     async with await agent_for(url, replica) as agent:
         with pytest.raises(RejectError) as info:
             await agent.call(CANISTER, "inspect_reject", b"")
@@ -395,20 +477,27 @@ async def test_certificates_are_verified(
             assert info.value.reason == reason
 
 
+@pytest.mark.parametrize("generation", GENERATIONS)
 async def test_delegated_certificates_for_the_canister_are_accepted(
-    replica_server: tuple[ScriptedReplica, str],
+    replica_server: tuple[ScriptedReplica, str], generation: str
 ) -> None:
     replica, url = replica_server
-    reconfigure(replica, delegated_ranges=[[OTHER_RANGE_LOW, OTHER_RANGE_HIGH], [CANISTER.bytes, CANISTER.bytes]])
-    async with await agent_for(url, replica) as agent:
+    # v4 call and v3 read_state delegations carry the sharded ranges, the older endpoints the flat ones.
+    reconfigure(
+        replica,
+        newest=GENERATIONS[generation][0],
+        delegated_ranges=[[OTHER_RANGE_LOW, OTHER_RANGE_HIGH], [CANISTER.bytes, CANISTER.bytes]],
+    )
+    async with await agent_for(url, replica, verify_query_signatures=True) as agent:
         assert await agent.call(CANISTER, "echo", b"d") == b"echo:d"
         cert = await agent.read_state(CANISTER, [[b"time"]])
         assert cert.delegation is not None and cert.delegation.subnet_id.bytes == replica.subnet_id
+        assert await agent.query(CANISTER, "echo", b"q") == b"echo:q"
 
 
 async def test_polling_ends_at_the_ingress_expiry(replica_server: tuple[ScriptedReplica, str]) -> None:
     replica, url = replica_server
-    reconfigure(replica, v3="202", polls_before_done=10**6)
+    reconfigure(replica, sync="202", polls_before_done=10**6)
     identity = Ed25519Identity.generate()
     content = call_content(
         identity.sender, CANISTER, "echo", b"", ingress_expiry_ns=time.time_ns() + 200_000_000, nonce=b"n"
@@ -422,7 +511,7 @@ async def test_polling_ends_even_when_the_ingress_expiry_is_far_ahead(
     replica_server: tuple[ScriptedReplica, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     replica, url = replica_server
-    reconfigure(replica, v3="202", polls_before_done=10**6)
+    reconfigure(replica, sync="202", polls_before_done=10**6)
     # A relayed envelope may claim any expiry; the poller stops after the IC's window (shortened for the test).
     monkeypatch.setattr(agent_module, "MAX_POLL_NS", 200_000_000)
     identity = Ed25519Identity.generate()
@@ -439,7 +528,7 @@ def signed_call(identity: Any, method: str = "echo", arg: bytes = b"relayed") ->
     return build_envelope(identity, call_content(identity.sender, CANISTER, method, arg, nonce=b"relay"))
 
 
-async def test_submit_signed_v3_returns_the_certified_reply(replica_server: tuple[ScriptedReplica, str]) -> None:
+async def test_submit_signed_returns_the_certified_reply(replica_server: tuple[ScriptedReplica, str]) -> None:
     replica, url = replica_server
     client = Ed25519Identity.generate()
     async with await agent_for(url, replica) as gateway:
@@ -452,19 +541,19 @@ async def test_submit_signed_v3_returns_the_certified_reply(replica_server: tupl
 
 async def test_submit_signed_other_sender_cannot_be_polled(replica_server: tuple[ScriptedReplica, str]) -> None:
     replica, url = replica_server
-    reconfigure(replica, v3="202")
+    reconfigure(replica, sync="202")
     envelope = signed_call(Ed25519Identity.generate())
     async with await agent_for(url, replica) as gateway:
         with pytest.raises(CallPending) as info:
             await gateway.submit_signed(CANISTER, envelope)
     assert info.value.request_id == parse_envelope(envelope).request_id
-    assert "v2/read_state" not in replica.hits
+    assert replica.hits[1:] == ["v4/call"]
 
 
 @pytest.mark.parametrize("sender", ["anonymous", "own"])
 async def test_submit_signed_polls_as_the_sender(replica_server: tuple[ScriptedReplica, str], sender: str) -> None:
     replica, url = replica_server
-    reconfigure(replica, v3="404", polls_before_done=1)
+    reconfigure(replica, newest={"call": 2, "query": 2, "read_state": 2}, polls_before_done=1)
     own = Ed25519Identity.generate()
     signer = AnonymousIdentity() if sender == "anonymous" else own
     async with await agent_for(url, replica, identity=own) as gateway:
@@ -515,7 +604,7 @@ async def test_query(replica_server: tuple[ScriptedReplica, str], verify: bool) 
         assert await agent.query(CANISTER, "echo", b"again") == b"echo:again"
     assert (info.value.reject_code, info.value.reject_message, info.value.error_code) == (4, "query says no", "IC0406")
     # Node keys are read once (certified /subnet), then cached.
-    assert replica.hits.count("v2/read_state") == (1 if verify else 0)
+    assert replica.hits.count("v3/read_state") == (1 if verify else 0)
 
 
 async def test_query_node_signatures_are_checked(replica_server: tuple[ScriptedReplica, str]) -> None:
@@ -533,13 +622,53 @@ async def test_query_from_an_unknown_node_is_refused(replica_server: tuple[Scrip
     replica, url = replica_server
     async with await agent_for(url, replica, verify_query_signatures=True) as agent:
         assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+        # The answer is signed by a node the certified subnet does not list (the cache is refreshed first).
+        listed = {
+            replica.subnet_id: {
+                b"public_key": replica.root_key,
+                b"canister_ranges": cbor.encode([[CANISTER.bytes, CANISTER.bytes]]),
+                b"node": {replica.node_id: {b"public_key": replica.node.der_public_key}},
+            }
+        }
         replica.node = Ed25519Identity.from_seed(bytes(32))
         replica.node_id = Principal.self_authenticating(replica.node.der_public_key).bytes
-        # The answer is signed by a node the certified subnet does not list (the cache is refreshed first).
         original = replica.certificate
-        replica.certificate = lambda extra: original({**extra, b"subnet": {}})  # type: ignore[method-assign]
+        replica.certificate = lambda extra, **kw: original({**extra, b"subnet": listed}, **kw)  # type: ignore[method-assign]
         with pytest.raises(CertificateError, match="node_signature"):
             await agent.query(CANISTER, "echo", b"")
+
+
+async def test_node_keys_are_read_again_when_a_signature_fails(replica_server: tuple[ScriptedReplica, str]) -> None:
+    replica, url = replica_server
+    async with await agent_for(url, replica, verify_query_signatures=True) as agent:
+        assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+        # The subnet's node is replaced: the cached keys do not know it, the certified /subnet read next does.
+        replica.node = Ed25519Identity.from_seed(bytes(32))
+        replica.node_id = Principal.self_authenticating(replica.node.der_public_key).bytes
+        assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+        assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+    assert replica.hits.count("v3/read_state") == 2
+
+
+async def test_node_keys_expire(replica_server: tuple[ScriptedReplica, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    replica, url = replica_server
+    monkeypatch.setattr(agent_module, "NODE_KEYS_TTL_S", 0.0)
+    async with await agent_for(url, replica, verify_query_signatures=True) as agent:
+        for _ in range(3):
+            assert await agent.query(CANISTER, "echo", b"") == b"echo:"
+    assert replica.hits.count("v3/read_state") == 3
+
+
+async def test_root_subnet_node_keys_need_the_canister_in_its_ranges(
+    replica_server: tuple[ScriptedReplica, str],
+) -> None:
+    replica, url = replica_server
+    other = Principal.from_text("ryjl3-tyaaa-aaaaa-aaaba-cai")
+    async with await agent_for(url, replica, verify_query_signatures=True) as agent:
+        # A root-signed /subnet certificate whose ranges do not hold the canister does not vouch for its nodes.
+        with pytest.raises(CertificateError) as info:
+            await agent.query(other, "echo", b"")
+    assert info.value.reason == "canister-not-in-range"
 
 
 async def test_read_state(replica_server: tuple[ScriptedReplica, str]) -> None:
@@ -673,10 +802,23 @@ async def test_agent_reopens_after_close(replica_server: tuple[ScriptedReplica, 
 TEXT = [candid.parse_type("text")]
 
 
-@pytest.fixture(params=[False, True], ids=["root-signed", "subnet-delegation"])
+@pytest.fixture(
+    params=[(delegated, version) for delegated in (False, True) for version in (4, 3, 2)],
+    ids=lambda p: f"{'subnet-delegation' if p[0] else 'root-signed'}-api-v{p[1]}",
+)
 async def devnet(request: pytest.FixtureRequest) -> AsyncIterator[Devnet]:
-    async with Devnet(canisters={"echo": Echo}, subnet_delegation=request.param, round_ms=10) as dn:
+    """The devnet with a root-signed or delegated subnet, serving every endpoint version or only the older ones."""
+    delegated, max_api_version = request.param
+    async with Devnet(
+        canisters={"echo": Echo}, subnet_delegation=delegated, round_ms=10, max_api_version=max_api_version
+    ) as dn:
         yield dn
+
+
+def expected_versions(devnet: Devnet, *, sync_call: bool = True) -> dict[str, int]:
+    """The endpoint versions an agent settles on against ``devnet`` (v3 query and read_state came with v4 call)."""
+    reads = 3 if devnet.max_api_version == 4 else 2
+    return {"call": devnet.max_api_version if sync_call else 2, "query": reads, "read_state": reads}
 
 
 async def test_devnet_round_trip(devnet: Devnet) -> None:
@@ -697,12 +839,16 @@ async def test_devnet_round_trip(devnet: Devnet) -> None:
         with pytest.raises(RejectError) as info:
             await agent.query(echo, "no_such_method", candid.encode([], []))
         assert (info.value.reject_code, info.value.error_code) == (5, "IC0536")
+        assert {kind: agent.endpoint_version(kind) for kind in ("call", "query", "read_state")} == expected_versions(
+            devnet
+        )
 
 
 async def test_devnet_v2_call_and_polling(devnet: Devnet) -> None:
     echo = devnet.canister_ids["echo"]
     async with Agent(devnet.url, Ed25519Identity.generate(), root_key=devnet.root_key_der, sync_call=False) as agent:
         replies = await asyncio.gather(*(agent.call(echo, "shout", candid.encode(TEXT, [f"m{i}"])) for i in range(20)))
+        assert agent.endpoint_version("read_state") == expected_versions(devnet)["read_state"]
     assert [candid.decode(r, TEXT)[0] for r in replies] == [f"M{i}" for i in range(20)]
 
 
@@ -711,8 +857,14 @@ async def test_devnet_submit_signed(devnet: Devnet) -> None:
     client = Ed25519Identity.generate()
     envelope = build_envelope(client, call_content(client.sender, echo, "whoami", candid.encode([], []), nonce=b"1"))
     async with Agent(devnet.url, Ed25519Identity.generate(), root_key=devnet.root_key_der) as gateway:
-        reply = await gateway.submit_signed(echo, envelope)
-        assert candid.decode(reply, [candid.parse_type("principal")]) == [client.sender]
+        if devnet.max_api_version == 2:
+            # No synchronous call: the outcome must be polled, and only the client may read its status.
+            with pytest.raises(CallPending) as pending:
+                await gateway.submit_signed(echo, envelope)
+            assert pending.value.request_id == parse_envelope(envelope).request_id
+        else:
+            reply = await gateway.submit_signed(echo, envelope)
+            assert candid.decode(reply, [candid.parse_type("principal")]) == [client.sender]
         # The devnet refuses a replay of the same request while it knows it; the agent surfaces its text.
         tampered = cbor.decode(envelope)
         tampered["sender_sig"] = bytes(64)
