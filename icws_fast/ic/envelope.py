@@ -36,7 +36,10 @@ _COMMON_FIELDS: Final = frozenset({"request_type", "sender", "ingress_expiry", "
 _CALL_FIELDS: Final = _COMMON_FIELDS | {"canister_id", "method_name", "arg"}
 _READ_STATE_FIELDS: Final = _COMMON_FIELDS | {"paths"}
 _ENVELOPE_FIELDS: Final = frozenset({"content", "sender_pubkey", "sender_sig", "sender_delegation"})
-_DELEGATION_FIELDS: Final = frozenset({"pubkey", "expiration", "targets"})
+_DELEGATION_FIELDS: Final = frozenset({"pubkey", "expiration", "targets", "permissions"})
+#: A delegation's optional ``permissions`` (interface spec, read-only delegations): ``"queries"`` lets the
+#: delegated key sign queries and read_state requests only, ``"all"`` (like no field) every request type.
+DELEGATION_PERMISSIONS: Final = frozenset({"queries", "all"})
 
 
 def default_ingress_expiry(now_ns: int | None = None) -> int:
@@ -226,6 +229,10 @@ def _parse_delegations(value: Any) -> list[dict[str, Any]]:
             for target in targets:
                 if type(target) is not bytes or len(target) > 29:
                     raise EnvelopeError(f"{where}.delegation.targets holds a malformed canister id")
+        # Refused when unknown: a permission this code does not know may restrict more than it can enforce.
+        permissions = delegation.get("permissions", "all")
+        if type(permissions) is not str or permissions not in DELEGATION_PERMISSIONS:
+            raise EnvelopeError(f"{where}.delegation.permissions must be 'queries' or 'all'")
     return value
 
 
@@ -293,7 +300,8 @@ def verify_envelope(
       whose self-authenticating principal is the sender, and a signature;
     - each delegation is signed by the previous key, unexpired, lists the target canister when it has
       ``targets`` (the effective canister id of a read_state or management call, else ``canister_id``),
-      and no key appears twice in the chain;
+      no key appears twice in the chain, and a call is signed through no delegation with
+      ``permissions: "queries"`` (such a chain signs queries and read_state requests only);
     - ``sender_sig`` verifies over ``b"\\x0aic-request" || request_id`` under the last key of the chain.
 
     Signature failures raise :class:`~icws_fast.errors.SignatureError`, everything else
@@ -334,6 +342,8 @@ def verify_envelope(
                 raise EnvelopeError(f"delegation {i} is restricted to targets but no effective canister id is known")
             if target.bytes not in targets:
                 raise EnvelopeError(f"delegation {i} does not allow canister {target}")
+        if env.request_type == "call" and delegation.get("permissions") == "queries":
+            raise EnvelopeError(f"delegation {i} permits only queries and read_state requests, not a call")
         key = delegation["pubkey"]
         if key in seen:
             raise EnvelopeError(f"delegation {i} repeats a key of the chain")

@@ -8,7 +8,7 @@ the version-2 form with the public key that older dfx wrote) and SEC1 ``EC PRIVA
 (or PKCS#8) for ECDSA.
 
 A delegation chain lets a session key sign for a root key: each link is
-``{pubkey, expiration, targets?}`` signed by the previous key over
+``{pubkey, expiration, targets?, permissions?}`` signed by the previous key over
 ``b"\\x1aic-request-auth-delegation" || hash_of_map(link)``.
 
 Local misuse (an anonymous signer, a chain that does not end at the session key) raises
@@ -352,10 +352,14 @@ def verify_signature(der_public_key: bytes, message: bytes, signature: bytes) ->
         return False
 
 
-def _delegation_map(pubkey: bytes, expiration_ns: int, targets: Sequence[Principal] | None) -> dict[str, Any]:
+def _delegation_map(
+    pubkey: bytes, expiration_ns: int, targets: Sequence[Principal] | None, permissions: str | None
+) -> dict[str, Any]:
     delegation: dict[str, Any] = {"pubkey": pubkey, "expiration": expiration_ns}
     if targets is not None:
         delegation["targets"] = [t.bytes for t in targets]
+    if permissions is not None:
+        delegation["permissions"] = permissions
     return delegation
 
 
@@ -381,11 +385,17 @@ class DelegationChain:
         expiration_ns: int,
         targets: Sequence[Principal] | None = None,
         previous: DelegationChain | None = None,
+        *,
+        permissions: str | None = None,
     ) -> DelegationChain:
         """Delegate from ``signer`` to ``to_der_pubkey`` until ``expiration_ns``, optionally only for ``targets``.
 
-        With ``previous``, ``signer`` must hold the last key of that chain and the new link is appended.
+        ``permissions="queries"`` makes a read-only delegation (queries and read_state, no calls); ``"all"``
+        says so explicitly. With ``previous``, ``signer`` must hold the last key of that chain and the new link
+        is appended.
         """
+        if permissions not in (None, "queries", "all"):
+            raise ValueError(f"permissions must be 'queries' or 'all', not {permissions!r}")
         signer_key = signer.der_public_key
         if signer_key is None:
             raise ValueError("the anonymous identity cannot delegate")
@@ -393,7 +403,7 @@ class DelegationChain:
             last = previous.delegations[-1]["delegation"]["pubkey"] if previous.delegations else previous.public_key
             if last != signer_key:
                 raise ValueError("the signer does not hold the last key of the previous chain")
-        delegation = _delegation_map(bytes(to_der_pubkey), expiration_ns, targets)
+        delegation = _delegation_map(bytes(to_der_pubkey), expiration_ns, targets, permissions)
         link = {"delegation": delegation, "signature": signer.sign(delegation_signing_message(delegation))}
         if previous is None:
             return cls(signer_key, [link])
@@ -407,6 +417,8 @@ class DelegationChain:
             entry: dict[str, Any] = {"expiration": format(d["expiration"], "x"), "pubkey": d["pubkey"].hex()}
             if "targets" in d:
                 entry["targets"] = [t.hex() for t in d["targets"]]
+            if "permissions" in d:
+                entry["permissions"] = d["permissions"]
             delegations.append({"delegation": entry, "signature": link["signature"].hex()})
         return json.dumps({"delegations": delegations, "publicKey": self.public_key.hex()})
 
@@ -421,7 +433,10 @@ class DelegationChain:
                 targets = None
                 if d.get("targets") is not None:
                     targets = [Principal(bytes.fromhex(t)) for t in d["targets"]]
-                delegation = _delegation_map(bytes.fromhex(d["pubkey"]), int(d["expiration"], 16), targets)
+                permissions = d.get("permissions")
+                if permissions is not None and type(permissions) is not str:
+                    raise TypeError("permissions is not a string")
+                delegation = _delegation_map(bytes.fromhex(d["pubkey"]), int(d["expiration"], 16), targets, permissions)
                 delegations.append({"delegation": delegation, "signature": bytes.fromhex(link["signature"])})
             return cls(bytes.fromhex(obj["publicKey"]), delegations)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

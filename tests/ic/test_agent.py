@@ -884,3 +884,16 @@ async def test_devnet_delegation_identity(devnet: Devnet) -> None:
             whoami = await agent.call(echo, "whoami", candid.encode([], []))
             assert candid.decode(whoami, [candid.parse_type("principal")]) == [root.sender]
             assert candid.decode(await agent.query(echo, "echo", candid.encode(TEXT, ["d"])), TEXT) == ["d"]
+
+
+async def test_devnet_read_only_delegation(devnet: Devnet) -> None:
+    echo = devnet.canister_ids["echo"]
+    root, session = Ed25519Identity.generate(), Ed25519Identity.generate()
+    chain = DelegationChain.create(root, session.der_public_key, time.time_ns() + 10 * MINUTE_NS, permissions="queries")
+    async with Agent(devnet.url, DelegationIdentity(session, chain), root_key=devnet.root_key_der) as agent:
+        assert candid.decode(await agent.query(echo, "echo", candid.encode(TEXT, ["r"])), TEXT) == ["r"]
+        await agent.read_state(echo, [[b"time"]])
+        # The replica refuses a call signed through a read-only delegation, before it reaches the canister.
+        with pytest.raises(HttpStatusError) as info:
+            await agent.call(echo, "whoami", candid.encode([], []))
+    assert info.value.status == 400 and "permits only queries" in info.value.text

@@ -286,6 +286,44 @@ def test_delegation_checks() -> None:
     verify_envelope(parse_envelope(build_envelope(plain, content | {"sender": plain.sender.bytes})), now_ns=NOW)
 
 
+@pytest.mark.parametrize("permissions", ["queries", "all"])
+def test_delegation_permissions(permissions: str) -> None:
+    # Interface spec, read-only delegations: "queries" signs queries and read_state requests only.
+    root, session = Ed25519Identity.generate(), Ed25519Identity.generate()
+    first = DelegationChain.create(root, session.der_public_key, NOW + 3600 * SECOND, permissions=permissions)
+    identity = DelegationIdentity(session, first)
+    query = call_content(
+        identity.sender, CANISTER, "greet", b"DIDL\x00\x00", request_type="query", ingress_expiry_ns=NOW + SECOND
+    )
+    read = read_state_content(identity.sender, [[b"time"]], ingress_expiry_ns=NOW + SECOND)
+    for content in (query, read):
+        verify_envelope(parse_envelope(build_envelope(identity, content)), now_ns=NOW, effective_canister_id=CANISTER)
+    call = parse_envelope(_signed(identity))
+    # The field is part of the signed delegation map: dropping it breaks the link's signature.
+    assert call.sender_delegation is not None and call.sender_delegation[0]["delegation"]["permissions"] == permissions
+    if permissions == "all":
+        verify_envelope(call, now_ns=NOW)
+    else:
+        with pytest.raises(EnvelopeError, match="permits only queries"):
+            verify_envelope(call, now_ns=NOW)
+    stripped = cbor.decode(_signed(identity))
+    del stripped["sender_delegation"][0]["delegation"]["permissions"]
+    with pytest.raises(SignatureError, match="delegation 0"):
+        verify_envelope(parse_envelope(cbor.encode(stripped)), now_ns=NOW)
+    # A read-only link anywhere in a longer chain makes the whole chain read-only.
+    middle = Ed25519Identity.generate()
+    chain = DelegationChain.create(root, middle.der_public_key, NOW + 3600 * SECOND)
+    chain = DelegationChain.create(
+        middle, session.der_public_key, NOW + 3600 * SECOND, None, chain, permissions=permissions
+    )
+    assert DelegationChain.from_json(chain.to_json()).delegations == chain.delegations
+    if permissions == "queries":
+        with pytest.raises(EnvelopeError, match="delegation 1 permits only queries"):
+            verify_envelope(parse_envelope(_signed(DelegationIdentity(session, chain))), now_ns=NOW)
+    with pytest.raises(ValueError, match="permissions"):
+        DelegationChain.create(root, session.der_public_key, NOW, permissions="reads")
+
+
 def test_delegation_signatures_and_cycles() -> None:
     root, middle, session = (Ed25519Identity.generate() for _ in range(3))
     data = _signed(DelegationIdentity(session, _chain(root, middle, session)))
@@ -392,6 +430,9 @@ MALFORMED = {
     "target too long": _set((*DELEGATION, "targets"), [bytes(30)]),
     "target text": _set((*DELEGATION, "targets"), ["ryjl3-tyaaa-aaaaa-aaaba-cai"]),
     "too many targets": _set((*DELEGATION, "targets"), [b"\x01"] * 1001),
+    "permissions unknown": _set((*DELEGATION, "permissions"), "reads"),
+    "permissions bytes": _set((*DELEGATION, "permissions"), b"queries"),
+    "permissions list": _set((*DELEGATION, "permissions"), ["queries"]),
 }
 
 
@@ -471,6 +512,7 @@ _field_names = st.sampled_from(
         "pubkey",
         "expiration",
         "targets",
+        "permissions",
     ]
 )
 _envelope_like = st.recursive(
