@@ -18,11 +18,14 @@ asyncio HTTP/1.1 server whose requests are forwarded upstream over a keep-alive 
 ``swap_tree``    forward a ``ws_get_messages`` query, answer its batch with the certificate and tree of
                  the previous, different batch this proxy saw for the canister
 ``replay``       forward nothing, answer the oldest reply kept for the same endpoint, method and canister
+                 (for ``ws_get_messages`` only batches with messages are kept: a stale batch)
 ``reorder``      forward a ``ws_get_messages`` query, answer its batch with the messages reversed
                  (certificate and tree untouched: every message still verifies)
 ``drop``         forward (the replica executes the request), then close without answering
 ``reject``       forward nothing, answer a reject (``reject_code``, default SYS_TRANSIENT) of a query or
                  a call as the replica words it (non-replicated rejection for calls)
+``not_end_of_queue``  forward a ``ws_get_messages`` query, answer its batch marked "not the end of the
+                 queue" (with an empty batch: a canister asking to be polled again at once)
 ===============  ===================================================================================
 
 A rule applies ``count`` times (None: forever) to matching requests, after letting ``skip`` of them
@@ -62,7 +65,7 @@ from icws_fast.protocol.types import (
 ACTIONS: Final = frozenset(
     {
         *("cut", "reset", "delay", "status", "truncate", "corrupt"),
-        *("resign", "swap_tree", "replay", "reorder", "drop", "reject"),
+        *("resign", "swap_tree", "replay", "reorder", "drop", "reject", "not_end_of_queue"),
     }
 )
 ENDPOINTS: Final = frozenset({"call", "query", "read_state", "status"})
@@ -164,6 +167,16 @@ def _query_batch(body: bytes) -> tuple[dict[str, Any], CanisterOutputCertifiedMe
         return answer, decode_get_messages_result(answer["reply"]["arg"])
     except (IcwsError, KeyError, TypeError):
         raise _NotApplicable from None
+
+
+def _worth_keeping(request: _Request, body: bytes) -> bool:
+    """Whether to keep a reply for ``replay`` and ``swap_tree``: a ``ws_get_messages`` one only with messages."""
+    if request.ic_method != "ws_get_messages":
+        return True
+    try:
+        return bool(_query_batch(body)[1].messages)
+    except _NotApplicable:
+        return False
 
 
 def _with_batch(answer: dict[str, Any], batch: CanisterOutputCertifiedMessages) -> bytes:
@@ -331,7 +344,7 @@ class FaultProxy:
                 await self._write(writer, answer)
                 return True
         upstream = await self._forward(request)
-        if upstream.status == 200:
+        if upstream.status == 200 and _worth_keeping(request, upstream.body):
             self._history[(request.endpoint, request.ic_method, request.canister)].append(upstream.body)
         if rule is None or action in ("replay", "delay"):
             await self._write(writer, upstream)
@@ -398,7 +411,7 @@ class FaultProxy:
             body = bytes(damaged)
         elif action == "resign":
             body = self._resign(request, body)
-        elif action in ("swap_tree", "reorder"):
+        elif action in ("swap_tree", "reorder", "not_end_of_queue"):
             if request.ic_method != "ws_get_messages":
                 raise _NotApplicable
             answer, batch = _query_batch(body)
@@ -406,6 +419,8 @@ class FaultProxy:
                 if len(batch.messages) < 2:
                     raise _NotApplicable
                 batch = batch._replace(messages=batch.messages[::-1])
+            elif action == "not_end_of_queue":
+                batch = batch._replace(is_end_of_queue=False)
             else:
                 batch = self._swapped(request, batch)
             body = _with_batch(answer, batch)

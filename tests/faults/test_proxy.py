@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet import Devnet
@@ -155,15 +156,38 @@ async def test_truncate(setup: Setup) -> None:
     assert setup.proxy.count("truncate", "read_state") == 1
 
 
-async def test_corrupt_flips_exactly_the_configured_bytes(setup: Setup) -> None:
-    setup.proxy.fault("corrupt", endpoint="status", corrupt_bytes=3, count=1)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(setup.proxy.url + "/api/v2/status") as resp:
-            damaged = await resp.read()
-        async with http.get(setup.devnet.url + "/api/v2/status") as resp:
-            original = await resp.read()
-    assert len(damaged) == len(original)
-    assert sum(a != b for a, b in zip(damaged, original, strict=True)) == 3
+async def test_corrupt_flips_exactly_the_configured_bytes() -> None:
+    # A fixed upstream body, so that the damage can be counted byte by byte.
+    original = bytes(range(256)) * 4
+
+    async def fixed(request: web.Request) -> web.Response:
+        return web.Response(body=original, content_type="application/cbor")
+
+    app = web.Application()
+    app.router.add_get("/api/v2/status", fixed)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        async with FaultProxy(f"http://{host}:{port}", seed=5) as proxy, aiohttp.ClientSession() as http:
+            proxy.fault("corrupt", endpoint="status", corrupt_bytes=3, count=1)
+            for flips in (3, 0):
+                async with http.get(proxy.url + "/api/v2/status") as resp:
+                    damaged = await resp.read()
+                assert len(damaged) == len(original)
+                assert sum(a != b for a, b in zip(damaged, original, strict=True)) == flips
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_corrupt_certified_answer_never_passes(setup: Setup) -> None:
+    setup.proxy.fault("corrupt", endpoint="read_state", corrupt_bytes=16, count=5)
+    for _ in range(5):
+        with pytest.raises((AgentError, CertificateError)):
+            await setup.gateway.read_state(setup.canister, [[b"time"]])
+    assert setup.proxy.count("corrupt") == 5
 
 
 async def test_resign_call_and_read_state(setup: Setup) -> None:
@@ -215,6 +239,13 @@ async def test_reorder_reverses_a_batch(setup: Setup) -> None:
     setup.proxy.fault("reorder", method="ws_get_messages", count=1)
     assert nonces(await setup.get_messages(1)) == [1]
     assert setup.proxy.count("reorder") == 1
+
+
+async def test_not_end_of_queue_marks_an_empty_batch(setup: Setup) -> None:
+    setup.proxy.fault("not_end_of_queue", method="ws_get_messages", count=1)
+    batch = await setup.get_messages(5)
+    assert (batch.messages, batch.is_end_of_queue) == ([], False)
+    assert (await setup.get_messages(5)).is_end_of_queue
 
 
 async def test_drop_executes_but_never_answers(setup: Setup) -> None:

@@ -1,0 +1,111 @@
+"""Verifying clients: IcWebSocket connections that check every message arrives exactly once and in order.
+
+A :class:`VerifyingClient` talks to the ``test`` canister (which answers ``"ping"`` on open and
+``text + " ping"`` to every message). It records what it expects in two streams, each in the order the
+canister queues it (the echoes of its own messages, and the messages pushed to it with :func:`push`; the
+two interleave as the canister's rounds fall), and everything it receives; :meth:`VerifyingClient.check`
+fails unless every expected message arrived exactly once, each stream in order, nothing else arrived and
+the connection is still open, naming what was lost, duplicated or reordered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from icws_fast.client import IcWebSocket
+from icws_fast.devnet import Devnet
+from icws_fast.devnet.canisters.test_canister import encode_app_message
+from icws_fast.errors import ConnectionClosed
+from icws_fast.ic import candid
+from icws_fast.ic.agent import Agent
+from icws_fast.ic.principal import Principal
+
+_SEND_ARGS = candid.parse_args("(principal, blob)")
+_UNIT_RESULT = candid.parse_args("(variant { Ok : null; Err : text })")
+
+
+class VerifyingClient:
+    """One client of the ``test`` canister through a gateway; see the module docstring."""
+
+    def __init__(self, name: str, ws: IcWebSocket) -> None:
+        self.name = name
+        self.ws = ws
+        self.expected: dict[str, list[str]] = {"echo": ["ping"], "push": []}
+        self.received: list[str] = []
+        self._sent = 0
+        self._reader = asyncio.create_task(self._read(), name=f"verifying client {name}")
+
+    @classmethod
+    async def connect(cls, name: str, gateway_url: str, canister: Principal, devnet: Devnet) -> VerifyingClient:
+        ws = await IcWebSocket.connect(gateway_url, canister, devnet.url, root_key_der=devnet.root_key_der)
+        return cls(name, ws)
+
+    @property
+    def principal(self) -> Principal:
+        return self.ws.principal
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for value in self.ws:
+                self.received.append(value["text"])
+
+    async def send(self, count: int) -> None:
+        """Send ``count`` numbered messages; their echoes are expected in the same order."""
+        for _ in range(count):
+            text = f"{self.name}-{self._sent}"
+            self._sent += 1
+            self.expected["echo"].append(f"{text} ping")
+            await self.ws.send({"text": text, "timestamp": 0})
+
+    @property
+    def expected_count(self) -> int:
+        return sum(map(len, self.expected.values()))
+
+    @property
+    def done(self) -> bool:
+        return len(self.received) >= self.expected_count or self.ws.close_code is not None
+
+    def check(self) -> None:
+        """Fail unless every expected message arrived exactly once, each stream in order, on an open connection."""
+        expected = Counter(text for stream in self.expected.values() for text in stream)
+        lost = expected - Counter(self.received)
+        extra = Counter(self.received) - expected
+        state = (
+            f"client {self.name}: {len(self.received)} of {self.expected_count} messages, closed with "
+            f"{self.ws.close_code} {self.ws.close_reason!r}"
+        )
+        assert not lost and not extra, f"{state}; lost {sorted(lost)[:5]}, duplicated or unexpected {sorted(extra)[:5]}"
+        for name, stream in self.expected.items():
+            members = set(stream)
+            arrived = [text for text in self.received if text in members]
+            assert arrived == stream, f"{state}; the {name} stream is out of order: {arrived[:10]}"
+        assert self.ws.close_code is None, state
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+async def push(agent: Agent, canister: Principal, client: VerifyingClient, text: str) -> None:
+    """Have the canister send ``text`` to ``client`` (its ``send`` update, called straight on the devnet)."""
+    client.expected["push"].append(text)
+    arg = candid.encode(_SEND_ARGS, [client.principal, encode_app_message(text, time.time_ns())])
+    assert candid.decode(await agent.call(canister, "send", arg), _UNIT_RESULT) == [{"Ok": None}]
+
+
+async def settle(clients: Iterable[VerifyingClient], timeout_s: float = 20.0) -> None:
+    """Wait until every client has all it expects (or closed), at most ``timeout_s``; then check them all."""
+    clients = list(clients)
+    deadline = time.monotonic() + timeout_s
+    while not all(c.done for c in clients) and time.monotonic() < deadline:  # noqa: ASYNC110 - no event to wait on
+        await asyncio.sleep(0.05)
+    # Anything arriving after the expected messages would be a duplicate: give it a moment to show.
+    await asyncio.sleep(0.3)
+    for client in clients:
+        client.check()
