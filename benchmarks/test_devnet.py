@@ -2,7 +2,7 @@
 
 The devnet (``tests/interop/echo_devnet.py``, default 50 ms rounds, one small canister) runs in its own
 process so that it has an interpreter and a core to itself; the 100 agents (each with its own Ed25519
-identity and keep-alive connection) share this process's event loop. Update calls go through the v3
+identity and keep-alive connection) share this process's event loop. Update calls go through the v4
 synchronous endpoint (and, for comparison, v2 + read_state polling); every certified reply is verified
 (BLS) by the agent, as a gateway would. Queries are sent without node signature checks (the default for
 non-mainnet URLs). Besides the rates, ``extra_info`` records the devnet's CPU use during the load: near
@@ -70,7 +70,7 @@ def echo_devnet() -> Iterator[dict[str, Any]]:
         yield info
 
 
-@pytest.mark.parametrize(("kind", "per_agent"), [("call_v3", 10), ("call_v2", 5), ("query", 40)])
+@pytest.mark.parametrize(("kind", "per_agent"), [("call_sync", 10), ("call_v2", 5), ("query", 40)])
 def test_devnet_throughput(benchmark: Any, echo_devnet: dict[str, Any], kind: str, per_agent: int) -> None:
     rates: list[float] = []
     pid = echo_devnet["pid"]
