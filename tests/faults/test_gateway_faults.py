@@ -21,7 +21,7 @@ import pytest
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet import Devnet
-from icws_fast.devnet.canisters.test_canister import TestCanister
+from icws_fast.devnet.canisters.pingpong import PingPongCanister
 from icws_fast.gateway.server import Gateway
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
@@ -37,7 +37,7 @@ CLIENTS = 3
 
 @pytest.fixture
 def devnet_canisters() -> dict[str, type[Canister]]:
-    return {"test": TestCanister}
+    return {"test": PingPongCanister}
 
 
 @pytest.fixture

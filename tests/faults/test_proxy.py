@@ -18,7 +18,7 @@ from aiohttp import web
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet import Devnet
-from icws_fast.devnet.canisters.test_canister import TestCanister
+from icws_fast.devnet.canisters.pingpong import PingPongCanister
 from icws_fast.errors import (
     AgentError,
     AgentTimeout,
@@ -41,7 +41,7 @@ SEND_ARGS = candid.parse_args("(principal, blob)")
 
 @pytest.fixture
 def devnet_canisters() -> dict[str, type[Canister]]:
-    return {"test": TestCanister}
+    return {"test": PingPongCanister}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from icws_fast.client import IcWebSocket
 from icws_fast.devnet import Devnet
-from icws_fast.devnet.canisters.test_canister import encode_app_message
+from icws_fast.devnet.canisters.pingpong import encode_app_message
 from icws_fast.errors import ConnectionClosed
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
