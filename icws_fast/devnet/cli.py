@@ -27,7 +27,7 @@ from typing import Any
 
 from icws_fast import cliconfig
 from icws_fast.cdk.api import Canister
-from icws_fast.cliconfig import ConfigError, check_address, check_positive, flag, parse_float
+from icws_fast.cliconfig import ConfigError, check_address, check_positive, flag, parse_float, parse_int
 from icws_fast.devnet.server import DEFAULT_ROUND_MS, Devnet
 from icws_fast.errors import IcwsError
 
@@ -70,6 +70,15 @@ class DevnetConfig:
     )
     """Sign certificates with a subnet key delegated by the root key, as mainnet application subnets do."""
 
+    max_api_version: int = flag(
+        4,
+        "--max-api-version",
+        "newest call endpoint served: 4 (today's replica), 3 (v3 call, v2 query/read_state) or 2 (v2 only)",
+        metavar="N",
+        parse=parse_int,
+    )
+    """Play an older replica: the endpoints newer than this generation answer 404."""
+
     canister: tuple[str, ...] = flag(
         (),
         "--canister",
@@ -85,6 +94,8 @@ class DevnetConfig:
     def __post_init__(self) -> None:
         check_address("address", self.address)
         check_positive("round_ms", self.round_ms, "the round length")
+        if self.max_api_version not in (2, 3, 4):
+            raise ConfigError("max_api_version", f"must be 2, 3 or 4, got {self.max_api_version}")
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError("log_level", f"unknown logging level {self.log_level!r} (e.g. DEBUG, INFO, WARNING)")
 
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=config.state_dir,
             root_key_file=config.root_key_file,
             subnet_delegation=config.subnet_delegation,
+            max_api_version=config.max_api_version,
         )
     except (ValueError, OSError, IcwsError) as exc:  # bad address, unreadable key file, bad canister Candid...
         parser.error(str(exc))

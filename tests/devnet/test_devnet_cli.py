@@ -11,6 +11,10 @@ import pytest
 from icws_fast.cliconfig import config_from_argv
 from icws_fast.devnet.cli import DevnetConfig, _parser, flag_table, main
 from icws_fast.errors import ConfigError
+from icws_fast.ic import candid
+from icws_fast.ic.agent import Agent
+from icws_fast.ic.identity import Ed25519Identity
+from tests.plugins.devnet import DevnetProcess, free_port
 
 
 def test_no_flags_give_the_dataclass_defaults():
@@ -31,8 +35,8 @@ def test_every_field_is_a_flag_in_the_table_and_the_help():
 
 def test_flags_reach_the_config():
     argv = ["--address", "0.0.0.0:0", "--subnet-delegation", "--canister", "a=m:A", "--canister", "b=m:B"]
-    config = config_from_argv(DevnetConfig, _parser(), argv, environ={})
-    assert config.address == "0.0.0.0:0" and config.subnet_delegation
+    config = config_from_argv(DevnetConfig, _parser(), [*argv, "--max-api-version", "3"], environ={})
+    assert config.address == "0.0.0.0:0" and config.subnet_delegation and config.max_api_version == 3
     assert config.canister == ("a=m:A", "b=m:B")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.address = "x"  # type: ignore[misc]
@@ -46,6 +50,7 @@ def test_flags_reach_the_config():
         (["--round-ms", "0"], "--round-ms 0: the round length must be positive, got 0.0"),
         (["--round-ms", "fast"], "--round-ms fast: expected a number, got 'fast'"),
         (["--log-level", "loud"], "--log-level loud: unknown logging level 'loud'"),
+        (["--max-api-version", "5"], "--max-api-version 5: must be 2, 3 or 4, got 5"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(argv, message, capsys):
@@ -72,3 +77,21 @@ def test_the_command_reports_a_bad_flag_without_a_traceback():
     assert proc.returncode == 2
     assert "icws-devnet: error: --address localhost:99999: port 99999 is out of range" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+async def test_the_command_plays_an_older_replica(tmp_path):
+    process = DevnetProcess(
+        address=f"127.0.0.1:{free_port()}", state_dir=tmp_path / "state", extra_args=["--max-api-version", "3"]
+    )
+    process.start()
+    try:
+        canister = process.canister_ids["test"]
+        async with Agent(process.url, Ed25519Identity.generate(), root_key=process.root_key_der) as agent:
+            # The call reaches the canister (which answers that it has no such client: a reply, not a reject).
+            await agent.call(canister, "send", candid.encode(candid.parse_args("(principal, blob)"), [canister, b""]))
+            await agent.read_state(canister, [[b"time"]])
+            versions = [agent.endpoint_version(kind) for kind in ("call", "query", "read_state")]
+        assert versions == [3, 3, 2]  # v3 call; read_state found v3 missing; the query was never tried
+    finally:
+        process.stop()
