@@ -24,7 +24,7 @@ from icws_fast.protocol.client import (
     ErrorOccurred,
     MessageReceived,
     Opened,
-    SendFrame,
+    SendToGateway,
 )
 from icws_fast.protocol.types import ClientKey
 
@@ -140,7 +140,7 @@ class ClientBase(ABC):
     def _handle(self, events: Iterable[ClientEvent]) -> None:
         """Carry out the protocol's events in order."""
         for event in events:
-            if isinstance(event, SendFrame):
+            if isinstance(event, SendToGateway):
                 self._send_frame(event.data)
             elif isinstance(event, MessageReceived):
                 if self.on_message is None:

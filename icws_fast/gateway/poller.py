@@ -8,28 +8,28 @@ skipped; a message is never handed out twice because the nonce only grows. The f
 after start may begin anywhere (the canister may have dropped acknowledged messages), as
 in the Rust gateway; later batches must continue where the previous one ended.
 
-Each batch is verified once: the certificate against the IC root key for this canister, the
-witness tree against the canister's certified data in it, and each message's content hash
-against the tree. A batch whose certificate or tree fails is dropped (and counted) instead
-of relayed: a client would reject it anyway, and the gateway must not relay what it cannot
-vouch for. The nonce still moves past it, or the poller would fetch it forever.
+Each batch is verified once (:class:`~icws_fast.protocol.certified.BatchVerifier`, the verifier
+the client uses too): the certificate against the IC root key for this canister, the witness
+tree against the canister's certified data in it, and each message's content hash against the
+tree. A batch whose certificate or tree fails is dropped (and counted) instead of relayed: a
+client would reject it anyway, and the gateway must not relay what it cannot vouch for. The
+nonce still moves past it, or the poller would fetch it forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import itertools
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from icws_fast.errors import (
     AgentError,
     AgentTimeout,
     CertificateError,
-    DecodeError,
     IcwsError,
     ProtocolDecodeError,
     ProtocolError,
@@ -38,11 +38,9 @@ from icws_fast.errors import (
 from icws_fast.gateway import fanout
 from icws_fast.gateway.metrics import GatewayMetrics
 from icws_fast.gateway.tracing import span
-from icws_fast.ic import hashtree
-from icws_fast.ic.certificate import Certificate
 from icws_fast.ic.principal import Principal
+from icws_fast.protocol.certified import BatchVerifier, check_message
 from icws_fast.protocol.types import (
-    LABEL_WEBSOCKET,
     CanisterOutputMessage,
     ClientKey,
     decode_get_messages_result,
@@ -77,29 +75,6 @@ def _consume(task: asyncio.Task[bytes]) -> None:
         task.exception()
 
 
-def _leaf_hashes(found: hashtree.LookupResult) -> dict[bytes, bytes]:
-    """Label -> leaf value of the labeled leaves directly below a ``lookup_subtree`` result (none unless Found).
-
-    The labels must increase, as in every tree the IC builds; a tree that breaks this raises
-    :class:`CertificateError` (a lookup in it would not be well defined).
-    """
-    if found.status != hashtree.FOUND:
-        return {}
-    hashes: dict[bytes, bytes] = {}
-    previous: bytes | None = None
-    for node in hashtree.flatten_forks(found.value):
-        if node[0] != hashtree.LABELED:
-            continue
-        label: bytes = node[1]
-        if previous is not None and label <= previous:
-            raise CertificateError("tree", "the witness tree's labels are not in order")
-        previous = label
-        sub = node[2]
-        if sub[0] == hashtree.LEAF:
-            hashes[label] = sub[1]
-    return hashes
-
-
 class CanisterFailure(IcwsError):
     """The canister answered the poll with an error: its clients cannot be served any more."""
 
@@ -131,16 +106,13 @@ class CanisterPoller:
         self.canister_id = canister_id
         self.routes = routes
         self.metrics = metrics
-        self.root_key_der = root_key_der
+        self.verifier = None if root_key_der is None else BatchVerifier(root_key_der)
         self.interval_s = interval_s
         self.poll_timeout_s = poll_timeout_s
         self.max_backoff_s = max_backoff_s
         self.pipeline_depth = max(1, pipeline_depth)
         self.nonce = start_nonce
         self._first_batch = True
-        # The last certificate that verified, and the canister's certified data it vouches for.
-        self._verified_cert = b""
-        self._certified_data = b""
         self._label = canister_id.to_text()
 
     async def _query(self, nonce: int) -> bytes:
@@ -248,35 +220,14 @@ class CanisterPoller:
         self.nonce = nonces[-1] + 1
         return batch.is_end_of_queue, len(messages)
 
-    def _certified_hashes(self, root_key_der: bytes, cert: bytes, tree: bytes) -> dict[bytes, bytes] | None:
-        """Message key -> certified content hash of the batch, if its certificate and tree hold up; else None.
-
-        The witness is walked once per batch rather than looked up once per message: the
-        messages of a batch are the tree's only leaves under ``websocket``.
-        """
-        try:
-            if cert == self._verified_cert:
-                # Batches polled within one replica round share their certificate: check it once.
-                certified = self._certified_data
-            else:
-                certificate = Certificate.from_cbor(cert)
-                certificate.verify(root_key_der, effective_canister_id=self.canister_id)
-                certified = certificate.lookup_value([b"canister", self.canister_id.bytes, b"certified_data"])
-                self._verified_cert, self._certified_data = cert, certified
-            node = hashtree.parse(tree)
-            if hashtree.reconstruct(node) != certified:
-                raise CertificateError("tree", "the witness tree does not match the certified data")
-            return _leaf_hashes(hashtree.lookup_subtree(node, [LABEL_WEBSOCKET]))
-        except (CertificateError, DecodeError) as exc:
-            self.metrics.dropped_messages.labels("invalid_certificate").inc()
-            log.error("dropping a batch from %s: %s", self._label, exc)
-            return None
-
     def _deliver(self, messages: Sequence[CanisterOutputMessage], cert: bytes, tree: bytes) -> None:
-        hashes: dict[bytes, bytes] | None = None
-        if self.root_key_der is not None:
-            hashes = self._certified_hashes(self.root_key_der, cert, tree)
-            if hashes is None:
+        hashes: Mapping[bytes, bytes] | None = None
+        if self.verifier is not None:
+            try:
+                hashes = self.verifier.verify(cert, tree, self.canister_id, time.time_ns())
+            except CertificateError as exc:
+                self.metrics.dropped_messages.labels("invalid_certificate").inc()
+                log.error("dropping a batch from %s: %s", self._label, exc)
                 return
         routes = self.routes
         # Each recipient's (keys, contents), in batch order: one encode and one write per client per batch.
@@ -288,9 +239,12 @@ class CanisterPoller:
                 continue
             label = message.key.encode()
             content = message.content
-            if hashes is not None and hashes.get(label) != hashlib.sha256(content).digest():
-                self.metrics.dropped_messages.labels("invalid_certificate").inc()
-                continue
+            if hashes is not None:
+                try:
+                    check_message(hashes, label, content)
+                except CertificateError:
+                    self.metrics.dropped_messages.labels("invalid_certificate").inc()
+                    continue
             share = shares.get(recipient)
             if share is None:
                 share = shares[recipient] = ([], [])

@@ -155,7 +155,7 @@ class ClientConnection(WSListener):
     def _apply(self, actions: Iterable[proto.Action]) -> None:
         gw = self.gateway
         for action in actions:
-            if isinstance(action, proto.SendFrame):
+            if isinstance(action, proto.SendToClient):
                 if self.transport is not None:
                     self.transport.send(WSMsgType.BINARY, action.data)
             elif isinstance(action, proto.Relay):

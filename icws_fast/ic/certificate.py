@@ -53,6 +53,8 @@ REASON_TIME_MISSING: Final = "time-missing"
 REASON_TIME_TOO_OLD: Final = "time-too-old"
 REASON_TIME_IN_FUTURE: Final = "time-in-future"
 REASON_PATH_NOT_FOUND: Final = "path-not-found"
+#: A query answer's node signatures (checked by :class:`~icws_fast.ic.agent.Agent`) do not hold up.
+REASON_NODE_SIGNATURE: Final = "node-signature"
 
 
 class _BlsCache:
@@ -199,10 +201,23 @@ class Certificate:
     ) -> None:
         """Check the certificate; return None when valid, raise ``CertificateError(reason)`` otherwise.
 
-        ``root_key_der`` is the IC root key (DER). With a delegation, the delegation
-        must cover ``effective_canister_id`` (when given) and be for ``subnet_id``
-        (when given). ``/time`` must be at most ``max_age_ns`` (default 5 minutes)
-        older than ``now_ns`` (default: the clock) and at most 5 minutes ahead of it.
+        :meth:`verify_signature`, then ``/time`` must be at most ``max_age_ns`` (default 5 minutes)
+        older than ``now_ns`` (default: the clock) and at most 5 minutes ahead of it (:func:`check_time`).
+        """
+        self.verify_signature(root_key_der, effective_canister_id, subnet_id=subnet_id)
+        check_time(self.time_ns, time.time_ns() if now_ns is None else now_ns, max_age_ns)
+
+    def verify_signature(
+        self,
+        root_key_der: bytes,
+        effective_canister_id: Principal | bytes | None = None,
+        *,
+        subnet_id: Principal | bytes | None = None,
+    ) -> None:
+        """Everything :meth:`verify` checks but the time, which does not change while a certificate ages.
+
+        ``root_key_der`` is the IC root key (DER). With a delegation, the delegation must cover
+        ``effective_canister_id`` (when given) and be for ``subnet_id`` (when given).
         """
         try:
             root_key = bls.der_decode_public_key(root_key_der)
@@ -213,7 +228,6 @@ class Certificate:
             key = self._check_delegation(self.delegation, root_key, effective_canister_id, subnet_id)
         if not self._signature_valid(key):
             raise CertificateError(REASON_INVALID_SIGNATURE)
-        self._check_time(time.time_ns() if now_ns is None else now_ns, max_age_ns)
 
     def _check_delegation(
         self,
@@ -242,13 +256,14 @@ class Certificate:
             check_canister_ranges(cert, subnet, _principal_bytes(effective_canister_id))
         return subnet_key
 
-    def _check_time(self, now_ns: int, max_age_ns: int | None) -> None:
-        cert_time = self.time_ns
-        max_age = MAX_CERTIFICATE_AGE_NS if max_age_ns is None else max_age_ns
-        if cert_time < now_ns - max_age:
-            raise CertificateError(REASON_TIME_TOO_OLD, f"certificate time {cert_time} ns, now {now_ns} ns")
-        if cert_time > now_ns + MAX_CERTIFICATE_AGE_NS:
-            raise CertificateError(REASON_TIME_IN_FUTURE, f"certificate time {cert_time} ns, now {now_ns} ns")
+def check_time(cert_time_ns: int, now_ns: int, max_age_ns: int | None = None) -> None:
+    """Raise unless a certificate's ``/time`` is at most ``max_age_ns`` (default 5 minutes) before ``now_ns``
+    and at most 5 minutes after it (``time-too-old`` / ``time-in-future``)."""
+    max_age = MAX_CERTIFICATE_AGE_NS if max_age_ns is None else max_age_ns
+    if cert_time_ns < now_ns - max_age:
+        raise CertificateError(REASON_TIME_TOO_OLD, f"certificate time {cert_time_ns} ns, now {now_ns} ns")
+    if cert_time_ns > now_ns + MAX_CERTIFICATE_AGE_NS:
+        raise CertificateError(REASON_TIME_IN_FUTURE, f"certificate time {cert_time_ns} ns, now {now_ns} ns")
 
 
 def _principal_bytes(principal: Principal | bytes) -> bytes:

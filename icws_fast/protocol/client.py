@@ -12,9 +12,10 @@ Behaviour follows the official JS SDK (``ic-websocket-js`` 0.5, ``src/ic-websock
 * The gateway's first frame is its handshake (its principal); the client answers with a
   signed ``call`` of ``ws_open`` (random 64-bit client nonce) and starts the open timeout.
 * Every canister message is verified before anything else is done with it
-  (:func:`verify_canister_message`: certificate signature with the root key and delegation
-  covering the canister, certificate age, tree root == ``certified_data``, tree leaf at
-  ``["websocket", key]`` == sha256(content)), then its client key and sequence number
+  (:class:`~icws_fast.protocol.certified.BatchVerifier`, as the gateway does: certificate
+  signature with the root key and delegation covering the canister, certificate age, tree
+  root == ``certified_data``, tree leaf at ``["websocket", key]`` == sha256(content)), then
+  its client key and sequence number
   (incoming numbers start at 1 and must increase by exactly one).
 * The first message must be the canister's ``OpenMessage`` for this client key; then the
   connection is open. An ``AckMessage`` acknowledges the client's messages up to a sequence
@@ -32,22 +33,21 @@ nothing the network sends makes a method raise.
 from __future__ import annotations
 
 import enum
-import hashlib
 import secrets
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from icws_fast.errors import CertificateError, IcwsError, ProtocolError
-from icws_fast.ic import candid, hashtree
-from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, Certificate
+from icws_fast.errors import IcwsError, ProtocolError
+from icws_fast.ic import candid
+from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS
 from icws_fast.ic.envelope import build_envelope, call_content, default_ingress_expiry
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
+from icws_fast.protocol.certified import BatchVerifier, check_message
 from icws_fast.protocol.types import (
     COMMUNICATION_LATENCY_BOUND_MS,
     DEFAULT_SEND_ACK_INTERVAL_MS,
-    LABEL_WEBSOCKET,
     AckMessage,
     ClientKey,
     CloseMessage,
@@ -95,7 +95,7 @@ class ClientState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class SendFrame:
+class SendToGateway:
     """Send ``data`` to the gateway as one binary frame."""
 
     data: bytes
@@ -130,37 +130,7 @@ class CloseConnection:
     reason: str
 
 
-ClientEvent: TypeAlias = SendFrame | Opened | MessageReceived | ErrorOccurred | CloseConnection
-
-
-def verify_canister_message(
-    cert: Certificate,
-    tree: hashtree.Node,
-    canister_id: Principal,
-    key: str,
-    content: bytes,
-    *,
-    root_key_der: bytes,
-    now_ns: int,
-    max_age_ns: int,
-    tree_root: bytes | None = None,
-) -> None:
-    """Check that the canister certified ``content`` under ``key``; raise :class:`CertificateError` if not.
-
-    ``cert`` must verify under ``root_key_der`` for ``canister_id`` and be at most ``max_age_ns``
-    old; ``tree`` must reconstruct to the ``certified_data`` the certificate holds for the
-    canister, and its leaf at ``["websocket", key]`` must be sha256(``content``). ``tree_root`` is
-    ``reconstruct(tree)`` when the caller has it already (all messages of a batch share one tree).
-    """
-    cert.verify(root_key_der, effective_canister_id=canister_id, now_ns=now_ns, max_age_ns=max_age_ns)
-    certified_data = cert.lookup_value([b"canister", canister_id.bytes, b"certified_data"])
-    if (hashtree.reconstruct(tree) if tree_root is None else tree_root) != certified_data:
-        raise CertificateError("tree_mismatch", "the message tree does not match the canister's certified data")
-    leaf = hashtree.lookup_path(tree, [LABEL_WEBSOCKET, key.encode()])
-    if leaf.status != hashtree.FOUND:
-        raise CertificateError("key_not_found", f"message key {key!r} is {leaf.status} in the tree")
-    if leaf.value != hashlib.sha256(content).digest():
-        raise CertificateError("content_mismatch", f"the content of message {key!r} is not the certified one")
+ClientEvent: TypeAlias = SendToGateway | Opened | MessageReceived | ErrorOccurred | CloseConnection
 
 
 class _AckTracker:
@@ -240,21 +210,23 @@ class ClientProtocol:
             raise ValueError("the CDK rejects the anonymous principal: give a signing identity")
         self.canister_id = canister_id
         self.identity = identity
-        self.root_key_der = root_key_der
         self.message_type = candid.parse_type(message_type)
         nonce = secrets.randbits(64) if client_nonce is None else client_nonce
         self.client_key = ClientKey(identity.sender, nonce)
         self.gateway_principal: Principal | None = None
-        self._max_age_ns = int(max_certificate_age_s * 1_000_000_000)
         self._open_timeout_ns = open_timeout_ms * _NS_PER_MS
         self._open_deadline_ns: int | None = None
         self._acks = _AckTracker((ack_interval_ms + COMMUNICATION_LATENCY_BOUND_MS) * _NS_PER_MS)
         self._state = ClientState.HANDSHAKE
         self._incoming_sequence_num = 1  # the next one expected from the canister
         self._outgoing_sequence_num = 0  # the last one sent
-        # A batch of polled messages shares one certificate and tree: parse them once per batch.
-        self._last_cert: tuple[bytes, Certificate] | None = None
-        self._last_tree: tuple[bytes, hashtree.Node, bytes] | None = None
+        # The messages of a batch share its certificate and tree: the verifier checks them once per batch.
+        self._verifier = BatchVerifier(root_key_der, max_age_ns=int(max_certificate_age_s * 1_000_000_000))
+
+    @property
+    def root_key_der(self) -> bytes:
+        """The IC root key (DER) every canister message must be certified under."""
+        return self._verifier.root_key_der
 
     @property
     def state(self) -> ClientState:
@@ -304,22 +276,12 @@ class ClientProtocol:
             return self._fail(exc, REASON_HANDSHAKE_ERROR)
         self._state = ClientState.OPENING
         self._open_deadline_ns = now_ns + self._open_timeout_ns
-        return [SendFrame(frame)]
+        return [SendToGateway(frame)]
 
     def _handle_canister_message(self, data: bytes, now_ns: int) -> list[ClientEvent]:
         incoming = decode_canister_to_client(data)
-        tree, tree_root = self._tree(incoming.tree)
-        verify_canister_message(
-            self._certificate(incoming.cert),
-            tree,
-            self.canister_id,
-            incoming.key,
-            incoming.content,
-            root_key_der=self.root_key_der,
-            now_ns=now_ns,
-            max_age_ns=self._max_age_ns,
-            tree_root=tree_root,
-        )
+        hashes = self._verifier.verify(incoming.cert, incoming.tree, self.canister_id, now_ns)
+        check_message(hashes, incoming.key.encode(), incoming.content)
         message = decode_websocket_message(incoming.content)
         if message.client_key != self.client_key:
             raise ProtocolError(f"message {incoming.key!r} is addressed to another client: {message.client_key}")
@@ -365,7 +327,7 @@ class ClientProtocol:
         if expired:
             return self._ack_timeout(expired)
         keep_alive = encode_service_message(KeepAliveMessage(self._incoming_sequence_num - 1))
-        return [SendFrame(self._ws_message(keep_alive, True, now_ns))]
+        return [SendToGateway(self._ws_message(keep_alive, True, now_ns))]
 
     # ---- input from the application and the clock ---------------------------------------
 
@@ -378,7 +340,7 @@ class ClientProtocol:
         if self._state is not ClientState.OPEN:
             raise ProtocolError(f"the connection is not open (state {self._state.value})")
         content = candid.encode([self.message_type], [value])
-        return [SendFrame(self._ws_message(content, False, now_ns))]
+        return [SendToGateway(self._ws_message(content, False, now_ns))]
 
     def tick(self, now_ns: int) -> list[ClientEvent]:
         """Check the open and ack timeouts; call it at :attr:`next_deadline_ns`."""
@@ -404,18 +366,6 @@ class ClientProtocol:
         self._acks.clear()
 
     # ---- helpers ---------------------------------------------------------------------
-
-    def _certificate(self, data: bytes) -> Certificate:
-        if self._last_cert is None or self._last_cert[0] != data:
-            self._last_cert = (data, Certificate.from_cbor(data))
-        return self._last_cert[1]
-
-    def _tree(self, data: bytes) -> tuple[hashtree.Node, bytes]:
-        """The parsed tree and its root hash, computed once per batch."""
-        if self._last_tree is None or self._last_tree[0] != data:
-            node = hashtree.parse(data)
-            self._last_tree = (data, node, hashtree.reconstruct(node))
-        return self._last_tree[1], self._last_tree[2]
 
     def _ws_message(self, content: bytes, is_service_message: bool, now_ns: int) -> bytes:
         self._outgoing_sequence_num += 1

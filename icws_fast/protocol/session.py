@@ -56,7 +56,7 @@ class SessionState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class SendFrame:
+class SendToClient:
     """Send ``data`` to the client as one binary frame."""
 
     data: bytes
@@ -105,7 +105,7 @@ class Unregister:
     client_key: ClientKey
 
 
-Action = SendFrame | Register | Relay | Close | Unregister
+Action = SendToClient | Register | Relay | Close | Unregister
 
 
 def truncate_reason(reason: str) -> str:
@@ -183,7 +183,7 @@ class GatewaySession:
 
     def handshake(self) -> list[Action]:
         """What to send as soon as the WebSocket is up: the GatewayHandshakeMessage."""
-        return [SendFrame(encode_handshake(self.gateway_principal))]
+        return [SendToClient(encode_handshake(self.gateway_principal))]
 
     def receive(self, data: bytes, *, binary: bool = True, now_ns: int | None = None) -> list[Action]:
         """Actions for one complete client message (``binary`` false: it came as a text frame).

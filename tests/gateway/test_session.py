@@ -32,13 +32,13 @@ def opened(identity: Ed25519Identity, nonce: int = 5) -> tuple[s.GatewaySession,
 def only_close(actions: list[s.Action]) -> s.Close:
     closes = [a for a in actions if isinstance(a, s.Close)]
     assert len(closes) == 1, actions
-    assert not any(isinstance(a, (s.Relay, s.Register, s.SendFrame)) for a in actions)
+    assert not any(isinstance(a, (s.Relay, s.Register, s.SendToClient)) for a in actions)
     return closes[0]
 
 
 def test_handshake_names_the_gateway():
     (action,) = new_session().handshake()
-    assert isinstance(action, s.SendFrame)
+    assert isinstance(action, s.SendToClient)
     assert decode_handshake(action.data) == GATEWAY
 
 

@@ -11,7 +11,21 @@ import pytest
 
 from icws_fast.errors import CertificateError, IcwsError
 from icws_fast.ic import bls, cbor, hashtree
-from icws_fast.ic.certificate import BLS_CACHE, Certificate, encode_delegation, sign_certificate
+from icws_fast.ic.certificate import (
+    BLS_CACHE,
+    REASON_CANISTER_NOT_IN_RANGE,
+    REASON_CANISTER_RANGES_MISSING,
+    REASON_CANISTER_RANGES_PRUNED,
+    REASON_DELEGATION_INVALID_SIGNATURE,
+    REASON_DELEGATION_NESTED,
+    REASON_INVALID_SIGNATURE,
+    REASON_SUBNET_MISMATCH,
+    REASON_TIME_IN_FUTURE,
+    REASON_TIME_TOO_OLD,
+    Certificate,
+    encode_delegation,
+    sign_certificate,
+)
 from icws_fast.ic.leb128 import leb128
 from icws_fast.ic.principal import Principal
 
@@ -25,17 +39,17 @@ ROOT_KEYS = {r["root_key_name"]: bytes.fromhex(r["root_key_der_hex"]) for r in R
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
 
-# The vectors describe failures in prose; each maps to one of our stable reason strings.
+# The vectors describe failures in prose; each maps to one of our stable reasons.
 REASON_WORDS = [
-    ("nested", "delegation-nested"),
-    ("too many delegations", "delegation-nested"),
-    ("pruned", "canister-ranges-pruned"),
-    ("canister ranges", "canister-not-in-range"),
-    ("outside the delegation ranges", "canister-not-in-range"),
-    ("more than 5 minutes old", "time-too-old"),
-    ("in the future", "time-in-future"),
-    ("root key", "invalid-signature"),
-    ("bls signature", "invalid-signature"),
+    ("nested", REASON_DELEGATION_NESTED),
+    ("too many delegations", REASON_DELEGATION_NESTED),
+    ("pruned", REASON_CANISTER_RANGES_PRUNED),
+    ("canister ranges", REASON_CANISTER_NOT_IN_RANGE),
+    ("outside the delegation ranges", REASON_CANISTER_NOT_IN_RANGE),
+    ("more than 5 minutes old", REASON_TIME_TOO_OLD),
+    ("in the future", REASON_TIME_IN_FUTURE),
+    ("root key", REASON_INVALID_SIGNATURE),
+    ("bls signature", REASON_INVALID_SIGNATURE),
 ]
 
 
@@ -141,11 +155,11 @@ def test_max_age_overrides_the_default() -> None:
     later = record["cert_time_ns"] + 365 * 24 * 60 * MINUTE
     with pytest.raises(CertificateError) as info:
         cert.verify(key, now_ns=later)
-    assert info.value.reason == "time-too-old"
+    assert info.value.reason == REASON_TIME_TOO_OLD
     cert.verify(key, now_ns=later, max_age_ns=5 * 365 * 24 * 60 * MINUTE)
     with pytest.raises(CertificateError) as info:
         cert.verify(key, now_ns=record["cert_time_ns"] - 6 * MINUTE, max_age_ns=10**18)
-    assert info.value.reason == "time-in-future"
+    assert info.value.reason == REASON_TIME_IN_FUTURE
 
 
 def _devnet_tree(subnet: bytes, canister: bytes, time_ns: int, subnet_key_der: bytes, ranges: bytes) -> hashtree.Node:
@@ -173,7 +187,7 @@ def test_sign_verify_round_trip_with_delegation() -> None:
     plain.verify(root_der, canister, now)
     with pytest.raises(CertificateError) as info:
         plain.verify(subnet_der, canister, now)
-    assert info.value.reason == "invalid-signature"
+    assert info.value.reason == REASON_INVALID_SIGNATURE
 
     def delegation_certificate(*revealed: bytes) -> bytes:
         """The root subnet's certificate revealing ``/subnet/<subnet>/<field>`` for each field."""
@@ -197,10 +211,10 @@ def test_sign_verify_round_trip_with_delegation() -> None:
     assert cert.lookup_value([b"canister", canister, b"certified_data"]) == b"\x07" * 32
 
     failures: dict[str, Callable[[], None]] = {
-        "canister-not-in-range": lambda: cert.verify(root_der, bytes.fromhex("00000000002000000101"), now),
-        "subnet-mismatch": lambda: cert.verify(root_der, now_ns=now, subnet_id=b"\x01"),
-        "delegation-invalid-signature": lambda: cert.verify(subnet_der, canister, now),
-        "time-too-old": lambda: cert.verify(root_der, canister, now + 6 * MINUTE),
+        REASON_CANISTER_NOT_IN_RANGE: lambda: cert.verify(root_der, bytes.fromhex("00000000002000000101"), now),
+        REASON_SUBNET_MISMATCH: lambda: cert.verify(root_der, now_ns=now, subnet_id=b"\x01"),
+        REASON_DELEGATION_INVALID_SIGNATURE: lambda: cert.verify(subnet_der, canister, now),
+        REASON_TIME_TOO_OLD: lambda: cert.verify(root_der, canister, now + 6 * MINUTE),
     }
     for reason, call in failures.items():
         with pytest.raises(CertificateError) as info:
@@ -213,20 +227,20 @@ def test_sign_verify_round_trip_with_delegation() -> None:
     )
     with pytest.raises(CertificateError) as info:
         forged.verify(root_der, canister, now)
-    assert info.value.reason == "invalid-signature"
+    assert info.value.reason == REASON_INVALID_SIGNATURE
 
     # Nested delegation: the delegation's certificate is itself delegated.
     nested = Certificate.from_cbor(sign_certificate(state, subnet_sk, encode_delegation(subnet, data)))
     with pytest.raises(CertificateError) as info:
         nested.verify(root_der, canister, now)
-    assert info.value.reason == "delegation-nested"
+    assert info.value.reason == REASON_DELEGATION_NESTED
 
     # Ranges pruned from the delegation: authorization cannot be shown.
     pruned_delegation = delegation_certificate(b"public_key")
     cert2 = Certificate.from_cbor(sign_certificate(state, subnet_sk, encode_delegation(subnet, pruned_delegation)))
     with pytest.raises(CertificateError) as info:
         cert2.verify(root_der, canister, now)
-    assert info.value.reason == "canister-ranges-pruned"
+    assert info.value.reason == REASON_CANISTER_RANGES_PRUNED
 
 
 def test_sharded_canister_ranges() -> None:
@@ -258,24 +272,24 @@ def test_sharded_canister_ranges() -> None:
     full.verify(root_der, bytes(7) + b"\x05\x01\x01", now)
     with pytest.raises(CertificateError) as info:
         full.verify(root_der, bytes(6) + b"\x20\x00\x01\x01", now)
-    assert info.value.reason == "canister-not-in-range"
+    assert info.value.reason == REASON_CANISTER_NOT_IN_RANGE
     only_b = certificate([[b"subnet", subnet, b"public_key"], [b"canister_ranges", subnet, shard_b[0]]])
     only_b.verify(root_der, inside_b, now)
     with pytest.raises(CertificateError) as info:
         only_b.verify(root_der, bytes(7) + b"\x05\x01\x01", now)
-    assert info.value.reason == "canister-ranges-pruned"
+    assert info.value.reason == REASON_CANISTER_RANGES_PRUNED
     # A label-pruned layout cannot be told apart from a missing one: that is "pruned".
     hidden = certificate([[b"subnet", subnet, b"public_key"], [b"zzz"]])
     with pytest.raises(CertificateError) as info:
         hidden.verify(root_der, inside_b, now)
-    assert info.value.reason == "canister-ranges-pruned"
+    assert info.value.reason == REASON_CANISTER_RANGES_PRUNED
     # Both layouts provably absent (the witness keeps the neighbours of the missing labels).
     without = {key: value for key, value in mapping.items() if key != b"canister_ranges"}
     paths = [[b"subnet", subnet, b"public_key"], [b"subnet", subnet, b"canister_ranges"], [b"canister_ranges", subnet]]
     no_ranges = certificate(paths, without)
     with pytest.raises(CertificateError) as info:
         no_ranges.verify(root_der, inside_b, now)
-    assert info.value.reason == "canister-ranges-missing"
+    assert info.value.reason == REASON_CANISTER_RANGES_MISSING
 
 
 @pytest.mark.parametrize(
@@ -330,7 +344,7 @@ def test_signatures_of_the_wrong_length_fail_without_filling_the_bls_cache() -> 
         cert = Certificate.from_cbor(cbor.encode({"tree": tree, "signature": signature}))
         with pytest.raises(CertificateError) as info:
             cert.verify(root_der, now_ns=now)
-        assert info.value.reason == "invalid-signature"
+        assert info.value.reason == REASON_INVALID_SIGNATURE
     assert len(BLS_CACHE) == 0
     Certificate.from_cbor(cbor.encode(good)).verify(root_der, now_ns=now)
     assert len(BLS_CACHE) == 1

@@ -13,10 +13,22 @@ from typing import Any
 import pytest
 
 from icws_fast.errors import CertificateError, IcwsError, ProtocolError
-from icws_fast.ic import bls, hashtree
-from icws_fast.ic.certificate import Certificate
+from icws_fast.ic import bls
+from icws_fast.ic.certificate import (
+    REASON_INVALID_SIGNATURE,
+    REASON_PATH_NOT_FOUND,
+    REASON_TIME_IN_FUTURE,
+    REASON_TIME_TOO_OLD,
+)
 from icws_fast.ic.identity import AnonymousIdentity, Ed25519Identity
 from icws_fast.ic.principal import Principal
+from icws_fast.protocol.certified import (
+    REASON_CONTENT_MISMATCH,
+    REASON_KEY_NOT_FOUND,
+    REASON_TREE_MISMATCH,
+    BatchVerifier,
+    check_message,
+)
 from icws_fast.protocol.client import (
     CLOSE_BY_APPLICATION,
     CLOSE_ERROR,
@@ -33,8 +45,7 @@ from icws_fast.protocol.client import (
     ErrorOccurred,
     MessageReceived,
     Opened,
-    SendFrame,
-    verify_canister_message,
+    SendToGateway,
 )
 from icws_fast.protocol.types import (
     COMMUNICATION_LATENCY_BOUND_MS,
@@ -63,7 +74,7 @@ def make_client(**kw: Any) -> ClientProtocol:
 
 
 def only_frame(events: list[Any]) -> bytes:
-    assert len(events) == 1 and isinstance(events[0], SendFrame), events
+    assert len(events) == 1 and isinstance(events[0], SendToGateway), events
     frame: bytes = events[0].data
     return frame
 
@@ -227,11 +238,11 @@ def _app(s: Session) -> tuple[str, bytes]:
 @pytest.mark.parametrize(
     ("relay_kw", "reason"),
     [
-        ({"signing_key": OTHER_SK}, "invalid-signature"),
-        ({"certified_canister": Principal.from_text("bkyz2-fmaaa-aaaaa-qaaaq-cai")}, "path-not-found"),
-        ({"certified_data": b"\x00" * 32}, "tree_mismatch"),
-        ({"cert_time_ns": T0 - 301 * NS}, "time-too-old"),
-        ({"cert_time_ns": T0 + 301 * NS}, "time-in-future"),
+        ({"signing_key": OTHER_SK}, REASON_INVALID_SIGNATURE),
+        ({"certified_canister": Principal.from_text("bkyz2-fmaaa-aaaaa-qaaaq-cai")}, REASON_PATH_NOT_FOUND),
+        ({"certified_data": b"\x00" * 32}, REASON_TREE_MISMATCH),
+        ({"cert_time_ns": T0 - 301 * NS}, REASON_TIME_TOO_OLD),
+        ({"cert_time_ns": T0 + 301 * NS}, REASON_TIME_IN_FUTURE),
     ],
     ids=["bad-signature", "wrong-canister", "tree-mismatch", "stale", "future"],
 )
@@ -249,9 +260,14 @@ def test_max_certificate_age_is_configurable() -> None:
 
 
 def test_wrong_root_key() -> None:
-    s = Session()
-    s.client.root_key_der = bls.der_encode_public_key(bls.public_key(OTHER_SK))
-    assert_failed(s.deliver([_app(s)], T0), REASON_RECEIVE_ERROR, CertificateError)
+    canister = SimCanister()
+    client = ClientProtocol(
+        canister.canister_id, Ed25519Identity.generate(), bls.der_encode_public_key(bls.public_key(OTHER_SK))
+    )
+    canister.receive(only_frame(client.receive_frame(canister.handshake(), T0)), T0)
+    (frame,) = canister.relay([canister.open(client.client_key, T0)], cert_time_ns=T0)
+    error = assert_failed(client.receive_frame(frame, T0), REASON_RECEIVE_ERROR, CertificateError)
+    assert isinstance(error, CertificateError) and error.reason == REASON_INVALID_SIGNATURE
 
 
 def test_message_key_not_in_tree_and_tampered_content() -> None:
@@ -263,7 +279,7 @@ def test_message_key_not_in_tree_and_tampered_content() -> None:
     error = assert_failed(
         s.client.receive_frame(encode_canister_to_client(other_key, content, cert, tree), T0), REASON_RECEIVE_ERROR
     )
-    assert isinstance(error, CertificateError) and error.reason == "key_not_found"
+    assert isinstance(error, CertificateError) and error.reason == REASON_KEY_NOT_FOUND
 
     s = Session()
     key, content = _app(s)
@@ -273,7 +289,7 @@ def test_message_key_not_in_tree_and_tampered_content() -> None:
     error = assert_failed(
         s.client.receive_frame(encode_canister_to_client(key, tampered, cert, tree), T0), REASON_RECEIVE_ERROR
     )
-    assert isinstance(error, CertificateError) and error.reason == "content_mismatch"
+    assert isinstance(error, CertificateError) and error.reason == REASON_CONTENT_MISMATCH
 
 
 def _cert_and_tree(frame: bytes) -> tuple[bytes, bytes]:
@@ -433,7 +449,7 @@ def test_garbage_frames_never_raise() -> None:
         for client in (make_client(), Session().client):
             events = client.receive_frame(sample, T0)  # must not raise
             assert all(
-                isinstance(e, (SendFrame, Opened, MessageReceived, ErrorOccurred, CloseConnection)) for e in events
+                isinstance(e, (SendToGateway, Opened, MessageReceived, ErrorOccurred, CloseConnection)) for e in events
             )
 
 
@@ -456,25 +472,23 @@ WS_RECORDS = [r for r in load_vectors("certificates") if "ws_message" in r or "w
 @pytest.mark.parametrize("record", WS_RECORDS, ids=[r["id"] for r in WS_RECORDS])
 def test_recorded_ic_websocket_messages(record: dict[str, Any]) -> None:
     keys = _root_keys()
-    cert = Certificate.from_cbor(bytes.fromhex(record["cbor_hex"]))
+    cert = bytes.fromhex(record["cbor_hex"])
     messages = record.get("ws_messages") or [record["ws_message"]]
+
+    def verify(check: dict[str, Any], canister: Principal, tree_hex: str, key: str, content: bytes) -> None:
+        verifier = BatchVerifier(keys[check["root_key_name"]], max_age_ns=300 * NS)
+        hashes = verifier.verify(cert, bytes.fromhex(tree_hex), canister, check["now_ns"])
+        check_message(hashes, key.encode(), content)
+
     for check in record["checks"]:
         canister = Principal.from_text(check["canister_id"])
         for message in messages:
-            valid = check["expected"] == "valid" and message["expected"] == "valid"
-            args = (
-                cert,
-                hashtree.parse(bytes.fromhex(message["tree_cbor_hex"])),
-                canister,
-                message["key"],
-                bytes.fromhex(message["content_hex"]),
-            )
-            kw = {"root_key_der": keys[check["root_key_name"]], "now_ns": check["now_ns"], "max_age_ns": 300 * NS}
-            if valid:
-                verify_canister_message(*args, **kw)
+            args = (check, canister, message["tree_cbor_hex"], message["key"], bytes.fromhex(message["content_hex"]))
+            if check["expected"] == "valid" and message["expected"] == "valid":
+                verify(*args)
             else:
                 with pytest.raises(CertificateError):
-                    verify_canister_message(*args, **kw)
+                    verify(*args)
         for case in (messages[0].get("negative_cases") or []) if check["expected"] == "valid" else []:
             field, _, value = case["change"].partition(" = ")
             key, content = messages[0]["key"], bytes.fromhex(messages[0]["content_hex"])
@@ -485,6 +499,5 @@ def test_recorded_ic_websocket_messages(record: dict[str, Any]) -> None:
                 content = bytes.fromhex(value)
             else:
                 canister = Principal.from_text(value)
-            tree = hashtree.parse(bytes.fromhex(messages[0]["tree_cbor_hex"]))
             with pytest.raises(CertificateError):
-                verify_canister_message(cert, tree, canister, key, content, **kw)
+                verify(check, canister, messages[0]["tree_cbor_hex"], key, content)
