@@ -56,7 +56,7 @@ from icws_fast.errors import (
     TransportError,
 )
 from icws_fast.ic import bls, cbor, hashtree
-from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, Certificate, check_canister_ranges
+from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, REASON_NODE_SIGNATURE, Certificate, check_canister_ranges
 from icws_fast.ic.envelope import (
     MAX_INGRESS_TTL_NS,
     PERMITTED_DRIFT_NS,
@@ -444,9 +444,11 @@ class Agent:
         """
         signatures = answer.get("signatures")
         if type(signatures) is not list or not signatures:
-            raise CertificateError("node_signature", "the query answer carries no node signatures")
+            raise CertificateError(REASON_NODE_SIGNATURE, "the query answer carries no node signatures")
         if len(signatures) > MAX_NODE_SIGNATURES:
-            raise CertificateError("node_signature", f"{len(signatures)} node signatures: more than a subnet has nodes")
+            raise CertificateError(
+                REASON_NODE_SIGNATURE, f"{len(signatures)} node signatures: more than a subnet has nodes"
+            )
         now = time.time_ns()
         entries: list[tuple[bytes, bytes, bytes]] = []
         for entry in signatures:
@@ -454,9 +456,9 @@ class Agent:
             signature = entry.get("signature") if type(entry) is dict else None
             node_id = entry.get("identity") if type(entry) is dict else None
             if type(timestamp) is not int or type(signature) is not bytes or type(node_id) is not bytes:
-                raise CertificateError("node_signature", "malformed node signature entry")
+                raise CertificateError(REASON_NODE_SIGNATURE, "malformed node signature entry")
             if abs(now - timestamp) > MAX_CERTIFICATE_AGE_NS:
-                raise CertificateError("node_signature", f"signature timestamp {timestamp} is not recent")
+                raise CertificateError(REASON_NODE_SIGNATURE, f"signature timestamp {timestamp} is not recent")
             message = RESPONSE_DOMAIN + hash_of_map({**signed, "timestamp": timestamp, "request_id": rid})
             entries.append((node_id, message, signature))
         keys = await self._subnet_node_keys(canister_id, timeout_s, refresh=False)
@@ -464,7 +466,7 @@ class Agent:
             return
         failure = _node_signature_failure(await self._subnet_node_keys(canister_id, timeout_s, refresh=True), entries)
         if failure is not None:
-            raise CertificateError("node_signature", failure)
+            raise CertificateError(REASON_NODE_SIGNATURE, failure)
 
     async def _subnet_node_keys(
         self, canister_id: Principal, timeout_s: float | None, *, refresh: bool
@@ -489,7 +491,9 @@ class Agent:
             check_canister_ranges(cert, subnet_id, canister_id.bytes)
         nodes = hashtree.lookup_subtree(cert.tree, [b"subnet", subnet_id, b"node"])
         if nodes.status != "Found":
-            raise CertificateError("node_signature", "the certificate reveals no node keys of the canister's subnet")
+            raise CertificateError(
+                REASON_NODE_SIGNATURE, "the certificate reveals no node keys of the canister's subnet"
+            )
         keys: dict[bytes, bytes] = {}
         for node_id, sub in _labeled_children(nodes.value):
             found = hashtree.lookup_path(sub, [b"public_key"])

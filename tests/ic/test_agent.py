@@ -36,7 +36,15 @@ from icws_fast.errors import (
 from icws_fast.ic import agent as agent_module
 from icws_fast.ic import bls, candid, cbor, hashtree
 from icws_fast.ic.agent import MAINNET_ROOT_KEY, Agent, is_mainnet_url, root_key_from_status
-from icws_fast.ic.certificate import encode_delegation, sign_certificate
+from icws_fast.ic.certificate import (
+    REASON_CANISTER_NOT_IN_RANGE,
+    REASON_INVALID_SIGNATURE,
+    REASON_NODE_SIGNATURE,
+    REASON_TIME_IN_FUTURE,
+    REASON_TIME_TOO_OLD,
+    encode_delegation,
+    sign_certificate,
+)
 from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, read_state_content
 from icws_fast.ic.identity import AnonymousIdentity, DelegationChain, DelegationIdentity, Ed25519Identity
 from icws_fast.ic.principal import Principal
@@ -457,11 +465,11 @@ async def test_done_call_has_no_reply(replica_server: tuple[ScriptedReplica, str
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
-        ({"sign_with_other_key": True}, "invalid-signature"),
-        ({"clock_offset_ns": -10 * MINUTE_NS}, "time-too-old"),
-        ({"clock_offset_ns": 10 * MINUTE_NS}, "time-in-future"),
+        ({"sign_with_other_key": True}, REASON_INVALID_SIGNATURE),
+        ({"clock_offset_ns": -10 * MINUTE_NS}, REASON_TIME_TOO_OLD),
+        ({"clock_offset_ns": 10 * MINUTE_NS}, REASON_TIME_IN_FUTURE),
         # A valid delegation, but to a subnet whose ranges do not hold the canister.
-        ({"delegated_ranges": [[OTHER_RANGE_LOW, OTHER_RANGE_HIGH]]}, "canister-not-in-range"),
+        ({"delegated_ranges": [[OTHER_RANGE_LOW, OTHER_RANGE_HIGH]]}, REASON_CANISTER_NOT_IN_RANGE),
     ],
 )
 async def test_certificates_are_verified(
@@ -612,7 +620,7 @@ async def test_query_node_signatures_are_checked(replica_server: tuple[ScriptedR
     reconfigure(replica, corrupt_node_signature=True)
     async with await agent_for(url, replica, verify_query_signatures=True) as agent:
         for method in ("echo", "fail"):
-            with pytest.raises(CertificateError, match="node_signature"):
+            with pytest.raises(CertificateError, match=REASON_NODE_SIGNATURE):
                 await agent.query(CANISTER, method, b"")
     async with await agent_for(url, replica, verify_query_signatures=False) as agent:
         assert await agent.query(CANISTER, "echo", b"") == b"echo:"
@@ -634,7 +642,7 @@ async def test_query_from_an_unknown_node_is_refused(replica_server: tuple[Scrip
         replica.node_id = Principal.self_authenticating(replica.node.der_public_key).bytes
         original = replica.certificate
         replica.certificate = lambda extra, **kw: original({**extra, b"subnet": listed}, **kw)  # type: ignore[method-assign]
-        with pytest.raises(CertificateError, match="node_signature"):
+        with pytest.raises(CertificateError, match=REASON_NODE_SIGNATURE):
             await agent.query(CANISTER, "echo", b"")
 
 
@@ -668,7 +676,7 @@ async def test_root_subnet_node_keys_need_the_canister_in_its_ranges(
         # A root-signed /subnet certificate whose ranges do not hold the canister does not vouch for its nodes.
         with pytest.raises(CertificateError) as info:
             await agent.query(other, "echo", b"")
-    assert info.value.reason == "canister-not-in-range"
+    assert info.value.reason == REASON_CANISTER_NOT_IN_RANGE
 
 
 async def test_read_state(replica_server: tuple[ScriptedReplica, str]) -> None:
@@ -741,7 +749,7 @@ async def test_node_signature_entries_are_validated(replica_server: tuple[Script
                 200,
                 cbor.encode({"status": "replied", "reply": {"arg": b""}, "signatures": signatures}),
             )
-            with pytest.raises(CertificateError, match="node_signature"):
+            with pytest.raises(CertificateError, match=REASON_NODE_SIGNATURE):
                 await agent.query(CANISTER, "echo", b"")
         stale = {"timestamp": time.time_ns() - 10 * MINUTE_NS, "signature": b"s", "identity": replica.node_id}
         replica.hostile["query"] = (
