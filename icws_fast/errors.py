@@ -7,6 +7,8 @@ callers can catch exactly what the network can cause.
 
 from __future__ import annotations
 
+import enum
+
 
 class IcwsError(Exception):
     """Base class of every icws_fast error."""
@@ -55,6 +57,17 @@ class AgentError(IcwsError):
 
 class TransportError(AgentError):
     """The replica could not be reached or the connection broke; retrying may help."""
+
+
+class RejectCode(enum.IntEnum):
+    """The IC's reject codes (interface specification), as :class:`RejectError` carries them."""
+
+    SYS_FATAL = 1
+    SYS_TRANSIENT = 2
+    DESTINATION_INVALID = 3
+    CANISTER_REJECT = 4
+    CANISTER_ERROR = 5
+    SYS_UNKNOWN = 6
 
 
 class RejectError(AgentError):
@@ -119,3 +132,11 @@ class ConfigError(IcwsError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class InternalError(IcwsError):
+    """An unexpected exception (a bug in icws_fast) while handling input; the exception is chained as the cause.
+
+    The sans-IO state machines turn one into a clean close instead of letting it escape into the I/O layer,
+    which logs it with its traceback: please report it.
+    """

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from icws_fast.errors import ConnectionClosed, IcwsError
+from icws_fast.errors import ConnectionClosed, IcwsError, InternalError
 from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
@@ -151,7 +151,19 @@ class ClientBase(ABC):
                 self._opened()
                 self._callback(self.on_open)
             elif isinstance(event, ErrorOccurred):
-                log.warning("IC WebSocket to %s failed: %s", self.canister_id, event.error)
+                if isinstance(event.error, InternalError):
+                    # A bug in icws_fast, not something the gateway did: keep the traceback.
+                    log.error(
+                        "IC WebSocket to %s (client %s) failed: %s",
+                        self.canister_id,
+                        self.client_key,
+                        event.error,
+                        exc_info=event.error.__cause__,
+                    )
+                else:
+                    log.warning(
+                        "IC WebSocket to %s (client %s) failed: %s", self.canister_id, self.client_key, event.error
+                    )
                 self.error = event.error
                 self._callback(self.on_error, event.error)
             elif isinstance(event, CloseConnection):

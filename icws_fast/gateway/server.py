@@ -22,7 +22,7 @@ from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
-from icws_fast.errors import AgentError, CallPending, IcwsError, ProtocolDecodeError, RejectError
+from icws_fast.errors import AgentError, IcwsError
 from icws_fast.gateway.config import GatewayConfig
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
 from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
@@ -31,6 +31,7 @@ from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as proto
+from icws_fast.protocol.relay import RelayOutcome, relay_outcome
 from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,16 @@ class ClientConnection(WSListener):
                 self._send_close(action.code, action.reason)
             elif isinstance(action, proto.Unregister):
                 gw.unregister(action.canister_id, action.client_key, self, after=self._relay_task)
+            elif isinstance(action, proto.ReportError):
+                gw.metrics.errors.labels("session_internal_error").inc()
+                client = self.session.client_key if self.session is not None else None
+                log.error(
+                    "closing the connection of %s (client %s): %s",
+                    self.peer_ip,
+                    client,
+                    action.error,
+                    exc_info=action.error.__cause__,
+                )
 
     def _queue_relay(self, relay: proto.Relay) -> None:
         if self.session is None or self.session.state is proto.SessionState.CLOSED:
@@ -194,16 +205,9 @@ class ClientConnection(WSListener):
         try:
             while self._relays:
                 relay = self._relays.popleft()
-                try:
-                    error = await self.gateway.relay(relay)
-                except Exception:
-                    # A bug must not strand the session with requests that will never go out.
-                    log.exception("relaying to %s failed", relay.canister_id)
-                    self.gateway.metrics.errors.labels("relay_crash").inc()
-                    error = "gateway failure"
+                outcome = await self.gateway.relay(relay)
                 if self.session is not None:
-                    result = self.session.open_result if relay.is_open else self.session.relay_result
-                    self._apply(result(error))
+                    self._apply(self.session.relay_result(relay, outcome))
         finally:
             self._relay_task = None
 
@@ -392,27 +396,19 @@ class Gateway:
 
     # calls to the IC ---------------------------------------------------------------------
 
-    async def relay(self, relay: proto.Relay) -> str | None:
-        """Submit a client's envelope; None when the canister accepted it, else the error to close with."""
+    async def relay(self, relay: proto.Relay) -> RelayOutcome:
+        """Submit a client's envelope and read the canister's result; the outcome, typed."""
         label = relay.canister_id.to_text()
-        error: str | None = None
-        outcome = "ok"
+        error: IcwsError | None = None
         try:
             with span("relay", canister_id=label, method="ws_open" if relay.is_open else "ws_message"):
-                decode_unit_result(await self.agent.submit_signed(relay.canister_id, relay.envelope))
-        except CallPending:
-            # Accepted, but only the client may read the outcome: the canister's reply reaches
-            # the client through its queue (a failed ws_message closes the client from there).
-            outcome = "pending"
-        except RejectError as exc:
-            error = f"rejected: {exc.reject_message}"
-        except ProtocolDecodeError:
-            error = "the canister's reply is not a CanisterWs result"
+                reply = await self.agent.submit_signed(relay.canister_id, relay.envelope, relay.envelope_bytes)
+                decode_unit_result(reply)
         except IcwsError as exc:
-            # ProtocolError carries the canister's Err text; others are the agent's or replica's errors.
-            error = str(exc) or type(exc).__name__
-        self.metrics.envelopes_to_ic.labels(label, outcome if error is None else "error").inc()
-        return error
+            error = exc
+        outcome = relay_outcome(error)
+        self.metrics.envelopes_to_ic.labels(label, outcome.status.value).inc()
+        return outcome
 
     async def _ws_close(self, canister_id: Principal, client_key: ClientKey, after: asyncio.Task[None] | None) -> None:
         if after is not None and not after.done():

@@ -60,9 +60,9 @@ from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, REASON_NODE_SIGNATU
 from icws_fast.ic.envelope import (
     MAX_INGRESS_TTL_NS,
     PERMITTED_DRIFT_NS,
+    Envelope,
     build_envelope,
     call_content,
-    parse_envelope,
     read_state_content,
 )
 from icws_fast.ic.identity import AnonymousIdentity, Identity, verify_signature
@@ -520,18 +520,24 @@ class Agent:
         )
 
     async def submit_signed(
-        self, canister_id: Principal | str, envelope_bytes: bytes, *, timeout_s: float | None = None
+        self,
+        canister_id: Principal | str,
+        envelope: Envelope,
+        envelope_bytes: bytes,
+        *,
+        timeout_s: float | None = None,
     ) -> bytes:
-        """Relay an envelope someone else signed (bytes unchanged) to ``canister_id``; its certified reply.
+        """Relay an envelope someone else signed to ``canister_id``; its certified reply.
 
-        The envelope's shape and target are checked first (:class:`~icws_fast.errors.EnvelopeError`: not a call,
-        or a call to another canister than ``canister_id``); the replica checks the signature. When the outcome
-        is not in the synchronous answer it must be polled, and the spec lets only the request's own sender read
-        its status: the agent polls when that sender is its own identity or anonymous, and otherwise raises
+        ``envelope`` is the parsed form (:func:`~icws_fast.ic.envelope.parse_envelope`) of ``envelope_bytes``,
+        which are posted unchanged: a relay decodes the envelope once, where it first reads it. Its shape and
+        target are checked first (:class:`~icws_fast.errors.EnvelopeError`: not a call, or a call to another
+        canister than ``canister_id``); the replica checks the signature. When the outcome is not in the
+        synchronous answer it must be polled, and the spec lets only the request's own sender read its status:
+        the agent polls when that sender is its own identity or anonymous, and otherwise raises
         :class:`~icws_fast.errors.CallPending` (the call was accepted; its outcome is not readable here).
         """
         canister = _as_principal(canister_id)
-        envelope = parse_envelope(envelope_bytes)
         if envelope.request_type != "call":
             raise EnvelopeError(f"submit_signed relays call envelopes, not {envelope.request_type}")
         # The IC refuses a call whose canister_id is not the effective canister id (bar the management canister,

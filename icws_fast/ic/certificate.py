@@ -256,6 +256,7 @@ class Certificate:
             check_canister_ranges(cert, subnet, _principal_bytes(effective_canister_id))
         return subnet_key
 
+
 def check_time(cert_time_ns: int, now_ns: int, max_age_ns: int | None = None) -> None:
     """Raise unless a certificate's ``/time`` is at most ``max_age_ns`` (default 5 minutes) before ``now_ns``
     and at most 5 minutes after it (``time-too-old`` / ``time-in-future``)."""

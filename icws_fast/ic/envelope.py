@@ -253,8 +253,9 @@ def parse_envelope(data: bytes | bytearray | memoryview | dict[str, Any]) -> Env
     if type(content) is not dict:
         raise EnvelopeError("envelope.content must be a map")
     request_type = content.get("request_type")
-    if request_type not in REQUEST_TYPES:
-        raise EnvelopeError(f"unknown request_type {request_type!r}")
+    # Text first: an array or a map (unhashable) cannot even be looked up in REQUEST_TYPES.
+    if type(request_type) is not str or request_type not in REQUEST_TYPES:
+        raise EnvelopeError(f"unknown request_type {request_type!r:.60}")
     _check_fields(content, _READ_STATE_FIELDS if request_type == "read_state" else _CALL_FIELDS, "content")
 
     env = Envelope()

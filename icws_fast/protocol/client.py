@@ -27,7 +27,9 @@ Behaviour follows the official JS SDK (``ic-websocket-js`` 0.5, ``src/ic-websock
   closes with 4000 "Open connection timeout".
 
 Any failure is reported as an :class:`ErrorOccurred` event followed by :class:`CloseConnection`;
-nothing the network sends makes a method raise.
+nothing the network sends makes a method raise. The decoders raise only the project's errors;
+anything else (a bug) is caught by :meth:`ClientProtocol.receive_frame`'s last-resort guard and
+reported as an :class:`~icws_fast.errors.InternalError` whose cause is the exception.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from icws_fast.errors import IcwsError, ProtocolError
+from icws_fast.errors import IcwsError, InternalError, ProtocolError
 from icws_fast.ic import candid
 from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS
 from icws_fast.ic.envelope import build_envelope, call_content, default_ingress_expiry
@@ -266,6 +268,12 @@ class ClientProtocol:
             return self._handle_canister_message(data, now_ns)
         except IcwsError as exc:
             return self._fail(exc, REASON_RECEIVE_ERROR)
+        except Exception as exc:
+            # The last-resort guard: the decoders raise only IcwsError, so this is a bug. It must end this
+            # connection cleanly, reported with its traceback (InternalError chains it), never escape.
+            error = InternalError(f"unexpected {type(exc).__name__} handling a gateway frame: {exc}")
+            error.__cause__ = exc
+            return self._fail(error, REASON_RECEIVE_ERROR)
 
     def _handle_handshake(self, data: bytes, now_ns: int) -> list[ClientEvent]:
         self.gateway_principal = decode_handshake(data)

@@ -14,21 +14,29 @@ client frame, which must be a signed ``call`` of ``ws_open`` naming this gateway
 before it sends), as in the Rust gateway.
 
 Every frame is hostile input: anything malformed ends in a :class:`Close` action,
-never in an exception escaping :meth:`GatewaySession.receive`.
+never in an exception escaping :meth:`GatewaySession.receive`. The decoders raise only the
+project's errors (a policy-violation close); should anything else escape them (a bug), the
+last-resort guard of :meth:`GatewaySession.receive` closes with 1011 and emits
+:class:`ReportError` for the I/O layer to log and count.
+
+A client envelope is decoded once, here: :class:`Relay` carries the parsed
+:class:`~icws_fast.ic.envelope.Envelope` with its raw bytes (relayed unchanged), and the
+relay's :class:`~icws_fast.protocol.relay.RelayOutcome` comes back typed.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from icws_fast import _ext
-from icws_fast.errors import CborError, IcwsError
+from icws_fast.errors import CborError, IcwsError, InternalError
 from icws_fast.ic import cbor
 from icws_fast.ic.cbor import SELF_DESCRIBE_PREFIX, read_head
-from icws_fast.ic.envelope import parse_envelope, verify_envelope
+from icws_fast.ic.envelope import Envelope, parse_envelope, verify_envelope
 from icws_fast.ic.principal import Principal
+from icws_fast.protocol.relay import RelayOutcome
 from icws_fast.protocol.types import ClientKey, decode_ws_open_args, encode_handshake
 
 # WebSocket close codes (RFC 6455 section 7.4.1) the gateway uses, with what they mean here.
@@ -76,16 +84,18 @@ class Register:
 
 @dataclass(frozen=True, slots=True)
 class Relay:
-    """Submit ``envelope`` (the client's signed envelope bytes, unchanged) to the IC.
+    """Submit the client's signed ``call`` to the IC: ``envelope`` parsed, ``envelope_bytes`` as the client sent them.
 
-    Relays of one session must run one at a time and in order: the CDK rejects a
-    ``ws_message`` whose sequence number is not the next one, so a later call must not
-    overtake an earlier one. ``is_open`` marks the ``ws_open`` call, whose result
-    decides the session (see :meth:`GatewaySession.open_result`).
+    The agent relays ``envelope_bytes`` unchanged and reads what it needs (request id,
+    sender, expiry) from ``envelope``, without decoding it again. Relays of one session must
+    run one at a time and in order: the CDK rejects a ``ws_message`` whose sequence number is
+    not the next one, so a later call must not overtake an earlier one. ``is_open`` marks the
+    ``ws_open`` call, whose result decides the session (see :meth:`GatewaySession.relay_result`).
     """
 
     canister_id: Principal
-    envelope: bytes
+    envelope: Envelope
+    envelope_bytes: bytes
     is_open: bool
 
 
@@ -105,7 +115,17 @@ class Unregister:
     client_key: ClientKey
 
 
-Action = SendToClient | Register | Relay | Close | Unregister
+@dataclass(frozen=True, slots=True)
+class ReportError:
+    """Log ``error`` with the session's client key and count it: a bug surfaced while handling a client frame.
+
+    A :class:`Close` with 1011 follows. ``error.__cause__`` is the unexpected exception, with its traceback.
+    """
+
+    error: InternalError
+
+
+Action = SendToClient | Register | Relay | Close | Unregister | ReportError
 
 
 def truncate_reason(reason: str) -> str:
@@ -190,41 +210,61 @@ class GatewaySession:
 
         ``now_ns`` (wall clock, ns since the epoch) is the time the ``ws_open`` envelope's
         expiry is checked against; None leaves the choice to :func:`verify_envelope`.
+        Never raises: whatever the frame holds, the answer is a list of actions.
         """
         if self.state is SessionState.CLOSED:
             return []
-        if not binary:
-            return self._fail(CLOSE_UNSUPPORTED_DATA, "text frames are not supported; send CBOR in binary frames")
-        if self.state is SessionState.INIT:
-            return self._receive_open(data, now_ns)
-        if self.state is SessionState.SETUP:
-            return self._fail(CLOSE_POLICY_VIOLATION, "client sent a message before the connection was open")
-        return self._receive_message(data)
+        try:
+            if not binary:
+                return self._fail(CLOSE_UNSUPPORTED_DATA, "text frames are not supported; send CBOR in binary frames")
+            if self.state is SessionState.INIT:
+                return self._receive_open(data, now_ns)
+            if self.state is SessionState.SETUP:
+                return self._fail(CLOSE_POLICY_VIOLATION, "client sent a message before the connection was open")
+            return self._receive_message(data)
+        except Exception as exc:
+            # The last-resort guard (as websockets' parser has one): the decoders raise only IcwsError, so this
+            # is a bug; it must cost this one connection, cleanly, and be reported, not crash the I/O layer.
+            error = InternalError(f"unexpected {type(exc).__name__} handling a client frame: {exc}")
+            error.__cause__ = exc
+            return [ReportError(error), *self._fail(CLOSE_INTERNAL_ERROR, "internal error")]
 
-    def _client_request(self, data: bytes) -> tuple[dict[str, Any], bytes]:
-        """The decoded envelope of a ClientRequest and its raw bytes (relayed unchanged)."""
+    @staticmethod
+    def _client_envelope(data: bytes) -> tuple[Envelope, bytes]:
+        """The parsed envelope of a ClientRequest, and its raw bytes (relayed unchanged)."""
         start, end = envelope_span(data)
         envelope_bytes = data[start:end]
-        envelope = cbor.decode(envelope_bytes, max_depth=_ENVELOPE_MAX_DEPTH)
-        if not isinstance(envelope, dict) or not isinstance(envelope.get("content"), dict):
-            raise CborError("the envelope has no content map")
-        return envelope, envelope_bytes
+        return parse_envelope(cbor.decode(envelope_bytes, max_depth=_ENVELOPE_MAX_DEPTH)), envelope_bytes
+
+    @staticmethod
+    def _refusal(envelope: Envelope, method_name: str, canister_id: Principal | None, sender: Principal) -> str | None:
+        """Why ``envelope`` may not be relayed as this session's call of ``method_name``, or None.
+
+        The IC re-checks the canister and the sender; checking them here keeps another client's or another
+        canister's traffic from being relayed under this session's name.
+        """
+        if envelope.request_type != "call":
+            return "the gateway relays call envelopes only"
+        if envelope.method_name != method_name:
+            return f"expected a call of {method_name}, not of {envelope.method_name!r:.40}"
+        if envelope.canister_id != canister_id:
+            return "the envelope is for another canister"
+        if envelope.sender != sender:
+            return "the envelope has another sender"
+        return None
 
     def _receive_open(self, data: bytes, now_ns: int | None) -> list[Action]:
         try:
-            decoded, envelope_bytes = self._client_request(data)
-            envelope = parse_envelope(decoded)
-            if envelope.request_type != "call":
-                return self._fail(CLOSE_POLICY_VIOLATION, "the first message must be a call envelope")
-            if envelope.method_name != "ws_open":
-                return self._fail(CLOSE_POLICY_VIOLATION, "the first message must call ws_open")
-            canister_id = envelope.canister_id
+            envelope, envelope_bytes = self._client_envelope(data)
+            canister_id, sender = envelope.canister_id, envelope.sender
+            refusal = self._refusal(envelope, "ws_open", canister_id, sender)
+            if refusal is not None:
+                return self._fail(CLOSE_POLICY_VIOLATION, f"invalid ws_open: {refusal}")
             if canister_id is None or (
                 self.allowed_canisters is not None and canister_id not in self.allowed_canisters
             ):
                 return self._fail(CLOSE_POLICY_VIOLATION, "this gateway does not serve that canister")
-            sender = envelope.sender
-            if sender is None or sender.is_anonymous:
+            if sender.is_anonymous:
                 return self._fail(CLOSE_POLICY_VIOLATION, "ws_open needs a non-anonymous sender")
             nonce, gateway = decode_ws_open_args(envelope.arg or b"")
             if gateway != self.gateway_principal:
@@ -238,36 +278,25 @@ class GatewaySession:
         self.state = SessionState.SETUP
         self._open_deadline = None
         self._registered = True
-        return [Register(canister_id, self.client_key), Relay(canister_id, envelope_bytes, True)]
+        return [Register(canister_id, self.client_key), Relay(canister_id, envelope, envelope_bytes, True)]
 
     def _receive_message(self, data: bytes) -> list[Action]:
         assert self.canister_id is not None and self.client_key is not None
         try:
-            envelope, envelope_bytes = self._client_request(data)
+            envelope, envelope_bytes = self._client_envelope(data)
         except IcwsError as exc:
             return self._fail(CLOSE_POLICY_VIOLATION, f"invalid client request: {exc}")
-        content = envelope["content"]
-        # The IC re-checks all of this; checking here keeps another client's or another
-        # canister's traffic from being relayed under this session's name.
-        if content.get("request_type") != "call":
-            return self._fail(CLOSE_POLICY_VIOLATION, "the gateway relays call envelopes only")
-        if content.get("canister_id") != self.canister_id.bytes:
-            return self._fail(CLOSE_POLICY_VIOLATION, "the envelope is for another canister")
-        if content.get("sender") != self.client_key.client_principal.bytes:
-            return self._fail(CLOSE_POLICY_VIOLATION, "the envelope has another sender")
-        return [Relay(self.canister_id, envelope_bytes, False)]
+        refusal = self._refusal(envelope, "ws_message", self.canister_id, self.client_key.client_principal)
+        if refusal is not None:
+            return self._fail(CLOSE_POLICY_VIOLATION, refusal)
+        return [Relay(self.canister_id, envelope, envelope_bytes, False)]
 
-    def open_result(self, error: str | None) -> list[Action]:
-        """The outcome of the ``ws_open`` relay: None if the canister accepted it, else why not."""
-        if error is None or self.state is SessionState.CLOSED:
+    def relay_result(self, relay: Relay, outcome: RelayOutcome) -> list[Action]:
+        """The outcome of ``relay``: unless the IC accepted the call, the session closes (1011)."""
+        if outcome.accepted or self.state is SessionState.CLOSED:
             return []
-        return self._fail(CLOSE_INTERNAL_ERROR, f"ws_open failed: {error}")
-
-    def relay_result(self, error: str | None) -> list[Action]:
-        """The outcome of a ``ws_message`` relay: None if accepted, else the canister's or replica's error."""
-        if error is None or self.state is SessionState.CLOSED:
-            return []
-        return self._fail(CLOSE_INTERNAL_ERROR, f"ws_message failed: {error}")
+        method = "ws_open" if relay.is_open else "ws_message"
+        return self._fail(CLOSE_INTERNAL_ERROR, f"{method} failed: {outcome}")
 
     def delivered(self) -> None:
         """A canister message was sent to the client: a session in ``SETUP`` is now ``OPEN``."""

@@ -17,7 +17,7 @@ from icws_fast.devnet.canisters.pingpong import decode_app_message, encode_app_m
 from icws_fast.errors import RejectError
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
-from icws_fast.ic.envelope import build_envelope, call_content
+from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope
 from icws_fast.ic.identity import AnonymousIdentity, Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
@@ -72,7 +72,7 @@ async def test_open_rejections(devnet: Devnet, gateway: WsGateway, client: WsCli
     async with Agent(devnet.url, AnonymousIdentity(), root_key=devnet.root_key_der) as anonymous:
         content = call_content(Principal.anonymous(), canister, "ws_open", t.encode_ws_open_args(0, gateway.principal))
         envelope = t.decode_client_request(t.encode_client_request(build_envelope(AnonymousIdentity(), content)))
-        reply = await anonymous.submit_signed(canister, envelope)
+        reply = await anonymous.submit_signed(canister, parse_envelope(envelope), envelope)
     with pytest.raises(t.ProtocolError, match=r"^Anonymous principal is not allowed$"):
         t.decode_unit_result(reply)
 

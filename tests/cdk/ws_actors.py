@@ -18,7 +18,7 @@ from cdk_harness import verify_messages
 from icws_fast.devnet import Devnet
 from icws_fast.errors import ProtocolDecodeError, ProtocolError
 from icws_fast.ic.agent import Agent
-from icws_fast.ic.envelope import build_envelope, call_content
+from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope
 from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
@@ -103,7 +103,7 @@ class WsClient:
         content = call_content(self.identity.sender, self.canister_id, method, arg, nonce=secrets.token_bytes(8))
         frame = t.encode_client_request(build_envelope(self.identity, content))
         envelope = t.decode_client_request(frame)
-        return _unit(await self.agent.submit_signed(self.canister_id, envelope))
+        return _unit(await self.agent.submit_signed(self.canister_id, parse_envelope(envelope), envelope))
 
     async def open(self) -> Any:
         return await self.submit("ws_open", t.encode_ws_open_args(self.key.client_nonce, self.gateway))

@@ -7,11 +7,13 @@ from gw_rawclient import message_request, open_request, signed_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icws_fast.errors import CborError
+from icws_fast.errors import CallPending, CborError, ProtocolError, RejectError, TransportError
 from icws_fast.ic import cbor
+from icws_fast.ic.envelope import parse_envelope
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as s
+from icws_fast.protocol.relay import relay_outcome
 from icws_fast.protocol.types import ClientKey, decode_handshake, encode_client_request, encode_ws_open_args
 from tests import twins
 
@@ -51,7 +53,9 @@ def test_valid_open_registers_then_relays_the_envelope_unchanged():
     register, relay = actions
     assert register == s.Register(CANISTER, ClientKey(identity.sender, 42))
     assert relay.is_open and relay.canister_id == CANISTER
-    assert frame.endswith(relay.envelope) and cbor.decode(frame)["envelope"] == cbor.decode(relay.envelope)
+    assert frame.endswith(relay.envelope_bytes)
+    assert cbor.decode(frame)["envelope"] == cbor.decode(relay.envelope_bytes)
+    assert relay.envelope.method_name == "ws_open" and relay.envelope.sender == identity.sender
     assert session.state is s.SessionState.SETUP
     assert session.client_key == ClientKey(identity.sender, 42)
 
@@ -155,36 +159,54 @@ def test_open_session_relays_messages_of_its_client_and_canister_only():
     assert session.state is s.SessionState.OPEN
     frame = message_request(identity, CANISTER, key, 1, b"hello")
     (relay,) = session.receive(frame)
-    assert relay == s.Relay(CANISTER, frame[-len(relay.envelope) :], False)
+    assert isinstance(relay, s.Relay) and (relay.canister_id, relay.is_open) == (CANISTER, False)
+    assert relay.envelope_bytes == frame[-len(relay.envelope_bytes) :]
+    assert relay.envelope.request_id == parse_envelope(relay.envelope_bytes).request_id
 
-    for bad in (
-        message_request(identity, OTHER_CANISTER, key, 2, b"x"),
-        message_request(Ed25519Identity.generate(), CANISTER, key, 2, b"x"),
-        signed_request(identity, CANISTER, "ws_message", b"", request_type="query"),
-        b"\xff",
+    for bad, reason in (
+        (message_request(identity, OTHER_CANISTER, key, 2, b"x"), "another canister"),
+        (message_request(Ed25519Identity.generate(), CANISTER, key, 2, b"x"), "another sender"),
+        (signed_request(identity, CANISTER, "ws_message", b"", request_type="query"), "call envelopes only"),
+        (signed_request(identity, CANISTER, "ws_close", b""), "expected a call of ws_message"),
+        (b"\xff", "invalid client request"),
     ):
         session, _ = opened(identity)
         session.delivered()
         actions = session.receive(bad)
         assert [type(a) for a in actions] == [s.Close, s.Unregister]
+        assert reason in actions[0].reason and actions[0].code == s.CLOSE_POLICY_VIOLATION
 
 
 def test_failed_open_closes_once_and_unregisters_once():
     identity = Ed25519Identity.generate()
-    session, _ = opened(identity)
-    actions = session.open_result("Anonymous principal not allowed")
+    session, (_, relay) = opened(identity)
+    assert isinstance(relay, s.Relay)
+    actions = session.relay_result(relay, relay_outcome(ProtocolError("Anonymous principal not allowed")))
     assert [type(a) for a in actions] == [s.Close, s.Unregister]
-    assert actions[0].code == s.CLOSE_INTERNAL_ERROR and "Anonymous principal" in actions[0].reason
+    assert actions[0].code == s.CLOSE_INTERNAL_ERROR
+    assert actions[0].reason == "ws_open failed: canister_error: Anonymous principal not allowed"
     assert session.connection_lost() == []
-    assert session.relay_result("late") == []
+    assert session.relay_result(relay, relay_outcome(TransportError("late"))) == []
+
+
+@pytest.mark.parametrize("error", [None, CallPending(b"\x01" * 32)], ids=["replied", "pending"])
+def test_accepted_relays_keep_the_session(error):
+    identity = Ed25519Identity.generate()
+    session, (_, relay) = opened(identity)
+    assert session.relay_result(relay, relay_outcome(error)) == []
+    assert session.state is s.SessionState.SETUP
 
 
 def test_relay_failure_closes_the_session():
     identity = Ed25519Identity.generate()
+    key = ClientKey(identity.sender, 5)
     session, _ = opened(identity)
     session.delivered()
-    assert session.relay_result(None) == []
-    assert [type(a) for a in session.relay_result("rejected")] == [s.Close, s.Unregister]
+    (relay,) = session.receive(message_request(identity, CANISTER, key, 1, b"hello"))
+    outcome = relay_outcome(RejectError(4, "no"))
+    actions = session.relay_result(relay, outcome)
+    assert [type(a) for a in actions] == [s.Close, s.Unregister]
+    assert actions[0].reason == "ws_message failed: rejected (code 4): no"
 
 
 def test_connection_lost_unregisters_only_registered_sessions():

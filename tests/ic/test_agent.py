@@ -512,7 +512,7 @@ async def test_polling_ends_at_the_ingress_expiry(replica_server: tuple[Scripted
     )
     async with await agent_for(url, replica, identity=identity) as agent:
         with pytest.raises(AgentTimeout, match="ingress expiry"):
-            await agent.submit_signed(CANISTER, build_envelope(identity, content))
+            await submit_signed(agent, CANISTER, build_envelope(identity, content))
 
 
 async def test_polling_ends_even_when_the_ingress_expiry_is_far_ahead(
@@ -526,10 +526,15 @@ async def test_polling_ends_even_when_the_ingress_expiry_is_far_ahead(
     content = call_content(identity.sender, CANISTER, "echo", b"", ingress_expiry_ns=2**64 - 1, nonce=b"n")
     async with await agent_for(url, replica, identity=identity) as agent:
         with pytest.raises(AgentTimeout, match="ingress expiry"):
-            await agent.submit_signed(CANISTER, build_envelope(identity, content))
+            await submit_signed(agent, CANISTER, build_envelope(identity, content))
 
 
 # -- relaying envelopes signed elsewhere ----------------------------------------------------------------
+
+
+async def submit_signed(agent: Agent, canister_id: Principal, envelope_bytes: bytes) -> bytes:
+    """Relay as the gateway does: the envelope parsed once, posted as its own bytes."""
+    return await agent.submit_signed(canister_id, parse_envelope(envelope_bytes), envelope_bytes)
 
 
 def signed_call(identity: Any, method: str = "echo", arg: bytes = b"relayed") -> bytes:
@@ -540,9 +545,9 @@ async def test_submit_signed_returns_the_certified_reply(replica_server: tuple[S
     replica, url = replica_server
     client = Ed25519Identity.generate()
     async with await agent_for(url, replica) as gateway:
-        assert await gateway.submit_signed(CANISTER, signed_call(client)) == b"echo:relayed"
+        assert await submit_signed(gateway, CANISTER, signed_call(client)) == b"echo:relayed"
         with pytest.raises(RejectError):
-            await gateway.submit_signed(CANISTER, signed_call(client, "fail"))
+            await submit_signed(gateway, CANISTER, signed_call(client, "fail"))
     (req,) = (r for r in replica.requests.values() if r.method == "echo")
     assert req.sender == client.sender.bytes  # relayed unchanged: the client is the caller
 
@@ -553,7 +558,7 @@ async def test_submit_signed_other_sender_cannot_be_polled(replica_server: tuple
     envelope = signed_call(Ed25519Identity.generate())
     async with await agent_for(url, replica) as gateway:
         with pytest.raises(CallPending) as info:
-            await gateway.submit_signed(CANISTER, envelope)
+            await submit_signed(gateway, CANISTER, envelope)
     assert info.value.request_id == parse_envelope(envelope).request_id
     assert replica.hits[1:] == ["v4/call"]
 
@@ -565,7 +570,7 @@ async def test_submit_signed_polls_as_the_sender(replica_server: tuple[ScriptedR
     own = Ed25519Identity.generate()
     signer = AnonymousIdentity() if sender == "anonymous" else own
     async with await agent_for(url, replica, identity=own) as gateway:
-        assert await gateway.submit_signed(CANISTER, signed_call(signer)) == b"echo:relayed"
+        assert await submit_signed(gateway, CANISTER, signed_call(signer)) == b"echo:relayed"
 
 
 @pytest.mark.parametrize(
@@ -586,7 +591,7 @@ async def test_submit_signed_refuses_what_is_not_a_call(
     replica, url = replica_server
     async with await agent_for(url, replica) as gateway:
         with pytest.raises(EnvelopeError):
-            await gateway.submit_signed(CANISTER, envelope)
+            await submit_signed(gateway, CANISTER, envelope)
     assert replica.hits == ["v2/status"]
 
 
@@ -595,7 +600,7 @@ async def test_submit_signed_keeps_an_envelope_to_its_canister(replica_server: t
     other = Principal.from_text("ryjl3-tyaaa-aaaaa-aaaba-cai")
     async with await agent_for(url, replica) as gateway:
         with pytest.raises(EnvelopeError, match="calls"):
-            await gateway.submit_signed(other, signed_call(Ed25519Identity.generate()))
+            await submit_signed(gateway, other, signed_call(Ed25519Identity.generate()))
     assert replica.hits == ["v2/status"]
 
 
@@ -868,16 +873,16 @@ async def test_devnet_submit_signed(devnet: Devnet) -> None:
         if devnet.max_api_version == 2:
             # No synchronous call: the outcome must be polled, and only the client may read its status.
             with pytest.raises(CallPending) as pending:
-                await gateway.submit_signed(echo, envelope)
+                await submit_signed(gateway, echo, envelope)
             assert pending.value.request_id == parse_envelope(envelope).request_id
         else:
-            reply = await gateway.submit_signed(echo, envelope)
+            reply = await submit_signed(gateway, echo, envelope)
             assert candid.decode(reply, [candid.parse_type("principal")]) == [client.sender]
         # The devnet refuses a replay of the same request while it knows it; the agent surfaces its text.
         tampered = cbor.decode(envelope)
         tampered["sender_sig"] = bytes(64)
         with pytest.raises(HttpStatusError) as info:
-            await gateway.submit_signed(echo, cbor.encode(tampered))
+            await submit_signed(gateway, echo, cbor.encode(tampered))
         assert info.value.status == 400
 
 
