@@ -84,7 +84,7 @@ async def test_open_registers_and_polls(devnet, gateway):
     )
     client.close()
     await eventually(lambda: metric(gateway, "active_pollers") == 0)
-    await eventually(lambda: metric(gateway, "ws_close_calls_total", outcome="accepted") == 1)
+    await eventually(lambda: metric(gateway, "ws_close_calls_total", outcome="ok") == 1)
 
 
 async def test_echo_round_trip(devnet, gateway):
@@ -109,7 +109,7 @@ async def test_many_clients_on_several_canisters_keep_order(devnet, gateway):
         assert got == [b"%d:%d" % (n, i) for i in range(5)]
     for client in clients:
         client.close()
-    await eventually(lambda: metric(gateway, "ws_close_calls_total", outcome="accepted") == len(clients))
+    await eventually(lambda: metric(gateway, "ws_close_calls_total", outcome="ok") == len(clients))
     await eventually(lambda: metric(gateway, "active_pollers") == 0)
 
 
@@ -233,7 +233,7 @@ async def test_replayed_ws_open_does_not_take_over_the_session(devnet, gateway):
     assert closed.code == s.CLOSE_POLICY_VIOLATION and "already connected" in closed.reason
     victim.send_app(b"still mine")
     assert (await victim.recv_message()).content == b"still mine"
-    assert metric(gateway, "ws_close_calls_total", outcome="accepted") == 0
+    assert metric(gateway, "ws_close_calls_total", outcome="ok") == 0
     victim.close()
 
 
@@ -256,7 +256,7 @@ async def test_attacker_beside_a_good_client(devnet, gateway):
 async def test_client_that_dies_is_closed_at_the_canister(devnet, gateway):
     client = await open_client(gateway, devnet.canister_ids["echo"])
     client.abort()
-    await eventually(lambda: metric(gateway, "ws_close_calls_total", outcome="accepted") == 1)
+    await eventually(lambda: metric(gateway, "ws_close_calls_total", outcome="ok") == 1)
     assert metric(gateway, "clients_connected") == 0
 
 
@@ -292,7 +292,7 @@ async def test_drain_closes_sessions_and_calls_ws_close(devnet):
     for client in clients:
         closed = await client.wait_closed()
         assert closed.code == s.CLOSE_GOING_AWAY
-    assert metric(gateway, "ws_close_calls_total", outcome="accepted") == 5
+    assert metric(gateway, "ws_close_calls_total", outcome="ok") == 5
     with pytest.raises(OSError):
         await RawClient.connect(ws_url(gateway))
 
