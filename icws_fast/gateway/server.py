@@ -180,11 +180,11 @@ class ClientConnection(WSListener):
                 gw.unregister(action.canister_id, action.client_key, self, after=self._relay_task)
             elif isinstance(action, proto.ReportError):
                 gw.metrics.errors.labels("session_internal_error").inc()
-                client = self.session.client_key if self.session is not None else None
+                key = self.session.client_key if self.session is not None else None
                 log.error(
-                    "closing the connection of %s (client %s): %s",
+                    "closing the connection from %s (client key %s): %s",
                     self.peer_ip,
-                    client,
+                    "not known before ws_open" if key is None else key,
                     action.error,
                     exc_info=action.error.__cause__,
                 )

@@ -165,3 +165,20 @@ async def test_silent_tcp_connection_is_dropped_after_the_handshake_timeout():
         await assert_still_serving(gateway)
     finally:
         await gateway.drain()
+
+
+async def test_a_bug_in_decoding_costs_one_connection_and_is_reported(
+    offline_gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The session's last-resort guard: 1011, a log line with the traceback, a metric; the gateway serves on."""
+
+    def broken(_: bytes) -> tuple[int, int]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(s, "envelope_span", broken)
+    closed = await attack(offline_gateway, b"\xa0")
+    assert (closed.code, closed.reason) == (s.CLOSE_INTERNAL_ERROR, "internal error")
+    registry = offline_gateway.metrics.registry
+    assert registry.get_sample_value("errors_total", {"kind": "session_internal_error"}) == 1
+    (record,) = [r for r in caplog.records if "unexpected KeyError" in r.getMessage()]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], KeyError)
