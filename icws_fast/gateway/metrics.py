@@ -57,7 +57,11 @@ class GatewayMetrics:
             "relayed_bytes_to_clients", "Bytes of canister messages relayed to clients", ["canister_id"], registry=r
         )
         self.envelopes_to_ic = Counter(
-            "relayed_envelopes_to_ic", "Client envelopes relayed to the IC", ["canister_id", "outcome"], registry=r
+            "relayed_envelopes_to_ic",
+            "Client envelopes relayed to the IC, by outcome (accepted, pending, rejected, canister_error, invalid, "
+            "transient)",
+            ["canister_id", "outcome"],
+            registry=r,
         )
         self.polled_messages = Counter(
             "polled_messages", "Messages returned by ws_get_messages polls", ["canister_id"], registry=r
