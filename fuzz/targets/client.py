@@ -6,7 +6,8 @@ Modes 2 and 3 take a WebsocketMessage's content, which the target certifies unde
 fuzz root key (directly, or through a subnet delegation when bit 2 of the mode byte is
 set) and relays as the gateway would: the client's checks after verification then see
 hostile content, first while opening (2), then on an open connection (3).
-Whatever arrives, ``receive_frame`` must answer with events, never raise.
+Whatever arrives, ``receive_frame`` must answer with events, never raise; an
+``InternalError`` from its last-resort guard is a crash (the exception it wraps is raised again).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 
 from fuzz import fixtures
 from fuzz.harness import Violation
+from icws_fast.errors import InternalError
 from icws_fast.ic import candid
 from icws_fast.protocol.client import (
     DEFAULT_MESSAGE_TYPE,
@@ -25,7 +27,7 @@ from icws_fast.protocol.client import (
     ErrorOccurred,
     MessageReceived,
     Opened,
-    SendFrame,
+    SendToGateway,
 )
 from icws_fast.protocol.session import MAX_CLOSE_REASON
 from icws_fast.protocol.types import (
@@ -43,7 +45,7 @@ from icws_fast.protocol.types import (
 )
 
 PREFIX = 1
-_EVENTS = (SendFrame, Opened, MessageReceived, ErrorOccurred, CloseConnection)
+_EVENTS = (SendToGateway, Opened, MessageReceived, ErrorOccurred, CloseConnection)
 _KEY = ClientKey(fixtures.CLIENT.sender, fixtures.CLIENT_NONCE)
 _HANDSHAKE = encode_handshake(fixtures.GATEWAY)
 
@@ -89,6 +91,9 @@ def one_input(data: bytes) -> None:
         frame = relayed(nonce, body, delegated=bool(data[0] & 4))
         events = _client(state).receive_frame(frame, fixtures.NOW_NS)
     for event in events:
+        if isinstance(event, ErrorOccurred) and isinstance(event.error, InternalError):
+            # receive_frame's last-resort guard caught a bug: raise it, so it is a crash where it happened.
+            raise event.error.__cause__ or event.error
         if not isinstance(event, _EVENTS):
             raise Violation(f"receive_frame returned {event!r:.200}, which is no event")
         if isinstance(event, CloseConnection) and len(event.reason.encode()) > MAX_CLOSE_REASON:

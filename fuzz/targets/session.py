@@ -4,7 +4,8 @@ Input: a mode byte, then the frame (a CBOR ClientRequest). Modes: 0 a new sessio
 (the frame should be the ``ws_open``), 1 the same without signature checks (so hostile
 ``ws_open`` arguments are read), 2 an open session (after a valid ``ws_open``), 3 a new
 session that serves one canister only. Whatever the frame, ``receive`` must answer with
-actions, and a Close must carry a reason that fits in a close frame.
+actions, and a Close must carry a reason that fits in a close frame. What its last-resort
+guard catches (a ``ReportError``) is a crash: the exception it wraps is raised again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from icws_fast.protocol.session import (
     GatewaySession,
     Register,
     Relay,
-    SendFrame,
+    ReportError,
+    SendToClient,
     SessionState,
     Unregister,
 )
@@ -35,7 +37,7 @@ from icws_fast.protocol.types import (
 )
 
 PREFIX = 1
-_ACTIONS = (SendFrame, Register, Relay, Close, Unregister)
+_ACTIONS = (SendToClient, Register, Relay, Close, Unregister)
 
 
 def request(identity: Identity, method: str, arg: bytes) -> bytes:
@@ -70,6 +72,9 @@ def one_input(data: bytes) -> None:
         return
     session = _session(data[0] % 4)
     for action in session.receive(data[1:], now_ns=fixtures.NOW_NS):
+        if isinstance(action, ReportError) and isinstance(action.error.__cause__, Exception):
+            # receive's last-resort guard caught a bug: raise it, so it is a crash where it happened.
+            raise action.error.__cause__
         if not isinstance(action, _ACTIONS):
             raise Violation(f"receive returned {action!r:.200}, which is no action")
         if isinstance(action, Close) and len(action.reason.encode()) > MAX_CLOSE_REASON:
