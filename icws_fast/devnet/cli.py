@@ -5,9 +5,10 @@ stdout (launchers and tests read it) and serves the same at ``GET /_devnet/canis
 SIGTERM stops it cleanly (the state is persisted when ``--state-dir`` is given).
 
 It hosts the demo canisters (``icws_fast.devnet.canisters``) unless ``--canister NAME=MODULE:CLASS``
-options name others (the module must be importable). Rounds last 50 ms by default: responsive
-enough that a synchronous call answers within a round or two, cheap enough (one BLS signature per
-round) to stay idle at a few percent of a core.
+options name others (the module must be importable), or ``--canister NAME=PATH.wasm`` canister
+modules (WebAssembly, with ``--init-arg NAME=CANDID`` init arguments; see docs/devnet.md). Rounds
+last 50 ms by default: responsive enough that a synchronous call answers within a round or two,
+cheap enough (one BLS signature per round) to stay idle at a few percent of a core.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from typing import Any
 from icws_fast import cliconfig
 from icws_fast.cdk.api import Canister
 from icws_fast.cliconfig import ConfigError, check_address, check_positive, flag, parse_float, parse_int
+from icws_fast.devnet.replica import CanisterSpec
 from icws_fast.devnet.server import DEFAULT_ROUND_MS, Devnet
+from icws_fast.devnet.wasm import WasmCanister
 from icws_fast.errors import IcwsError
 
 
@@ -82,11 +85,22 @@ class DevnetConfig:
     canister: tuple[str, ...] = flag(
         (),
         "--canister",
-        "host this canister class under NAME (repeatable; replaces the demo canisters)",
-        metavar="NAME=MODULE:CLASS",
+        "host this canister class, or this canister module (a .wasm file), under NAME "
+        "(repeatable; replaces the demo canisters)",
+        metavar="NAME=MODULE:CLASS|NAME=PATH.wasm",
         collect=tuple,
     )
-    """Canister specs ``NAME=MODULE:CLASS``; empty: the demo canisters of ``icws_fast.devnet.canisters``."""
+    """Canister specs ``NAME=MODULE:CLASS`` or ``NAME=PATH.wasm``; empty: the demo canisters of
+    ``icws_fast.devnet.canisters``."""
+
+    init_arg: tuple[str, ...] = flag(
+        (),
+        "--init-arg",
+        "init arguments of the wasm canister NAME as Candid text, e.g. NAME='(50 : nat64, 300_000 : nat64)'",
+        metavar="NAME=CANDID",
+        collect=tuple,
+    )
+    """Init arguments of wasm canisters, ``NAME=CANDID`` (Candid text read against the module's init types)."""
 
     log_level: str = flag("INFO", "--log-level", "logging level", metavar="LEVEL")
     """Level of the log lines written to stderr (a :mod:`logging` level name, any case)."""
@@ -109,13 +123,23 @@ def _parser() -> argparse.ArgumentParser:
     return cliconfig.build_parser(DevnetConfig, prog="icws-devnet", description=__doc__.split("\n\n")[0])
 
 
-def _load_canisters(parser: argparse.ArgumentParser, specs: tuple[str, ...]) -> dict[str, type[Canister]] | None:
+def _load_canisters(
+    parser: argparse.ArgumentParser, specs: tuple[str, ...], init_args: tuple[str, ...]
+) -> dict[str, CanisterSpec] | None:
     """The canisters named by ``--canister`` options, or None (the demo canisters) when there are none."""
+    wasm_args = dict(arg.partition("=")[::2] for arg in init_args)
     if not specs:
+        if wasm_args:
+            parser.error("--init-arg needs a --canister NAME=PATH.wasm to apply to")
         return None
-    canisters: dict[str, type[Canister]] = {}
+    canisters: dict[str, CanisterSpec] = {}
     for spec in specs:
         name, _, target = spec.partition("=")
+        if target.endswith(".wasm"):
+            if not name:
+                parser.error(f"--canister takes NAME=PATH.wasm, got {spec!r}")
+            canisters[name] = WasmCanister(Path(target), wasm_args.pop(name, None))
+            continue
         module_name, _, class_name = target.partition(":")
         if not name or not module_name or not class_name:
             parser.error(f"--canister takes NAME=MODULE:CLASS, got {spec!r}")
@@ -126,6 +150,8 @@ def _load_canisters(parser: argparse.ArgumentParser, specs: tuple[str, ...]) -> 
         if not (isinstance(found, type) and issubclass(found, Canister)):
             parser.error(f"--canister {spec}: {class_name} is not a Canister subclass")
         canisters[name] = found
+    if wasm_args:
+        parser.error(f"--init-arg names no wasm canister: {', '.join(sorted(wasm_args))}")
     return canisters
 
 
@@ -145,7 +171,7 @@ async def _serve(devnet: Devnet) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     config = cliconfig.config_from_argv(DevnetConfig, parser, argv)
-    canisters = _load_canisters(parser, config.canister)
+    canisters = _load_canisters(parser, config.canister, config.init_arg)
     logging.basicConfig(
         level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -31,6 +31,7 @@ from typing import Any, Final, Literal
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet.runtime import CanisterHost, Reject, canister_not_found, method_not_found, trapped
 from icws_fast.devnet.tree import FrozenLeaves, LabeledMap, prune_path
+from icws_fast.devnet.wasm import Network, WasmCanister, WasmHost, WasmState
 from icws_fast.ic import bls, cbor
 from icws_fast.ic.certificate import STATE_ROOT_DOMAIN, sign_certificate
 from icws_fast.ic.hashtree import Node
@@ -47,6 +48,10 @@ DONE_RETENTION_NS: Final = 60 * 1_000_000_000
 DELEGATION_REFRESH_NS: Final = 5 * 60 * 1_000_000_000
 
 DelegationFormat = Literal["flat", "tree"]
+#: What the replica hosts under a name: a Python canister class or a Wasm module.
+CanisterSpec = type[Canister] | WasmCanister
+#: A hosted canister of either kind (they share the interface the replica uses).
+Host = CanisterHost | WasmHost
 
 
 def canister_id_from_index(index: int) -> Principal:
@@ -100,11 +105,11 @@ class Replica:
 
     def __init__(
         self,
-        canisters: Mapping[str, type[Canister]],
+        canisters: Mapping[str, CanisterSpec],
         keys: Keys,
         *,
         canister_indices: Mapping[str, int] | None = None,
-        restored: Mapping[str, tuple[Canister, bytes]] | None = None,
+        restored: Mapping[str, tuple[Canister | WasmState, bytes]] | None = None,
         clock: Callable[[], int] = _time.time_ns,
     ) -> None:
         self.clock = clock
@@ -135,11 +140,16 @@ class Replica:
                 self.canister_indices[name] = next_index
                 next_index += 1
         self.canister_ids: dict[str, Principal] = {}
-        self.hosts: dict[Principal, CanisterHost] = {}
+        self.hosts: dict[Principal, Host] = {}
+        # Inter-canister calls (Wasm canisters make them) are delivered among these hosts.
+        self.network = Network(self.hosts)
         for name, canister_class in canisters.items():
             canister_id = canister_id_from_index(self.canister_indices[name])
             self.canister_ids[name] = canister_id
             saved = (restored or {}).get(name)
+            if isinstance(canister_class, WasmCanister):
+                self.hosts[canister_id] = self._install_wasm(canister_id, name, canister_class, saved)
+                continue
             if saved is not None and isinstance(saved[0], canister_class):
                 host = CanisterHost.restore(canister_id, canister_class, saved[0], saved[1], self.time_ns)
             else:
@@ -174,6 +184,13 @@ class Replica:
         self._data_certificates: dict[Principal, bytes] = {}
         self.run_round()
 
+    def _install_wasm(
+        self, canister_id: Principal, name: str, spec: WasmCanister, saved: tuple[Canister | WasmState, bytes] | None
+    ) -> WasmHost:
+        if saved is not None and isinstance(saved[0], WasmState):
+            return WasmHost.restore(canister_id, name, spec, self.network, saved[0], self.time_ns)
+        return WasmHost.install(canister_id, name, spec, self.network, self.time_ns)
+
     # -- static parts of the tree ----------------------------------------------------------------------
 
     def _ranges_cbor(self) -> bytes:
@@ -185,7 +202,7 @@ class Replica:
         return LabeledMap({self.subnet_id.bytes: LabeledMap(entries)})
 
     @staticmethod
-    def _canister_subtree(host: CanisterHost) -> LabeledMap:
+    def _canister_subtree(host: Host) -> LabeledMap:
         """``/canister/<id>``: certified data, a module hash (of the class's qualified name, standing in
         for the Wasm module), the controllers (none: the devnet installs the canisters itself) and the
         public ``candid:service`` metadata that tools read to learn the interface."""

@@ -58,7 +58,7 @@ def method_not_found(canister_id: Principal, kind: str, method: str) -> Reject:
     )
 
 
-def _called_trap(canister_id: Principal, message: str) -> Reject:
+def called_trap(canister_id: Principal, message: str) -> Reject:
     return Reject(
         CANISTER_ERROR,
         f"Error from Canister {canister_id}: Canister called `ic0.trap` with message: '{message}'.\n"
@@ -70,9 +70,14 @@ def _called_trap(canister_id: Principal, message: str) -> Reject:
 
 def trapped(canister_id: Principal, exc: BaseException) -> Reject:
     # A Python exception is the devnet's analogue of a Wasm trap (unreachable, out of bounds...).
+    return wasm_trapped(canister_id, f"{type(exc).__name__}: {exc}")
+
+
+def wasm_trapped(canister_id: Principal, what: str) -> Reject:
+    """A trap other than ``ic0.trap``: ``what`` is the Wasm trap (``unreachable``, ``heap out of bounds``...)."""
     return Reject(
         CANISTER_ERROR,
-        f"Error from Canister {canister_id}: Canister trapped: {type(exc).__name__}: {exc}.\n"
+        f"Error from Canister {canister_id}: Canister trapped: {what}.\n"
         f"Consider gracefully handling failures from this canister or altering the canister to handle "
         f"exceptions. See documentation: {_DOCS}#trapped",
         "IC0502",
@@ -277,23 +282,23 @@ class CanisterHost:
             try:
                 args = candid.decode(arg, list(spec.arg_types))
             except CandidError as exc:
-                raise _called_trap(self.canister_id, f"failed to decode call arguments: {exc}") from None
+                raise called_trap(self.canister_id, f"failed to decode call arguments: {exc}") from None
             except Exception as exc:
                 # The decoder should raise CandidError only; a bug there must cost one message, not the round.
                 log.exception("canister %s: the Candid decoder failed on a %s argument", self.canister_id, method)
-                raise _called_trap(self.canister_id, f"failed to decode call arguments: {exc!r}") from None
+                raise called_trap(self.canister_id, f"failed to decode call arguments: {exc!r}") from None
             try:
                 instance = copy.deepcopy(self.instance) if is_query and spec.kind == "update" else self.instance
                 result = getattr(instance, method)(*args)
                 context.commit()
             except api.Trap as exc:
-                raise _called_trap(self.canister_id, exc.message) from None
+                raise called_trap(self.canister_id, exc.message) from None
             except Exception as exc:
                 raise trapped(self.canister_id, exc) from None
             try:
                 return candid.encode(list(spec.ret_types), _result_values(result, len(spec.ret_types)))
             except Exception as exc:  # a reply that does not fit the declared types is the canister's error
-                raise _called_trap(self.canister_id, f"failed to encode the reply: {exc}") from None
+                raise called_trap(self.canister_id, f"failed to encode the reply: {exc}") from None
 
     # -- timers ------------------------------------------------------------------------------------------
 

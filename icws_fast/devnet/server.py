@@ -39,7 +39,7 @@ from aiohttp import web
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet import storage
-from icws_fast.devnet.replica import DelegationFormat, Replica
+from icws_fast.devnet.replica import CanisterSpec, DelegationFormat, Replica
 from icws_fast.devnet.runtime import Reject
 from icws_fast.errors import EnvelopeError, IcwsError, InvalidPrincipal, SignatureError
 from icws_fast.ic import cbor
@@ -436,7 +436,8 @@ def _default_canisters() -> dict[str, type[Canister]]:
 class Devnet:
     """An in-process devnet: ``async with Devnet(address="127.0.0.1:0") as dn: ... dn.url ...``.
 
-    ``canisters`` maps names to canister classes (default: the demo canisters). With ``state_dir``
+    ``canisters`` maps names to canister classes or :class:`~icws_fast.devnet.wasm.WasmCanister`
+    modules (default: the demo canisters). With ``state_dir``
     the keys and the canisters' state persist across restarts (same ids, root key and state);
     ``root_key_file`` loads or stores the BLS root secret key; ``subnet_delegation`` certifies
     through a delegation from the root key to a subnet key; ``root_key_seed`` derives the root key
@@ -446,16 +447,17 @@ class Devnet:
     :meth:`start` can be called again (the replica's state is kept in memory and the port is
     reused) to simulate a replica going away under load.
 
-    Not modelled: the management canister (``aaaaa-aa`` answers IC0301), inter-canister calls,
-    cycles, and the ``received``/``processing`` request states (a message executes in the round
-    that inducts it). A trap rolls back the canister's certified data and the timers the message
-    set; its Python attributes only for canisters that set ``ROLLBACK_ON_TRAP``.
+    Not modelled: the management canister (``aaaaa-aa`` answers IC0301), cycles, inter-canister
+    calls made by Python canisters (Wasm canisters make them), and the ``received``/``processing``
+    request states (a message executes in the round that inducts it). A trap rolls back the
+    canister's certified data and the timers the message set; its Python attributes only for
+    canisters that set ``ROLLBACK_ON_TRAP`` (a Wasm canister's whole state).
     """
 
     def __init__(
         self,
         address: str = "127.0.0.1:0",
-        canisters: Mapping[str, type[Canister]] | None = None,
+        canisters: Mapping[str, CanisterSpec] | None = None,
         *,
         round_ms: float = DEFAULT_ROUND_MS,
         state_dir: str | os.PathLike[str] | None = None,
@@ -476,7 +478,7 @@ class Devnet:
         self.round_s = round_ms / 1000
         self.sync_call_timeout_s = sync_call_timeout_s
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        canister_classes = dict(canisters) if canisters is not None else _default_canisters()
+        canister_classes: dict[str, CanisterSpec] = dict(_default_canisters() if canisters is None else canisters)
         keys = storage.load_keys(
             self.state_dir,
             Path(root_key_file) if root_key_file is not None else None,

@@ -5,7 +5,8 @@ Layout of the state directory (created when missing):
 - ``root_key.hex``: the BLS root secret key (32 bytes, hex), unless ``--root-key-file`` names another file;
 - ``subnet_key.hex``: the subnet's BLS secret key when certifying through a delegation;
 - ``node_key.hex``: the node's Ed25519 seed (signs query responses);
-- ``canisters.pickle``: the canister ids by name and each canister instance with its certified data.
+- ``canisters.pickle``: the canister ids by name and each canister instance with its certified data
+  (for a Wasm canister: its memory, globals, stable memory and global timer, a :class:`WasmState`).
 
 The state file is local and written by the devnet itself, so ``pickle`` is acceptable here; each
 canister is pickled on its own, so one canister whose state cannot be pickled (say, a lambda in an
@@ -24,6 +25,7 @@ from typing import Final
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet.replica import Keys, Replica
+from icws_fast.devnet.wasm import WasmHost, WasmState
 from icws_fast.ic import bls
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ _STATE_FILE: Final = "canisters.pickle"
 @dataclass
 class SavedCanisters:
     indices: dict[str, int]
-    canisters: dict[str, tuple[Canister, bytes]]
+    canisters: dict[str, tuple[Canister | WasmState, bytes]]
 
 
 def _write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
@@ -92,7 +94,7 @@ def load_canisters(state_dir: Path) -> SavedCanisters | None:
     except Exception as exc:
         log.error("ignoring unreadable devnet state %s: %r", path, exc)
         return None
-    canisters: dict[str, tuple[Canister, bytes]] = {}
+    canisters: dict[str, tuple[Canister | WasmState, bytes]] = {}
     for name, (blob, certified_data) in saved["canisters"].items():
         try:
             canisters[name] = (pickle.loads(blob), bytes(certified_data))
@@ -107,7 +109,8 @@ def save_canisters(state_dir: Path, replica: Replica) -> None:
     for name, canister_id in replica.canister_ids.items():
         host = replica.hosts[canister_id]
         try:
-            canisters[name] = (pickle.dumps(host.instance), host.certified_data)
+            instance = host.instance_state if isinstance(host, WasmHost) else host.instance
+            canisters[name] = (pickle.dumps(instance), host.certified_data)
         except Exception as exc:
             log.warning("canister %s: state cannot be pickled (%r); it will be reinstalled", name, exc)
     state = {"format": STATE_FORMAT, "indices": replica.canister_indices, "canisters": canisters}

@@ -1,0 +1,177 @@
+"""Reading (and lightly rewriting) a WebAssembly binary: custom sections and the canister's globals.
+
+Only what the host needs, parsed from the module bytes themselves (wasmtime does not expose either):
+
+- the ``icp:public``/``icp:private`` custom sections, which hold a canister's metadata such as
+  ``candid:service``;
+- its mutable globals. A trap must roll them back (a Rust canister's stack pointer, Motoko's heap
+  pointer), but the embedding API reaches only exported globals, so :func:`export_globals` adds an
+  export for each global the module defines. The module's code is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from icws_fast.errors import IcwsError
+
+WASM_MAGIC: Final = b"\0asm"
+_CUSTOM, _IMPORT, _GLOBAL, _EXPORT = 0, 2, 6, 7
+_GLOBAL_KIND: Final = 3
+#: Sections that come after the export section: start, element, data count, code, data.
+_AFTER_EXPORT: Final = frozenset({8, 9, 10, 11, 12})
+#: Prefix of the export names :func:`export_globals` adds (``__icws_global_<index>``).
+GLOBAL_EXPORT_PREFIX: Final = "__icws_global_"
+
+
+class WasmModuleError(IcwsError):
+    """A canister module that is not a WebAssembly binary the devnet can host."""
+
+
+def _uleb(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise WasmModuleError("truncated LEB128 integer in the WebAssembly module")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise WasmModuleError("LEB128 integer too long in the WebAssembly module")
+
+
+def _encode_uleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _name(data: bytes, pos: int) -> tuple[str, int]:
+    size, pos = _uleb(data, pos)
+    if pos + size > len(data):
+        raise WasmModuleError("truncated name in the WebAssembly module")
+    try:
+        return data[pos : pos + size].decode(), pos + size
+    except UnicodeDecodeError:
+        raise WasmModuleError("a name in the WebAssembly module is not UTF-8") from None
+
+
+def sections(module: bytes) -> list[tuple[int, int, int, int]]:
+    """``(id, header, start, end)`` of every section (header: its first byte; start..end: its content)."""
+    if module[:4] != WASM_MAGIC or len(module) < 8:
+        raise WasmModuleError("not a WebAssembly binary module (bad magic number)")
+    if module[4:8] != b"\1\0\0\0":
+        raise WasmModuleError(f"unsupported WebAssembly binary version {module[4:8].hex()}")
+    found = []
+    pos = 8
+    while pos < len(module):
+        section_id = module[pos]
+        size, start = _uleb(module, pos + 1)
+        end = start + size
+        if end > len(module):
+            raise WasmModuleError(f"section {section_id} runs past the end of the module")
+        found.append((section_id, pos, start, end))
+        pos = end
+    return found
+
+
+def custom_sections(module: bytes) -> dict[str, bytes]:
+    """The custom sections by name (the last one wins when a name repeats)."""
+    found = {}
+    for section_id, _, start, end in sections(module):
+        if section_id == _CUSTOM:
+            name, pos = _name(module, start)
+            found[name] = module[pos:end]
+    return found
+
+
+def canister_metadata(module: bytes, name: str) -> bytes | None:
+    """A canister metadata entry (``icp:public <name>`` or ``icp:private <name>``), if present."""
+    custom = custom_sections(module)
+    for visibility in ("icp:public", "icp:private"):
+        value = custom.get(f"{visibility} {name}")
+        if value is not None:
+            return value
+    return None
+
+
+def _skip_limits(data: bytes, pos: int) -> int:
+    flags = data[pos]
+    pos += 1
+    _, pos = _uleb(data, pos)  # minimum
+    if flags & 0x01:
+        _, pos = _uleb(data, pos)  # maximum
+    if flags & 0x08:
+        _, pos = _uleb(data, pos)  # custom page size (log2)
+    return pos
+
+
+def _skip_reftype(data: bytes, pos: int) -> int:
+    if data[pos] in (0x63, 0x64):  # (ref null? heaptype): the heap type is an s33
+        return _uleb(data, pos + 1)[1]
+    return pos + 1
+
+
+def _imported_globals(data: bytes, start: int) -> int:
+    count, pos = _uleb(data, start)
+    globals_ = 0
+    for _ in range(count):
+        _, pos = _name(data, pos)
+        _, pos = _name(data, pos)
+        kind = data[pos]
+        pos += 1
+        if kind in (0x00, 0x04):  # function: type index; tag: attribute byte + type index
+            pos = _uleb(data, pos + (kind == 0x04))[1]
+        elif kind == 0x01:  # table: reference type + limits
+            pos = _skip_limits(data, _skip_reftype(data, pos))
+        elif kind == 0x02:  # memory: limits
+            pos = _skip_limits(data, pos)
+        elif kind == _GLOBAL_KIND:  # global: value type + mutability
+            pos = _skip_reftype(data, pos) + 1
+            globals_ += 1
+        else:
+            raise WasmModuleError(f"unknown import kind {kind:#x} in the WebAssembly module")
+    return globals_
+
+
+def export_globals(module: bytes) -> bytes:
+    """``module`` with an export ``__icws_global_<index>`` added for every global it defines."""
+    found = sections(module)
+    imported = defined = 0
+    export_section: tuple[int, int, int] | None = None
+    for section_id, header, start, end in found:
+        if section_id == _IMPORT:
+            imported = _imported_globals(module, start)
+        elif section_id == _GLOBAL:
+            defined = _uleb(module, start)[0]
+        elif section_id == _EXPORT:
+            export_section = (header, start, end)
+    if not defined:
+        return module
+    extra = b"".join(
+        _encode_uleb(len(name)) + name + bytes([_GLOBAL_KIND]) + _encode_uleb(index)
+        for index in range(imported, imported + defined)
+        for name in [f"{GLOBAL_EXPORT_PREFIX}{index}".encode()]
+    )
+    if export_section is not None:
+        header, start, end = export_section
+        count, body = _uleb(module, start)
+        content = _encode_uleb(count + defined) + module[body:end] + extra
+        return module[:header] + _section(_EXPORT, content) + module[end:]
+    # No export section: insert one before the first section that follows exports in a module.
+    content = _encode_uleb(defined) + extra
+    insert_at = next((header for section_id, header, _, _ in found if section_id in _AFTER_EXPORT), len(module))
+    return module[:insert_at] + _section(_EXPORT, content) + module[insert_at:]
+
+
+def _section(section_id: int, content: bytes) -> bytes:
+    return bytes([section_id]) + _encode_uleb(len(content)) + content
