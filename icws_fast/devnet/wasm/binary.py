@@ -4,9 +4,10 @@ Only what the host needs, parsed from the module bytes themselves (wasmtime does
 
 - the ``icp:public``/``icp:private`` custom sections, which hold a canister's metadata such as
   ``candid:service``;
-- its mutable globals. A trap must roll them back (a Rust canister's stack pointer, Motoko's heap
-  pointer), but the embedding API reaches only exported globals, so :func:`export_globals` adds an
-  export for each global the module defines. The module's code is unchanged.
+- its state: a trap must roll back the mutable globals (a Rust canister's stack pointer, Motoko's
+  heap pointer), callbacks are entries of table 0 and the System API reads memory 0, but the
+  embedding API reaches only exported items, so :func:`export_internals` adds an export for each
+  global the module defines, for table 0 and for memory 0. The module's code is unchanged.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ from icws_fast.errors import IcwsError
 
 WASM_MAGIC: Final = b"\0asm"
 _CUSTOM, _IMPORT, _GLOBAL, _EXPORT = 0, 2, 6, 7
-_GLOBAL_KIND: Final = 3
+_TABLE_KIND, _MEMORY_KIND, _GLOBAL_KIND = 1, 2, 3
+#: Sections that define tables, memories and globals, by the import kind they add to.
+_DEFINING: Final = {4: _TABLE_KIND, 5: _MEMORY_KIND, 6: _GLOBAL_KIND}
 #: Sections that come after the export section: start, element, data count, code, data.
 _AFTER_EXPORT: Final = frozenset({8, 9, 10, 11, 12})
-#: Prefix of the export names :func:`export_globals` adds (``__icws_global_<index>``).
+#: Prefix of the export names :func:`export_internals` adds for globals (``__icws_global_<index>``).
 GLOBAL_EXPORT_PREFIX: Final = "__icws_global_"
+#: The export names :func:`export_internals` gives table 0 (callbacks) and memory 0.
+TABLE_EXPORT: Final = "__icws_table"
+MEMORY_EXPORT: Final = "__icws_memory"
 
 
 class WasmModuleError(IcwsError):
@@ -121,14 +127,16 @@ def _skip_reftype(data: bytes, pos: int) -> int:
     return pos + 1
 
 
-def _imported_globals(data: bytes, start: int) -> int:
+def _import_counts(data: bytes, start: int) -> dict[int, int]:
+    """How many functions, tables, memories, globals... the module imports, by import kind."""
     count, pos = _uleb(data, start)
-    globals_ = 0
+    counts = dict.fromkeys(range(5), 0)
     for _ in range(count):
         _, pos = _name(data, pos)
         _, pos = _name(data, pos)
         kind = data[pos]
         pos += 1
+        counts[kind] = counts.get(kind, 0) + 1
         if kind in (0x00, 0x04):  # function: type index; tag: attribute byte + type index
             pos = _uleb(data, pos + (kind == 0x04))[1]
         elif kind == 0x01:  # table: reference type + limits
@@ -137,38 +145,49 @@ def _imported_globals(data: bytes, start: int) -> int:
             pos = _skip_limits(data, pos)
         elif kind == _GLOBAL_KIND:  # global: value type + mutability
             pos = _skip_reftype(data, pos) + 1
-            globals_ += 1
         else:
             raise WasmModuleError(f"unknown import kind {kind:#x} in the WebAssembly module")
-    return globals_
+    return counts
 
 
-def export_globals(module: bytes) -> bytes:
-    """``module`` with an export ``__icws_global_<index>`` added for every global it defines."""
+def export_internals(module: bytes) -> bytes:
+    """``module`` with exports for its state: ``__icws_global_<index>`` for every global it defines,
+    :data:`TABLE_EXPORT` for table 0 and :data:`MEMORY_EXPORT` for memory 0 when it has them."""
     found = sections(module)
-    imported = defined = 0
+    imported = dict.fromkeys(range(5), 0)
+    defined = dict.fromkeys(range(5), 0)
     export_section: tuple[int, int, int] | None = None
     for section_id, header, start, end in found:
         if section_id == _IMPORT:
-            imported = _imported_globals(module, start)
-        elif section_id == _GLOBAL:
-            defined = _uleb(module, start)[0]
+            try:
+                imported = _import_counts(module[:end], start)
+            except IndexError:
+                raise WasmModuleError("truncated import section in the WebAssembly module") from None
+        elif section_id in _DEFINING:
+            defined[_DEFINING[section_id]] = _uleb(module, start)[0]
         elif section_id == _EXPORT:
             export_section = (header, start, end)
-    if not defined:
+    first_global = imported[_GLOBAL_KIND]
+    entries = [
+        (f"{GLOBAL_EXPORT_PREFIX}{index}", _GLOBAL_KIND, index)
+        for index in range(first_global, first_global + defined[_GLOBAL_KIND])
+    ]
+    for name, kind in ((TABLE_EXPORT, _TABLE_KIND), (MEMORY_EXPORT, _MEMORY_KIND)):
+        if imported[kind] + defined[kind]:
+            entries.append((name, kind, 0))
+    if not entries:
         return module
     extra = b"".join(
-        _encode_uleb(len(name)) + name + bytes([_GLOBAL_KIND]) + _encode_uleb(index)
-        for index in range(imported, imported + defined)
-        for name in [f"{GLOBAL_EXPORT_PREFIX}{index}".encode()]
+        _encode_uleb(len(name)) + name.encode() + bytes([kind]) + _encode_uleb(index) for name, kind, index in entries
     )
+    defined_count = len(entries)
     if export_section is not None:
         header, start, end = export_section
         count, body = _uleb(module, start)
-        content = _encode_uleb(count + defined) + module[body:end] + extra
+        content = _encode_uleb(count + defined_count) + module[body:end] + extra
         return module[:header] + _section(_EXPORT, content) + module[end:]
     # No export section: insert one before the first section that follows exports in a module.
-    content = _encode_uleb(defined) + extra
+    content = _encode_uleb(defined_count) + extra
     insert_at = next((header for section_id, header, _, _ in found if section_id in _AFTER_EXPORT), len(module))
     return module[:insert_at] + _section(_EXPORT, content) + module[insert_at:]
 

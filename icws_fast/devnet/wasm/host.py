@@ -116,10 +116,14 @@ class WasmHost:
         except OSError as exc:
             raise binary.WasmModuleError(f"canister {name}: cannot read the module {spec.path}: {exc}") from None
         self.module_hash = hashlib.sha256(self.wasm).digest()
-        candid_service = binary.canister_metadata(self.wasm, "candid:service")
+        try:
+            candid_service = binary.canister_metadata(self.wasm, "candid:service")
+            instrumented = binary.export_internals(self.wasm)
+        except binary.WasmModuleError as exc:
+            raise binary.WasmModuleError(f"canister {name}: {spec.path} is not a valid module: {exc}") from None
         self._candid = candid_service.decode(errors="replace") if candid_service is not None else "service : {}\n"
         try:
-            self.module = compile_module(binary.export_globals(self.wasm), spec.cache_dir or default_cache_dir())
+            self.module = compile_module(instrumented, spec.cache_dir or default_cache_dir())
         except wasmtime.WasmtimeError as exc:
             raise binary.WasmModuleError(f"canister {name}: {spec.path} is not a valid module: {exc}") from None
         self.methods: dict[str, str] = {}
@@ -148,15 +152,12 @@ class WasmHost:
         except (wasmtime.WasmtimeError, wasmtime.Trap, CanisterTrap) as exc:
             raise binary.WasmModuleError(f"canister {name}: cannot instantiate {spec.path}: {exc}") from None
         exports = self.instance.exports(self.store)
-        self._memory: wasmtime.Memory | None = None
-        self._table: wasmtime.Table | None = None
         self._globals: list[wasmtime.Global] = []
+        memory, table = exports.get(binary.MEMORY_EXPORT), exports.get(binary.TABLE_EXPORT)
+        self._memory = memory if isinstance(memory, wasmtime.Memory) else None
+        self._table = table if isinstance(table, wasmtime.Table) else None
         for export_name, item in exports.items():
-            if isinstance(item, wasmtime.Memory) and self._memory is None:
-                self._memory = item
-            elif isinstance(item, wasmtime.Table) and self._table is None:
-                self._table = item
-            elif (
+            if (
                 isinstance(item, wasmtime.Global)
                 and export_name.startswith(binary.GLOBAL_EXPORT_PREFIX)
                 and item.type(self.store).mutable
