@@ -94,7 +94,7 @@ def test_queries_leave_no_trace(canister: WasmHost) -> None:
     assert counters(update(canister, "inc_query")) == (2, 2)
     assert counters(query(canister, "get")) == (1, 1)
     # Certified data cannot be set in a query (inc sets it).
-    with pytest.raises(Reject, match="ic0_certified_data_set\" cannot be executed in non replicated query mode"):
+    with pytest.raises(Reject, match='ic0_certified_data_set" cannot be executed in non replicated query mode'):
         query(canister, "inc")
 
 
