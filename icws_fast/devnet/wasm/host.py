@@ -4,11 +4,13 @@
 (``execute``, ``method_kind``, ``run_due_timers``, ``certified_data``, ``candid_service``...), so
 the replica, its rounds and certification, and the HTTP layer serve both kinds alike.
 
-Transactions: before each execution the host snapshots what the canister can change — the Wasm
-memory, its mutable globals, the certified data and the global timer; stable memory is copied
-lazily, on the first write of the execution. A trap restores the snapshot and drops what the
-execution produced (reply, outgoing calls); a query always restores it, so it leaves no trace.
-Memory that grew during a trapped execution keeps its new size (zeroed): Wasm memory cannot shrink.
+Transactions: before each execution the host snapshots what the canister can change besides
+memory — its mutable globals, the certified data and the global timer; stable memory is copied
+lazily, on the first write of the execution; the Wasm memory is compared with its committed image
+after the execution (:class:`~icws_fast.devnet.wasm.memory.MemoryImage`: only dirty pages are
+copied). A trap restores all of it and drops what the execution produced (reply, outgoing calls);
+a query always restores it, so it leaves no trace. Memory that grew during a rolled-back execution
+keeps its new size (zeroed): Wasm memory cannot shrink.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from icws_fast.devnet.runtime import Reject, called_trap, method_not_found, wasm
 from icws_fast.devnet.wasm import binary, candid_text
 from icws_fast.devnet.wasm.calls import Call, Callback, CallContext, Network, Rejected, Reply, Result
 from icws_fast.devnet.wasm.engine import compile_module, default_cache_dir, engine
+from icws_fast.devnet.wasm.memory import MemoryImage
 from icws_fast.devnet.wasm.system_api import (
     CLEANUP,
     HEARTBEAT,
@@ -94,7 +97,8 @@ class WasmState:
 
 @dataclass(slots=True)
 class _Snapshot:
-    memory: bytes
+    """What an execution may change besides memory (which :class:`MemoryImage` tracks)."""
+
     globals: list[Any]
     certified_data: bytes
     global_timer: int
@@ -156,6 +160,7 @@ class WasmHost:
         memory, table = exports.get(binary.MEMORY_EXPORT), exports.get(binary.TABLE_EXPORT)
         self._memory = memory if isinstance(memory, wasmtime.Memory) else None
         self._table = table if isinstance(table, wasmtime.Table) else None
+        self._image = MemoryImage(self._memory, self.store) if self._memory is not None else None
         for export_name, item in exports.items():
             if (
                 isinstance(item, wasmtime.Global)
@@ -194,7 +199,8 @@ class WasmHost:
         host.certified_data = state.certified_data
         host.version = state.version
         if state.module_hash == host.module_hash:
-            host._write_memory_image(state.memory)
+            if host._image is not None:
+                host._image.load(state.memory)
             for global_, value in zip(host._globals, state.globals, strict=True):
                 global_.set_value(host.store, value)
             host.global_timer = state.global_timer
@@ -212,7 +218,7 @@ class WasmHost:
         """What :mod:`icws_fast.devnet.storage` persists."""
         return WasmState(
             self.module_hash,
-            self._read_memory_image(),
+            self._image.contents() if self._image is not None else b"",
             [g.value(self.store) for g in self._globals],
             bytes(self.stable),
             self.certified_data,
@@ -273,23 +279,6 @@ class WasmHost:
             raise CanisterTrap(f"heap out of bounds: {len(data)} bytes at {dst}")
         memory.write(self.store, data, dst)
 
-    def _read_memory_image(self) -> bytes:
-        if self._memory is None:
-            return b""
-        return bytes(self._memory.read(self.store, 0, self._memory.data_len(self.store)))
-
-    def _write_memory_image(self, image: bytes) -> None:
-        memory = self._memory
-        if memory is None:
-            return
-        current = memory.data_len(self.store)
-        if len(image) > current:
-            memory.grow(self.store, (len(image) - current + 65535) // 65536)
-            current = memory.data_len(self.store)
-        memory.write(self.store, image, 0)
-        if current > len(image):
-            memory.write(self.store, bytes(current - len(image)), len(image))
-
     def touch_stable(self) -> None:
         """Called before stable memory changes: the first change of an execution saves it for a rollback."""
         if self._stable_backup is None:
@@ -297,7 +286,6 @@ class WasmHost:
 
     def _snapshot(self) -> _Snapshot:
         return _Snapshot(
-            self._read_memory_image(),
             [g.value(self.store) for g in self._globals],
             self.certified_data,
             self.global_timer,
@@ -305,7 +293,8 @@ class WasmHost:
         )
 
     def _restore(self, snapshot: _Snapshot) -> None:
-        self._write_memory_image(snapshot.memory)
+        if self._image is not None:
+            self._image.roll_back()
         for global_, value in zip(self._globals, snapshot.globals, strict=True):
             global_.set_value(self.store, value)
         self.certified_data = snapshot.certified_data
@@ -358,6 +347,8 @@ class WasmHost:
             self._restore(snapshot)
             return Rejected.of(trap) if trap is not None else None
         self._stable_backup = None
+        if self._image is not None:
+            self._image.commit()
         context = execution.context
         if context is not None:
             for call in execution.calls:
