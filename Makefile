@@ -9,6 +9,10 @@ DEVNET_ADDRESS ?= 127.0.0.1:4943
 FUZZ_SECONDS ?= 60
 FUZZ_JOBS ?= 2
 FUZZ_TARGETS ?=
+# `make run WASM_CANISTERS="mo=path/to/canister.wasm" WASM_INIT_ARG="mo=(50 : nat64, 300_000 : nat64)"` also
+# serves canister modules (space-separated NAME=PATH.wasm) next to the demo canisters; see docs/devnet.md.
+WASM_CANISTERS ?=
+WASM_INIT_ARG ?=
 
 .PHONY: run test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps fuzz clean
 
@@ -22,7 +26,8 @@ ext: $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 
 run: ext
-	$(PY) -m icws_fast.devnet.run_all --devnet-address $(DEVNET_ADDRESS) --gateway-address $(GATEWAY_ADDRESS)
+	$(PY) -m icws_fast.devnet.run_all --devnet-address $(DEVNET_ADDRESS) --gateway-address $(GATEWAY_ADDRESS) \
+		$(foreach canister,$(WASM_CANISTERS),--canister $(canister)) $(if $(WASM_INIT_ARG),--init-arg '$(WASM_INIT_ARG)')
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -196,6 +196,22 @@ def _start_chat_page(address: str, ic_url: str, gateway_url: str, canister_id: s
     return page
 
 
+def _canister_options(modules: list[str], init_args: list[str]) -> list[str]:
+    """``icws-devnet`` options serving the demo canisters and ``modules`` (naming any canister replaces the demo)."""
+    if not modules:
+        return []
+    from icws_fast.devnet.canisters import DEMO_CANISTERS  # noqa: PLC0415 - only needed with extra modules
+
+    options = []
+    for name, canister_class in DEMO_CANISTERS.items():
+        options += ["--canister", f"{name}={canister_class.__module__}:{canister_class.__qualname__}"]
+    for module in modules:
+        options += ["--canister", module]
+    for init_arg in init_args:
+        options += ["--init-arg", init_arg]
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devnet-address", default="127.0.0.1:4943")
@@ -203,11 +219,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prometheus-endpoint", default="127.0.0.1:9000")
     parser.add_argument("--state-dir", default="data/devnet")
     parser.add_argument("--chat-page-address", default="127.0.0.1:8000", help="where to serve the chat web page")
+    parser.add_argument(
+        "--canister",
+        action="append",
+        default=[],
+        metavar="NAME=PATH.wasm",
+        help="also serve this canister module (repeatable; see icws-devnet --canister)",
+    )
+    parser.add_argument(
+        "--init-arg", action="append", default=[], metavar="NAME=CANDID", help="init arguments of a --canister module"
+    )
     args = parser.parse_args(argv)
 
     bin_dir = os.path.dirname(sys.executable)
     devnet = subprocess.Popen(
-        [os.path.join(bin_dir, "icws-devnet"), "--address", args.devnet_address, "--state-dir", args.state_dir],
+        [
+            os.path.join(bin_dir, "icws-devnet"),
+            "--address",
+            args.devnet_address,
+            "--state-dir",
+            args.state_dir,
+            *_canister_options(args.canister, args.init_arg),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
