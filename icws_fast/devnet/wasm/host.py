@@ -130,11 +130,13 @@ class WasmHost:
             self.module = compile_module(instrumented, spec.cache_dir or default_cache_dir())
         except wasmtime.WasmtimeError as exc:
             raise binary.WasmModuleError(f"canister {name}: {spec.path} is not a valid module: {exc}") from None
-        self.methods: dict[str, str] = {}
+        self.methods: dict[str, str] = {}  # method name -> "update" | "query"
+        self._entry_points: dict[str, str] = {}  # method name -> export name
         for export in self.module.exports:
             kind, _, method = (export.name or "").partition(" ")
             if kind in ("canister_update", "canister_query", "canister_composite_query") and method:
                 self.methods[method] = "update" if kind == "canister_update" else "query"
+                self._entry_points[method] = export.name
         exported = {export.name for export in self.module.exports}
         self._has = exported.__contains__
         self.certified_data = b""
@@ -414,7 +416,7 @@ class WasmHost:
         kind = self.methods.get(method)
         if kind is None:
             raise method_not_found(self.canister_id, "query" if is_query else "update", method)
-        export = self._export(f"canister_{'query' if kind == 'query' else 'update'} {method}")
+        export = self._export(self._entry_points[method])
         if is_query or kind == "query":
             mode = QUERY if is_query else REPLIED_QUERY
             execution = Execution(mode, caller, now_ns, arg=arg, certificate=certificate)
@@ -434,7 +436,7 @@ class WasmHost:
             self.network.respond(call, Rejected.of(reject))
             return
         context = CallContext(call.caller, call)
-        export = self._export(f"canister_{'query' if kind == 'query' else 'update'} {call.method}")
+        export = self._export(self._entry_points[call.method])
         if kind == "query":
             execution = Execution(REPLIED_QUERY, call.caller, now_ns, arg=bytes(call.arg))
             trap = self._run(export, execution, keep=False)
