@@ -15,6 +15,8 @@ import pytest
 from icws_fast.client import IcWebSocket
 from icws_fast.errors import ConnectionClosed
 from icws_fast.ic.agent import Agent
+from icws_fast.ic.identity import Ed25519Identity
+from icws_fast.protocol import types as t
 from tests.wasm.motoko_stack import (
     APP_MESSAGE,
     SEND_ACK_INTERVAL_MS,
@@ -119,3 +121,42 @@ async def test_clients_on_several_gateways(stack: MotokoStack) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_ack_and_keep_alive_cycle(stack: MotokoStack) -> None:
+    """One full cycle (about two minutes: the CDK's ack interval cannot be below its 60 s keep-alive timeout).
+
+    The canister acks every client after ``SEND_ACK_INTERVAL_MS`` (its global timer, which Motoko runs
+    as self-calls) and closes those that did not answer with a keep-alive within 60 s. Our client
+    answers through the gateway; a silent connection, opened behind a gateway identity that only
+    reads its queue, does not.
+    """
+    ws = await connect(stack)
+    devnet = stack.devnet
+    silent_client, fake_gateway = Ed25519Identity.generate(), Ed25519Identity.generate()
+    async with (
+        Agent(devnet.url, silent_client, root_key=devnet.root_key_der) as client_agent,
+        Agent(devnet.url, fake_gateway, root_key=devnet.root_key_der) as gateway_agent,
+    ):
+        opened = await client_agent.call(stack.canister_id, "ws_open", t.encode_ws_open_args(1, fake_gateway.sender))
+        t.decode_unit_result(opened)
+        await ws.send({"text": "to be acknowledged"})
+        closed = t.CloseMessage(t.CloseMessageReason.KeepAliveTimeout)
+        deadline = asyncio.get_running_loop().time() + 2 * SEND_ACK_INTERVAL_MS / 1000 + 30
+        while True:
+            reply = await gateway_agent.query(stack.canister_id, "ws_get_messages", t.encode_get_messages_args(0))
+            queue = [
+                t.decode_service_message(t.decode_websocket_message(message.content).content)
+                for message in t.decode_get_messages_result(reply).messages
+            ]
+            if closed in queue:
+                break
+            assert asyncio.get_running_loop().time() < deadline, queue
+            await asyncio.sleep(1)
+        assert t.AckMessage(0) in queue
+        result = await call(gateway_agent, stack.canister_id, "send", silent_client.sender, [app_message("x")])
+        assert "Err" in result
+    # Our client answered its ack with a keep-alive: it is still connected.
+    await send_from_canister(stack, ws, "after the cycle")
+    assert await recv(ws) == {"text": "after the cycle"}
+    await ws.close()
