@@ -72,8 +72,13 @@ def _text_bytes(literal: str) -> bytes:
             out += _ESCAPES[nxt].encode()
             i += 2
         elif nxt == "u" and body[i + 2 : i + 3] == "{":
-            end = body.index("}", i)
-            out += chr(int(body[i + 3 : end].replace("_", ""), 16)).encode()
+            end = body.find("}", i)
+            try:
+                if end < 0:
+                    raise ValueError("unterminated")
+                out += chr(int(body[i + 3 : end].replace("_", ""), 16)).encode()
+            except (ValueError, OverflowError):
+                raise CandidError(f"bad unicode escape in Candid text {literal}") from None
             i = end + 1
         else:
             try:
@@ -84,10 +89,23 @@ def _text_bytes(literal: str) -> bytes:
     return bytes(out)
 
 
+def _text(literal: str) -> str:
+    """A quoted Candid text literal as a string (its escapes must form UTF-8)."""
+    try:
+        return _text_bytes(literal).decode()
+    except UnicodeDecodeError:
+        raise CandidError(f"Candid text {literal} is not UTF-8") from None
+
+
+#: Deepest nesting of parentheses around one value.
+_MAX_PARENS: Final = 100
+
+
 class _Reader:
     def __init__(self, text: str) -> None:
         self.tokens = _tokens(text)
         self.pos = 0
+        self.parens = 0
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -124,7 +142,11 @@ class _Reader:
     def value(self, t: candid.Type) -> Any:
         t = _resolve(t)
         if self.accept("("):
+            self.parens += 1
+            if self.parens > _MAX_PARENS:
+                raise CandidError("Candid value text nests parentheses too deeply")
             inner = self.value(t)
+            self.parens -= 1
             if self.accept(":"):
                 self.skip_annotation()
             self.expect(")")
@@ -180,9 +202,9 @@ class _Reader:
     def field_key(self) -> str | int:
         kind, token = self.next()
         if kind == "text":
-            return _text_bytes(token).decode()
+            return _text(token)
         if kind == "number":
-            return int(token.replace("_", ""), 0)
+            return _integer(token)
         if kind == "word":
             return token
         raise CandidError(f"expected a field name, got {token!r}")
@@ -218,20 +240,23 @@ class _Reader:
         if name == "bool" and token in ("true", "false"):
             return token == "true"
         if name == "text" and kind == "text":
-            return _text_bytes(token).decode()
+            return _text(token)
         if name == "principal" and token == "principal":
             kind, token = self.next()
             try:
-                return Principal.from_text(_text_bytes(token).decode())
-            except (InvalidPrincipal, UnicodeDecodeError) as exc:
+                return Principal.from_text(_text(token))
+            except InvalidPrincipal as exc:
                 raise CandidError(f"bad principal {token}: {exc}") from None
         if kind == "number":
             digits = token.replace("_", "")
             if name in ("float32", "float64"):
-                return float(digits)
+                try:
+                    return float(digits)
+                except ValueError:
+                    raise CandidError(f"{token} is not a {name}") from None
             if "." in digits or ("e" in digits.lower() and not digits.lower().startswith(("0x", "-0x", "+0x"))):
                 raise CandidError(f"{token} is not an integer ({name})")
-            number = int(digits, 0)
+            number = _integer(token)
             low, high = _INT_RANGES.get(name, (0 if name == "nat" else None, None))
             if name not in ("nat", "int", *_INT_RANGES):
                 raise CandidError(f"a number is not a {name}")
@@ -239,6 +264,17 @@ class _Reader:
                 raise CandidError(f"{token} is out of range for {name}")
             return number
         raise CandidError(f"expected a {name} value, got {token!r}")
+
+
+def _integer(token: str) -> int:
+    """A decimal or ``0x`` hexadecimal integer literal, with an optional sign and ``_`` separators."""
+    digits = token.replace("_", "")
+    magnitude = digits.lstrip("+-")
+    try:
+        value = int(magnitude[2:], 16) if magnitude[:2] in ("0x", "0X") else int(magnitude)
+    except ValueError:
+        raise CandidError(f"{token} is not an integer") from None
+    return -value if digits.startswith("-") else value
 
 
 def _resolve(t: candid.Type) -> candid.Type:
