@@ -8,25 +8,20 @@
 // sequence numbers and the OpenMessage client key, answers acks with keep-alives, and closes with code 4000 on
 // any of these errors; so every check also fails on an `onerror` call.
 // Prints "ok CHECK" or "FAIL CHECK: reason"; the exit code is 0 only for "ok".
-import { Actor, HttpAgent } from '@dfinity/agent';
-import { Ed25519KeyIdentity } from '@dfinity/identity';
-import { IcWebSocket, createWsConfig, generateRandomIdentity } from 'ic-websocket-js';
 import readline from 'node:readline';
-import WebSocket from 'ws';
-
-// The SDK expects browser globals: Node 20 has Event and MessageEvent but neither WebSocket nor ErrorEvent.
-globalThis.WebSocket ??= WebSocket;
-globalThis.ErrorEvent ??= class ErrorEvent extends Event {
-  constructor(type, init = {}) {
-    super(type);
-    this.error = init.error;
-    this.message = init.message ?? String(init.error);
-  }
-};
+import {
+  Actor,
+  Ed25519KeyIdentity,
+  HttpAgent,
+  IcWebSocket,
+  SdkClient,
+  TIMEOUT_MS,
+  generateRandomIdentity,
+  within,
+} from './sdk_client.mjs';
 
 const [checkName, cfgText] = process.argv.slice(2);
 const cfg = JSON.parse(cfgText);
-const TIMEOUT_MS = 30_000;
 
 // The demo canisters' interface, as `dfx generate` would write it from their .did: the IC WebSocket entry
 // points with `opt AppMessage` as the application message type, plus the test canister's debug methods.
@@ -56,56 +51,15 @@ async function actorFor(canisterId, identity = Ed25519KeyIdentity.generate()) {
   return Actor.createActor(idlFactory, { agent, canisterId });
 }
 
-// One IcWebSocket with promise-based helpers: `opened`, `next()` (the next application message), `closed`.
-class Client {
+// A client of this check's gateway and devnet.
+class Client extends SdkClient {
   constructor(canisterId, actor, identity = generateRandomIdentity(), extra = {}) {
-    this.identity = identity;
-    this.errors = [];
-    this.inbox = [];
-    this.waiters = [];
-    this.ws = new IcWebSocket(
-      cfg.gateway_url,
-      undefined,
-      createWsConfig({ canisterId, canisterActor: actor, identity, networkUrl: cfg.ic_url, ...extra }),
-    );
-    this.opened = new Promise(resolve => {
-      this.ws.onopen = () => resolve();
-    });
-    this.closed = new Promise(resolve => {
-      this.ws.onclose = event => resolve({ code: event.code, reason: String(event.reason) });
-    });
-    this.ws.onmessage = event => {
-      const waiter = this.waiters.shift();
-      if (waiter) waiter(event.data);
-      else this.inbox.push(event.data);
-    };
-    this.ws.onerror = event => this.errors.push(String(event.error ?? event.message));
-  }
-
-  next() {
-    if (this.inbox.length > 0) return Promise.resolve(this.inbox.shift());
-    return new Promise(resolve => this.waiters.push(resolve));
+    super({ gatewayUrl: cfg.gateway_url, icUrl: cfg.ic_url, canisterId, actor, identity, extra });
   }
 
   send(text) {
     this.ws.send({ text, timestamp: 0n });
   }
-
-  principal() {
-    return this.identity.getPrincipal();
-  }
-
-  assertNoErrors() {
-    if (this.errors.length > 0) throw new Error(`SDK errors: ${this.errors.join('; ')}`);
-  }
-}
-
-function within(promise, what, ms = TIMEOUT_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function expectEqual(actual, expected, what) {

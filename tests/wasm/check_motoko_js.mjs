@@ -5,28 +5,18 @@
 // The canister does not answer messages: the check drives it with its `send` and `close` methods. The SDK
 // verifies every certificate, sequence number and the OpenMessage itself and reports any failure through
 // `onerror`, so every step also fails on an SDK error. Prints "ok" or "FAIL: reason"; exit code 0 only for "ok".
-import { createRequire } from 'node:module';
-
-// The packages live in tests/interop/node_modules (one pinned install for every Node check).
-const require = createRequire(new URL('../interop/package.json', import.meta.url));
-const { Actor, HttpAgent } = require('@dfinity/agent');
-const { IDL } = require('@dfinity/candid');
-const { Ed25519KeyIdentity } = require('@dfinity/identity');
-const { IcWebSocket, createWsConfig, generateRandomIdentity } = require('ic-websocket-js');
-const WebSocket = require('ws');
-
-// The SDK expects browser globals: Node 20 has Event and MessageEvent but neither WebSocket nor ErrorEvent.
-globalThis.WebSocket ??= WebSocket;
-globalThis.ErrorEvent ??= class ErrorEvent extends Event {
-  constructor(type, init = {}) {
-    super(type);
-    this.error = init.error;
-    this.message = init.message ?? String(init.error);
-  }
-};
+//
+// The helpers and the pinned npm packages of tests/interop.
+import {
+  Actor,
+  Ed25519KeyIdentity,
+  HttpAgent,
+  IDL,
+  SdkClient,
+  within,
+} from '../interop/sdk_client.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const TIMEOUT_MS = 30_000;
 const AppMessage = IDL.Record({ text: IDL.Text });
 
 // The canister's interface (ic_websocket_cdk_mo_test_canister.did), as `dfx generate` would write it.
@@ -52,58 +42,25 @@ const idlFactory = ({ IDL }) => {
 const agent = await HttpAgent.create({ host: cfg.ic_url, identity: Ed25519KeyIdentity.generate(), shouldFetchRootKey: true });
 const actor = Actor.createActor(idlFactory, { agent, canisterId: cfg.canister_id });
 
-function within(promise, what, ms = TIMEOUT_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
 function expectEqual(actual, expected, what) {
   if (JSON.stringify(actual) !== JSON.stringify(expected)) {
     throw new Error(`${what}: got ${JSON.stringify(actual)}, expected ${JSON.stringify(expected)}`);
   }
 }
 
-class Client {
+class Client extends SdkClient {
   constructor(gatewayUrl) {
-    this.identity = generateRandomIdentity();
-    this.errors = [];
-    this.inbox = [];
-    this.waiters = [];
-    this.ws = new IcWebSocket(
-      gatewayUrl,
-      undefined,
-      createWsConfig({ canisterId: cfg.canister_id, canisterActor: actor, identity: this.identity, networkUrl: cfg.ic_url }),
-    );
-    this.opened = new Promise(resolve => {
-      this.ws.onopen = () => resolve();
-    });
-    this.closed = new Promise(resolve => {
-      this.ws.onclose = event => resolve({ code: event.code, reason: String(event.reason) });
-    });
-    this.ws.onmessage = event => {
-      const waiter = this.waiters.shift();
-      if (waiter) waiter(event.data);
-      else this.inbox.push(event.data);
-    };
-    this.ws.onerror = event => this.errors.push(String(event.error ?? event.message));
+    super({ gatewayUrl, icUrl: cfg.ic_url, canisterId: cfg.canister_id, actor });
   }
 
-  next(what) {
-    if (this.inbox.length > 0) return Promise.resolve(this.inbox.shift());
-    return within(new Promise(resolve => this.waiters.push(resolve)), what);
+  nextWithin(what) {
+    return within(this.next(), what);
   }
 
   // Messages sent by the canister (its `send` method) to this client.
   async sendFromCanister(...texts) {
     const blobs = texts.map(text => new Uint8Array(IDL.encode([AppMessage], [{ text }])));
     expectEqual(await actor.send(this.identity.getPrincipal(), blobs), { Ok: null }, 'send');
-  }
-
-  assertNoErrors() {
-    if (this.errors.length > 0) throw new Error(`SDK errors: ${this.errors.join('; ')}`);
   }
 }
 
@@ -112,19 +69,19 @@ async function main() {
   const first = new Client(cfg.gateway_urls[0]);
   await within(first.opened, 'open');
   await first.sendFromCanister('hello', 'world');
-  expectEqual((await first.next('hello')).text, 'hello', 'first message');
-  expectEqual((await first.next('world')).text, 'world', 'second message');
+  expectEqual((await first.nextWithin('hello')).text, 'hello', 'first message');
+  expectEqual((await first.nextWithin('world')).text, 'world', 'second message');
   for (let i = 0; i < 5; i += 1) first.ws.send({ text: `from js ${i}` });
   const backlog = Array.from({ length: 10 }, (_, i) => `backlog ${i}`);
   await first.sendFromCanister(...backlog);
-  for (const text of backlog) expectEqual((await first.next(text)).text, text, 'backlog order');
+  for (const text of backlog) expectEqual((await first.nextWithin(text)).text, text, 'backlog order');
   first.assertNoErrors();
 
   // A second client on the second gateway.
   const second = new Client(cfg.gateway_urls[1]);
   await within(second.opened, 'open on the second gateway');
   await second.sendFromCanister('to the second');
-  expectEqual((await second.next('second gateway message')).text, 'to the second', 'second gateway');
+  expectEqual((await second.nextWithin('second gateway message')).text, 'to the second', 'second gateway');
   second.assertNoErrors();
 
   // Close from the client: the SDK closes normally.

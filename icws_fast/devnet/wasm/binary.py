@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from icws_fast.errors import IcwsError
+from icws_fast.errors import DecodeError, IcwsError
+from icws_fast.ic.leb128 import decode_leb128, leb128
 
 WASM_MAGIC: Final = b"\0asm"
 _CUSTOM, _IMPORT, _GLOBAL, _EXPORT = 0, 2, 6, 7
@@ -35,30 +36,10 @@ class WasmModuleError(IcwsError):
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise WasmModuleError("truncated LEB128 integer in the WebAssembly module")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise WasmModuleError("LEB128 integer too long in the WebAssembly module")
-
-
-def _encode_uleb(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    try:
+        return decode_leb128(data, pos)
+    except DecodeError as exc:
+        raise WasmModuleError(f"bad LEB128 integer in the WebAssembly module: {exc}") from None
 
 
 def _name(data: bytes, pos: int) -> tuple[str, int]:
@@ -177,20 +158,18 @@ def export_internals(module: bytes) -> bytes:
             entries.append((name, kind, 0))
     if not entries:
         return module
-    extra = b"".join(
-        _encode_uleb(len(name)) + name.encode() + bytes([kind]) + _encode_uleb(index) for name, kind, index in entries
-    )
+    extra = b"".join(leb128(len(name)) + name.encode() + bytes([kind]) + leb128(index) for name, kind, index in entries)
     defined_count = len(entries)
     if export_section is not None:
         header, start, end = export_section
         count, body = _uleb(module, start)
-        content = _encode_uleb(count + defined_count) + module[body:end] + extra
+        content = leb128(count + defined_count) + module[body:end] + extra
         return module[:header] + _section(_EXPORT, content) + module[end:]
     # No export section: insert one before the first section that follows exports in a module.
-    content = _encode_uleb(defined_count) + extra
+    content = leb128(defined_count) + extra
     insert_at = next((header for section_id, header, _, _ in found if section_id in _AFTER_EXPORT), len(module))
     return module[:insert_at] + _section(_EXPORT, content) + module[insert_at:]
 
 
 def _section(section_id: int, content: bytes) -> bytes:
-    return bytes([section_id]) + _encode_uleb(len(content)) + content
+    return bytes([section_id]) + leb128(len(content)) + content
