@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from icws_fast.devnet.canisters import DEMO_CANISTERS
 from icws_fast.devnet.cli import main
 from tests.plugins.devnet import DevnetProcess, free_port
 from tests.wasm.motoko_stack import INIT_ARG
 from tests.wasm.wasm_canisters import MOTOKO_CDK_CANISTER
+
+TEST_CANISTER = DEMO_CANISTERS["test"]
 
 
 def cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -43,7 +46,7 @@ def test_wasm_and_python_canisters_side_by_side(tmp_path: Path, system_api_wasm:
             "--canister",
             f"wat={system_api_wasm}",
             "--canister",
-            "test=icws_fast.devnet.canisters:TestCanister",
+            f"test={TEST_CANISTER.__module__}:{TEST_CANISTER.__qualname__}",
         ],
     )
     devnet.start()
