@@ -282,13 +282,20 @@ class Replica:
         self._queued.add(request_id)
         self._queue.append(_Message(request_id, sender, canister_id, method, arg, expiry_ns))
 
-    def ingress_precheck(self, canister_id: Principal, method: str) -> Reject | None:
-        """The IC's ingress filter: the reject a call gets before it is even accepted, if any."""
+    def ingress_precheck(
+        self, canister_id: Principal, method: str, arg: bytes = b"", sender: Principal | None = None
+    ) -> Reject | None:
+        """The IC's ingress filter: the reject a call gets before it is even accepted, if any.
+
+        A Wasm canister that exports ``canister_inspect_message`` is asked too (with ``arg`` and ``sender``).
+        """
         host = self.hosts.get(canister_id)
         if host is None:
             return canister_not_found(canister_id)
         if host.method_kind(method) is None:
             return method_not_found(canister_id, "update", method)
+        if isinstance(host, WasmHost):
+            return host.inspect_message(method, arg, sender or Principal.anonymous(), self.time_ns)
         return None
 
     def wait_certified(self, request_id: bytes) -> asyncio.Future[None]:

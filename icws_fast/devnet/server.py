@@ -192,7 +192,7 @@ class _Api:
         if not replica.known_request(request_id):
             if replica.queue_length >= MAX_QUEUED_MESSAGES:
                 raise HttpFailure(503, "Service is overloaded, try again later.")
-            reject = replica.ingress_precheck(canister_id, env.method_name)
+            reject = replica.ingress_precheck(canister_id, env.method_name, env.arg, env.sender)
             if reject is not None:
                 return _cbor_response(self._non_replicated(reject, with_status=synchronous))
             replica.submit(

@@ -28,6 +28,8 @@
   (import "ic0" "stable_grow" (func $stable_grow (param i32) (result i32)))
   (import "ic0" "stable_write" (func $stable_write (param i32 i32 i32)))
   (import "ic0" "stable_read" (func $stable_read (param i32 i32 i32)))
+  (import "ic0" "msg_method_name_size" (func $method_name_size (result i32)))
+  (import "ic0" "accept_message" (func $accept_message))
 
   (memory (export "memory") 1)
   (global $counter (mut i64) (i64.const 0))
@@ -86,6 +88,12 @@
 
   ;; -- lifecycle and timer ----------------------------------------------------------------------
   (func (export "canister_init") (i32.store (i32.const 400) (call $arg_size)))
+  ;; Accept every ingress message but those to "inspect_refuses" (the only method name of 15 bytes); the
+  ;; write to memory must not persist (inspection leaves no trace).
+  (func (export "canister_inspect_message")
+    (call $bump)
+    (if (i32.ne (call $method_name_size) (i32.const 15)) (then (call $accept_message))))
+  (func (export "canister_update inspect_refuses") (call $reply))
   (func (export "canister_global_timer")
     (i64.store (i32.const 200) (i64.add (i64.load (i32.const 200)) (i64.const 1))))
 

@@ -1,4 +1,4 @@
-"""``icws-devnet --canister NAME=PATH.wasm --init-arg NAME=CANDID``: the command line, as a user runs it."""
+"""``icws-devnet --canister NAME=PATH.wasm --init-arg NAME=CANDID``: the command line, and the HTTP interface."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import pytest
 
 from icws_fast.devnet.canisters import DEMO_CANISTERS
 from icws_fast.devnet.cli import main
+from icws_fast.devnet.server import Devnet
+from icws_fast.devnet.wasm import WasmCanister
+from icws_fast.errors import RejectError
+from icws_fast.ic.agent import Agent
 from tests.plugins.devnet import DevnetProcess, free_port
 from tests.wasm.motoko_stack import INIT_ARG
 from tests.wasm.wasm_canisters import MOTOKO_CDK_CANISTER
@@ -63,3 +67,16 @@ def test_help_names_the_wasm_options() -> None:
         [sys.executable, "-m", "icws_fast.devnet.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "NAME=PATH.wasm" in result.stdout and "--init-arg" in result.stdout
+
+
+async def test_inspect_message_through_the_http_interface(system_api_wasm: Path) -> None:
+    async with (
+        Devnet("127.0.0.1:0", {"wat": WasmCanister(system_api_wasm)}, round_ms=10) as devnet,
+        Agent(devnet.url, root_key=devnet.root_key_der) as agent,
+    ):
+        canister_id = devnet.canister_ids["wat"]
+        with pytest.raises(RejectError) as caught:
+            await agent.call(canister_id, "inspect_refuses", b"")
+        assert caught.value.reject_code == 4
+        assert "Canister rejected the message" in str(caught.value)
+        assert int.from_bytes((await agent.call(canister_id, "inc", b""))[:8], "little") == 1

@@ -234,3 +234,10 @@ def test_modules_that_are_not_canisters_are_refused(subnet: Subnet, tmp_path: Pa
         subnet.install(WasmCanister(bad))
     with pytest.raises(WasmModuleError, match="cannot read"):
         subnet.install(WasmCanister(tmp_path / "missing.wasm"))
+
+
+def test_inspect_message_filters_ingress_and_leaves_no_trace(canister: WasmHost) -> None:
+    assert canister.inspect_message("inc", b"", USER, NOW) is None
+    refused = canister.inspect_message("inspect_refuses", b"", USER, NOW)
+    assert refused is not None and refused.error_code == "IC0516" and refused.code == 4
+    assert counters(query(canister, "get")) == (0, 0)

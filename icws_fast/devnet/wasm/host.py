@@ -33,6 +33,7 @@ from icws_fast.devnet.wasm.system_api import (
     CLEANUP,
     HEARTBEAT,
     INIT,
+    INSPECT,
     POST_UPGRADE,
     QUERY,
     REJECT,
@@ -147,7 +148,6 @@ class WasmHost:
         self.controllers: frozenset[Principal] = frozenset()
         self.cycles = 10**15
         self.version = 0
-        self.inspected_method = ""
         self.execution: Execution | None = None
         self.store = wasmtime.Store(engine())
         linker = wasmtime.Linker(engine())
@@ -419,14 +419,29 @@ class WasmHost:
         export = self._export(self._entry_points[method])
         if is_query or kind == "query":
             mode = QUERY if is_query else REPLIED_QUERY
-            execution = Execution(mode, caller, now_ns, arg=arg, certificate=certificate)
+            execution = Execution(mode, caller, now_ns, arg=arg, certificate=certificate, method=method)
             trap = self._run(export, execution, keep=False)
             return _reply_or_raise(trap or execution.result, self.canister_id)
         context = CallContext(caller, None)
-        trap = self._run(export, Execution(UPDATE, caller, now_ns, context=context, arg=arg))
+        trap = self._run(export, Execution(UPDATE, caller, now_ns, context=context, arg=arg, method=method))
         self._close_if_done(context, trap)
         self.network.drain(now_ns)
         return _reply_or_raise(context.result, self.canister_id)
+
+    def inspect_message(self, method: str, arg: bytes, caller: Principal, now_ns: int) -> Reject | None:
+        """Run ``canister_inspect_message`` (when exported) for an ingress call; the reject when it refuses.
+
+        It runs like a query (no trace); the message is accepted only when it calls ``ic0.accept_message``.
+        """
+        if not self._has("canister_inspect_message"):
+            return None
+        execution = Execution(INSPECT, caller, now_ns, arg=arg, method=method)
+        trap = self._run(self._export("canister_inspect_message"), execution, keep=False)
+        if trap is not None:
+            return trap.to_reject()
+        if execution.result is None:
+            return Reject(4, f"Error from Canister {self.canister_id}: Canister rejected the message", "IC0516")
+        return None
 
     def handle_request(self, call: Call, now_ns: int) -> None:
         """Run a call from a canister (this one included); its answer goes back through the network."""
@@ -438,12 +453,13 @@ class WasmHost:
         context = CallContext(call.caller, call)
         export = self._export(self._entry_points[call.method])
         if kind == "query":
-            execution = Execution(REPLIED_QUERY, call.caller, now_ns, arg=bytes(call.arg))
+            execution = Execution(REPLIED_QUERY, call.caller, now_ns, arg=bytes(call.arg), method=call.method)
             trap = self._run(export, execution, keep=False)
             result = trap or execution.result
             self.network.respond(call, result if result is not None else _did_not_reply(self.canister_id))
             return
-        trap = self._run(export, Execution(UPDATE, call.caller, now_ns, context=context, arg=bytes(call.arg)))
+        execution = Execution(UPDATE, call.caller, now_ns, context=context, arg=bytes(call.arg), method=call.method)
+        trap = self._run(export, execution)
         self._close_if_done(context, trap)
 
     def handle_response(self, call: Call, result: Result, now_ns: int) -> None:

@@ -48,6 +48,7 @@ _ARG_KINDS: Final = frozenset({INIT, UPDATE, QUERY, REPLIED_QUERY, REPLY, POST_U
 _CALLER_KINDS: Final = frozenset({INIT, UPDATE, QUERY, REPLIED_QUERY, REPLY, REJECT, CLEANUP, POST_UPGRADE, INSPECT})
 _REPLY_KINDS: Final = frozenset({UPDATE, QUERY, REPLIED_QUERY, REPLY, REJECT})
 _CALL_KINDS: Final = frozenset({UPDATE, REPLY, REJECT, TIMER, HEARTBEAT})
+_METHOD_KINDS: Final = frozenset({UPDATE, QUERY, REPLIED_QUERY, INSPECT})
 _STATE_KINDS: Final = frozenset({INIT, UPDATE, REPLY, REJECT, CLEANUP, TIMER, HEARTBEAT, PRE_UPGRADE, POST_UPGRADE})
 
 
@@ -76,6 +77,8 @@ class Execution:
     calls: list[Call] = field(default_factory=list)
     pending: Call | None = None
     fuel_limit: int = 0
+    #: The method called, for ``msg_method_name_*`` (an update, a query, or the one inspected).
+    method: str = ""
 
 
 def _mode_trap(name: str, kind: str) -> CanisterTrap:
@@ -194,11 +197,14 @@ class SystemApi:
     def msg_cycles_accept128(self, max_high: int, max_low: int, dst: int) -> None:
         self._write(dst, bytes(16))
 
+    def _method_name(self, name: str) -> bytes:
+        return self._require(name, _METHOD_KINDS).method.encode()
+
     def msg_method_name_size(self) -> int:
-        return len(self.host.inspected_method.encode())
+        return len(self._method_name("msg_method_name_size"))
 
     def msg_method_name_copy(self, dst: int, offset: int, size: int) -> None:
-        self._copy_out("msg_method_name_copy", dst, offset, size, self.host.inspected_method.encode())
+        self._copy_out("msg_method_name_copy", dst, offset, size, self._method_name("msg_method_name_copy"))
 
     def accept_message(self) -> None:
         self._require("accept_message", frozenset({INSPECT})).result = Reply(b"")
