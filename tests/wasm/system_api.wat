@@ -94,6 +94,16 @@
     (call $bump)
     (if (i32.ne (call $method_name_size) (i32.const 15)) (then (call $accept_message))))
   (func (export "canister_update inspect_refuses") (call $reply))
+  ;; An upgrade keeps the counter through stable memory (page 0, offset 8): pre_upgrade saves it,
+  ;; post_upgrade restores it (in memory and in the global).
+  (func (export "canister_pre_upgrade")
+    (if (i32.eqz (call $stable_size)) (then (drop (call $stable_grow (i32.const 1)))))
+    (call $stable_write (i32.const 8) (i32.const 100) (i32.const 8)))
+  (func (export "canister_post_upgrade")
+    (if (call $stable_size)
+      (then
+        (call $stable_read (i32.const 100) (i32.const 8) (i32.const 8))
+        (global.set $counter (i64.load (i32.const 100))))))
   (func (export "canister_global_timer")
     (i64.store (i32.const 200) (i64.add (i64.load (i32.const 200)) (i64.const 1))))
 

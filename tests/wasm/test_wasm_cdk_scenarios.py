@@ -236,3 +236,31 @@ async def test_state_persists_across_a_devnet_restart(tmp_path: Path) -> None:
             assert await again.call("send", client.principal, [app_message("resumed")]) == {"Ok": None}
         finally:
             await again.agent.close()
+
+
+async def test_restart_with_another_module_upgrades_the_canister(tmp_path: Path) -> None:
+    """An upgrade of a Motoko canister with enhanced orthogonal persistence (main memory carried over).
+
+    The CDK's state is not a ``stable`` variable of the test canister, so connections do not survive
+    an upgrade (as on the IC); the upgraded canister serves new ones.
+    """
+    newer = tmp_path / "newer.wasm"
+    newer.write_bytes(MOTOKO_CDK_CANISTER.read_bytes() + b"\x00\x04\x03new")  # one more custom section
+    state_dir = tmp_path / "state"
+    async with Devnet("127.0.0.1:0", {"mo": WasmCanister(MOTOKO_CDK_CANISTER, INIT_ARG)}, state_dir=state_dir) as old:
+        client, gateway = Actor(old), Actor(old)
+        await open_client(client, gateway)
+        await client.agent.close()
+        await gateway.agent.close()
+    async with Devnet("127.0.0.1:0", {"mo": WasmCanister(newer, INIT_ARG)}, state_dir=state_dir) as devnet:
+        host = devnet.replica.hosts[devnet.canister_ids["mo"]]
+        assert host.module_hash != old.replica.hosts[old.canister_ids["mo"]].module_hash
+        client2, gateway2 = Actor(devnet), Actor(devnet, gateway.identity)
+        try:
+            assert "Err" in await gateway2.call("send", client.principal, [app_message("lost")])
+            key = await open_client(client2, gateway2)
+            batch = await gateway2.messages(0)
+            assert service_content(batch.messages[-1]) == t.OpenMessage(key)
+        finally:
+            await client2.agent.close()
+            await gateway2.agent.close()

@@ -6,12 +6,12 @@ global; its replies are raw little-endian integers. Hosts run on one in-process 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pickle
 from pathlib import Path
 
 import pytest
+import wasmtime
 
 from icws_fast.devnet.runtime import Reject
 from icws_fast.devnet.wasm import WasmCanister, WasmHost, WasmModuleError
@@ -220,11 +220,23 @@ def test_saved_state_resumes_the_same_module(subnet: Subnet, canister: WasmHost,
     assert query(again, "stable_head") == b"hello"
     assert again.certified_data == canister.certified_data
     assert again.global_timer == NOW + 10
-    # A different module is an upgrade: fresh memory, stable memory carried over.
-    other = dataclasses.replace(state, module_hash=b"\x00" * 32)
-    upgraded = WasmHost.restore(canister.canister_id, "upgraded", canister.spec, subnet.network, other, NOW)
-    assert counters(query(upgraded, "get")) == (0, 0)
-    assert query(upgraded, "stable_head") == b"hello"
+
+
+def test_upgrade_runs_pre_upgrade_on_the_saved_module_and_post_upgrade_on_the_new_one(
+    subnet: Subnet, canister: WasmHost, tmp_path: Path
+) -> None:
+    update(canister, "inc")
+    update(canister, "inc")
+    state = pickle.loads(pickle.dumps(canister.instance_state))
+    # Another module (the same code plus a custom section): an upgrade, which keeps only stable memory.
+    newer = tmp_path / "newer.wasm"
+    newer.write_bytes(canister.wasm + b"\x00\x04\x03new")
+    upgraded = WasmHost.restore(canister.canister_id, "c0", WasmCanister(newer), subnet.network, state, NOW)
+    assert upgraded.module_hash != canister.module_hash
+    assert upgraded.version == canister.version + 1
+    # pre_upgrade (old module) saved the counter to stable memory; post_upgrade (new module) read it back.
+    assert counters(query(upgraded, "get")) == (2, 2)
+    assert upgraded.certified_data == canister.certified_data
 
 
 def test_modules_that_are_not_canisters_are_refused(subnet: Subnet, tmp_path: Path) -> None:
@@ -241,3 +253,27 @@ def test_inspect_message_filters_ingress_and_leaves_no_trace(canister: WasmHost)
     refused = canister.inspect_message("inspect_refuses", b"", USER, NOW)
     assert refused is not None and refused.error_code == "IC0516" and refused.code == 4
     assert counters(query(canister, "get")) == (0, 0)
+
+
+START_COUNTER_WAT = """
+(module
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory 1)
+  (func $start (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (i32.const 1))))
+  (start $start)
+  (func (export "canister_query starts") (call $append (i32.const 0) (i32.const 4)) (call $reply)))
+"""
+
+
+def test_start_function_runs_on_install_and_upgrade_not_on_resume(subnet: Subnet, tmp_path: Path) -> None:
+    module = tmp_path / "start.wasm"
+    module.write_bytes(wasmtime.wat2wasm(START_COUNTER_WAT))
+    host = subnet.install(WasmCanister(module))
+    assert int.from_bytes(query(host, "starts"), "little") == 1
+    resumed = WasmHost.restore(host.canister_id, "c0", host.spec, subnet.network, host.instance_state, NOW)
+    assert int.from_bytes(query(resumed, "starts"), "little") == 1
+    newer = tmp_path / "newer.wasm"
+    newer.write_bytes(module.read_bytes() + b"\x00\x04\x03new")
+    upgraded = WasmHost.restore(host.canister_id, "c0", WasmCanister(newer), subnet.network, host.instance_state, NOW)
+    assert int.from_bytes(query(upgraded, "starts"), "little") == 1  # fresh memory, then the start function

@@ -19,7 +19,8 @@ from icws_fast.ic.leb128 import decode_leb128, leb128
 
 WASM_MAGIC: Final = b"\0asm"
 _CUSTOM, _IMPORT, _GLOBAL, _EXPORT = 0, 2, 6, 7
-_TABLE_KIND, _MEMORY_KIND, _GLOBAL_KIND = 1, 2, 3
+_FUNCTION_KIND, _TABLE_KIND, _MEMORY_KIND, _GLOBAL_KIND = 0, 1, 2, 3
+_START: Final = 8
 #: Sections that define tables, memories and globals, by the import kind they add to.
 _DEFINING: Final = {4: _TABLE_KIND, 5: _MEMORY_KIND, 6: _GLOBAL_KIND}
 #: Sections that come after the export section: start, element, data count, code, data.
@@ -29,6 +30,8 @@ GLOBAL_EXPORT_PREFIX: Final = "__icws_global_"
 #: The export names :func:`export_internals` gives table 0 (callbacks) and memory 0.
 TABLE_EXPORT: Final = "__icws_table"
 MEMORY_EXPORT: Final = "__icws_memory"
+#: The export name :func:`export_internals` gives the start function (which no longer starts by itself).
+START_EXPORT: Final = "__icws_start"
 
 
 class WasmModuleError(IcwsError):
@@ -132,13 +135,18 @@ def _import_counts(data: bytes, start: int) -> dict[int, int]:
 
 
 def export_internals(module: bytes) -> bytes:
-    """``module`` with exports for its state: ``__icws_global_<index>`` for every global it defines,
-    :data:`TABLE_EXPORT` for table 0 and :data:`MEMORY_EXPORT` for memory 0 when it has them."""
+    """``module`` with exports for its state and its start function.
+
+    Adds ``__icws_global_<index>`` for every global it defines, :data:`TABLE_EXPORT` for table 0
+    and :data:`MEMORY_EXPORT` for memory 0 when it has them; the start function, if any, is no
+    longer run on instantiation but exported as :data:`START_EXPORT`, so that the host runs it when
+    the IC would: on installation and upgrade, after an upgraded canister got its memory back.
+    """
     found = sections(module)
     imported = dict.fromkeys(range(5), 0)
     defined = dict.fromkeys(range(5), 0)
-    export_section: tuple[int, int, int] | None = None
-    for section_id, header, start, end in found:
+    start_function: int | None = None
+    for section_id, _, start, end in found:
         if section_id == _IMPORT:
             try:
                 imported = _import_counts(module[:end], start)
@@ -146,8 +154,8 @@ def export_internals(module: bytes) -> bytes:
                 raise WasmModuleError("truncated import section in the WebAssembly module") from None
         elif section_id in _DEFINING:
             defined[_DEFINING[section_id]] = _uleb(module, start)[0]
-        elif section_id == _EXPORT:
-            export_section = (header, start, end)
+        elif section_id == _START:
+            start_function = _uleb(module, start)[0]
     first_global = imported[_GLOBAL_KIND]
     entries = [
         (f"{GLOBAL_EXPORT_PREFIX}{index}", _GLOBAL_KIND, index)
@@ -156,19 +164,28 @@ def export_internals(module: bytes) -> bytes:
     for name, kind in ((TABLE_EXPORT, _TABLE_KIND), (MEMORY_EXPORT, _MEMORY_KIND)):
         if imported[kind] + defined[kind]:
             entries.append((name, kind, 0))
+    if start_function is not None:
+        entries.append((START_EXPORT, _FUNCTION_KIND, start_function))
     if not entries:
         return module
     extra = b"".join(leb128(len(name)) + name.encode() + bytes([kind]) + leb128(index) for name, kind, index in entries)
-    defined_count = len(entries)
-    if export_section is not None:
-        header, start, end = export_section
-        count, body = _uleb(module, start)
-        content = leb128(count + defined_count) + module[body:end] + extra
-        return module[:header] + _section(_EXPORT, content) + module[end:]
-    # No export section: insert one before the first section that follows exports in a module.
-    content = leb128(defined_count) + extra
-    insert_at = next((header for section_id, header, _, _ in found if section_id in _AFTER_EXPORT), len(module))
-    return module[:insert_at] + _section(_EXPORT, content) + module[insert_at:]
+    exports = next((section for section in found if section[0] == _EXPORT), None)
+    if exports is None:
+        new_exports = _section(_EXPORT, leb128(len(entries)) + extra)
+    else:
+        count, body = _uleb(module, exports[2])
+        new_exports = _section(_EXPORT, leb128(count + len(entries)) + module[body : exports[3]] + extra)
+    out = [module[:8]]
+    placed = False
+    for section_id, header, _, end in found:
+        if not placed and (section_id == _EXPORT or section_id in _AFTER_EXPORT):
+            out.append(new_exports)
+            placed = True
+        if section_id not in (_EXPORT, _START):
+            out.append(module[header:end])
+    if not placed:
+        out.append(new_exports)
+    return b"".join(out)
 
 
 def _section(section_id: int, content: bytes) -> bytes:

@@ -35,6 +35,7 @@ from icws_fast.devnet.wasm.system_api import (
     INIT,
     INSPECT,
     POST_UPGRADE,
+    PRE_UPGRADE,
     QUERY,
     REJECT,
     REPLIED_QUERY,
@@ -94,6 +95,8 @@ class WasmState:
     certified_data: bytes
     global_timer: int
     version: int = 0
+    #: The module itself, so that an upgrade can run its ``canister_pre_upgrade``.
+    wasm: bytes = b""
 
 
 @dataclass(slots=True)
@@ -111,13 +114,16 @@ class WasmHost:
 
     max_response_bytes = MAX_RESPONSE_BYTES
 
-    def __init__(self, canister_id: Principal, name: str, spec: WasmCanister, network: Network) -> None:
+    def __init__(
+        self, canister_id: Principal, name: str, spec: WasmCanister, network: Network, *, wasm: bytes | None = None
+    ) -> None:
+        """Instantiate ``spec``'s module (or the module ``wasm``, when given: a saved one being upgraded)."""
         self.canister_id = canister_id
         self.name = name
         self.spec = spec
         self.network = network
         try:
-            self.wasm = spec.path.read_bytes()
+            self.wasm = spec.path.read_bytes() if wasm is None else wasm
         except OSError as exc:
             raise binary.WasmModuleError(f"canister {name}: cannot read the module {spec.path}: {exc}") from None
         self.module_hash = hashlib.sha256(self.wasm).digest()
@@ -152,7 +158,6 @@ class WasmHost:
         self.store = wasmtime.Store(engine())
         linker = wasmtime.Linker(engine())
         SystemApi(self).link(linker, self.module)
-        self.store.set_fuel(spec.instruction_limit)  # for the start function
         try:
             self.instance = linker.instantiate(self.store, self.module)
         except (wasmtime.WasmtimeError, wasmtime.Trap, CanisterTrap) as exc:
@@ -179,6 +184,7 @@ class WasmHost:
         """Instantiate the module and run ``canister_init`` with the init arguments; raises on a trap."""
         host = cls(canister_id, name, spec, network)
         arg = host.init_arg()
+        host._start()
         if host._has("canister_init"):
             execution = Execution(INIT, Principal.anonymous(), now_ns, arg=arg)
             trap = host._run(host._export("canister_init"), execution)
@@ -193,27 +199,64 @@ class WasmHost:
     ) -> WasmHost:
         """Resume a saved canister: the same module gets its memory back; another module is an upgrade.
 
-        On an upgrade the old module is not available any more, so ``canister_pre_upgrade`` cannot run:
-        stable memory carries over and ``canister_post_upgrade`` runs with the init arguments.
+        An upgrade runs ``canister_pre_upgrade`` on the saved module (kept in the state), then
+        ``canister_post_upgrade`` on the new one with the init arguments; stable memory carries over,
+        and so does the main memory of a module with enhanced orthogonal persistence (Motoko's
+        ``enhanced-orthogonal-persistence`` metadata), as on the IC.
         """
         host = cls(canister_id, name, spec, network)
+        if state.module_hash == host.module_hash:
+            host._load(state)
+            return host
+        if state.wasm:
+            old = cls(canister_id, name, spec, network, wasm=state.wasm)
+            old._load(state)
+            if old._has("canister_pre_upgrade"):
+                trap = old._run(
+                    old._export("canister_pre_upgrade"), Execution(PRE_UPGRADE, Principal.anonymous(), now_ns)
+                )
+                if trap is not None:
+                    raise binary.WasmModuleError(
+                        f"canister {name}: canister_pre_upgrade of the saved module failed, so {spec.path} cannot "
+                        f"replace it (start with another --state-dir to install it afresh): {trap.message}"
+                    )
+            state = old.instance_state
         host.stable = bytearray(state.stable)
         host.certified_data = state.certified_data
-        host.version = state.version
-        if state.module_hash == host.module_hash:
-            if host._image is not None:
-                host._image.load(state.memory)
-            for global_, value in zip(host._globals, state.globals, strict=True):
-                global_.set_value(host.store, value)
-            host.global_timer = state.global_timer
-            return host
-        host.version += 1
+        host.version = state.version + 1
+        if binary.canister_metadata(host.wasm, "enhanced-orthogonal-persistence") is not None and host._image:
+            host._image.load(state.memory)
+        host._start()
         if host._has("canister_post_upgrade"):
             execution = Execution(POST_UPGRADE, Principal.anonymous(), now_ns, arg=host.init_arg())
             trap = host._run(host._export("canister_post_upgrade"), execution)
             if trap is not None:
                 raise binary.WasmModuleError(f"canister {name}: canister_post_upgrade failed: {trap.message}")
         return host
+
+    def _start(self) -> None:
+        """Run the module's start function (when it has one), as instantiation on the IC does."""
+        start = self._exports.get(binary.START_EXPORT)
+        if not isinstance(start, wasmtime.Func):
+            return
+        self.store.set_fuel(self.spec.instruction_limit)
+        try:
+            start(self.store)
+        except (wasmtime.Trap, CanisterTrap) as exc:
+            raise binary.WasmModuleError(f"canister {self.name}: the start function trapped: {exc}") from None
+        if self._image is not None:
+            self._image.commit()
+
+    def _load(self, state: WasmState) -> None:
+        """Take the saved state of this same module: memory, globals, stable memory, certified data, timer."""
+        if self._image is not None:
+            self._image.load(state.memory)
+        for global_, value in zip(self._globals, state.globals, strict=True):
+            global_.set_value(self.store, value)
+        self.stable = bytearray(state.stable)
+        self.certified_data = state.certified_data
+        self.global_timer = state.global_timer
+        self.version = state.version
 
     @property
     def instance_state(self) -> WasmState:
@@ -226,6 +269,7 @@ class WasmHost:
             self.certified_data,
             self.global_timer,
             self.version,
+            self.wasm,
         )
 
     def init_arg(self) -> bytes:
