@@ -19,13 +19,11 @@ import pytest
 
 from icws_fast.devnet.server import Devnet
 from icws_fast.devnet.wasm import WasmCanister
-from icws_fast.ic import hashtree
 from icws_fast.ic.agent import Agent
-from icws_fast.ic.certificate import Certificate
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
-from icws_fast.protocol.client import verify_canister_message
+from icws_fast.protocol.certified import BatchVerifier, check_message
 from tests.wasm.motoko_stack import INIT_ARG, MAX_MESSAGES_PER_BATCH, app_message, decode_reply, encode_args
 from tests.wasm.wasm_canisters import MOTOKO_CDK_CANISTER
 
@@ -43,6 +41,7 @@ class Actor:
         self.identity = identity or Ed25519Identity.generate()
         self.agent = Agent(devnet.url, self.identity, root_key=devnet.root_key_der)
         self.canister_id = devnet.canister_ids["mo"]
+        self.verifier = BatchVerifier(devnet.root_key_der)
 
     @property
     def principal(self) -> Principal:
@@ -60,19 +59,9 @@ class Actor:
         batch = t.decode_get_messages_result(reply)
         if not batch.messages:
             return batch  # an empty batch carries no certificate
-        certificate = Certificate.from_cbor(batch.cert)
-        tree = hashtree.parse(batch.tree)
+        hashes = self.verifier.verify(batch.cert, batch.tree, self.canister_id, time.time_ns())
         for message in batch.messages:
-            verify_canister_message(
-                certificate,
-                tree,
-                self.canister_id,
-                message.key,
-                message.content,
-                root_key_der=self.devnet.root_key_der,
-                now_ns=time.time_ns(),
-                max_age_ns=300 * 10**9,
-            )
+            check_message(hashes, message.key.encode(), message.content)
         return batch
 
 
