@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Final
 
@@ -12,8 +13,10 @@ from icws_fast.devnet.wasm import Network, WasmCanister, WasmHost
 from icws_fast.ic.principal import Principal
 
 HERE: Final = Path(__file__).resolve().parent
+#: The canister modules built from public sources (``../shared/canisters``, beside the checkout, as the vectors).
+CANISTERS: Final = Path(os.environ.get("ICWS_CANISTERS", HERE.parents[2] / "shared" / "canisters"))
 #: The official Motoko CDK's integration-test canister (wasm64), see ../shared/canisters/README.md.
-MOTOKO_CDK_CANISTER: Final = HERE.parents[1] / "../shared/canisters/ic_websocket_cdk_mo_test_canister.wasm"
+MOTOKO_CDK_CANISTER: Final = CANISTERS / "ic_websocket_cdk_mo_test_canister.wasm"
 SYSTEM_API_WAT: Final = HERE / "system_api.wat"
 
 
