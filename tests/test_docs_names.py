@@ -117,8 +117,8 @@ def _absolute_names(text: str) -> list[tuple[int, str]]:
 def _item_names(text: str) -> list[tuple[int, str]]:
     """(line, dotted name) of what each list item under a module heading documents, resolved as it goes.
 
-    That is the item's first name, and every UPPER_CASE constant in the section: a name of the module,
-    or of the class the item documents (an enum member).
+    That is the item's first name, every ``.attribute`` in an item about a class, and every UPPER_CASE
+    constant in the section: a name of the module, or of the class the item documents (an enum member).
     """
     found: list[tuple[int, str]] = []
     module: str | None = None
@@ -135,6 +135,13 @@ def _item_names(text: str) -> list[tuple[int, str]]:
         item = _ITEM.match(line)
         if item is not None:
             current_class = _item_name(found, lineno, module, current_class, item.group(1).strip())
+        if current_class is not None and (item is not None or line.startswith("  ")):
+            # Every `.attribute` of an item about a class (`.tree`, `.root_hash`) is an attribute of that class.
+            spans = _SPAN.findall(line)[1 if item is not None else 0 :]
+            for span in spans:
+                head = _dotted_head(span[1:]) if span.startswith(".") else None
+                if head:
+                    found.append((lineno, f"{current_class}.{head}"))
         for constant in _CONSTANT.findall(line):
             in_class = current_class is not None and _has_attribute(_safe_resolve(current_class), constant)
             owner = current_class if in_class else module
