@@ -36,6 +36,7 @@ _ABSOLUTE = re.compile(r"(?:icws_fast|" + "|".join(re.escape(p) for p in SUBPACK
 _MODULE_HEADING = re.compile(r"^#{2,4} .*?`(icws_fast(?:\.[A-Za-z_][A-Za-z0-9_]*)*)`")
 _ITEM = re.compile(r"^- `([^`\n]+)")
 _CONSTANT = re.compile(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9])`")
+_FILE_NAME = re.compile(r"\.(?:md|py|pyi|pyx|pxd|did|wasm|wat|toml|json|mjs)$")
 _PREFIXES = ("await ", "async ", "class ", "@")
 
 
@@ -99,6 +100,8 @@ def _dotted_head(span: str) -> str | None:
             text = text[len(prefix) :]
     if text.startswith("for "):
         return None  # a loop (`async for value in ws`), not a name
+    if _FILE_NAME.search(text):
+        return None  # a file (`devnet.md`, `.wasm`), not a name
     match = _DOTTED.match(text)
     return match.group(0) if match else None
 
@@ -139,7 +142,7 @@ def _item_names(text: str) -> list[tuple[int, str]]:
             # Every `.attribute` of an item about a class (`.tree`, `.root_hash`) is an attribute of that class.
             spans = _SPAN.findall(line)[1 if item is not None else 0 :]
             for span in spans:
-                head = _dotted_head(span[1:]) if span.startswith(".") else None
+                head = _dotted_head(span[1:]) if span.startswith(".") and not _FILE_NAME.search(span) else None
                 if head:
                     found.append((lineno, f"{current_class}.{head}"))
         for constant in _CONSTANT.findall(line):
