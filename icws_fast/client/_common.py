@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from icws_fast.errors import ConnectionClosed, IcwsError, InternalError
+from icws_fast.errors import ConnectionClosed, IcwsError, InternalError, ProtocolError
 from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
@@ -42,6 +42,39 @@ MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 DEFAULT_MAX_QUEUE: Final = 1024
 #: How long :meth:`close` waits for the gateway to answer the close frame.
 CLOSE_TIMEOUT_S: Final = 5.0
+
+
+class MessageAssembler:
+    """Joins the frames of one WebSocket message, within :data:`MAX_MESSAGE_SIZE`.
+
+    Both flavours read frames their own way (picows frames, wsproto message chunks) and feed them here,
+    so the size bound and the reassembly are the same in both.
+    """
+
+    __slots__ = ("_parts", "_size")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes, fin: bool) -> bytes | None:
+        """The whole message once ``fin`` is set, else None (the chunk is kept).
+
+        Raises :class:`~icws_fast.errors.ProtocolError` when the message grows over :data:`MAX_MESSAGE_SIZE`.
+        """
+        self._size += len(chunk)
+        if self._size > MAX_MESSAGE_SIZE:
+            raise ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes")
+        if not fin:
+            self._parts.append(chunk)
+            return None
+        self._size = 0
+        if not self._parts:
+            return chunk  # the usual case: a message in one frame, not copied
+        self._parts.append(chunk)
+        message = b"".join(self._parts)
+        self._parts.clear()
+        return message
 
 
 def make_protocol(
@@ -91,6 +124,7 @@ class ClientBase(ABC):
         max_queue: int | None = DEFAULT_MAX_QUEUE,
     ) -> None:
         self._protocol = protocol
+        self._assembler = MessageAssembler()
         self.max_queue = max_queue
         self.on_open = on_open
         self.on_message = on_message
@@ -179,6 +213,20 @@ class ClientBase(ABC):
         self.close_reason = reason
         self._wake_closed()
         self._callback(self.on_close, code, reason)
+
+    def _receive_chunk(self, chunk: bytes, fin: bool) -> bool:
+        """Feed one frame (or wsproto chunk) of a gateway message; a whole message goes to the protocol.
+
+        False when the message is over :data:`MAX_MESSAGE_SIZE`: the connection is then closing with 1009.
+        """
+        try:
+            message = self._assembler.feed(chunk, fin)
+        except ProtocolError as exc:
+            self._fail_transport(exc, CLOSE_MESSAGE_TOO_BIG, "Message too big")
+            return False
+        if message is not None:
+            self._handle(self._protocol.receive_frame(message, self.now_ns()))
+        return True
 
     def _fail_transport(self, error: IcwsError, code: int, reason: str) -> None:
         """A failure below the IC WebSocket protocol (e.g. an oversized message): report it and close."""

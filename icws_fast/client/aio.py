@@ -21,7 +21,6 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_
 from icws_fast.client._common import (
     CLEAN_CLOSE_CODES,
     CLOSE_ABNORMAL,
-    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TIMEOUT_S,
     DEFAULT_MAX_QUEUE,
     MAX_MESSAGE_SIZE,
@@ -29,7 +28,7 @@ from icws_fast.client._common import (
     log,
     make_protocol,
 )
-from icws_fast.errors import ConnectionClosed, IcwsError, ProtocolError
+from icws_fast.errors import ConnectionClosed, IcwsError
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
@@ -46,13 +45,11 @@ _CLOSE_NO_STATUS = 1005
 
 
 class _Listener(WSListener):
-    """Reassembles messages from picows frames and hands them to the owning :class:`IcWebSocket`."""
+    """Hands picows frames to the owning :class:`IcWebSocket`, which reassembles the messages."""
 
     def __init__(self, owner: IcWebSocket) -> None:
         super().__init__()
         self._owner = owner
-        self._parts: list[bytes] = []
-        self._size = 0
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._owner._on_connected(transport)
@@ -62,24 +59,7 @@ class _Listener(WSListener):
         if msg_type in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
             # Text frames go the same way as binary ones: they fail CBOR decoding in the protocol,
             # as they do in the JS SDK. A stray continuation just starts a message that then fails.
-            payload = frame.get_payload_as_bytes()
-            if frame.fin and not self._parts:
-                self._owner._on_message_bytes(payload)
-                return
-            self._size += len(payload)
-            if self._size > MAX_MESSAGE_SIZE:
-                self._owner._fail_transport(
-                    ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes"),
-                    CLOSE_MESSAGE_TOO_BIG,
-                    "Message too big",
-                )
-                return
-            self._parts.append(payload)
-            if frame.fin:
-                data = b"".join(self._parts)
-                self._parts.clear()
-                self._size = 0
-                self._owner._on_message_bytes(data)
+            self._owner._on_frame(frame.get_payload_as_bytes(), frame.fin)
         elif msg_type == WSMsgType.CLOSE:
             self._owner._on_peer_close(frame.get_close_code(), frame.get_close_message() or b"")
 
@@ -263,9 +243,9 @@ class IcWebSocket(ClientBase):
         self._protocol.connection_made(self.now_ns())
         self._schedule()
 
-    def _on_message_bytes(self, data: bytes) -> None:
-        self._handle(self._protocol.receive_frame(data, self.now_ns()))
-        self._schedule()
+    def _on_frame(self, payload: bytes, fin: bool) -> None:
+        if self._receive_chunk(payload, fin):
+            self._schedule()
 
     def _on_peer_close(self, code: WSCloseCode | None, message: bytes) -> None:
         assert self._transport is not None

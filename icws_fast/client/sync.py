@@ -44,10 +44,8 @@ from wsproto.utilities import ProtocolError as WsprotoError
 from icws_fast.client._common import (
     CLEAN_CLOSE_CODES,
     CLOSE_ABNORMAL,
-    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TIMEOUT_S,
     DEFAULT_MAX_QUEUE,
-    MAX_MESSAGE_SIZE,
     ClientBase,
     make_protocol,
 )
@@ -126,9 +124,7 @@ class SyncIcWebSocket(ClientBase):
         self._messages: deque[Any] = deque()
         self._opened_flag = False
         self._close_deadline: float | None = None
-        self._parts: list[bytes] = []  # the fragments of the message being received
         self._events_pending = False  # _process_events stopped early on a full queue
-        self._size = 0
         self._reader = threading.Thread(target=self._read_loop, name="icws-client-reader", daemon=True)
 
     @classmethod
@@ -325,17 +321,8 @@ class SyncIcWebSocket(ClientBase):
                 if isinstance(event, (BytesMessage, TextMessage)):
                     # Text goes the same way as binary: it fails CBOR decoding in the protocol.
                     chunk = event.data.encode() if isinstance(event.data, str) else bytes(event.data)
-                    self._size += len(chunk)
-                    if self._size > MAX_MESSAGE_SIZE:
-                        error = ProtocolError(f"a message from the gateway exceeds {MAX_MESSAGE_SIZE} bytes")
-                        self._fail_transport(error, CLOSE_MESSAGE_TOO_BIG, "Message too big")
+                    if not self._receive_chunk(chunk, event.message_finished):
                         return
-                    self._parts.append(chunk)
-                    if event.message_finished:
-                        message = b"".join(self._parts)
-                        self._parts.clear()
-                        self._size = 0
-                        self._handle(self._protocol.receive_frame(message, self.now_ns()))
                 elif isinstance(event, Ping):
                     self._write(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
