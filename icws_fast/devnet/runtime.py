@@ -32,6 +32,9 @@ CANISTER_ERROR = 5
 MAX_FIRINGS_PER_ROUND = 5
 
 _DOCS = "https://internetcomputer.org/docs/current/references/execution-errors"
+_HANDLE_FAILURES = (
+    "Consider gracefully handling failures from this canister or altering the canister to handle exceptions."
+)
 
 
 class Reject(IcwsError):
@@ -48,22 +51,31 @@ def canister_not_found(canister_id: Principal) -> Reject:
     return Reject(DESTINATION_INVALID, f"Canister {canister_id} not found", "IC0301")
 
 
-def method_not_found(canister_id: Principal, kind: str, method: str) -> Reject:
+def _canister_error(canister_id: Principal, what: str, advice: str, anchor: str, error_code: str) -> Reject:
+    # The replica's wording, so that a devnet reject reads like one from dfx.
     return Reject(
         CANISTER_ERROR,
-        f"Error from Canister {canister_id}: Canister has no {kind} method '{method}'.\n"
-        f"Check that the method being called is exported by the target canister. "
-        f"See documentation: {_DOCS}#method-not-found",
+        f"Error from Canister {canister_id}: {what}.\n{advice} See documentation: {_DOCS}#{anchor}",
+        error_code,
+    )
+
+
+def method_not_found(canister_id: Principal, kind: str, method: str) -> Reject:
+    return _canister_error(
+        canister_id,
+        f"Canister has no {kind} method '{method}'",
+        "Check that the method being called is exported by the target canister.",
+        "method-not-found",
         "IC0536",
     )
 
 
 def called_trap(canister_id: Principal, message: str) -> Reject:
-    return Reject(
-        CANISTER_ERROR,
-        f"Error from Canister {canister_id}: Canister called `ic0.trap` with message: '{message}'.\n"
-        f"Consider gracefully handling failures from this canister or altering the canister to handle "
-        f"exceptions. See documentation: {_DOCS}#trapped-explicitly",
+    return _canister_error(
+        canister_id,
+        f"Canister called `ic0.trap` with message: '{message}'",
+        _HANDLE_FAILURES,
+        "trapped-explicitly",
         "IC0503",
     )
 
@@ -75,13 +87,7 @@ def trapped(canister_id: Principal, exc: BaseException) -> Reject:
 
 def wasm_trapped(canister_id: Principal, what: str) -> Reject:
     """A trap other than ``ic0.trap``: ``what`` is the Wasm trap (``unreachable``, ``heap out of bounds``...)."""
-    return Reject(
-        CANISTER_ERROR,
-        f"Error from Canister {canister_id}: Canister trapped: {what}.\n"
-        f"Consider gracefully handling failures from this canister or altering the canister to handle "
-        f"exceptions. See documentation: {_DOCS}#trapped",
-        "IC0502",
-    )
+    return _canister_error(canister_id, f"Canister trapped: {what}", _HANDLE_FAILURES, "trapped", "IC0502")
 
 
 @dataclass(order=True)
