@@ -19,29 +19,36 @@ cdef const char *CERT_LABEL = b"\x64cert"
 cdef const char *TREE_LABEL = b"\x64tree"
 
 
+cdef inline Py_ssize_t field_size(Py_ssize_t label_len, Py_ssize_t value_len) noexcept:
+    """The size of a map entry written by :func:`put_field`."""
+    return label_len + head_size(value_len) + value_len
+
+
+cdef inline Py_ssize_t put_field(unsigned char *p, const char *label, Py_ssize_t label_len, int major,
+                                 bytes value) noexcept:
+    """Write ``label`` (the encoded bytes before the value) then ``value`` as a CBOR string of ``major`` (2 bytes, 3 text);
+    return the bytes written."""
+    cdef Py_ssize_t value_len = PyBytes_GET_SIZE(value)
+    cdef Py_ssize_t head_len
+    memcpy(p, label, label_len)
+    head_len = put_head(p + label_len, major, value_len)
+    memcpy(p + label_len + head_len, PyBytes_AS_STRING(value), value_len)
+    return label_len + head_len + value_len
+
+
 def batch_suffix(bytes cert not None, bytes tree not None):
     """The encoded ``cert`` and ``tree`` map entries shared by every message of one batch."""
-    cdef Py_ssize_t cert_len = PyBytes_GET_SIZE(cert)
-    cdef Py_ssize_t tree_len = PyBytes_GET_SIZE(tree)
-    cdef Py_ssize_t size = 5 + head_size(cert_len) + cert_len + 5 + head_size(tree_len) + tree_len
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef bytes out = PyBytes_FromStringAndSize(
+        NULL, field_size(5, PyBytes_GET_SIZE(cert)) + field_size(5, PyBytes_GET_SIZE(tree))
+    )
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
-    memcpy(p, CERT_LABEL, 5)
-    p += 5
-    p += put_head(p, 2, cert_len)
-    memcpy(p, PyBytes_AS_STRING(cert), cert_len)
-    p += cert_len
-    memcpy(p, TREE_LABEL, 5)
-    p += 5
-    p += put_head(p, 2, tree_len)
-    memcpy(p, PyBytes_AS_STRING(tree), tree_len)
+    p += put_field(p, CERT_LABEL, 5, 2, cert)
+    put_field(p, TREE_LABEL, 5, 2, tree)
     return out
 
 
 cdef inline Py_ssize_t message_size(bytes key, bytes content, Py_ssize_t suffix_len) noexcept:
-    cdef Py_ssize_t key_len = PyBytes_GET_SIZE(key)
-    cdef Py_ssize_t content_len = PyBytes_GET_SIZE(content)
-    return 5 + head_size(key_len) + key_len + 8 + head_size(content_len) + content_len + suffix_len
+    return field_size(5, PyBytes_GET_SIZE(key)) + field_size(8, PyBytes_GET_SIZE(content)) + suffix_len
 
 
 cdef inline Py_ssize_t ws_header_size(Py_ssize_t length) noexcept:
@@ -68,18 +75,8 @@ cdef Py_ssize_t write_ws_header(unsigned char *out, Py_ssize_t length) noexcept:
 
 
 cdef void write_message(unsigned char *p, bytes key, bytes content, bytes suffix) noexcept:
-    cdef Py_ssize_t key_len = PyBytes_GET_SIZE(key)
-    cdef Py_ssize_t content_len = PyBytes_GET_SIZE(content)
-    memcpy(p, MESSAGE_PREFIX, 5)
-    p += 5
-    p += put_head(p, 3, key_len)
-    memcpy(p, PyBytes_AS_STRING(key), key_len)
-    p += key_len
-    memcpy(p, CONTENT_LABEL, 8)
-    p += 8
-    p += put_head(p, 2, content_len)
-    memcpy(p, PyBytes_AS_STRING(content), content_len)
-    p += content_len
+    p += put_field(p, MESSAGE_PREFIX, 5, 3, key)
+    p += put_field(p, CONTENT_LABEL, 8, 2, content)
     memcpy(p, PyBytes_AS_STRING(suffix), PyBytes_GET_SIZE(suffix))
 
 

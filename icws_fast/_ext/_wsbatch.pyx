@@ -252,6 +252,30 @@ cdef inline Py_ssize_t read_length(const unsigned char *p, Py_ssize_t size, Py_s
     return pos
 
 
+cdef inline object read_blob(const unsigned char *p, Py_ssize_t size, Py_ssize_t *pos):
+    """The ``blob`` at ``pos[0]`` (a LEB128 length, then the bytes), moving ``pos[0]`` past it; None if it overruns."""
+    cdef Py_ssize_t length
+    cdef Py_ssize_t start = read_length(p, size, pos[0], &length)
+    if start < 0:
+        return None
+    pos[0] = start + length
+    return PyBytes_FromStringAndSize(<const char *>p + start, length)
+
+
+cdef inline object read_text(const unsigned char *p, Py_ssize_t size, Py_ssize_t *pos):
+    """The ``text`` at ``pos[0]``, moving ``pos[0]`` past it; None if it overruns or is not UTF-8."""
+    cdef Py_ssize_t length
+    cdef Py_ssize_t start = read_length(p, size, pos[0], &length)
+    if start < 0:
+        return None
+    try:
+        text = PyUnicode_DecodeUTF8(<const char *>p + start, length, NULL)
+    except UnicodeDecodeError:
+        return None
+    pos[0] = start + length
+    return text
+
+
 cdef inline uint64_t read_u64_le(const unsigned char *p) noexcept:
     cdef uint64_t value = 0
     cdef int i
@@ -276,12 +300,8 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
     if pos < 0:
         return None
     if index == VARIANT_ERR:
-        pos = read_length(p, size, pos, &length)
-        if pos < 0 or pos + length != size:
-            return None
-        try:
-            text = PyUnicode_DecodeUTF8(<const char *>p + pos, length, NULL)
-        except UnicodeDecodeError:
+        text = read_text(p, size, &pos)
+        if text is None or pos != size:
             return None
         raise ProtocolError(f"ws_get_messages failed: {text}")
     if index != VARIANT_OK:
@@ -292,21 +312,12 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
         return None
     messages = []
     for i in range(n):
-        # key : text
-        pos = read_length(p, size, pos, &length)
-        if pos < 0:
+        key = read_text(p, size, &pos)  # key : text
+        if key is None:
             return None
-        try:
-            key = PyUnicode_DecodeUTF8(<const char *>p + pos, length, NULL)
-        except UnicodeDecodeError:
+        content = read_blob(p, size, &pos)  # content : blob
+        if content is None:
             return None
-        pos += length
-        # content : blob
-        pos = read_length(p, size, pos, &length)
-        if pos < 0:
-            return None
-        content = PyBytes_FromStringAndSize(<const char *>p + pos, length)
-        pos += length
         # client_key : record { client_principal : principal; client_nonce : nat64 }, a transparent reference
         if pos >= size or p[pos] != 1:
             return None
@@ -333,16 +344,12 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
             client_key = <object>cached
         PyList_Append(messages, new_named(_Message, (client_key, key, content)))
 
-    pos = read_length(p, size, pos, &length)
-    if pos < 0:
+    cert = read_blob(p, size, &pos)
+    if cert is None:
         return None
-    cert = PyBytes_FromStringAndSize(<const char *>p + pos, length)
-    pos += length
-    pos = read_length(p, size, pos, &length)
-    if pos < 0:
+    tree = read_blob(p, size, &pos)
+    if tree is None:
         return None
-    tree = PyBytes_FromStringAndSize(<const char *>p + pos, length)
-    pos += length
 
     present = eoq != EOQ_ABSENT
     if eoq == EOQ_OPT_BOOL:
