@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
 from icws_fast import _ext
@@ -400,6 +400,18 @@ class BalancedForks:
         self._forks.clear()
         self._fill(0, len(self._hashes))
 
+    def tree(self, node: Callable[[int], Node]) -> Node:
+        """The whole fork tree, with ``node(i)`` standing for node ``i``: nothing is pruned."""
+        return self._whole(node, 0, len(self._hashes))
+
+    def _whole(self, node: Callable[[int], Node], lo: int, hi: int) -> Node:
+        if hi - lo == 0:
+            return EMPTY_NODE
+        if hi - lo == 1:
+            return node(lo)
+        mid = (lo + hi + 1) // 2
+        return (FORK, self._whole(node, lo, mid), self._whole(node, mid, hi))
+
     def witness(self, kept: Mapping[int, Node]) -> Node:
         """The fork tree with ``kept[i]`` standing for node ``i``; every range without a kept node is Pruned."""
         return self._assemble(kept, sorted(kept), 0, len(self._hashes))
@@ -466,15 +478,7 @@ class HashedTree:
 
     def tree(self) -> Node:
         """The full tree, without pruning."""
-        return self._full(0, len(self._labels))
-
-    def _full(self, lo: int, hi: int) -> Node:
-        if hi - lo == 0:
-            return EMPTY_NODE
-        if hi - lo == 1:
-            return self._child(lo)
-        mid = (lo + hi + 1) // 2
-        return (FORK, self._full(lo, mid), self._full(mid, hi))
+        return self._forks.tree(self._child)
 
     def witness(self, paths: Iterable[Path]) -> Node:
         """A tree with the root hash of :meth:`tree` that reveals only what ``paths`` need.
