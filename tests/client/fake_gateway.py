@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from icws_fast.client._common import MAX_MESSAGE_SIZE
 from icws_fast.ic import cbor
 from icws_fast.protocol.types import ClientKey, CloseMessageReason
 
@@ -33,8 +34,9 @@ try:
 except ImportError:
     from tests.client.icws_sim import OTHER_SK, ROOT_KEY_DER, SimCanister  # type: ignore[no-redef]
 
-MODES = ("echo", "ack", "silent", "no_open", "bad_cert", "close_by_app", "text_frame", "drop", "flood")
+MODES = ("echo", "ack", "silent", "no_open", "bad_cert", "close_by_app", "text_frame", "drop", "flood", "too_big")
 FLOOD = 60  # messages the "flood" mode sends after the greeting
+TOO_BIG = MAX_MESSAGE_SIZE + 1  # the size of the frame the "too_big" mode sends after the greeting
 
 
 class FakeGateway:
@@ -123,6 +125,8 @@ class FakeGateway:
                         await relay([canister.close(key, CloseMessageReason.ClosedByApplication, now)])
                     elif self.mode == "text_frame":
                         await ws.send_str("not binary")
+                    elif self.mode == "too_big":
+                        await ws.send_bytes(bytes(TOO_BIG))
                     elif self.mode == "drop":
                         await ws.close()
                     elif self.mode == "flood":

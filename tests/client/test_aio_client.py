@@ -140,6 +140,17 @@ async def test_text_frame_is_an_error(gateway: FakeGateway) -> None:
     assert info.value.code == 4000
 
 
+@pytest.mark.parametrize("gateway", ["too_big"], indirect=True)
+async def test_message_over_the_size_limit_closes_with_1009(gateway: FakeGateway) -> None:
+    ws = await connect(gateway)
+    assert (await ws.recv())["text"] == "ping"
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.recv()
+    assert info.value.code == 1009
+    await eventually(lambda: gateway.closes)
+    assert gateway.closes[0][0] == 1009
+
+
 @pytest.mark.parametrize("gateway", ["drop"], indirect=True)
 async def test_gateway_closing(gateway: FakeGateway) -> None:
     ws = await connect(gateway)

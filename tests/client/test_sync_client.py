@@ -44,6 +44,18 @@ def test_fetch_root_key(gateway: FakeGateway) -> None:
         fetch_root_key(gateway.ic_url)
 
 
+@pytest.mark.parametrize("gateway", ["too_big"], indirect=True)
+def test_message_over_the_size_limit_closes_with_1009(gateway: FakeGateway) -> None:
+    ws = connect(gateway)
+    assert ws.recv(timeout=10)["text"] == "ping"
+    with pytest.raises(ConnectionClosed) as info:
+        ws.recv(timeout=10)
+    assert info.value.code == 1009
+    assert isinstance(ws.error, ProtocolError) and "exceeds" in str(ws.error)
+    gateway.wait_for(lambda: gateway.closes)
+    assert gateway.closes[0][0] == 1009
+
+
 def test_echo(gateway: FakeGateway) -> None:
     ws = SyncIcWebSocket.connect(gateway.url, CANISTER_ID, gateway.ic_url)  # root key from /api/v2/status
     assert ws.is_open
