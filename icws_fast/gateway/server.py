@@ -244,7 +244,7 @@ class Gateway:
         self.connections: set[ClientConnection] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._routes: dict[Principal, dict[ClientKey, Recipient]] = {}
-        self._pollers: dict[Principal, asyncio.Task[None]] = {}
+        self._pollers: dict[Principal, tuple[CanisterPoller, asyncio.Task[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._health: HealthServer | None = None
@@ -328,6 +328,7 @@ class Gateway:
         self.metrics.client_connected_count.labels(canister_id.to_text()).inc()
         if canister_id not in self._pollers:
             self._start_poller(canister_id, routes)
+        self._pollers[canister_id][0].client_joined(client_key)
         return True
 
     def unregister(
@@ -341,6 +342,9 @@ class Gateway:
         if routes is None or routes.get(client_key) is not conn:
             return
         del routes[client_key]
+        running = self._pollers.get(canister_id)
+        if running is not None:
+            running[0].client_left(client_key)
         if not routes:
             del self._routes[canister_id]
             self._stop_poller(canister_id)
@@ -361,14 +365,14 @@ class Gateway:
             start_nonce=0,
         )
         task = self.loop.create_task(self._run_poller(poller))
-        self._pollers[canister_id] = task
+        self._pollers[canister_id] = (poller, task)
         self.metrics.active_pollers.inc()
         log.info("poller for %s started", canister_id)
 
     def _stop_poller(self, canister_id: Principal) -> None:
-        task = self._pollers.pop(canister_id, None)
-        if task is not None:
-            task.cancel()
+        running = self._pollers.pop(canister_id, None)
+        if running is not None:
+            running[1].cancel()
             self.metrics.active_pollers.dec()
             log.info("poller for %s stopped", canister_id)
 

@@ -116,6 +116,10 @@ class BatchVerifier:
         self._last_tree = (tree, certified_data, hashes)
         return hashes
 
+    def certificate_time(self, cert: bytes, canister_id: Principal) -> int:
+        """The time (ns since the epoch) of ``cert``, verified as :meth:`verify` does (cached: free after it)."""
+        return self._certificate(cert, canister_id)[1]
+
     def _certificate(self, cert: bytes, canister_id: Principal) -> tuple[bytes, int]:
         """The canister's certified data and the time of a certificate that verified (BLS once per certificate)."""
         key = (cert, canister_id.bytes)
