@@ -5,9 +5,8 @@ clients two ways: echoes of what they send (relayed ``ws_message`` calls through
 canister is told to push (its ``send`` update, called straight on the devnet). Every test ends with each
 client having received exactly what it expects, once and in order, on an open connection.
 
-The tests marked ``xfail(strict=True)`` are guarantees of issue 9 the poller and ``ws_close`` do not keep
-yet; they fail today for the reason they name and must start passing (and then lose the mark) when the
-poller is rewritten.
+The test marked ``xfail(strict=True)`` is a guarantee of issue 9 ``ws_close`` does not keep yet; it fails
+today for the reason it names and must start passing (and then lose the mark) when ``ws_close`` is retried.
 """
 
 from __future__ import annotations
@@ -140,24 +139,19 @@ async def test_slow_polls_deliver_everything_once(stack: Stack) -> None:
     assert stack.proxy.count("delay") == stack.proxy.seen[("query", "ws_get_messages")] - polls_before > 0
 
 
-# -- guarantees of issue 9 not kept yet -----------------------------------------------------------------
+# -- the poller's guarantees (issue 9; the state machine's unit tests are in tests/protocol/test_poller.py) --
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: a batch that fails verification is skipped (the nonce moves past it): its messages are lost",
-)
 async def test_a_batch_that_fails_verification_is_polled_again(stack: Stack) -> None:
     rule = stack.proxy.fault("resign", endpoint="query", method="ws_get_messages", count=1)
     await stack.push_all("re-signed")
     assert await wait_for(lambda: rule.applied == 1)
     await stack.exchange(3)
     await settle(stack.clients, timeout_s=10.0)
+    assert stack.metric("errors_total", kind="poll_invalid_batch") >= 1
+    assert stack.metric("dropped_messages_total", reason="invalid_certificate") >= 1
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 9: a batch whose nonces are out of order is delivered (clients close with 4000)"
-)
 async def test_a_reordered_batch_is_never_delivered(stack: Stack) -> None:
     rule = stack.proxy.fault("reorder", endpoint="query", method="ws_get_messages", count=1)
     # Concurrent pushes to one client land in one round, so some poll answers several of its messages at once
@@ -169,11 +163,9 @@ async def test_a_reordered_batch_is_never_delivered(stack: Stack) -> None:
             break
     assert rule.applied == 1
     await settle(stack.clients, timeout_s=10.0)
+    assert stack.metric("errors_total", kind="poll_nonce_gap") >= 1
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 9: a stale batch (below the expected nonce) is delivered again (duplicates, 4000)"
-)
 async def test_a_stale_batch_is_never_delivered(stack: Stack) -> None:
     await stack.push_all("first")
     await settle(stack.clients)
@@ -181,13 +173,10 @@ async def test_a_stale_batch_is_never_delivered(stack: Stack) -> None:
     assert await wait_for(lambda: rule.applied == 1)
     await stack.push_all("second")
     await settle(stack.clients, timeout_s=10.0)
+    assert stack.metric("errors_total", kind="poll_stale_batch") >= 1
 
 
 @pytest.mark.parametrize("polling_interval_s", [0.1])
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: an empty reply not marked end-of-queue is polled again at once (a re-poll storm)",
-)
 async def test_an_empty_reply_ends_the_queue(stack: Stack) -> None:
     stack.proxy.fault("not_end_of_queue", endpoint="query", method="ws_get_messages")
     before = stack.proxy.seen[("query", "ws_get_messages")]
@@ -195,6 +184,9 @@ async def test_an_empty_reply_ends_the_queue(stack: Stack) -> None:
     polls = stack.proxy.seen[("query", "ws_get_messages")] - before
     # At a 0.1 s interval one second holds about 10 polls (a pipeline of 3 at most triples that).
     assert polls <= 40, f"{polls} polls in one second"
+
+
+# -- guarantees of issue 9 not kept yet -----------------------------------------------------------------
 
 
 @pytest.mark.xfail(
