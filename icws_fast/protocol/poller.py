@@ -29,7 +29,8 @@ Guarantees (each tested in ``tests/protocol/test_poller.py``, and end to end in 
 Resynchronisation, when the canister's queue really moved (certified by the subnet, not claimed by one node):
 
 * **Forward** (the canister deleted messages before they were polled, e.g. after a long outage): a batch
-  that starts above ``expected`` is accepted only after :data:`GAP_CONFIRMATIONS` verified replies in a row
+  that starts above ``expected`` is never accepted when its witness certifies the message just before it (a
+  batch cut short on the way: the canister still holds that message); otherwise it is accepted only after :data:`GAP_CONFIRMATIONS` verified replies in a row
   start at that same nonce, each with a certificate newer than the one before (so from distinct replica
   rounds, not one reply replayed); the messages in between are gone from the canister and are counted as
   ``dropped_messages{reason="gap"}``.
@@ -246,7 +247,10 @@ class PollState(Generic[R]):
             )
         try:
             hashes = self._verify(batch.cert, batch.tree, wall_ns)
-            if first > self.expected and self.synced and not self._gap_confirmed(first, batch.cert):
+            if first > self.expected and (
+                _certifies(hashes, messages[0].key, first - 1)
+                or (self.synced and not self._gap_confirmed(first, batch.cert))
+            ):
                 return self._back_off(
                     now,
                     "poll_nonce_gap",
@@ -409,6 +413,18 @@ class PollState(Generic[R]):
         if not batch.is_end_of_queue and nonces[-1] + 1 < self.expected:
             self._probe = nonces[-1] + 1  # the client's message may lie further on: read on
         return Step()
+
+
+def _certifies(hashes: Mapping[bytes, bytes] | None, key: str, nonce: int) -> bool:
+    """The witness certifies a message at ``nonce`` (``key``: a message key of the same queue).
+
+    The CDK's witness covers exactly the batch's keys: one that also holds the key before the batch's first
+    belongs to a batch cut short at the front on the way, whose missing message the canister still holds.
+    """
+    if hashes is None or nonce < 0:
+        return False
+    prefix, _, digits = key.rpartition("_")
+    return f"{prefix}_{nonce:0{len(digits)}d}".encode() in hashes
 
 
 def _reject_name(code: int) -> str:
