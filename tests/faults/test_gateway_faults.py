@@ -21,6 +21,7 @@ import pytest
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.canisters.pingpong import PingPongCanister
+from icws_fast.devnet.runtime import CanisterHost
 from icws_fast.gateway.server import Gateway
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
@@ -184,6 +185,23 @@ async def test_an_empty_reply_ends_the_queue(stack: Stack) -> None:
     polls = stack.proxy.seen[("query", "ws_get_messages")] - before
     # At a 0.1 s interval one second holds about 10 polls (a pipeline of 3 at most triples that).
     assert polls <= 40, f"{polls} polls in one second"
+
+
+async def test_a_queue_that_went_backwards_is_resynchronised_for_new_clients(stack: Stack) -> None:
+    await stack.exchange(4)
+    await settle(stack.clients)  # the poller is well past nonce 10
+    # Reinstall the canister: its queue restarts from nonce 0, while the old clients keep the poller alive.
+    replica = stack.devnet.replica
+    replica.hosts[stack.canister] = CanisterHost.install(stack.canister, PingPongCanister, time.time_ns())
+    newcomer = await VerifyingClient.connect(
+        "newcomer", f"ws://127.0.0.1:{stack.gateway.port}", stack.canister, stack.devnet
+    )
+    try:
+        await newcomer.send(3)
+        await settle([newcomer], timeout_s=10.0)
+    finally:
+        await newcomer.close()
+    assert stack.metric("errors_total", kind="poll_resync") == 1
 
 
 # -- guarantees of issue 9 not kept yet -----------------------------------------------------------------
