@@ -12,7 +12,8 @@ Guarantees (each tested in ``tests/protocol/test_poller.py``, and end to end in 
   a batch is delivered only when it starts exactly at ``expected`` and its nonces are consecutive, and then
   ``expected`` moves past it. Any other batch (stale: below ``expected``, e.g. a replayed reply; gapped or
   reordered) is not delivered and ``expected`` is polled again after a back-off. The first batch of a new
-  poller may start anywhere (the canister may have dropped acknowledged messages), as in the Rust gateway.
+  poller may start anywhere above ``expected`` (the canister may have dropped acknowledged messages), as in
+  the Rust gateway, unless its witness certifies the message just before it (then it was cut short).
 * **A batch that does not verify is neither delivered nor skipped**: certificate (signature, delegation,
   time), witness tree, or the content hash of a message that would be delivered. The same nonce is polled
   again with back-off (another replica or boundary node may answer honestly). It is counted per message
@@ -30,9 +31,9 @@ Resynchronisation, when the canister's queue really moved (certified by the subn
 
 * **Forward** (the canister deleted messages before they were polled, e.g. after a long outage): a batch
   that starts above ``expected`` is never accepted when its witness certifies the message just before it (a
-  batch cut short on the way: the canister still holds that message); otherwise it is accepted only after :data:`GAP_CONFIRMATIONS` verified replies in a row
-  start at that same nonce, each with a certificate newer than the one before (so from distinct replica
-  rounds, not one reply replayed); the messages in between are gone from the canister and are counted as
+  batch cut short on the way: the canister still holds that message); otherwise it is accepted only after
+  :data:`GAP_CONFIRMATIONS` verified replies in a row start at that same nonce, each with a certificate newer
+  than the one before (so from distinct replica rounds, not one reply replayed); the messages in between are gone from the canister and are counted as
   ``dropped_messages{reason="gap"}``.
 * **Backwards** (reinstall, state rollback: nonces restart below ``expected``). A canister in that state
   answers a poll at ``expected`` with nothing (the Rust gateway then stalls: new clients never get their
