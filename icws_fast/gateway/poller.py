@@ -123,34 +123,36 @@ class CanisterPoller:
         longer wants (a speculative one whose nonce turned out wrong) is cancelled.
         """
         state = self.state
-        tasks: dict[int, asyncio.Task[bytes]] = {}
+        tasks: dict[int, tuple[float, asyncio.Task[bytes]]] = {}  # nonce -> (start, query)
         try:
             while True:
                 now = time.monotonic()
                 for nonce in state.polls(now):
-                    tasks[nonce] = asyncio.create_task(self._query(nonce))
+                    tasks[nonce] = (now, asyncio.create_task(self._query(nonce)))
                 if not state.in_flight:
                     await asyncio.sleep(max(0.0, state.wake_at - now))
                     continue
                 nonce = state.in_flight[0]
+                started, task = tasks.pop(nonce)
                 try:
-                    reply = await tasks.pop(nonce)
+                    reply = await task
                 except (IcwsError, TimeoutError) as exc:
                     step = state.on_error(nonce, exc, time.monotonic())
                 else:
-                    self.metrics.poller_duration.observe(time.monotonic() - now)
+                    done = time.monotonic()
+                    self.metrics.poller_duration.observe(done - started)
                     with span("poll_reply", canister_id=self._label) as reply_span:
-                        step = state.on_reply(nonce, reply, time.monotonic(), time.time_ns())
+                        step = state.on_reply(nonce, reply, done, time.time_ns())
                         reply_span.set_attribute("messages", step.polled)
                 for stale in [n for n in tasks if n not in state.in_flight]:
-                    self._cancel(tasks.pop(stale))
+                    self._cancel(tasks.pop(stale)[1])
                 self._apply(step)
                 if step.shares:
                     # The next result may be ready already; let the loop write to clients and read their
                     # frames between two batches rather than after the whole backlog.
                     await asyncio.sleep(0)
         finally:
-            for task in tasks.values():
+            for _, task in tasks.values():
                 self._cancel(task)
 
     @staticmethod

@@ -401,3 +401,15 @@ def test_random_faults_never_lose_repeat_or_reorder(faults: list[str], depth: in
     for _ in range(60):
         h.step(answer_with("honest"))
     assert h.delivered == h.expected_deliveries(full, len(full.messages))
+
+
+def test_a_poller_restarted_over_an_old_queue_serves_only_its_clients() -> None:
+    # The canister's poll stopped when its last client left; a new poller starts over at 0 (as a new one does)
+    # and walks the old messages without handing any to the one client it has now.
+    queue = Queue(12)
+    h = Harness(joined=CLIENTS[:1])
+    drain(h, queue)
+    assert h.state.expected == 12
+    assert h.delivered == {CLIENTS[0]: list(range(0, 12, 3)), CLIENTS[1]: [], CLIENTS[2]: []}
+    dropped = sum(s.dropped.get("unknown_client", 0) for s in h.steps)
+    assert dropped == 8
