@@ -33,8 +33,8 @@ Resynchronisation, when the canister's queue really moved (certified by the subn
   that starts above ``expected`` is never accepted when its witness certifies the message just before it (a
   batch cut short on the way: the canister still holds that message); otherwise it is accepted only after
   :data:`GAP_CONFIRMATIONS` verified replies in a row start at that same nonce, each with a certificate newer
-  than the one before (so from distinct replica rounds, not one reply replayed); the messages in between are gone from the canister and are counted as
-  ``dropped_messages{reason="gap"}``.
+  than the one before (so from distinct replica rounds, not one reply replayed); the messages in between are
+  gone from the canister and are counted as ``dropped_messages{reason="gap"}``.
 * **Backwards** (reinstall, state rollback: nonces restart below ``expected``). A canister in that state
   answers a poll at ``expected`` with nothing (the Rust gateway then stalls: new clients never get their
   open message). The rule: the poller notes ``expected`` when a client joins (:meth:`PollState.client_joined`);
