@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from typing import Protocol
+from typing import Protocol, Unpack
 
 from icws_fast.errors import IcwsError
 from icws_fast.gateway import fanout
@@ -23,7 +22,7 @@ from icws_fast.gateway.metrics import GatewayMetrics
 from icws_fast.gateway.tracing import span
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.certified import BatchVerifier
-from icws_fast.protocol.poller import PollState, Step
+from icws_fast.protocol.poller import PollOptions, PollState, Step
 from icws_fast.protocol.types import ClientKey, encode_get_messages_args
 
 log = logging.getLogger(__name__)
@@ -70,34 +69,21 @@ class CanisterPoller:
         root_key_der: bytes | None,
         interval_s: float,
         poll_timeout_s: float = 5.0,
-        max_backoff_s: float = 5.0,
-        pipeline_depth: int = 1,
-        resync_after_s: float = 2.0,
-        start_nonce: int = 0,
-        rng: random.Random | None = None,
+        **options: Unpack[PollOptions],
     ) -> None:
         """``routes`` is the live client-key -> recipient map of this canister, owned by the gateway.
 
-        ``root_key_der`` None skips certificate checks (only for tests of the bare relay).
-        ``pipeline_depth`` bounds the polls in flight while the canister has a backlog (1: one at a time,
-        as the Rust gateway polls). The other parameters are :class:`~icws_fast.protocol.poller.PollState`'s.
+        ``root_key_der`` None skips certificate checks (only for tests of the bare relay). ``options``
+        (``pipeline_depth``: the polls in flight while the canister has a backlog, 1 as the Rust gateway;
+        back-off, resync and jitter) are :class:`~icws_fast.protocol.poller.PollState`'s.
         """
         self.agent = agent
         self.canister_id = canister_id
         self.routes = routes
         self.metrics = metrics
         self.poll_timeout_s = poll_timeout_s
-        self.state: PollState[Recipient] = PollState(
-            canister_id,
-            routes,
-            None if root_key_der is None else BatchVerifier(root_key_der),
-            interval_s=interval_s,
-            max_backoff_s=max_backoff_s,
-            pipeline_depth=pipeline_depth,
-            resync_after_s=resync_after_s,
-            start_nonce=start_nonce,
-            rng=rng,
-        )
+        verifier = None if root_key_der is None else BatchVerifier(root_key_der)
+        self.state: PollState[Recipient] = PollState(canister_id, routes, verifier, interval_s=interval_s, **options)
         self._label = canister_id.to_text()
 
     @property

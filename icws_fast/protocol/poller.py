@@ -53,7 +53,7 @@ import itertools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypedDict, TypeVar
 
 from icws_fast.errors import (
     AgentTimeout,
@@ -86,6 +86,16 @@ MAX_CLOSE_REASON_BYTES: Final = 123
 def close_reason(text: str) -> str:
     """``text`` cut to a WebSocket close reason (at most 123 bytes of UTF-8, never half a character)."""
     return text.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+
+
+class PollOptions(TypedDict, total=False):
+    """The optional keyword arguments of :class:`PollState` (for layers that pass them through)."""
+
+    max_backoff_s: float
+    pipeline_depth: int
+    resync_after_s: float
+    start_nonce: int
+    rng: random.Random | None
 
 
 @dataclass(frozen=True, slots=True)
