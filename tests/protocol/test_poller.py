@@ -413,3 +413,27 @@ def test_a_poller_restarted_over_an_old_queue_serves_only_its_clients() -> None:
     assert h.delivered == {CLIENTS[0]: list(range(0, 12, 3)), CLIENTS[1]: [], CLIENTS[2]: []}
     dropped = sum(s.dropped.get("unknown_client", 0) for s in h.steps)
     assert dropped == 8
+
+
+_HONEST = Queue(6).honest(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.tuples(st.integers(0, len(_HONEST) - 1), st.integers(1, 255)).map(
+            lambda flip: _HONEST[: flip[0]] + bytes([_HONEST[flip[0]] ^ flip[1]]) + _HONEST[flip[0] + 1 :]
+        ),
+    ),
+    synced=st.booleans(),
+)
+def test_hostile_reply_bytes_get_a_step_never_an_exception(data: bytes, synced: bool) -> None:
+    h = Harness()
+    if synced:
+        h.state.expected, h.state.synced = 2, True
+    step = h.step(lambda _n: data)
+    assert step is not None
+    assert step.close is None or len(step.close.encode()) <= MAX_CLOSE_REASON_BYTES
+    if step.error is not None:
+        assert not step.shares and h.state.expected == (2 if synced else 0)  # nothing delivered, nothing skipped
