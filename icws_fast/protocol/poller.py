@@ -21,10 +21,11 @@ Guarantees (each tested in ``tests/protocol/test_poller.py``, and end to end in 
 * **An empty reply ends the queue**, whatever its ``is_end_of_queue`` says: the next poll waits for the
   polling interval (no re-poll storm driven by a canister).
 * **Transient failures back off**: transport errors, time-outs, HTTP statuses, unreadable replies and the
-  reject codes a retry may cure (:data:`~icws_fast.protocol.relay.RETRYABLE_REJECT_CODES`) wait
+  reject codes a retry may cure (:data:`POLL_RETRYABLE_REJECT_CODES`: transient, unknown, and a canister
+  that is stopped, upgrading, frozen or trapping) wait
   ``min(max_backoff, interval * 2**(n-1))`` times a jitter in [0.5, 1) drawn from the injected RNG after the
   *n*-th failure in a row. Only a permanent canister error (any other reject code: destination invalid, i.e.
-  canister or method missing, fatal, canister reject or error; or an ``Err`` reply) ends the canister's
+  canister or method missing, fatal, canister reject; or an ``Err`` reply) ends the canister's
   sessions, with a close reason (at most 123 bytes) that names the canister and the code.
 
 Resynchronisation, when the canister's queue really moved (certified by the subnet, not claimed by one node):
@@ -78,6 +79,14 @@ from icws_fast.protocol.types import (
 R = TypeVar("R")
 
 #: Verified replies in a row, each certified later than the one before, that must agree on a forward gap.
+
+#: Reject codes of a ``ws_get_messages`` poll after which polling goes on with back-off. Beyond the relay's
+#: (:data:`RETRYABLE_REJECT_CODES`), ``CANISTER_ERROR``: a query rejected so comes from a canister that is
+#: stopped or stopping (an upgrade: IC0508), frozen for cycles, or trapping — states a canister leaves, so
+#: one such answer must not close every session of the canister (its clients' own ack timeouts bound a
+#: canister that never recovers).
+POLL_RETRYABLE_REJECT_CODES: Final = RETRYABLE_REJECT_CODES | {RejectCode.CANISTER_ERROR}
+
 GAP_CONFIRMATIONS: Final = 3
 #: The longest WebSocket close reason (RFC 6455: a control frame's 125 bytes less the 2-byte code).
 MAX_CLOSE_REASON_BYTES: Final = 123
@@ -217,7 +226,7 @@ class PollState(Generic[R]):
     def on_error(self, nonce: int, error: Exception, now: float) -> Step[R]:
         """The poll of ``nonce`` (``in_flight[0]``) failed with ``error`` (an agent error or a time-out)."""
         self._take(nonce)
-        if isinstance(error, RejectError) and error.reject_code not in RETRYABLE_REJECT_CODES:
+        if isinstance(error, RejectError) and error.reject_code not in POLL_RETRYABLE_REJECT_CODES:
             return self._fail(f"rejected ws_get_messages ({_reject_name(error.reject_code)}): {error.reject_message}")
         if isinstance(error, RejectError):
             kind = "poll_reject"

@@ -212,6 +212,8 @@ def test_back_off_is_capped_and_jittered_from_the_rng() -> None:
         HttpStatusError(429, "slow down"),
         RejectError(RejectCode.SYS_TRANSIENT, "busy"),
         RejectError(RejectCode.SYS_UNKNOWN, "unknown"),
+        # A stopped (upgrading), frozen or trapping canister: a state it leaves again.
+        RejectError(RejectCode.CANISTER_ERROR, "Canister is stopped", "IC0508"),
     ],
 )
 def test_transient_failures_retry_the_same_nonce(error: Exception) -> None:
@@ -226,7 +228,7 @@ def test_transient_failures_retry_the_same_nonce(error: Exception) -> None:
 
 @pytest.mark.parametrize(
     "code",
-    [RejectCode.DESTINATION_INVALID, RejectCode.SYS_FATAL, RejectCode.CANISTER_REJECT, RejectCode.CANISTER_ERROR],
+    [RejectCode.DESTINATION_INVALID, RejectCode.SYS_FATAL, RejectCode.CANISTER_REJECT],
 )
 def test_a_permanent_reject_ends_the_sessions_with_a_short_reason(code: RejectCode) -> None:
     h = Harness()
