@@ -50,6 +50,7 @@ from icws_fast.errors import CdkError, ProtocolDecodeError
 from icws_fast.ic import hashtree
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import (
+    CLIENT_KEEP_ALIVE_TIMEOUT_MS,
     COMMUNICATION_LATENCY_BOUND_MS,
     DEFAULT_SEND_ACK_INTERVAL_MS,
     WS_TYPES_DID,
@@ -82,7 +83,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_NUMBER_OF_RETURNED_MESSAGES: Final = 50
-CLIENT_KEEP_ALIVE_TIMEOUT_MS: Final = 2 * COMMUNICATION_LATENCY_BOUND_MS
 INITIAL_OUTGOING_MESSAGE_NONCE: Final = 0
 INITIAL_CLIENT_SEQUENCE_NUM: Final = 1
 INITIAL_CANISTER_SEQUENCE_NUM: Final = 0

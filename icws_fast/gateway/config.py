@@ -27,6 +27,7 @@ from icws_fast.cliconfig import (
 )
 from icws_fast.gateway.logs import EnvFilter
 from icws_fast.ic.principal import Principal
+from icws_fast.protocol.retry import DEFAULT_BACKOFF, WS_CLOSE_WINDOW_S, Backoff
 
 __all__ = ["GatewayConfig", "flag_table"]
 
@@ -165,6 +166,14 @@ class GatewayConfig:
     )
     """Seconds :meth:`Gateway.drain` lets pending relays and queued messages finish before closing clients."""
 
+    retry_backoff: Backoff = DEFAULT_BACKOFF
+    """Delays between attempts of a relay or a ``ws_close`` that failed transiently (transport, 429/5xx, a
+    retryable reject); a relay is tried until its envelope expires, see ``ws_close_window_s`` for ws_close."""
+
+    ws_close_window_s: float = WS_CLOSE_WINDOW_S
+    """Seconds ``ws_close`` for a departed client is retried; the canister's keep-alive drops the client after
+    that anyway. A drain cuts it to what is left of ``drain_timeout_s``."""
+
     verify_certificates: bool = True
     """Check the certificate of every polled batch (False only for tests of the bare relay)."""
 
@@ -215,6 +224,7 @@ class GatewayConfig:
             check_positive(name, getattr(self, name), "the timeout")
         check_at_least("ping_interval_s", self.ping_interval_s, 0, "the ping interval")
         check_at_least("drain_timeout_s", self.drain_timeout_s, 0, "the drain timeout")
+        check_at_least("ws_close_window_s", self.ws_close_window_s, 0, "the ws_close window")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format", f"expected text or json, got {self.log_format!r}")
         for name in ("log_level", "log_file_level"):

@@ -32,6 +32,7 @@ from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as proto
 from icws_fast.protocol.relay import RelayOutcome, relay_outcome
+from icws_fast.protocol.retry import Retry
 from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class ClientConnection(WSListener):
         self._relay_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.trace_span: TraceSpan = NO_SPAN
+        # How the session ended, for its one log line: the first close frame sent or received.
+        self._close_code: int | None = None
+        self._close_reason = ""
 
     # picows callbacks -------------------------------------------------------------------
 
@@ -88,6 +92,9 @@ class ClientConnection(WSListener):
             self._apply(session.receive(b"", binary=False))
         elif msg_type is WSMsgType.CLOSE:
             # Answer the client's close handshake, then let the transport go.
+            if self._close_code is None:
+                self._close_code = frame.get_close_code()
+                self._close_reason = frame.get_close_message().decode("utf-8", "replace")
             if not transport.is_close_frame_sent:
                 transport.send_close(frame.get_close_code())
             transport.disconnect()
@@ -108,7 +115,20 @@ class ClientConnection(WSListener):
             self.trace_span.end()
         gw.release(self)
         if self.session is not None:
+            self._log_end(self.session)
             self._apply(self.session.connection_lost())
+
+    def _log_end(self, session: proto.GatewaySession) -> None:
+        """The one line a session leaves in the log when it ends."""
+        code = 1006 if self._close_code is None else self._close_code  # 1006: gone without a close frame
+        log.info(
+            "session ended: client key %s, canister %s, peer %s, close code %d, reason %r",
+            "none (no ws_open)" if session.client_key is None else session.client_key,
+            "none" if session.canister_id is None else session.canister_id,
+            self.peer_ip,
+            code,
+            self._close_reason,
+        )
 
     # what the poller calls ---------------------------------------------------------------
 
@@ -205,11 +225,45 @@ class ClientConnection(WSListener):
         try:
             while self._relays:
                 relay = self._relays.popleft()
-                outcome = await self.gateway.relay(relay)
-                if self.session is not None:
-                    self._apply(self.session.relay_result(relay, outcome))
+                outcome = await self._relay_until_verdict(relay)
+                session = self.session
+                if session is None:
+                    continue
+                if not outcome.accepted and session.state is not proto.SessionState.CLOSED:
+                    # The close reason is cut to 123 bytes; the whole cause goes to the log.
+                    log.warning(
+                        "relay of %s for client key %s on %s failed: %s",
+                        "ws_open" if relay.is_open else "ws_message",
+                        session.client_key,
+                        relay.canister_id,
+                        outcome,
+                    )
+                self._apply(session.relay_result(relay, outcome))
         finally:
             self._relay_task = None
+
+    async def _relay_until_verdict(self, relay: proto.Relay) -> RelayOutcome:
+        """Relay ``relay``, resubmitting the same bytes after transient failures until the IC gives a verdict,
+        the envelope expires, or the session closes (nobody is left to relay for)."""
+        gw = self.gateway
+        loop = gw.loop
+        # The envelope's expiry (wall clock) on the loop's clock: the IC refuses the envelope after it.
+        expiry = loop.time() + (relay.envelope.ingress_expiry - time.time_ns()) / 1e9
+        retry = Retry(expiry, gw.config.retry_backoff)
+        while True:
+            outcome = await gw.relay(relay)
+            at = retry.next_attempt(outcome, loop.time())
+            if at is None:
+                return outcome
+            log.debug(
+                "relay for client key %s failed (%s); again in %.2fs", self._client_key(), outcome, at - loop.time()
+            )
+            await asyncio.sleep(at - loop.time())
+            if self.session is None or self.session.state is proto.SessionState.CLOSED:
+                return outcome
+
+    def _client_key(self) -> ClientKey | None:
+        return None if self.session is None else self.session.client_key
 
     def _on_open_timeout(self) -> None:
         self._timer = None
@@ -222,6 +276,8 @@ class ClientConnection(WSListener):
         if transport is None or transport.is_disconnected:
             return
         self.gateway.metrics.closed_connections.labels(str(code)).inc()
+        if self._close_code is None:
+            self._close_code, self._close_reason = code, reason
         if not transport.is_close_frame_sent:
             transport.send_close(WSCloseCode(code), proto.truncate_reason(reason).encode())
         self.gateway.loop.call_later(self.gateway.config.close_timeout_s, transport.disconnect, False)
@@ -415,22 +471,45 @@ class Gateway:
         return outcome
 
     async def _ws_close(self, canister_id: Principal, client_key: ClientKey, after: asyncio.Task[None] | None) -> None:
+        """Call ``ws_close`` for a departed client, again after transient failures until the canister answers or
+        ``ws_close_window_s`` has passed (a drain cancels it at its own deadline)."""
         if after is not None and not after.done():
             # ws_close must not reach the canister before the client's ws_open (or last message) does.
             # asyncio.wait neither raises the relay's outcome nor cancels it if this task is cancelled.
             await asyncio.wait({after})
-        error: str | None = None
+        retry = Retry(self.loop.time() + self.config.ws_close_window_s, self.config.retry_backoff)
+        while True:
+            outcome = await self._ws_close_once(canister_id, client_key)
+            at = retry.next_attempt(outcome, self.loop.time())
+            if at is None:
+                break
+            log.debug(
+                "ws_close for %s on %s failed (%s); again in %.2fs",
+                client_key,
+                canister_id,
+                outcome,
+                at - self.loop.time(),
+            )
+            await asyncio.sleep(at - self.loop.time())
+        if outcome.accepted:
+            self.metrics.ws_close_calls.labels("ok").inc()
+        elif outcome.retryable:
+            self.metrics.ws_close_calls.labels("error").inc()
+            log.warning("ws_close for client key %s on %s gave up: %s", client_key, canister_id, outcome)
+        else:
+            # Usual when the canister already dropped the client (its own close, keep-alive timeout).
+            self.metrics.ws_close_calls.labels("error").inc()
+            log.debug("ws_close for %s on %s: %s", client_key, canister_id, outcome)
+
+    async def _ws_close_once(self, canister_id: Principal, client_key: ClientKey) -> RelayOutcome:
+        """One ``ws_close`` call (a fresh envelope: the window outlasts any one envelope's expiry), typed."""
+        error: IcwsError | None = None
         try:
             with span("ws_close", canister_id=canister_id.to_text()):
                 decode_unit_result(await self.agent.call(canister_id, "ws_close", encode_ws_close_args(client_key)))
         except IcwsError as exc:
-            error = str(exc)
-        if error is None:
-            self.metrics.ws_close_calls.labels("ok").inc()
-        else:
-            # Usual when the canister already dropped the client (its own close, keep-alive timeout).
-            self.metrics.ws_close_calls.labels("error").inc()
-            log.debug("ws_close for %s on %s: %s", client_key, canister_id, error)
+            error = exc
+        return relay_outcome(error)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)

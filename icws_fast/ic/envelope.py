@@ -210,6 +210,16 @@ def _check_fields(obj: Any, allowed: frozenset[str], where: str) -> dict[str, An
     return obj
 
 
+def _lenient_request_id(content: dict[str, Any]) -> bytes:
+    """The request id of a ``content`` map holding fields this code does not know, or EnvelopeError."""
+    if not all(type(key) is str for key in content):
+        raise EnvelopeError("content has a field name that is not text")
+    try:
+        return request_id(content)
+    except (TypeError, ValueError, AttributeError) as exc:  # a float, a negative integer, a map keyed by numbers
+        raise EnvelopeError(f"content holds a value no request id covers: {exc}") from None
+
+
 def _parse_delegations(value: Any) -> list[dict[str, Any]]:
     if type(value) is not list:
         raise EnvelopeError("sender_delegation must be an array")
@@ -236,10 +246,14 @@ def _parse_delegations(value: Any) -> list[dict[str, Any]]:
     return value
 
 
-def parse_envelope(data: bytes | bytearray | memoryview | dict[str, Any]) -> Envelope:
+def parse_envelope(data: bytes | bytearray | memoryview | dict[str, Any], *, strict: bool = True) -> Envelope:
     """Parse an envelope (CBOR bytes, or the map already decoded from an enclosing message).
 
     Checks the shape only; any malformation raises :class:`~icws_fast.errors.EnvelopeError`.
+    ``strict`` refuses content fields this code does not know, as a replica that cannot act on them
+    does (the devnet). A relay passes ``strict=False``: a field added to the IC's requests (such as
+    ``sender_info``) is covered by the request id and the signature, so it is relayed, not judged; it
+    must still be text-keyed and hashable into the request id (which is then computed here).
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         try:
@@ -256,10 +270,13 @@ def parse_envelope(data: bytes | bytearray | memoryview | dict[str, Any]) -> Env
     # Text first: an array or a map (unhashable) cannot even be looked up in REQUEST_TYPES.
     if type(request_type) is not str or request_type not in REQUEST_TYPES:
         raise EnvelopeError(f"unknown request_type {request_type!r:.60}")
-    _check_fields(content, _READ_STATE_FIELDS if request_type == "read_state" else _CALL_FIELDS, "content")
-
+    known = _READ_STATE_FIELDS if request_type == "read_state" else _CALL_FIELDS
     env = Envelope()
     env._request_id = None
+    if strict or content.keys() <= known:
+        _check_fields(content, known, "content")
+    else:
+        env._request_id = _lenient_request_id(content)
     env.content = content
     env.request_type = request_type
     env.sender = _principal(content, "sender", "content")

@@ -231,10 +231,15 @@ class GatewaySession:
 
     @staticmethod
     def _client_envelope(data: bytes) -> tuple[Envelope, bytes]:
-        """The parsed envelope of a ClientRequest, and its raw bytes (relayed unchanged)."""
+        """The parsed envelope of a ClientRequest, and its raw bytes (relayed unchanged).
+
+        Content fields this code does not know are accepted (``strict=False``): the request id and the
+        signature cover them, and the IC, not the gateway, decides what they mean.
+        """
         start, end = envelope_span(data)
         envelope_bytes = data[start:end]
-        return parse_envelope(cbor.decode(envelope_bytes, max_depth=_ENVELOPE_MAX_DEPTH)), envelope_bytes
+        envelope = parse_envelope(cbor.decode(envelope_bytes, max_depth=_ENVELOPE_MAX_DEPTH), strict=False)
+        return envelope, envelope_bytes
 
     @staticmethod
     def _refusal(envelope: Envelope, method_name: str, canister_id: Principal | None, sender: Principal) -> str | None:
@@ -292,7 +297,8 @@ class GatewaySession:
         return [Relay(self.canister_id, envelope, envelope_bytes, False)]
 
     def relay_result(self, relay: Relay, outcome: RelayOutcome) -> list[Action]:
-        """The outcome of ``relay``: unless the IC accepted the call, the session closes (1011)."""
+        """The final outcome of ``relay`` (after any retries): unless the IC accepted the call, the session
+        closes (1011) with the outcome as the reason, cut to what a close frame carries."""
         if outcome.accepted or self.state is SessionState.CLOSED:
             return []
         method = "ws_open" if relay.is_open else "ws_message"

@@ -81,6 +81,8 @@ COMMUNICATION_LATENCY_BOUND_MS: Final = 30_000
 """The latency between a client and its canister that the Rust CDK and the JS SDK assume."""
 DEFAULT_SEND_ACK_INTERVAL_MS: Final = 300_000
 """How often a canister acknowledges its clients' messages (the Rust CDK's default); clients expect acks as often."""
+CLIENT_KEEP_ALIVE_TIMEOUT_MS: Final = 2 * COMMUNICATION_LATENCY_BOUND_MS
+"""How long a canister (the Rust CDK's default) waits for a client's keep-alive after an acknowledgement."""
 _NONCE_DIGITS: Final = 20
 # The deepest legitimate frame is a ClientRequest whose envelope carries a delegation chain with targets
 # (request > envelope > sender_delegation > item > delegation > targets > principal): 7 levels.
