@@ -25,7 +25,9 @@ from icws_fast.errors import (
 )
 
 #: Reject codes after which the same call may succeed: the IC says so (``SYS_TRANSIENT``), or it does not
-#: know whether the call ran (``SYS_UNKNOWN``; a resubmission is deduplicated by its request id).
+#: know whether the call ran (``SYS_UNKNOWN``; a resubmission is deduplicated by its request id). The others
+#: are verdicts (interface spec, "Reject codes"): ``SYS_FATAL``, ``DESTINATION_INVALID``, ``CANISTER_REJECT``
+#: and ``CANISTER_ERROR`` answer the same call the same way however often it is sent.
 RETRYABLE_REJECT_CODES: Final = frozenset({RejectCode.SYS_TRANSIENT, RejectCode.SYS_UNKNOWN})
 
 
@@ -83,7 +85,9 @@ def relay_outcome(error: IcwsError | None) -> RelayOutcome:
     if isinstance(error, EnvelopeError):
         return RelayOutcome(RelayStatus.INVALID, message)
     if isinstance(error, HttpStatusError):
-        transient = error.status == 429 or error.status >= 500
+        # 408 and 429: the replica or a boundary node did not take the request now; 5xx: it failed. Any other
+        # 4xx is its verdict on these bytes, which a resubmission does not change.
+        transient = error.status in (408, 429) or error.status >= 500
         return RelayOutcome(RelayStatus.TRANSIENT if transient else RelayStatus.INVALID, message)
     if isinstance(error, (AgentError, CertificateError)):
         # Transport, time-out, or a malformed or unverifiable answer: that may come from one faulty node,

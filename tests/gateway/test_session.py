@@ -7,11 +7,12 @@ from gw_rawclient import message_request, open_request, signed_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icws_fast.errors import CallPending, CborError, ProtocolError, RejectError, TransportError
+from icws_fast.errors import CallPending, CborError, EnvelopeError, ProtocolError, RejectError, TransportError
 from icws_fast.ic import cbor
-from icws_fast.ic.envelope import parse_envelope
+from icws_fast.ic.envelope import build_envelope, parse_envelope, verify_envelope
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
+from icws_fast.ic.request_id import request_id
 from icws_fast.protocol import session as s
 from icws_fast.protocol.relay import relay_outcome
 from icws_fast.protocol.types import ClientKey, decode_handshake, encode_client_request, encode_ws_open_args
@@ -306,3 +307,46 @@ def test_mutated_open_frames_are_handled(position, value, cut):
     for candidate in (bytes(frame), bytes(frame[:cut])):
         actions = new_session().receive(candidate)
         assert actions and isinstance(actions[0], (s.Close, s.Register))
+
+
+def _message_with_extra_field(
+    identity: Ed25519Identity, key: ClientKey, extra: object, *, signed: bool = True
+) -> bytes:
+    """A ws_message ClientRequest whose signed content holds ``sender_info``, a field this code does not know."""
+    frame = message_request(identity, CANISTER, key, 1, b"hello")
+    content = dict(parse_envelope(cbor.decode(frame)["envelope"]).content)
+    content["sender_info"] = extra
+    if not signed:  # a value no request id covers cannot be signed: the signature is never reached
+        return encode_client_request(cbor.encode({"content": content, "sender_sig": b"\x00" * 64}))
+    return encode_client_request(build_envelope(identity, content))
+
+
+def test_an_unknown_content_field_is_relayed_byte_for_byte():
+    identity = Ed25519Identity.generate()
+    key = ClientKey(identity.sender, 5)
+    session, _ = opened(identity)
+    session.delivered()
+    sender_info = {"info": b"\x01\x02", "signer": b"\x03" * 29, "sig": b"\x04" * 64}
+    frame = _message_with_extra_field(identity, key, sender_info)
+    (relay,) = session.receive(frame)
+    assert isinstance(relay, s.Relay)
+    assert frame.endswith(relay.envelope_bytes)
+    assert cbor.decode(relay.envelope_bytes)["content"]["sender_info"] == sender_info
+    # The request id covers the field, so the IC's deduplication and the sender's signature see it.
+    assert relay.envelope.request_id == request_id(cbor.decode(relay.envelope_bytes)["content"])
+    verify_envelope(relay.envelope)
+    # A replica (the devnet) stays strict.
+    with pytest.raises(EnvelopeError, match="unknown fields"):
+        parse_envelope(relay.envelope_bytes)
+
+
+@pytest.mark.parametrize("extra", [1.5, -1, {"k": [None]}, {7: b""}], ids=["float", "negative", "null", "int_key"])
+def test_an_unknown_content_field_no_request_id_covers_closes_the_session(extra):
+    identity = Ed25519Identity.generate()
+    session, _ = opened(identity)
+    session.delivered()
+    close = only_close(
+        session.receive(_message_with_extra_field(identity, ClientKey(identity.sender, 5), extra, signed=False))
+    )
+    assert close.code == s.CLOSE_POLICY_VIOLATION
+    assert "no request id covers" in close.reason
