@@ -93,8 +93,8 @@ class ClientConnection(WSListener):
         elif msg_type is WSMsgType.CLOSE:
             # Answer the client's close handshake, then let the transport go.
             if self._close_code is None:
-                self._close_code = frame.get_close_code()
-                self._close_reason = frame.get_close_message().decode("utf-8", "replace")
+                self._close_code = int(frame.get_close_code())
+                self._close_reason = (frame.get_close_message() or b"").decode("utf-8", "replace")
             if not transport.is_close_frame_sent:
                 transport.send_close(frame.get_close_code())
             transport.disconnect()

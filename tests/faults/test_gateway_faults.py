@@ -5,8 +5,7 @@ clients two ways: echoes of what they send (relayed ``ws_message`` calls through
 canister is told to push (its ``send`` update, called straight on the devnet). Every test ends with each
 client having received exactly what it expects, once and in order, on an open connection.
 
-The test marked ``xfail(strict=True)`` is a guarantee of issue 9 ``ws_close`` does not keep yet; it fails
-today for the reason it names and must start passing (and then lose the mark) when ``ws_close`` is retried.
+Every guarantee these tests check is kept; none is marked xfail.
 """
 
 from __future__ import annotations
@@ -140,6 +139,81 @@ async def test_slow_polls_deliver_everything_once(stack: Stack) -> None:
     assert stack.proxy.count("delay") == stack.proxy.seen[("query", "ws_get_messages")] - polls_before > 0
 
 
+# -- the relay and ws_close retry what is transient (issue 9, item 2) ----------------------------------------
+
+
+def registered(stack: Stack) -> object:
+    """The canister's set of connected client principals."""
+    return stack.devnet.replica.hosts[stack.canister].instance.clients_connected  # type: ignore[attr-defined]
+
+
+async def test_ws_close_is_retried(stack: Stack) -> None:
+    rule = stack.proxy.fault("reset", endpoint="call", method="ws_close", count=1)
+    leaving = stack.clients.pop()
+    await leaving.close()
+    assert await wait_for(lambda: rule.applied == 1)
+    clients = registered(stack)
+    assert await wait_for(lambda: leaving.principal not in clients, timeout_s=10.0)  # type: ignore[operator]
+    assert await wait_for(lambda: stack.metric("ws_close_calls_total", outcome="ok") == 1)
+
+
+async def test_ws_close_is_retried_through_an_outage(stack: Stack) -> None:
+    leaving = stack.clients.pop()
+    await stack.proxy.refuse_connections()
+    await leaving.close()
+    clients = registered(stack)
+    await asyncio.sleep(1.0)  # a few attempts fail meanwhile
+    assert leaving.principal in clients  # type: ignore[operator]
+    await stack.proxy.accept_connections()
+    assert await wait_for(lambda: leaving.principal not in clients, timeout_s=10.0)  # type: ignore[operator]
+    # The others were served all along.
+    await stack.exchange(2)
+    await settle(stack.clients)
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_a_relay_hitting_transient_errors_is_delivered_once(stack: Stack, status: int) -> None:
+    rule = stack.proxy.fault("status", endpoint="call", method="ws_message", status=status, count=3)
+    await stack.exchange(3)
+    await settle(stack.clients)
+    assert rule.applied == 3
+
+
+async def test_a_relay_the_replica_ran_but_did_not_answer_is_delivered_once(stack: Stack) -> None:
+    # The replica executes the call, the answer is lost: the same bytes go again, and the IC deduplicates them.
+    rule = stack.proxy.fault("drop", endpoint="call", method="ws_message", count=2)
+    await stack.exchange(2)
+    await settle(stack.clients)
+    assert rule.applied >= 2  # concurrent calls may all match before the first drop is counted
+
+
+async def test_a_transient_reject_is_retried(stack: Stack) -> None:
+    rule = stack.proxy.fault("reject", endpoint="call", method="ws_message", reject_code=2, count=2)
+    await stack.exchange(2)
+    await settle(stack.clients)
+    assert rule.applied == 2
+
+
+async def test_a_definitive_reject_closes_only_that_client_with_the_reason(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    target, *others = stack.clients
+    rule = stack.proxy.fault("reject", endpoint="call", method="ws_message", reject_code=4, count=1)
+    with caplog.at_level("WARNING", logger="icws_fast.gateway.server"):
+        await target.send(1)
+        assert await wait_for(lambda: target.ws.close_code is not None)
+    assert rule.applied == 1
+    assert target.ws.close_code == 1011
+    assert target.ws.close_reason == "ws_message failed: rejected (code 4): rejected by the fault proxy"
+    # The full cause is in the log with the client key.
+    (line,) = [r.getMessage() for r in caplog.records if "failed: rejected" in r.getMessage()]
+    assert str(target.principal) in line and "code 4" in line
+    stack.clients.remove(target)
+    await stack.exchange(2)
+    await settle(others)
+
+
+
 # -- the poller's guarantees (issue 9; the state machine's unit tests are in tests/protocol/test_poller.py) --
 
 
@@ -203,17 +277,3 @@ async def test_a_queue_that_went_backwards_is_resynchronised_for_new_clients(sta
         await newcomer.close()
     assert stack.metric("errors_total", kind="poll_resync") == 1
 
-
-# -- guarantees of issue 9 not kept yet -----------------------------------------------------------------
-
-
-@pytest.mark.xfail(
-    strict=True, reason="issue 9: ws_close is tried once; a client that left during a blip stays registered"
-)
-async def test_ws_close_is_retried(stack: Stack) -> None:
-    rule = stack.proxy.fault("reset", endpoint="call", method="ws_close", count=1)
-    leaving = stack.clients.pop()
-    await leaving.close()
-    assert await wait_for(lambda: rule.applied == 1)
-    registered = stack.devnet.replica.hosts[stack.canister].instance.clients_connected  # type: ignore[attr-defined]
-    assert await wait_for(lambda: leaving.principal not in registered, timeout_s=10.0)
