@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import icws_fast
 from icws_fast.errors import ConfigError
 
 __all__ = [
@@ -146,6 +147,7 @@ def build_parser(config_type: type[Any], *, prog: str, description: str) -> argp
         epilog="environment variables:\n" + "\n".join(env_only) if env_only else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {icws_fast.__version__}")
     for field, spec in _flags(config_type):
         if spec.name is None:
             continue

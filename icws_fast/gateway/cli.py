@@ -14,12 +14,16 @@ import signal
 import sys
 
 from icws_fast import cliconfig
+from icws_fast.errors import AgentTimeout, ConfigError, TransportError
 from icws_fast.gateway.config import GatewayConfig
 from icws_fast.gateway.identity import load_or_create_identity
 from icws_fast.gateway.logs import setup_logging
 from icws_fast.gateway.server import Gateway
+from icws_fast.ic.identity import Ed25519Identity
 
 log = logging.getLogger("icws_fast.gateway")
+# Start-up errors that mean the replica could not be reached at the configured URL.
+_UNREACHABLE = (TransportError, AgentTimeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     return cliconfig.build_parser(GatewayConfig, prog="icws-gateway", description="IC WebSocket gateway")
 
 
-async def _serve(config: GatewayConfig) -> int:
-    identity = load_or_create_identity(config.data_dir / "key_pair")
+async def _serve(config: GatewayConfig, identity: Ed25519Identity) -> int:
     print(f"gateway principal: {identity.sender}", flush=True)
     if config.opentelemetry_collector_endpoint:
         from icws_fast.gateway.tracing import setup_tracing  # noqa: PLC0415 - the otel extra is optional
@@ -43,7 +46,10 @@ async def _serve(config: GatewayConfig) -> int:
     try:
         await gateway.start()
     except Exception as exc:
-        log.error("gateway failed to start: %s", exc)
+        # Start-up failures are the user's to fix (replica unreachable, port taken): one sentence, no traceback.
+        hint = "; check --ic-network-url and that the replica is running" if isinstance(exc, _UNREACHABLE) else ""
+        print(f"icws-gateway: error: the gateway failed to start: {exc}{hint}", file=sys.stderr, flush=True)
+        log.debug("start-up failure", exc_info=exc)  # the details, for the log file
         with contextlib.suppress(Exception):
             await gateway.agent.close()
         return 1
@@ -62,17 +68,29 @@ async def _serve(config: GatewayConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the gateway until SIGTERM/SIGINT; returns the exit code."""
     config = cliconfig.config_from_argv(GatewayConfig, build_parser(), argv)
-    setup_logging(
-        stdout_spec=config.log_level,
-        file_spec=config.log_file_level,
-        log_format=config.log_format,
-        traces_dir=config.data_dir / "traces",
-    )
+    try:
+        try:
+            setup_logging(
+                stdout_spec=config.log_level,
+                file_spec=config.log_file_level,
+                log_format=config.log_format,
+                traces_dir=config.data_dir / "traces",
+            )
+        except OSError as exc:
+            raise ConfigError(
+                "data_dir",
+                f"cannot create {exc.filename or config.data_dir / 'traces'}: {exc.strerror};"
+                " point --data-dir at a writable directory",
+            ) from None
+        identity = load_or_create_identity(config.data_dir / "key_pair")
+    except ConfigError as exc:
+        print(f"icws-gateway: error: {exc.problem}", file=sys.stderr)
+        return 1
     try:
         import uvloop  # noqa: PLC0415 - not installed on Windows
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        return asyncio.run(_serve(config))
-    return uvloop.run(_serve(config))
+        return asyncio.run(_serve(config, identity))
+    return uvloop.run(_serve(config, identity))
 
 
 if __name__ == "__main__":

@@ -10,23 +10,36 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from icws_fast.errors import DecodeError
+from icws_fast.errors import ConfigError, DecodeError
 from icws_fast.ic.identity import Ed25519Identity
 
 
 def load_or_create_identity(path: Path) -> Ed25519Identity:
-    """The identity stored at ``path``, created (owner-only permissions) when the file is missing."""
-    if path.exists():
-        raw = path.read_bytes()
-        try:
-            if raw.lstrip().startswith(b"-----BEGIN"):
-                return Ed25519Identity.from_pem(raw)
-            return Ed25519Identity.from_der(raw)
-        except DecodeError as exc:
-            raise ValueError(f"{path} does not hold an Ed25519 key: {exc}") from exc
-    identity = Ed25519Identity.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(identity.to_der())
+    """The identity stored at ``path``, created (owner-only permissions) when the file is missing.
+
+    A file that cannot be read or created, or that holds no Ed25519 key, raises
+    :class:`~icws_fast.errors.ConfigError` (field ``data_dir``) saying which file and what to do.
+    """
+    try:
+        if path.exists():
+            raw = path.read_bytes()
+            try:
+                if raw.lstrip().startswith(b"-----BEGIN"):
+                    return Ed25519Identity.from_pem(raw)
+                return Ed25519Identity.from_der(raw)
+            except DecodeError:
+                raise ConfigError(
+                    "data_dir",
+                    f"{path} holds no Ed25519 key pair (PKCS#8 DER or PEM): restore the gateway's key_pair,"
+                    " or move the file away to have a new one created (the gateway's principal then changes)",
+                ) from None
+        identity = Ed25519Identity.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(identity.to_der())
+    except OSError as exc:
+        raise ConfigError(
+            "data_dir", f"cannot read or create {path}: {exc.strerror}; point --data-dir at a writable directory"
+        ) from None
     return identity

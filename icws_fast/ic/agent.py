@@ -35,6 +35,7 @@ certificate or node signature that does not verify raises :class:`~icws_fast.err
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Iterator, Sequence
@@ -127,6 +128,15 @@ def root_key_from_status(data: bytes, url: str) -> bytes:
     except DecodeError as exc:
         raise AgentError(f"the root key of {url} is not a DER BLS12-381 public key: {exc}") from exc
     return key
+
+
+def _transport_reason(exc: aiohttp.ClientError) -> str:
+    """Why a request did not get through, in words (aiohttp's text and repr name its internals)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve the host ({exc.os_error.strerror})"
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+        return f"cannot connect ({os.strerror(exc.os_error.errno).lower()})"
+    return str(exc) or type(exc).__name__
 
 
 def _as_principal(value: Principal | str) -> Principal:
@@ -295,7 +305,7 @@ class Agent:
         except TimeoutError as exc:  # aiohttp's timeouts derive from it (asyncio.TimeoutError is an alias)
             raise AgentTimeout(f"{what}: no answer from {self.url} within {limit} s") from exc
         except aiohttp.ClientError as exc:
-            raise TransportError(f"{what} to {self.url} failed: {exc!r}") from exc
+            raise TransportError(f"{what} to {self.url} failed: {_transport_reason(exc)}") from exc
         data = b"".join(chunks)
         if status >= 300:
             raise HttpStatusError(status, data[:_HTTP_TEXT_LIMIT].decode("utf-8", "replace"))

@@ -16,6 +16,7 @@ import pytest
 from gw_harness import OFFLINE_ROOT_KEY, start_gateway
 from gw_rawclient import RawClient
 
+import icws_fast
 from icws_fast.cliconfig import config_from_argv
 from icws_fast.gateway.cli import build_parser, main
 from icws_fast.gateway.config import GatewayConfig, flag_table
@@ -336,8 +337,44 @@ async def test_cli_fails_to_start_without_a_replica(tmp_path):
         "http://127.0.0.1:9",
         cwd=tmp_path,
         stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert await asyncio.wait_for(proc.wait(), 60) == 1
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    text = err.decode()
+    assert text.startswith("icws-gateway: error: the gateway failed to start: GET /api/v2/status to http://127.0.0.1:9")
+    assert "cannot connect (connection refused); check --ic-network-url and that the replica is running" in text
+    assert "Traceback" not in text and "ClientConnectorError" not in text and len(text.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("name", "module"), [("gateway", "icws_fast.gateway"), ("devnet", "icws_fast.devnet.cli")])
+def test_version(name, module):
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0
+    assert proc.stdout == f"icws-{name} {icws_fast.__version__}\n"
+
+
+def test_a_bad_key_pair_is_named_with_what_to_do(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "key_pair").write_bytes(b"not a key")
+    proc = _run_cli("--ic-network-url", "http://127.0.0.1:9", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "icws-gateway: error: data/key_pair holds no Ed25519 key pair (PKCS#8 DER or PEM): restore the gateway's"
+        " key_pair, or move the file away to have a new one created (the gateway's principal then changes)\n"
+    )
+
+
+def test_an_unwritable_data_dir_is_named_with_what_to_do(tmp_path):
+    (tmp_path / "file").write_bytes(b"")  # a data dir under a file can never be created, even by root
+    proc = _run_cli("--data-dir", "file/data", "--ic-network-url", "http://127.0.0.1:9", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "icws-gateway: error: cannot create file/data/traces: Not a directory; point --data-dir at a writable"
+        " directory\n"
+    )
 
 
 def test_tracing_is_optional():
