@@ -174,6 +174,9 @@ class GatewayConfig:
     """Seconds ``ws_close`` for a departed client is retried; the canister's keep-alive drops the client after
     that anyway. A drain cuts it to what is left of ``drain_timeout_s``."""
 
+    ready_check_interval_s: float = 5.0
+    """Seconds between the checks that the IC answers (``/api/v2/status``); ``/ready`` is 503 while it does not."""
+
     verify_certificates: bool = True
     """Check the certificate of every polled batch (False only for tests of the bare relay)."""
 
@@ -220,7 +223,7 @@ class GatewayConfig:
             check_positive(name, getattr(self, name), "the limit")
         check_positive("max_message_size", self.max_message_size, "the size")
         check_positive("max_send_buffer", self.max_send_buffer, "the size")
-        for name in ("handshake_timeout_s", "open_timeout_s", "close_timeout_s"):
+        for name in ("handshake_timeout_s", "open_timeout_s", "close_timeout_s", "ready_check_interval_s"):
             check_positive(name, getattr(self, name), "the timeout")
         check_at_least("ping_interval_s", self.ping_interval_s, 0, "the ping interval")
         check_at_least("drain_timeout_s", self.drain_timeout_s, 0, "the drain timeout")

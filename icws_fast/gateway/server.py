@@ -305,6 +305,8 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._health: HealthServer | None = None
         self._accepting = False
+        self._ic_reachable = False
+        self._ic_watch: asyncio.Task[None] | None = None
         self.port = 0
         self.metrics_port = 0
         # The root key polled batches are certified against: the config's, else the agent's (set by start()).
@@ -319,6 +321,7 @@ class Gateway:
             agent_root_key = await self.agent.fetch_root_key()
         if self.root_key_der is None:
             self.root_key_der = agent_root_key
+        self._ic_reachable = True  # it just answered (or, with the root key given, is assumed to until checked)
         cfg = self.config
         self._server = await ws_create_server(
             self._listener_for,
@@ -335,11 +338,33 @@ class Gateway:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if cfg.metrics_host is not None:
-            self._health = HealthServer(self.metrics, lambda: self._accepting)
+            self._health = HealthServer(self.metrics, lambda: self.ready)
             await self._health.start(cfg.metrics_host, cfg.metrics_port)
             self.metrics_port = self._health.port
+            self._ic_watch = self.loop.create_task(self._watch_ic())
         self._accepting = True
         log.info("gateway %s listening on %s:%d", self.principal, cfg.host, self.port)
+
+    @property
+    def ready(self) -> bool:
+        """What ``/ready`` says: accepting clients, the root key known and the IC answering its last check."""
+        return self._accepting and self.root_key_der is not None and self._ic_reachable
+
+    async def _watch_ic(self) -> None:
+        """Ask the IC for its status every ``ready_check_interval_s``, for ``/ready``; say when that changes."""
+        interval = self.config.ready_check_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.agent.status(timeout_s=interval)
+            except IcwsError as exc:
+                if self._ic_reachable:
+                    log.warning("the IC at %s does not answer (%s): /ready says not ready", self.config.ic_url, exc)
+                self._ic_reachable = False
+            else:
+                if not self._ic_reachable:
+                    log.info("the IC at %s answers again: /ready says ready", self.config.ic_url)
+                self._ic_reachable = True
 
     def _listener_for(self, request: WSUpgradeRequest) -> WSListener | None:
         return ClientConnection(self)
@@ -539,6 +564,8 @@ class Gateway:
             self._stop_poller(canister_id)
         for task in list(self._background):
             task.cancel()
+        if self._ic_watch is not None:
+            self._ic_watch.cancel()
         if self._health is not None:
             await self._health.stop()
         if self._server is not None:

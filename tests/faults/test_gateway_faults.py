@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 
 from icws_fast.cdk.api import Canister
@@ -69,7 +70,7 @@ async def stack(devnet: Devnet, polling_interval_s: float) -> AsyncIterator[Stac
     canister = devnet.canister_ids["test"]
     async with FaultProxy(devnet.url, seed=3) as proxy:
         gateway = await start_gateway(
-            proxy.url, agent_root_key=devnet.root_key_der, polling_interval_s=polling_interval_s
+            proxy.url, agent_root_key=devnet.root_key_der, polling_interval_s=polling_interval_s, drain_timeout_s=1.0
         )
         async with Agent(devnet.url, Ed25519Identity.generate(), root_key=devnet.root_key_der) as direct:
             url = f"ws://127.0.0.1:{gateway.port}"
@@ -277,3 +278,38 @@ async def test_a_queue_that_went_backwards_is_resynchronised_for_new_clients(sta
         await newcomer.close()
     assert stack.metric("errors_total", kind="poll_resync") == 1
 
+
+# -- readiness and the drain's bound (issue 9, items 2 and 6) ------------------------------------------------
+
+
+async def _ready(gateway: Gateway) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{gateway.metrics_port}/ready") as resp,
+    ):
+        return resp.status
+
+
+async def test_ready_is_false_while_the_ic_does_not_answer(devnet: Devnet) -> None:
+    async with FaultProxy(devnet.url, seed=3) as proxy:
+        gateway = await start_gateway(proxy.url, agent_root_key=devnet.root_key_der, ready_check_interval_s=0.1)
+        try:
+            assert await _ready(gateway) == 200
+            await proxy.refuse_connections()
+            assert await wait_for(lambda: not gateway.ready)
+            assert await _ready(gateway) == 503
+            await proxy.accept_connections()
+            assert await wait_for(lambda: gateway.ready)
+            assert await _ready(gateway) == 200
+        finally:
+            await gateway.drain()
+
+
+async def test_ws_close_retries_do_not_hold_the_drain_past_its_bound(stack: Stack) -> None:
+    await stack.proxy.refuse_connections()  # every ws_close of the drain fails, and is retried
+    started = time.monotonic()
+    await stack.gateway.drain()
+    # The drain's bound is 1 s (below); the rest is closing sockets and the agent.
+    assert time.monotonic() - started < 1.0 + 2.0
+    assert stack.metric("ws_close_calls_total", outcome="ok") == 0
+    await stack.proxy.accept_connections()
