@@ -29,8 +29,8 @@ from icws_fast.protocol.client import (
     Opened,
     SendToGateway,
 )
-from icws_fast.protocol.session import MAX_CLOSE_REASON
 from icws_fast.protocol.types import (
+    MAX_CLOSE_REASON,
     AckMessage,
     ClientKey,
     CloseMessage,

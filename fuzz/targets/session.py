@@ -18,7 +18,6 @@ from fuzz.targets.envelope import signed_envelopes
 from icws_fast.ic.envelope import build_envelope, call_content
 from icws_fast.ic.identity import Identity
 from icws_fast.protocol.session import (
-    MAX_CLOSE_REASON,
     Close,
     GatewaySession,
     Register,
@@ -29,6 +28,7 @@ from icws_fast.protocol.session import (
     Unregister,
 )
 from icws_fast.protocol.types import (
+    MAX_CLOSE_REASON,
     ClientKey,
     WebsocketMessage,
     encode_client_request,

@@ -11,8 +11,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any, Final
+from urllib.parse import SplitResult, urlsplit
 
-from icws_fast.errors import ConnectionClosed, IcwsError, InternalError, ProtocolError
+from icws_fast.errors import ConfigError, ConnectionClosed, IcwsError, InternalError, ProtocolError
 from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
@@ -75,6 +76,18 @@ class MessageAssembler:
         message = b"".join(self._parts)
         self._parts.clear()
         return message
+
+
+def gateway_url_parts(gateway_url: str) -> SplitResult:
+    """``gateway_url`` split, or :class:`~icws_fast.errors.ConfigError` unless it is a ``ws://`` or ``wss://`` URL."""
+    parts = urlsplit(gateway_url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+    except ValueError:
+        raise ConfigError("gateway_url", f"{gateway_url!r} has an invalid port") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError("gateway_url", f"{gateway_url!r} is not a ws:// or wss:// URL")
+    return parts
 
 
 def make_protocol(

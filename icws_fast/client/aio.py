@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from icws_fast.client._common import (
     CLEAN_CLOSE_CODES,
@@ -25,6 +25,7 @@ from icws_fast.client._common import (
     DEFAULT_MAX_QUEUE,
     MAX_MESSAGE_SIZE,
     ClientBase,
+    gateway_url_parts,
     log,
     make_protocol,
 )
@@ -151,6 +152,7 @@ class IcWebSocket(ClientBase):
         return ws
 
     async def _start(self, gateway_url: str, open_timeout_s: float, ssl_context: ssl.SSLContext | None) -> None:
+        gateway_url_parts(gateway_url)
         try:
             await ws_connect(
                 lambda: _Listener(self),
@@ -159,9 +161,9 @@ class IcWebSocket(ClientBase):
                 websocket_handshake_timeout=open_timeout_s,
                 max_frame_size=MAX_MESSAGE_SIZE,
             )
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:  # picows' WSError is a RuntimeError
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
             raise ConnectionClosed(CLOSE_ABNORMAL, f"cannot connect to {gateway_url}: {exc}") from exc
-        except RuntimeError as exc:
+        except (WSError, RuntimeError) as exc:  # a refused upgrade: picows raises WSError (older ones RuntimeError)
             raise ConnectionClosed(CLOSE_ABNORMAL, f"WebSocket upgrade with {gateway_url} failed: {exc}") from exc
         try:
             await self._open

@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -47,6 +46,7 @@ from icws_fast.client._common import (
     CLOSE_TIMEOUT_S,
     DEFAULT_MAX_QUEUE,
     ClientBase,
+    gateway_url_parts,
     make_protocol,
 )
 from icws_fast.errors import AgentError, ConnectionClosed, IcwsError, ProtocolError, TransportError
@@ -89,9 +89,7 @@ def _open_socket(
     gateway_url: str, timeout_s: float, ssl_context: ssl.SSLContext | None
 ) -> tuple[socket.socket, str, str]:
     """A connected (TLS for ``wss``, with ``ssl_context`` or the default one) socket, the Host header and the target."""
-    parts = urlsplit(gateway_url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {gateway_url!r}")
+    parts = gateway_url_parts(gateway_url)
     secure = parts.scheme == "wss"
     port = parts.port or (443 if secure else 80)
     sock = socket.create_connection((parts.hostname, port), timeout=timeout_s)

@@ -33,7 +33,7 @@ from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as proto
 from icws_fast.protocol.relay import RelayOutcome, relay_outcome
 from icws_fast.protocol.retry import Retry
-from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args
+from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args, truncate_reason
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class ClientConnection(WSListener):
         elif msg_type is WSMsgType.CLOSE:
             # Answer the client's close handshake, then let the transport go.
             if self._close_code is None:
-                self._close_code = int(frame.get_close_code())
+                self._close_code = frame.get_close_code().value
                 self._close_reason = (frame.get_close_message() or b"").decode("utf-8", "replace")
             if not transport.is_close_frame_sent:
                 transport.send_close(frame.get_close_code())
@@ -279,7 +279,7 @@ class ClientConnection(WSListener):
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
         if not transport.is_close_frame_sent:
-            transport.send_close(WSCloseCode(code), proto.truncate_reason(reason).encode())
+            transport.send_close(WSCloseCode(code), truncate_reason(reason).encode())
         self.gateway.loop.call_later(self.gateway.config.close_timeout_s, transport.disconnect, False)
 
 

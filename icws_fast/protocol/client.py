@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from icws_fast.errors import IcwsError, InternalError, ProtocolError
+from icws_fast.errors import CandidError, IcwsError, InternalError, ProtocolError
 from icws_fast.ic import candid
 from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS
 from icws_fast.ic.envelope import build_envelope, call_content, default_ingress_expiry
@@ -65,6 +65,7 @@ from icws_fast.protocol.types import (
     encode_service_message,
     encode_ws_message_args,
     encode_ws_open_args,
+    truncate_reason,
 )
 
 _NS_PER_MS: Final = 1_000_000
@@ -305,7 +306,11 @@ class ClientProtocol:
                 return self._fail(exc, REASON_SERVICE_ERROR)
         if self._state is not ClientState.OPEN:
             raise ProtocolError("an application message arrived before the canister's OpenMessage")
-        (value,) = candid.decode(message.content, [self.message_type])
+        try:
+            (value,) = candid.decode(message.content, [self.message_type])
+        except CandidError as exc:
+            # Not this connection's message type: the reason names the field (the error says it all).
+            return self._fail(exc, truncate_reason(f"{REASON_RECEIVE_ERROR}: {exc}"))
         return [MessageReceived(value, message.sequence_num, message.timestamp)]
 
     def _handle_service_message(self, message: WebsocketMessage, now_ns: int) -> list[ClientEvent]:

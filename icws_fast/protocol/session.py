@@ -37,7 +37,12 @@ from icws_fast.ic.cbor import SELF_DESCRIBE_PREFIX, read_head
 from icws_fast.ic.envelope import Envelope, parse_envelope, verify_envelope
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.relay import RelayOutcome
-from icws_fast.protocol.types import ClientKey, decode_ws_open_args, encode_handshake
+from icws_fast.protocol.types import (
+    ClientKey,
+    decode_ws_open_args,
+    encode_handshake,
+    truncate_reason,
+)
 
 # WebSocket close codes (RFC 6455 section 7.4.1) the gateway uses, with what they mean here.
 CLOSE_GOING_AWAY: Final = 1001  # the gateway is draining
@@ -46,8 +51,6 @@ CLOSE_POLICY_VIOLATION: Final = 1008  # the IC WebSocket protocol was broken, or
 CLOSE_MESSAGE_TOO_BIG: Final = 1009  # a frame over the size limit (picows sends it)
 CLOSE_INTERNAL_ERROR: Final = 1011  # the replica or the canister failed
 CLOSE_TRY_AGAIN_LATER: Final = 1013  # connection limits
-# The longest close reason a close frame can carry (125-byte payload minus the 2-byte code).
-MAX_CLOSE_REASON: Final = 123
 # Envelopes nest a few levels (delegations are the deepest); anything deeper is an attack.
 _ENVELOPE_MAX_DEPTH: Final = 32
 _ENVELOPE_LABEL: Final = b"envelope"
@@ -126,14 +129,6 @@ class ReportError:
 
 
 Action = SendToClient | Register | Relay | Close | Unregister | ReportError
-
-
-def truncate_reason(reason: str) -> str:
-    """``reason`` cut to what a close frame can carry, on a UTF-8 character boundary."""
-    raw = reason.encode("utf-8")
-    if len(raw) <= MAX_CLOSE_REASON:
-        return reason
-    return raw[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
 
 
 def envelope_span_pure(data: bytes) -> tuple[int, int]:

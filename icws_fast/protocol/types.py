@@ -83,6 +83,8 @@ DEFAULT_SEND_ACK_INTERVAL_MS: Final = 300_000
 """How often a canister acknowledges its clients' messages (the Rust CDK's default); clients expect acks as often."""
 CLIENT_KEEP_ALIVE_TIMEOUT_MS: Final = 2 * COMMUNICATION_LATENCY_BOUND_MS
 """How long a canister (the Rust CDK's default) waits for a client's keep-alive after an acknowledgement."""
+MAX_CLOSE_REASON: Final = 123
+"""The longest WebSocket close reason, in bytes (a close frame's 125-byte payload minus the 2-byte code)."""
 _NONCE_DIGITS: Final = 20
 # The deepest legitimate frame is a ClientRequest whose envelope carries a delegation chain with targets
 # (request > envelope > sender_delegation > item > delegation > targets > principal): 7 levels.
@@ -623,3 +625,11 @@ def decode_unit_result(data: bytes | bytearray | memoryview) -> None:
 
 # The compiled twin (icws_fast/_ext/_wsbatch.pyx) takes over unless ICWS_FAST_PURE=1.
 decode_get_messages_result = _ext.twin("_wsbatch", decode_get_messages_result_pure)
+
+
+def truncate_reason(reason: str) -> str:
+    """``reason`` cut to what a close frame can carry (:data:`MAX_CLOSE_REASON`), on a UTF-8 character boundary."""
+    raw = reason.encode("utf-8")
+    if len(raw) <= MAX_CLOSE_REASON:
+        return reason
+    return raw[:MAX_CLOSE_REASON].decode("utf-8", "ignore")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from icws_fast.client import IcWebSocket
-from icws_fast.errors import CertificateError, ConnectionClosed, IcwsError, ProtocolError
+from icws_fast.errors import CertificateError, ConfigError, ConnectionClosed, IcwsError, ProtocolError
 from icws_fast.protocol.types import KeepAliveMessage
 
 try:
@@ -196,3 +196,28 @@ async def test_tls_with_a_custom_ca() -> None:
         with pytest.raises(ConnectionClosed) as info:
             await connect(gw)
         assert info.value.code == 1006
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/", "garbage", "ws://127.0.0.1:99999/"])
+async def test_a_bad_gateway_url_is_the_projects_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="gateway_url: '") as info:
+        await IcWebSocket.connect(url, CANISTER_ID, "http://x", root_key_der=ROOT_KEY_DER)
+    assert url in str(info.value)
+
+
+async def test_a_refused_upgrade_is_the_projects_error() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ConnectionClosed) as info:
+            await IcWebSocket.connect(f"ws://127.0.0.1:{port}/", CANISTER_ID, "http://x", root_key_der=ROOT_KEY_DER)
+    finally:
+        server.close()
+    assert info.value.code == 1006 and "upgrade" in info.value.reason
+    assert not type(info.value.__cause__).__module__.startswith("icws_fast")  # picows' error, wrapped

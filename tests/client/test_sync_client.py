@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from icws_fast.client import SyncIcWebSocket, fetch_root_key
-from icws_fast.errors import AgentError, CertificateError, ConnectionClosed, IcwsError, ProtocolError, TransportError
+from icws_fast.errors import (
+    AgentError,
+    CertificateError,
+    ConfigError,
+    ConnectionClosed,
+    IcwsError,
+    ProtocolError,
+    TransportError,
+)
 from icws_fast.ic.agent import MAINNET_ROOT_KEY
 from icws_fast.protocol.types import KeepAliveMessage
 
@@ -176,3 +184,29 @@ def test_tls_with_a_custom_ca() -> None:
         with pytest.raises(ConnectionClosed) as info:
             connect(gw)
         assert info.value.code == 1006
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/", "garbage", "ws://127.0.0.1:99999/"])
+def test_a_bad_gateway_url_is_the_projects_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="gateway_url: '") as info:
+        SyncIcWebSocket.connect(url, CANISTER_ID, "http://x", root_key_der=ROOT_KEY_DER)
+    assert url in str(info.value)
+
+
+def test_a_refused_upgrade_is_the_projects_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                while b"\r\n\r\n" not in conn.recv(4096):
+                    pass
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        with pytest.raises(ConnectionClosed) as info:
+            SyncIcWebSocket.connect(f"ws://127.0.0.1:{port}/", CANISTER_ID, "http://x", root_key_der=ROOT_KEY_DER)
+        thread.join()
+    assert info.value.code == 1006 and "200" in info.value.reason

@@ -15,7 +15,13 @@ from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import request_id
 from icws_fast.protocol import session as s
 from icws_fast.protocol.relay import relay_outcome
-from icws_fast.protocol.types import ClientKey, decode_handshake, encode_client_request, encode_ws_open_args
+from icws_fast.protocol.types import (
+    MAX_CLOSE_REASON,
+    ClientKey,
+    decode_handshake,
+    encode_client_request,
+    encode_ws_open_args,
+)
 from tests import twins
 
 CANISTER = Principal.from_text("rrkah-fqaaa-aaaaa-aaaaq-cai")
@@ -232,7 +238,7 @@ def test_gateway_close_and_reason_truncation():
     session, _ = opened(identity)
     actions = session.close(s.CLOSE_GOING_AWAY, "é" * 200)
     assert actions[0].code == s.CLOSE_GOING_AWAY
-    assert len(actions[0].reason.encode()) <= s.MAX_CLOSE_REASON
+    assert len(actions[0].reason.encode()) <= MAX_CLOSE_REASON
     assert session.close(1000, "again") == []
 
 

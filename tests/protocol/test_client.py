@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from icws_fast.errors import CertificateError, IcwsError, ProtocolError
-from icws_fast.ic import bls
+from icws_fast.errors import CandidError, CertificateError, IcwsError, ProtocolError
+from icws_fast.ic import bls, candid
 from icws_fast.ic.certificate import (
     REASON_INVALID_SIGNATURE,
     REASON_PATH_NOT_FOUND,
@@ -49,11 +49,13 @@ from icws_fast.protocol.client import (
 )
 from icws_fast.protocol.types import (
     COMMUNICATION_LATENCY_BOUND_MS,
+    MAX_CLOSE_REASON,
     ClientKey,
     CloseMessageReason,
     KeepAliveMessage,
     OpenMessage,
     encode_canister_to_client,
+    truncate_reason,
 )
 
 try:
@@ -361,7 +363,33 @@ def test_unexpected_service_messages() -> None:
 def test_application_message_that_does_not_decode() -> None:
     s = Session()
     message = s.canister.queue(s.key, b"not candid", is_service=False, now_ns=T0)
-    assert_failed(s.deliver([message], T0), REASON_RECEIVE_ERROR)
+    events = s.deliver([message], T0)
+    error = events[0].error
+    assert isinstance(error, CandidError)
+    assert events[1] == CloseConnection(CLOSE_ERROR, truncate_reason(f"{REASON_RECEIVE_ERROR}: {error}"))
+
+
+@pytest.mark.parametrize(
+    ("app_type", "value", "named"),
+    [
+        (
+            "record { text : text; count : nat32 }",
+            {"text": "x", "count": 1},
+            "field 'timestamp' of type nat64 is missing",
+        ),
+        ("record { text : nat; timestamp : nat64 }", {"text": 1, "timestamp": 0}, "field 'text': a value of type nat"),
+    ],
+    ids=["missing-field", "field-of-another-type"],
+)
+def test_a_message_of_another_type_names_the_field(app_type: str, value: Any, named: str) -> None:
+    s = Session()
+    content = candid.encode([candid.parse_type(app_type)], [value])
+    message = s.canister.queue(s.key, content, is_service=False, now_ns=T0)
+    events = s.deliver([message], T0)
+    error = events[0].error
+    assert isinstance(error, CandidError) and named in str(error)
+    assert events[1] == CloseConnection(CLOSE_ERROR, f"{REASON_RECEIVE_ERROR}: {error}")
+    assert named in events[1].reason and len(events[1].reason.encode()) <= MAX_CLOSE_REASON
 
 
 # ---- acks and timeouts -------------------------------------------------------------------------------------

@@ -93,13 +93,25 @@ def _discarding(dec: Decoder) -> Decoder:
     return dec_discard
 
 
-def _mismatch(wire: Type, expected: Type) -> Decoder:
-    message = f"a value of type {describe(wire)} does not fit type {describe(expected)}"
+class _MismatchDecoder:
+    """The decoder of a (wire, expected) pair that never coerces: it raises :class:`_Mismatch` with ``message``.
 
-    def dec_mismatch(data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
-        raise _Mismatch(message)
+    A class, not a closure, so that a record can tell its field's decoder is one and name the field.
+    """
 
-    return dec_mismatch
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __call__(self, data: bytes, pos: int, st: State, depth: int) -> tuple[Any, int]:
+        raise _Mismatch(self.message)
+
+
+def _mismatch(wire: Type, expected: Type, field: str | int | None = None) -> Decoder:
+    """A decoder that fails: the types differ (in record field ``field``, when given, by its name)."""
+    where = "" if field is None else f"field {field!r}: "
+    return _MismatchDecoder(f"{where}a value of type {describe(wire)} does not fit type {describe(expected)}")
 
 
 def _no_value(wire: Type) -> Decoder:
@@ -302,11 +314,14 @@ class _DecoderCompiler:
             if ef is None:
                 steps.append((None, self.skip(wf.type)))
             else:
-                steps.append((ef.key, self.decoder(wf.type, ef.type)))
+                dec = self.decoder(wf.type, ef.type)
+                if isinstance(dec, _MismatchDecoder) and not isinstance(resolve(ef.type), RecordType):
+                    dec = _mismatch(wf.type, ef.type, ef.key)  # name the field: the record's type shows hashes
+                steps.append((ef.key, dec))
         missing = list(expected.values())
         for ef in missing:
             if not nullable(ef.type):
-                return _mismatch(w, e)
+                return _MismatchDecoder(f"field {ef.key!r} of type {describe(ef.type)} is missing")
         defaults = {ef.key: None for ef in missing}
         return self._record(w, steps, defaults, e.is_tuple, len(e.fields))
 
