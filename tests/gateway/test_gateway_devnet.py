@@ -371,3 +371,21 @@ async def test_tls(devnet, tmp_path):
             await RawClient.connect(ws_url(gateway, "wss"), ssl_context=ssl.create_default_context())
     finally:
         await gateway.drain()
+
+
+async def test_each_session_end_is_one_log_line(devnet, gateway, caplog):
+    canister = devnet.canister_ids["echo"]
+    with caplog.at_level("INFO", logger="icws_fast.gateway.server"):
+        leaving = await open_client(gateway, canister)
+        leaving.close()  # the client closes (1000)
+        refused = await RawClient.connect(ws_url(gateway))
+        await refused.handshake()
+        refused.send(b"garbage")  # the gateway closes (1008)
+        closed = await refused.wait_closed()
+        await eventually(lambda: len([r for r in caplog.records if "session ended" in r.getMessage()]) == 2)
+    lines = [r.getMessage() for r in caplog.records if "session ended" in r.getMessage()]
+    lines.sort(key=lambda line: "no ws_open" in line)  # the client that left first
+    assert lines[0].startswith(f"session ended: client key {leaving.key}, canister {canister}, peer 127.0.0.1,")
+    assert lines[0].endswith("close code 1000, reason ''")
+    assert lines[1].startswith("session ended: client key none (no ws_open), canister none, peer 127.0.0.1,")
+    assert lines[1].endswith(f"close code {s.CLOSE_POLICY_VIOLATION}, reason {closed.reason!r}")
