@@ -214,7 +214,6 @@ async def test_a_definitive_reject_closes_only_that_client_with_the_reason(
     await settle(others)
 
 
-
 # -- the poller's guarantees (issue 9; the state machine's unit tests are in tests/protocol/test_poller.py) --
 
 
