@@ -174,6 +174,10 @@ class GatewayConfig:
     """Seconds ``ws_close`` for a departed client is retried; the canister's keep-alive drops the client after
     that anyway. A drain cuts it to what is left of ``drain_timeout_s``."""
 
+    canister_error_grace_s: float = 60.0
+    """Seconds a canister may answer its polls with ``CANISTER_ERROR`` (stopped for an upgrade, frozen for cycles,
+    trapping) before its sessions are closed; until then the poller backs off and tries again."""
+
     ready_check_interval_s: float = 5.0
     """Seconds between the checks that the IC answers (``/api/v2/status``); ``/ready`` is 503 while it does not."""
 
@@ -228,6 +232,7 @@ class GatewayConfig:
         check_at_least("ping_interval_s", self.ping_interval_s, 0, "the ping interval")
         check_at_least("drain_timeout_s", self.drain_timeout_s, 0, "the drain timeout")
         check_at_least("ws_close_window_s", self.ws_close_window_s, 0, "the ws_close window")
+        check_at_least("canister_error_grace_s", self.canister_error_grace_s, 0, "the canister error grace")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format", f"expected text or json, got {self.log_format!r}")
         for name in ("log_level", "log_file_level"):

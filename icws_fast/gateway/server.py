@@ -441,6 +441,7 @@ class Gateway:
             interval_s=self.config.polling_interval_s,
             poll_timeout_s=self.config.poll_timeout_s,
             pipeline_depth=self.config.poll_pipeline_depth,
+            canister_error_grace_s=self.config.canister_error_grace_s,
             # From 0, as the Rust gateway: the first batch may start anywhere, and a remembered nonce
             # would stall the poller on a canister reinstalled (its nonces reset) while it had no clients.
             start_nonce=0,

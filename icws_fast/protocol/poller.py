@@ -22,7 +22,7 @@ Guarantees (each tested in ``tests/protocol/test_poller.py``, and end to end in 
   polling interval (no re-poll storm driven by a canister).
 * **Transient failures back off**: transport errors, time-outs, HTTP statuses, unreadable replies and the
   reject codes a retry may cure (:data:`POLL_RETRYABLE_REJECT_CODES`: transient, unknown, and a canister
-  that is stopped, upgrading, frozen or trapping) wait
+  that is stopped, upgrading, frozen or trapping, for at most ``canister_error_grace_s`` in a row) wait
   ``min(max_backoff, interval * 2**(n-1))`` times a jitter in [0.5, 1) drawn from the injected RNG after the
   *n*-th failure in a row. Only a permanent canister error (any other reject code: destination invalid, i.e.
   canister or method missing, fatal, canister reject; or an ``Err`` reply) ends the canister's
@@ -78,15 +78,14 @@ from icws_fast.protocol.types import (
 
 R = TypeVar("R")
 
-#: Verified replies in a row, each certified later than the one before, that must agree on a forward gap.
-
 #: Reject codes of a ``ws_get_messages`` poll after which polling goes on with back-off. Beyond the relay's
 #: (:data:`RETRYABLE_REJECT_CODES`), ``CANISTER_ERROR``: a query rejected so comes from a canister that is
 #: stopped or stopping (an upgrade: IC0508), frozen for cycles, or trapping — states a canister leaves, so
-#: one such answer must not close every session of the canister (its clients' own ack timeouts bound a
-#: canister that never recovers).
+#: one such answer must not close every session of the canister; only ``canister_error_grace_s`` of them in a
+#: row does.
 POLL_RETRYABLE_REJECT_CODES: Final = RETRYABLE_REJECT_CODES | {RejectCode.CANISTER_ERROR}
 
+#: Verified replies in a row, each certified later than the one before, that must agree on a forward gap.
 GAP_CONFIRMATIONS: Final = 3
 #: The longest WebSocket close reason (RFC 6455: a control frame's 125 bytes less the 2-byte code).
 MAX_CLOSE_REASON_BYTES: Final = 123
@@ -103,6 +102,7 @@ class PollOptions(TypedDict, total=False):
     max_backoff_s: float
     pipeline_depth: int
     resync_after_s: float
+    canister_error_grace_s: float
     start_nonce: int
     rng: random.Random | None
 
@@ -147,6 +147,7 @@ class PollState(Generic[R]):
         max_backoff_s: float = 5.0,
         pipeline_depth: int = 1,
         resync_after_s: float = 2.0,
+        canister_error_grace_s: float = 60.0,
         start_nonce: int = 0,
         rng: random.Random | None = None,
     ) -> None:
@@ -158,6 +159,7 @@ class PollState(Generic[R]):
         self.max_backoff_s = max_backoff_s
         self.pipeline_depth = max(1, pipeline_depth)
         self.resync_after_s = resync_after_s
+        self.canister_error_grace_s = canister_error_grace_s
         self.rng = rng if rng is not None else random.Random()
         self.label = canister_id.to_text()
         #: The nonce of the next message to hand out.
@@ -171,6 +173,7 @@ class PollState(Generic[R]):
         self._issued: dict[int, float] = {}
         self._stride = 0  # the size of the last full batch: the nonce step of speculative polls
         self._failures = 0  # transient failures in a row
+        self._canister_error_since: float | None = None  # the first of the CANISTER_ERROR rejects in a row
         self._idle = False  # the last reply at ``expected`` was the end of the queue
         self._probe: int | None = None  # the nonce a backwards-resync probe is reading, while one runs
         self._joined: dict[ClientKey, _Joined] = {}
@@ -228,6 +231,14 @@ class PollState(Generic[R]):
         self._take(nonce)
         if isinstance(error, RejectError) and error.reject_code not in POLL_RETRYABLE_REJECT_CODES:
             return self._fail(f"rejected ws_get_messages ({_reject_name(error.reject_code)}): {error.reject_message}")
+        if isinstance(error, RejectError) and error.reject_code == RejectCode.CANISTER_ERROR:
+            if self._canister_error_since is None:
+                self._canister_error_since = now
+            elif now - self._canister_error_since >= self.canister_error_grace_s:
+                return self._fail(
+                    f"ws_get_messages failed for {now - self._canister_error_since:.0f} s (CANISTER_ERROR): "
+                    f"{error.reject_message}"
+                )
         if isinstance(error, RejectError):
             kind = "poll_reject"
         elif isinstance(error, HttpStatusError):
@@ -291,6 +302,7 @@ class PollState(Generic[R]):
         self.expected = last + 1
         self.synced = True
         self._failures = 0
+        self._canister_error_since = None
         self._gap = None
         self._reported = None
         if batch.is_end_of_queue:
@@ -326,6 +338,7 @@ class PollState(Generic[R]):
         self._cancel_all()
         self._idle = True
         self._failures = 0
+        self._canister_error_since = None
         self.wake_at = started + self.interval_s
         return Step()
 

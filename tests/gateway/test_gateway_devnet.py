@@ -178,13 +178,20 @@ async def test_slow_consumer_is_closed_and_others_keep_their_service(devnet):
         await gateway.drain()
 
 
-async def test_canister_error_reaches_its_clients(devnet, gateway):
-    client = await open_client(gateway, devnet.canister_ids["flaky"])
-    async with Agent(devnet.url, root_key=devnet.root_key_der) as agent:
-        await agent.call(devnet.canister_ids["flaky"], "fail", candid.encode([], []))
-    closed = await client.wait_closed()
-    assert closed.code == s.CLOSE_INTERNAL_ERROR and "ws_get_messages" in closed.reason
-    assert metric(gateway, "active_pollers") == 0
+async def test_a_canister_that_keeps_trapping_closes_its_clients_after_the_grace(devnet):
+    # One CANISTER_ERROR (a stopped or upgrading canister) backs off; one that lasts past the grace closes.
+    gateway = await start_gateway(devnet.url, canister_error_grace_s=0.5)
+    try:
+        client = await open_client(gateway, devnet.canister_ids["flaky"])
+        async with Agent(devnet.url, root_key=devnet.root_key_der) as agent:
+            await agent.call(devnet.canister_ids["flaky"], "fail", candid.encode([], []))
+        closed = await client.wait_closed()
+        assert closed.code == s.CLOSE_INTERNAL_ERROR and "ws_get_messages" in closed.reason
+        assert "CANISTER_ERROR" in closed.reason
+        assert metric(gateway, "errors_total", kind="poll_reject") >= 1
+        assert metric(gateway, "active_pollers") == 0
+    finally:
+        await gateway.drain()
 
 
 async def call(devnet: Devnet, canister: str, method: str, signature: str, *args: object) -> None:

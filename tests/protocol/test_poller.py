@@ -239,6 +239,33 @@ def test_a_permanent_reject_ends_the_sessions_with_a_short_reason(code: RejectCo
     assert not h.state.in_flight
 
 
+def test_a_canister_error_closes_the_sessions_only_when_it_outlasts_the_grace() -> None:
+    # A canister stopped for an upgrade answers CANISTER_ERROR for a while, then serves again: no close.
+    h = Harness()
+    h.state.canister_error_grace_s = 10.0
+    stopped = RejectError(RejectCode.CANISTER_ERROR, "Canister is stopped", "IC0508")
+    for _ in range(5):
+        step = h.step(lambda _n: stopped)
+        assert step is not None and step.close is None
+        h.now = max(h.now + 1.0, h.state.wake_at)
+    queue = Queue(2)
+    drain(h, queue)
+    assert h.delivered == h.expected_deliveries(queue, 2)
+    # One that keeps failing past the grace (counted from the first error in a row) closes with a reason.
+    h = Harness()
+    h.state.canister_error_grace_s = 10.0
+    closes = []
+    for _ in range(40):
+        step = h.step(lambda _n: RejectError(RejectCode.CANISTER_ERROR, "trapped: broken", "IC0503"))
+        if step is not None and step.close is not None:
+            closes.append(step.close)
+            break
+        h.now = max(h.now + 1.0, h.state.wake_at)
+    assert closes and "CANISTER_ERROR" in closes[0] and CANISTER.to_text() in closes[0]
+    assert len(closes[0].encode()) <= MAX_CLOSE_REASON_BYTES
+    assert h.now >= 10.0
+
+
 def test_an_err_reply_ends_the_sessions() -> None:
     from icws_fast.ic import candid
 
