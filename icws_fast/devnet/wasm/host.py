@@ -25,7 +25,7 @@ from typing import Any, Final
 import wasmtime
 
 from icws_fast.devnet.runtime import Reject, called_trap, method_not_found, wasm_trapped
-from icws_fast.devnet.wasm import binary, candid_text
+from icws_fast.devnet.wasm import binary
 from icws_fast.devnet.wasm.calls import Call, Callback, CallContext, Network, Rejected, Reply, Result
 from icws_fast.devnet.wasm.engine import compile_module, default_cache_dir, engine
 from icws_fast.devnet.wasm.memory import MemoryImage
@@ -284,7 +284,7 @@ class WasmHost:
                 )
             text = "()"
         try:
-            return candid_text.encode_text(text, types)
+            return candid.encode(types, candid.parse_value_args(text, types))
         except CandidError as exc:
             raise binary.WasmModuleError(
                 f"canister {self.name}: bad init arguments {text!r} for {candid_args(types)}: {exc}"

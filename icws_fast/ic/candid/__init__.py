@@ -1,7 +1,8 @@
 """Candid: the IC's interface description language and its binary encoding.
 
 Types come from Candid text (:func:`parse_type`, :func:`parse_args`, :func:`parse_did`);
-:func:`encode` and :func:`decode` translate between argument tuples and ``DIDL`` messages.
+:func:`encode` and :func:`decode` translate between argument tuples and ``DIDL`` messages;
+:func:`parse_value_args` reads an argument tuple written as Candid text (``(1 : nat64, opt "a")``).
 
 Python mapping of values (encode takes it, decode returns it):
 
@@ -31,8 +32,9 @@ not interpret types again. Decoding is metered against hostile input: type table
 and the number of decoded elements (including zero-sized ones such as ``vec null``) are bounded,
 and every failure raises :class:`~icws_fast.errors.CandidError`.
 
-The package, bottom-up: :mod:`.types` (type objects, :func:`idl_hash`, rendering), :mod:`.parser`
-(Candid text), :mod:`.typetable` (a message's type table, written and read), :mod:`.encoder`,
+The package, bottom-up: :mod:`.types` (type objects, :func:`idl_hash`, rendering), :mod:`.lexer`
+(Candid text split into tokens), :mod:`.parser` (types written as text), :mod:`.values` (values
+written as text), :mod:`.typetable` (a message's type table, written and read), :mod:`.encoder`,
 :mod:`.readers` (the decoder's leaf value readers) and :mod:`.decoder`. Import from
 ``icws_fast.ic.candid``; the submodules are its implementation.
 """
@@ -80,6 +82,7 @@ from icws_fast.ic.candid.types import (
     idl_hash,
 )
 from icws_fast.ic.candid.typetable import MAGIC, MAX_TYPE_TABLE
+from icws_fast.ic.candid.values import parse_value_args
 
 __all__ = [
     "BLOB",
@@ -127,4 +130,5 @@ __all__ = [
     "parse_args",
     "parse_did",
     "parse_type",
+    "parse_value_args",
 ]

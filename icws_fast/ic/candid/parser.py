@@ -8,11 +8,10 @@ no alias chain may loop without a type constructor, and every failure raises
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
-from typing import Final, NamedTuple
 
 from icws_fast.errors import CandidError
+from icws_fast.ic.candid.lexer import TokenCursor, integer
 from icws_fast.ic.candid.types import (
     BLOB,
     KEYWORDS,
@@ -36,89 +35,6 @@ from icws_fast.ic.candid.types import (
 )
 
 __all__ = ["as_types", "parse_args", "parse_did", "parse_type"]
-
-_TOKEN: Final = re.compile(
-    r"""
-    (?P<ws>[ \t\r\n]+|//[^\n]*)
-  | (?P<num>0[xX][0-9a-fA-F][0-9a-fA-F_]*|[0-9][0-9_]*)
-  | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<text>"(?:[^"\\]|\\.)*")
-  | (?P<punct>->|[(){};:,=.])
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-_ESCAPE: Final = re.compile(r"\\(u\{[0-9a-fA-F_]+\}|[0-9a-fA-F]{2}|.)", re.DOTALL)
-_SIMPLE_ESCAPES: Final = {"n": b"\n", "r": b"\r", "t": b"\t", "\\": b"\\", '"': b'"', "'": b"'"}
-
-
-class _Tok(NamedTuple):
-    kind: str  # "num" | "id" | "text" | "punct" | "eof"
-    value: str
-    offset: int
-
-
-def _tokenize(text: str) -> list[_Tok]:
-    tokens: list[_Tok] = []
-    pos, end = 0, len(text)
-    while pos < end:
-        if text.startswith("/*", pos):
-            pos = _skip_block_comment(text, pos)
-            continue
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise CandidError(f"unexpected character {text[pos]!r} at offset {pos}")
-        kind = m.lastgroup
-        assert kind is not None
-        if kind == "text":
-            tokens.append(_Tok("text", _unescape(m.group()[1:-1], pos), pos))
-        elif kind != "ws":
-            tokens.append(_Tok(kind, m.group(), pos))
-        pos = m.end()
-    tokens.append(_Tok("eof", "", end))
-    return tokens
-
-
-def _skip_block_comment(text: str, pos: int) -> int:
-    """The offset after the (possibly nested) block comment starting at ``pos``."""
-    depth, i = 0, pos
-    while i < len(text):
-        if text.startswith("/*", i):
-            depth += 1
-            i += 2
-        elif text.startswith("*/", i):
-            depth -= 1
-            i += 2
-            if depth == 0:
-                return i
-        else:
-            i += 1
-    raise CandidError(f"unterminated comment at offset {pos}")
-
-
-def _unescape(body: str, offset: int) -> str:
-    """Decode a Candid string literal body; ``\\XX`` escapes are raw bytes, the result must be UTF-8."""
-    out = bytearray()
-    last = 0
-    for m in _ESCAPE.finditer(body):
-        out += body[last : m.start()].encode("utf-8", "surrogatepass")
-        esc = m.group(1)
-        if esc.startswith("u{"):
-            try:
-                out += chr(int(esc[2:-1].replace("_", ""), 16)).encode("utf-8")
-            except (ValueError, OverflowError):
-                raise CandidError(f"bad unicode escape in string at offset {offset}") from None
-        elif len(esc) == 2:
-            out.append(int(esc, 16))
-        elif esc in _SIMPLE_ESCAPES:
-            out += _SIMPLE_ESCAPES[esc]
-        else:
-            raise CandidError(f"bad escape \\{esc} in string at offset {offset}")
-        last = m.end()
-    out += body[last:].encode("utf-8", "surrogatepass")
-    try:
-        return out.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CandidError(f"string at offset {offset} is not valid UTF-8") from None
 
 
 class _Env:
@@ -148,51 +64,10 @@ class _Env:
                 t = t.definition
 
 
-class _Parser:
+class _Parser(TokenCursor):
     def __init__(self, text: str, env: _Env) -> None:
-        if not isinstance(text, str):
-            raise CandidError("Candid source must be a str")
-        self.toks = _tokenize(text)
-        self.i = 0
+        super().__init__(text)
         self.env = env
-
-    # -- token helpers -------------------------------------------------------------------
-    def peek(self, ahead: int = 0) -> _Tok:
-        return self.toks[min(self.i + ahead, len(self.toks) - 1)]
-
-    def next(self) -> _Tok:
-        tok = self.toks[self.i]
-        if tok.kind != "eof":
-            self.i += 1
-        return tok
-
-    def at(self, value: str, ahead: int = 0) -> bool:
-        tok = self.peek(ahead)
-        return tok.kind in ("punct", "id") and tok.value == value
-
-    def accept(self, value: str) -> bool:
-        if self.at(value):
-            self.i += 1
-            return True
-        return False
-
-    def expect(self, value: str) -> None:
-        if not self.accept(value):
-            self.fail(f"expected {value!r}")
-
-    def fail(self, what: str) -> None:
-        tok = self.peek()
-        found = "end of input" if tok.kind == "eof" else repr(tok.value)
-        raise CandidError(f"{what} at offset {tok.offset}, found {found}")
-
-    def unread(self, tok: _Tok) -> None:
-        """Step back over ``tok`` (just taken by :meth:`next`) so that errors point at it."""
-        if tok.kind != "eof":
-            self.i -= 1
-
-    def end(self) -> None:
-        if self.peek().kind != "eof":
-            self.fail("expected end of input")
 
     def name(self) -> str:
         """A field, tag, method or argument name: an identifier other than a keyword, or a quoted text."""
@@ -203,18 +78,16 @@ class _Parser:
         if tok.kind == "id" and tok.value in KEYWORDS:
             self.unread(tok)
             self.fail(f'a keyword cannot be a name; quote it as "{tok.value}"')
-        return tok.value
+        return self.text(tok) if tok.kind == "text" else tok.value
 
     def nat(self) -> int:
         tok = self.next()
-        if tok.kind != "num":
+        value = integer(tok.value) if tok.kind == "num" and tok.value[0] not in "+-" else None
+        if value is None:
             self.unread(tok)
-            self.fail("expected a number")
-        digits = tok.value.replace("_", "")
-        if len(digits) > 40:
-            self.i -= 1
-            self.fail("number too large")
-        return int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10)
+            self.fail("expected a natural number")
+        assert value is not None
+        return value
 
     # -- grammar -------------------------------------------------------------------------
     def datatype(self, depth: int = 0) -> Type:

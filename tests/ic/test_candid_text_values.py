@@ -1,17 +1,16 @@
-"""Candid init arguments written as text (``--init-arg``), read against the module's init types."""
+"""Candid values written as text (``parse_value_args``; the devnet's ``--init-arg``), read at expected types."""
 
 from __future__ import annotations
 
 import pytest
 
-from icws_fast.devnet.wasm.candid_text import encode_text, parse_values
 from icws_fast.errors import CandidError
 from icws_fast.ic import candid
 from icws_fast.ic.principal import Principal
 
 
 def values(text: str, types: str) -> list[object]:
-    return parse_values(text, candid.parse_args(types))
+    return candid.parse_value_args(text, candid.parse_args(types))
 
 
 def test_numbers_with_annotations_and_separators() -> None:
@@ -45,7 +44,8 @@ def test_trailing_optional_arguments_may_be_omitted() -> None:
 
 def test_the_encoding_is_the_candid_encoding_of_the_values() -> None:
     types = candid.parse_args("(nat64, nat64)")
-    assert encode_text("(3 : nat64, 61_000 : nat64)", types) == candid.encode(types, [3, 61_000])
+    parsed = candid.parse_value_args("(3 : nat64, 61_000 : nat64)", types)
+    assert candid.encode(types, parsed) == candid.encode(types, [3, 61_000])
 
 
 @pytest.mark.parametrize(
@@ -57,12 +57,12 @@ def test_the_encoding_is_the_candid_encoding_of_the_values() -> None:
         ('("x")', "(nat)", "expected a nat value"),
         ("(1, 2)", "(nat)", "more values"),
         ("()", "(nat)", r"argument\(s\) expected"),
-        ("(1", "(nat)", "ends too early"),
+        ("(1", "(nat)", "found end of input"),
         ("(1) x", "(nat)", "unexpected text"),
         ("(record { a = 1 })", "(record { a : nat; b : nat })", "misses fields"),
         ("(variant { C })", "(variant { A; B })", "has no field"),
         ('(principal "not a principal")', "(principal)", "bad principal"),
-        ("(@)", "(nat)", "cannot read Candid value text"),
+        ("(@)", "(nat)", "unexpected character .@. at offset 1"),
         ('("\\zz")', "(text)", "bad escape"),
         ('("\\u{12")', "(text)", "bad unicode escape"),
         ('("\\e4")', "(text)", "not UTF-8"),
