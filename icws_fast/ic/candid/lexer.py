@@ -8,7 +8,7 @@ value. Every failure raises :class:`~icws_fast.errors.CandidError` with the offs
 from __future__ import annotations
 
 import re
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, NoReturn
 
 from icws_fast.errors import CandidError
 
@@ -150,7 +150,7 @@ class TokenCursor:
         if not self.accept(value):
             self.fail(f"expected {value!r}")
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         tok = self.peek()
         found = "end of input" if tok.kind == "eof" else repr(tok.value)
         raise CandidError(f"{what} at offset {tok.offset}, found {found}")

@@ -86,7 +86,6 @@ class _Parser(TokenCursor):
         if value is None:
             self.unread(tok)
             self.fail("expected a natural number")
-        assert value is not None
         return value
 
     # -- grammar -------------------------------------------------------------------------

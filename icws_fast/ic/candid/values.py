@@ -142,7 +142,6 @@ class _ValueReader(TokenCursor):
         if key is None:
             self.unread(tok)
             self.fail("expected a field name")
-        assert key is not None
         return key
 
     def record(self, t: RecordType) -> dict[str | int, Any]:
