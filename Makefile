@@ -9,12 +9,14 @@ DEVNET_ADDRESS ?= 127.0.0.1:4943
 FUZZ_SECONDS ?= 60
 FUZZ_JOBS ?= 2
 FUZZ_TARGETS ?=
+# make soak: seconds of load (make test runs the same test for 10 s).
+SOAK_SECONDS ?= 60
 # `make run WASM_CANISTERS="mo=path/to/canister.wasm" WASM_INIT_ARG="mo=(50 : nat64, 300_000 : nat64)"` also
 # serves canister modules (space-separated NAME=PATH.wasm) next to the demo canisters; see docs/devnet.md.
 WASM_CANISTERS ?=
 WASM_INIT_ARG ?=
 
-.PHONY: run test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps fuzz clean
+.PHONY: run test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps fuzz soak clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +55,11 @@ test: lint typecheck pytest pytest-pure
 # Coverage-guided fuzzing of every parser a peer can reach; crashing inputs land in fuzz/regressions/.
 fuzz: ext
 	nice -n 10 $(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(FUZZ_TARGETS)
+
+# The soak: >= 50 verifying clients plus firehose traffic through a gateway process; prints the messages
+# delivered, msgs/s and the gateway's RSS, and fails on a lost, duplicated or reordered message.
+soak: ext
+	SOAK_SECONDS=$(SOAK_SECONDS) ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q -s tests/faults/test_load.py -k test_soak
 
 bench: ext
 	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest benchmarks --benchmark-only --benchmark-enable -q

@@ -27,7 +27,7 @@ from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from tests.faults.proxy import FaultProxy
-from tests.faults.verifying import VerifyingClient, push, settle
+from tests.faults.verifying import VerifyingClient, push, settle, wait_for
 from tests.gateway.gw_harness import start_gateway
 
 pytestmark = pytest.mark.slow
@@ -83,15 +83,6 @@ async def stack(devnet: Devnet, polling_interval_s: float) -> AsyncIterator[Stac
                 for client in clients:
                     await client.close()
                 await gateway.drain()
-
-
-async def wait_for(condition: object, timeout_s: float = 10.0) -> bool:
-    """Poll ``condition()`` until true or ``timeout_s`` passed; its last value."""
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 - the state has no event to wait on
-        await asyncio.sleep(0.05)
-    return bool(condition())
 
 
 # -- what holds today -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from tests.faults.proxy import FaultProxy
-from tests.faults.verifying import VerifyingClient, push, settle
+from tests.faults.verifying import VerifyingClient, push, settle, wait_for
 from tests.plugins.devnet import DevnetProcess
 from tests.plugins.gateway_process import GatewayProcess
 
@@ -51,8 +51,13 @@ class ProcessStack:
         devnet may have restarted since the last round). A client closed meanwhile fails its sends, which the
         caller's check accounts for."""
         async with Agent(self.devnet.url, Ed25519Identity.generate(), root_key=self.devnet.root_key_der) as direct:
-            pushes = (push(direct, self.canister, c, f"push {i} to {c.name}") for c in clients for i in range(count))
-            await asyncio.gather(*(c.send(count) for c in clients), *pushes, return_exceptions=True)
+
+            async def pushes(client: VerifyingClient) -> None:
+                # One after the other: concurrent calls to one client would queue in any order.
+                for i in range(count):
+                    await push(direct, self.canister, client, f"push {i} to {client.name}")
+
+            await asyncio.gather(*(c.send(count) for c in clients), *map(pushes, clients), return_exceptions=True)
 
 
 @pytest.fixture
@@ -64,12 +69,6 @@ async def stack(devnet_process: DevnetProcess, tmp_path: Path) -> AsyncIterator[
             yield ProcessStack(devnet_process, proxy, gateway)
         finally:
             await asyncio.to_thread(gateway.stop)
-
-
-async def wait_closed(clients: Iterable[VerifyingClient], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while any(c.ws.close_code is None for c in clients) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
 
 
 async def test_sigterm_under_load_drains_then_a_new_gateway_serves_the_clients_that_reconnect(
@@ -88,7 +87,7 @@ async def test_sigterm_under_load_drains_then_a_new_gateway_serves_the_clients_t
     assert status == 0, stack.gateway.output
     # The drain's bound, plus the interpreter's exit.
     assert elapsed < DRAIN_TIMEOUT_S + 5.0, f"the gateway took {elapsed:.1f} s to exit"
-    await wait_closed(clients, 5.0)
+    assert await wait_for(lambda: all(c.ws.close_code is not None for c in clients), timeout_s=5.0)
     for client in clients:
         client.check(close_code=1001, complete=False)
         assert client.ws.close_reason == "gateway shutting down"
@@ -118,10 +117,8 @@ async def test_a_devnet_restart_leaves_every_client_served_or_closed_with_a_reas
     await asyncio.to_thread(stack.devnet.start)
     await stack.load(clients, 3)
     # Served: everything arrives. Not served (the canister forgot the session): closed with a reason, promptly.
-    deadline = time.monotonic() + 20.0
-    while not all(c.done for c in clients) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: all(c.done for c in clients), timeout_s=20.0)
+    await asyncio.sleep(0.3)  # time for a duplicate to show
     for client in clients:
         if client.ws.close_code is None:
             client.check()

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from icws_fast.client import IcWebSocket
@@ -115,12 +115,18 @@ async def push(agent: Agent, canister: Principal, client: VerifyingClient, text:
     assert candid.decode(await agent.call(canister, "send", arg), _UNIT_RESULT) == [{"Ok": None}]
 
 
+async def wait_for(condition: Callable[[], object], timeout_s: float = 10.0) -> bool:
+    """Poll ``condition()`` until true or ``timeout_s`` passed; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 - the state has no event to wait on
+        await asyncio.sleep(0.05)
+    return bool(condition())
+
+
 async def settle(clients: Iterable[VerifyingClient], timeout_s: float = 20.0) -> None:
     """Wait until every client has all it expects (or closed), at most ``timeout_s``; then check them all."""
     clients = list(clients)
-    deadline = time.monotonic() + timeout_s
-    while not all(c.done for c in clients) and time.monotonic() < deadline:  # noqa: ASYNC110 - no event to wait on
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: all(c.done for c in clients), timeout_s)
     # Anything arriving after the expected messages would be a duplicate: give it a moment to show.
     await asyncio.sleep(0.3)
     for client in clients:
