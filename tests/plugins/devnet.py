@@ -70,6 +70,18 @@ def free_port() -> int:
         return port
 
 
+def terminate(proc: subprocess.Popen[Any], timeout_s: float) -> int:
+    """SIGTERM ``proc`` if it runs, wait at most ``timeout_s`` (then SIGKILL); its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 @dataclass
 class DevnetProcess:
     """A running ``icws-devnet`` subprocess and what it printed on start."""
@@ -133,16 +145,10 @@ class DevnetProcess:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        status = terminate(proc, 15)
         if proc.stdout is not None:
             proc.stdout.close()
-        return proc.returncode
+        return status
 
     def restart(self) -> None:
         self.stop()

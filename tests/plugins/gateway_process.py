@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.plugins.devnet import free_port
+from tests.plugins.devnet import free_port, terminate
 
 _START_TIMEOUT_S = 30.0
 _LISTENING = re.compile(r"listening on ws://[^ ]+:(\d+) \(metrics on [^ ]+:(\d+)\)")
@@ -75,14 +74,7 @@ class GatewayProcess:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return terminate(proc, timeout_s)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
