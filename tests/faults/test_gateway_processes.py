@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from icws_fast.ic.agent import Agent
-from icws_fast.ic.identity import Ed25519Identity
+from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from tests.faults.proxy import FaultProxy
 from tests.faults.verifying import VerifyingClient, push, settle, wait_for
@@ -41,8 +41,13 @@ class ProcessStack:
     def canister(self) -> Principal:
         return self.devnet.canister_ids["test"]
 
-    async def connect(self, names: Iterable[str]) -> list[VerifyingClient]:
-        clients = [await VerifyingClient.connect(name, self.gateway.url, self.canister, self.devnet) for name in names]
+    async def connect(self, names: Iterable[str], identities: Iterable[Identity] = ()) -> list[VerifyingClient]:
+        """A client per name (with the identities given, in order; fresh ones for the rest), each with its "ping"."""
+        ids = iter(identities)
+        clients = [
+            await VerifyingClient.connect(name, self.gateway.url, self.canister, self.devnet, next(ids, None))
+            for name in names
+        ]
         await settle(clients)  # every client got its "ping"
         return clients
 
@@ -74,7 +79,8 @@ async def stack(devnet_process: DevnetProcess, tmp_path: Path) -> AsyncIterator[
 async def test_sigterm_under_load_drains_then_a_new_gateway_serves_the_clients_that_reconnect(
     stack: ProcessStack,
 ) -> None:
-    clients = await stack.connect(f"c{i}" for i in range(CLIENTS))
+    identities = [Ed25519Identity.generate() for _ in range(CLIENTS)]
+    clients = await stack.connect((f"c{i}" for i in range(CLIENTS)), identities)
     await stack.load(clients, 3)
     await settle(clients)
     # Messages in flight both ways when the signal lands.
@@ -92,9 +98,11 @@ async def test_sigterm_under_load_drains_then_a_new_gateway_serves_the_clients_t
         client.check(close_code=1001, complete=False)
         assert client.ws.close_reason == "gateway shutting down"
         await client.close()
-    # A new gateway on the same port (same data dir: same principal) serves the clients as they come back.
+    # A new gateway on the same port (same data dir: same principal) serves the clients as they come back (same
+    # identities, new sessions: nothing of the old sessions is delivered again).
     await asyncio.to_thread(stack.gateway.start)
-    again = await stack.connect(f"r{i}" for i in range(CLIENTS))
+    again = await stack.connect((f"r{i}" for i in range(CLIENTS)), identities)
+    assert [c.principal for c in again] == [c.principal for c in clients]
     await stack.load(again, 3)
     await settle(again)
     for client in again:

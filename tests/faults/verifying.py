@@ -24,6 +24,7 @@ from icws_fast.devnet.canisters.pingpong import encode_app_message
 from icws_fast.errors import ConnectionClosed
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
+from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 
 _SEND_ARGS = candid.parse_args("(principal, blob)")
@@ -52,8 +53,11 @@ class VerifyingClient:
         self._reader = asyncio.create_task(self._read(), name=f"verifying client {name}")
 
     @classmethod
-    async def connect(cls, name: str, gateway_url: str, canister: Principal, devnet: Replica) -> VerifyingClient:
-        ws = await IcWebSocket.connect(gateway_url, canister, devnet.url, root_key_der=devnet.root_key_der)
+    async def connect(
+        cls, name: str, gateway_url: str, canister: Principal, devnet: Replica, identity: Identity | None = None
+    ) -> VerifyingClient:
+        """Open a session (with ``identity``, default a fresh one) and start recording what arrives."""
+        ws = await IcWebSocket.connect(gateway_url, canister, devnet.url, identity, root_key_der=devnet.root_key_der)
         return cls(name, ws)
 
     @property
