@@ -20,17 +20,8 @@ from typing import Any
 import pytest
 
 from icws_fast.ic import cbor, hashtree
-
-try:
-    from tests.conftest import load_vectors
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.conftest import load_vectors
-
 from tests import twins
+from tests.vectors import load_vectors
 
 _decode, _encode = twins.twin(cbor, "decode"), twins.twin(cbor, "encode")
 IMPLS: dict[str, dict[str, Callable[..., Any]]] = {"pure": {"decode": _decode.pure, "encode": _encode.pure}}

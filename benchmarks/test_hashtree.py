@@ -19,17 +19,8 @@ import pytest
 from icws_fast.ic import bls, hashtree
 from icws_fast.ic.certificate import BLS_CACHE, Certificate, sign_certificate
 from icws_fast.ic.request_id import leb128
-
-try:
-    from tests.conftest import load_vectors
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.conftest import load_vectors
-
 from tests import twins
+from tests.vectors import load_vectors
 
 _reconstruct, _lookup_path = twins.twin(hashtree, "reconstruct"), twins.twin(hashtree, "lookup_path")
 IMPLS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {"pure": (_reconstruct.pure, _lookup_path.pure)}

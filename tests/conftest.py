@@ -1,31 +1,3 @@
-"""Shared fixtures: the shared test vectors and the implementation mode."""
-
-from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
-from typing import Any
-
-import pytest
+"""Fixtures for every test: the devnet ones of ``tests/plugins/devnet.py``."""
 
 pytest_plugins = ["tests.plugins.devnet"]
-
-ROOT = Path(__file__).resolve().parent.parent
-VECTORS = Path(os.environ.get("ICWS_VECTORS", ROOT.parent / "shared" / "vectors"))
-
-
-def load_vectors(name: str) -> list[dict[str, Any]]:
-    """The records of ``../shared/vectors/<name>.json``; a missing file fails the test run."""
-    path = VECTORS / f"{name}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"shared test vectors not found at {path} (set ICWS_VECTORS)")
-    records: list[dict[str, Any]] = json.loads(path.read_text())["records"]
-    return records
-
-
-@pytest.fixture(scope="session")
-def pure_mode() -> bool:
-    from icws_fast import _ext
-
-    return _ext.PURE

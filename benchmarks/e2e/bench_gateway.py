@@ -1,8 +1,8 @@
 """End-to-end gateway benchmark: K clients on the firehose canister, against a raw picows broadcast.
 
-Run: ``.venv/bin/python benchmarks/e2e/bench_gateway.py --clients 100 --seconds 10``. It starts the devnet,
-the gateway and the clients as separate child processes (so each one's CPU is its own), turns the firehose
-on and, over a window after a warm-up, prints:
+Run (from the repository root): ``.venv/bin/python -m benchmarks.e2e.bench_gateway --clients 100 --seconds 10``.
+It starts the devnet, the gateway and the clients as separate child processes (so each one's CPU is its own),
+turns the firehose on and, over a window after a warm-up, prints:
 
 * delivered messages/s (all clients together), what the canister really sent (its rounds, seen in the
   messages' timestamps), and the latency from the canister's send (the message's ``timestamp``, the
@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,16 +40,15 @@ from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "gateway"))
+from icws_fast.devnet.server import DEFAULT_ROUND_MS
+from icws_fast.ic import candid, cbor
+from icws_fast.ic.agent import Agent
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.types import decode_canister_to_client, decode_websocket_message
+from tests.gateway.gw_rawclient import RawClient, RawListener
+from tests.processes import Child, DevnetProcess, GatewayProcess, cpu_seconds
 
-from gw_rawclient import RawClient, RawListener  # noqa: E402
-
-from icws_fast.ic import candid, cbor  # noqa: E402
-from icws_fast.ic.agent import Agent  # noqa: E402
-from icws_fast.ic.principal import Principal  # noqa: E402
-from icws_fast.protocol.types import decode_canister_to_client, decode_websocket_message  # noqa: E402
-
+_MODULE = "benchmarks.e2e.bench_gateway"
 BIN = Path(sys.executable).parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_EVERY = 1000
@@ -57,12 +56,6 @@ SAMPLE_EVERY = 1000
 _SEQUENCE_NUM = b"\x6csequence_num"
 _TIMESTAMP = b"\x69timestamp"
 _IS_SERVICE = b"\x72is_service_message"
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -256,14 +249,13 @@ async def raw_server(frame_size: int, total: int, expected: int) -> None:
 # -- the orchestrator ----------------------------------------------------------------------------------------
 
 
-def _spawn_self(*argv: str, stdin: int | None = None) -> Any:
-    return asyncio.create_subprocess_exec(
-        sys.executable, __file__, *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, limit=1 << 26
-    )
+def _spawn_self(*argv: str, stdin: bool = False) -> Child:
+    """This module in a child process, in the role ``argv[0]`` names."""
+    return Child(f"bench_gateway {argv[0]}", [sys.executable, "-m", _MODULE, *argv], stdin=stdin)
 
 
 def _shares(pids: dict[str, int]) -> dict[str, float]:
-    return {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -307,56 +299,47 @@ class Profiler:
 
 async def run_gateway_leg(args: argparse.Namespace, workdir: Path, gateway_src: Path | None) -> dict[str, Any]:
     """One measurement; ``gateway_src`` (a directory holding an ``icws_fast`` package) is the gateway's code."""
-    gateway_env = {**os.environ, "RUST_LOG_STDOUT": "warn", "RUST_LOG_FILE": "warn"}
+    gateway_env = {"RUST_LOG_FILE": "warn"}
     if gateway_src is not None:
-        gateway_env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(gateway_src), os.environ.get("PYTHONPATH"))))
-    devnet = await asyncio.create_subprocess_exec(
-        str(BIN / "icws-devnet"), "--address", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE
-    )
-    assert devnet.stdout is not None
-    info = json.loads(await read_line(devnet.stdout, "{"))
-    gateway = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "icws_fast.gateway",
-        "--gateway-address", "127.0.0.1:0", "--prometheus-endpoint", "127.0.0.1:0",
-        "--ic-network-url", info["url"], "--polling-interval", str(args.polling_interval),
-        "--max-clients-per-ip", str(args.clients + 10), "--poll-pipeline-depth", str(args.pipeline),
-        cwd=workdir, stdout=asyncio.subprocess.PIPE,
-        env=gateway_env,
-    )  # fmt: skip
-    children = [gateway, devnet]
-    assert gateway.stdout is not None
-    try:
-        port = int((await read_line(gateway.stdout, "listening on ")).split()[2].rsplit(":", 1)[1])
-        firehose = info["canisters"]["firehose"]
+        gateway_env["PYTHONPATH"] = str(gateway_src)
+    with contextlib.ExitStack() as children:
+        devnet = children.enter_context(DevnetProcess(address="127.0.0.1:0", round_ms=DEFAULT_ROUND_MS))
+        gateway_args = [
+            "--polling-interval",
+            str(args.polling_interval),
+            "--max-clients-per-ip",
+            str(args.clients + 10),
+        ]
+        gateway_args += ["--poll-pipeline-depth", str(args.pipeline)]
+        gateway = GatewayProcess(devnet.url, workdir / "data", extra_args=gateway_args, env=gateway_env)
+        children.enter_context(gateway)
+        firehose = devnet.info["canisters"]["firehose"]
         canister = Principal.from_text(firehose)
-        workers = []
-        for count in _split(args.clients, args.client_procs):
-            worker = await _spawn_self(
-                "--gateway-clients", f"ws://127.0.0.1:{port}", firehose, str(count), stdin=asyncio.subprocess.PIPE
-            )
-            workers.append(worker)
-            children.append(worker)
+        workers = [
+            children.enter_context(_spawn_self("--gateway-clients", gateway.url, firehose, str(count), stdin=True))
+            for count in _split(args.clients, args.client_procs)
+        ]
         for worker in workers:
-            await read_line(worker.stdout, "ready")
+            await worker.wait_for_line_async("ready", timeout=600)
         config_type = candid.parse_args(
             "(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })"
         )
         pids = {"gateway": gateway.pid, "devnet": devnet.pid} | {f"clients{i}": w.pid for i, w in enumerate(workers)}
         profiler = Profiler(args.profile, args.seconds)
-        async with Agent(info["url"], root_key=bytes.fromhex(info["root_key"])) as agent:
+        async with Agent(devnet.url, root_key=devnet.root_key_der) as agent:
             config = {"messages_per_round": args.per_round, "payload_size": args.payload, "interval_ms": args.interval}
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
             await asyncio.sleep(args.warmup)
             profiler.start({"gateway": gateway.pid, "devnet": devnet.pid})
             cpu0, t0 = _shares(pids), time.time()
             for worker in workers:
-                worker.stdin.write(b"start\n")
+                worker.send_line("start")
             await asyncio.sleep(args.seconds)
             for worker in workers:
-                worker.stdin.write(b"stop\n")
+                worker.send_line("stop")
             cpu1, t1 = _shares(pids), time.time()
             rss = proc_rss_mb(gateway.pid)
-            results = [json.loads(await read_line(w.stdout, "{")) for w in workers]
+            results = [json.loads(await w.wait_for_line_async("{", timeout=120)) for w in workers]
             config["messages_per_round"] = 0
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
         profiler.report()
@@ -377,35 +360,24 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, gateway_src: 
             "closed": sum(r["closed"] for r in results),
             "rounds_per_s": len({t for r in results for t in r["rounds"]}) / seconds,
         }
-    finally:
-        for proc in children:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in children:
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
 
 
 async def run_raw_leg(args: argparse.Namespace, frame_size: int) -> tuple[float, float]:
     """(msgs/s all clients received, the server's CPU µs per frame sent) of the raw broadcast."""
-    server = await _spawn_self("--raw-server", str(frame_size), str(args.raw_messages), str(args.clients))
-    workers = []
-    try:
-        port = int((await read_line(server.stdout, "port ")).split()[1])
-        cpu0 = proc_cpu_seconds(server.pid)
-        for count in _split(args.clients, args.client_procs):
-            url = f"ws://127.0.0.1:{port}"
-            workers.append(await _spawn_self("--raw-clients", url, str(count), str(args.raw_messages)))
-        rates = [json.loads(await read_line(w.stdout, "{"))["msgs_per_s"] for w in workers]
-        cpu_us = (proc_cpu_seconds(server.pid) - cpu0) * 1e6 / (args.raw_messages * args.clients)
+    with contextlib.ExitStack() as children:
+        server = children.enter_context(
+            _spawn_self("--raw-server", str(frame_size), str(args.raw_messages), str(args.clients))
+        )
+        port = int(server.wait_for_line("port ").split()[1])
+        cpu0 = cpu_seconds(server.pid)
+        url = f"ws://127.0.0.1:{port}"
+        workers = [
+            children.enter_context(_spawn_self("--raw-clients", url, str(count), str(args.raw_messages)))
+            for count in _split(args.clients, args.client_procs)
+        ]
+        rates = [json.loads(await w.wait_for_line_async("{", timeout=600))["msgs_per_s"] for w in workers]
+        cpu_us = (cpu_seconds(server.pid) - cpu0) * 1e6 / (args.raw_messages * args.clients)
         return sum(rates), cpu_us
-    finally:
-        for proc in [server, *workers]:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
 
 
 def report(name: str, gw: dict[str, Any], raw: float, raw_us: float, per_round_all: int) -> None:

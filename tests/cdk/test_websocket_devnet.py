@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from ws_actors import WsClient, WsGateway
 
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.canisters.pingpong import decode_app_message, encode_app_message
@@ -21,6 +20,7 @@ from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope
 from icws_fast.ic.identity import AnonymousIdentity, Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
+from tests.cdk.ws_actors import WsClient, WsGateway
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from ws_actors import WsClient, WsGateway
 
 from icws_fast.cdk.api import Canister
 from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.canisters.pingpong import PingPongCanister
 from icws_fast.protocol import types as t
+from tests.cdk.ws_actors import WsClient, WsGateway
 
 pytestmark = pytest.mark.timeout(60)
 

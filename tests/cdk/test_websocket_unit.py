@@ -10,7 +10,6 @@ import pickle
 import random
 
 import pytest
-from cdk_harness import CANISTER_ID, MS, ROOT_KEY_DER, LocalHost, service, verify_messages
 
 from icws_fast.cdk import api
 from icws_fast.cdk.certified_map import CertifiedMessageMap
@@ -26,6 +25,7 @@ from icws_fast.errors import CdkError
 from icws_fast.ic import hashtree
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
+from tests.cdk.cdk_harness import CANISTER_ID, MS, ROOT_KEY_DER, LocalHost, service, verify_messages
 
 GATEWAY = Principal.from_text("sqdfl-mr4km-2hfjy-gajqo-xqvh7-hf4mf-nra4i-3it6l-neaw4-soolw-tae")
 GATEWAY_2 = Principal(b"\x22" * 29)

@@ -13,8 +13,6 @@ import secrets
 import time
 from typing import Any
 
-from cdk_harness import verify_messages
-
 from icws_fast.devnet import Devnet
 from icws_fast.errors import ProtocolDecodeError, ProtocolError
 from icws_fast.ic.agent import Agent
@@ -22,6 +20,7 @@ from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope
 from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
+from tests.cdk.cdk_harness import verify_messages
 
 
 class WsGateway:

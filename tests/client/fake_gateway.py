@@ -28,11 +28,7 @@ from cryptography.x509.oid import NameOID
 from icws_fast.client._common import MAX_MESSAGE_SIZE
 from icws_fast.ic import cbor
 from icws_fast.protocol.types import ClientKey, CloseMessageReason
-
-try:
-    from icws_sim import OTHER_SK, ROOT_KEY_DER, SimCanister
-except ImportError:
-    from tests.client.icws_sim import OTHER_SK, ROOT_KEY_DER, SimCanister  # type: ignore[no-redef]
+from tests.client.icws_sim import OTHER_SK, ROOT_KEY_DER, SimCanister
 
 MODES = ("echo", "ack", "silent", "no_open", "bad_cert", "close_by_app", "text_frame", "drop", "flood", "too_big")
 FLOOD = 60  # messages the "flood" mode sends after the greeting

@@ -12,13 +12,8 @@ import pytest
 from icws_fast.client import IcWebSocket
 from icws_fast.errors import CertificateError, ConfigError, ConnectionClosed, IcwsError, ProtocolError
 from icws_fast.protocol.types import KeepAliveMessage
-
-try:
-    from fake_gateway import FLOOD, FakeGateway
-    from icws_sim import CANISTER_ID, ROOT_KEY_DER
-except ImportError:
-    from tests.client.fake_gateway import FLOOD, FakeGateway  # type: ignore[no-redef]
-    from tests.client.icws_sim import CANISTER_ID, ROOT_KEY_DER  # type: ignore[no-redef]
+from tests.client.fake_gateway import FLOOD, FakeGateway
+from tests.client.icws_sim import CANISTER_ID, ROOT_KEY_DER
 
 
 @pytest.fixture

@@ -22,13 +22,8 @@ from icws_fast.errors import (
 )
 from icws_fast.ic.agent import MAINNET_ROOT_KEY
 from icws_fast.protocol.types import KeepAliveMessage
-
-try:
-    from fake_gateway import FLOOD, FakeGateway
-    from icws_sim import CANISTER_ID, ROOT_KEY_DER
-except ImportError:
-    from tests.client.fake_gateway import FLOOD, FakeGateway  # type: ignore[no-redef]
-    from tests.client.icws_sim import CANISTER_ID, ROOT_KEY_DER  # type: ignore[no-redef]
+from tests.client.fake_gateway import FLOOD, FakeGateway
+from tests.client.icws_sim import CANISTER_ID, ROOT_KEY_DER
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from devnet_canisters import Counter, Ticker
 
 from icws_fast.devnet import Devnet
 from icws_fast.ic import candid, cbor, hashtree
@@ -34,6 +33,7 @@ from icws_fast.ic.identity import (
 )
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import RESPONSE_DOMAIN, hash_of_map, request_id
+from tests.devnet.devnet_canisters import Counter, Ticker
 
 CANISTERS = {"counter": Counter, "ticker": Ticker}
 MINUTE_NS = 60 * 1_000_000_000

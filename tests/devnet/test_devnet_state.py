@@ -10,7 +10,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from devnet_canisters import SECOND_NS, Counter, Ticker
 
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.replica import DONE_RETENTION_NS, Keys, Replica
@@ -22,6 +21,8 @@ from icws_fast.ic.envelope import build_envelope, call_content
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import request_id
+from tests.devnet.devnet_canisters import SECOND_NS, Counter, Ticker
+from tests.processes import Child, DevnetProcess
 
 NOARGS = candid.encode("()", [])
 
@@ -232,11 +233,7 @@ async def test_restart_reuses_the_port_and_keeps_state() -> None:
 
 
 @pytest.mark.slow
-def test_cli_prints_its_info_and_persists_across_restarts(devnet_process: object) -> None:
-
-    from tests.plugins.devnet import DevnetProcess
-
-    assert isinstance(devnet_process, DevnetProcess)
+def test_cli_prints_its_info_and_persists_across_restarts(devnet_process: DevnetProcess) -> None:
     info = dict(devnet_process.info)
     assert set(info) == {"canisters", "root_key", "url"}
 
@@ -256,15 +253,9 @@ def test_cli_prints_its_info_and_persists_across_restarts(devnet_process: object
 
 @pytest.mark.slow
 def test_cli_hosts_the_canisters_it_is_told_to(tmp_path: Path) -> None:
-    import subprocess
-
-    from tests.plugins.devnet import DevnetProcess, free_port
-
     process = DevnetProcess(
-        address=f"127.0.0.1:{free_port()}",
         state_dir=tmp_path / "state",
-        extra_args=["--canister", "counter=devnet_canisters:Counter", "--subnet-delegation"],
-        env={"PYTHONPATH": str(Path(__file__).resolve().parent)},
+        extra_args=["--canister", "counter=tests.devnet.devnet_canisters:Counter", "--subnet-delegation"],
     )
 
     async def increment() -> int:
@@ -273,19 +264,17 @@ def test_cli_hosts_the_canisters_it_is_told_to(tmp_path: Path) -> None:
             (count,) = candid.decode(await agent.call(counter, "increment", NOARGS), "(nat64)")
             return int(count)
 
-    process.start()
-    try:
+    with process:
         assert process.info["canisters"] == {"counter": "rwlgt-iiaaa-aaaaa-aaaaa-cai"}
         assert asyncio.run(increment()) == 1
         process.restart()
         assert asyncio.run(increment()) == 2  # the state survived the restart
-    finally:
-        process.stop()
 
-    for bad in ("counter", "counter=devnet_canisters", "x=no_such_module:X", "x=devnet_canisters:SECOND_NS"):
+    module = "tests.devnet.devnet_canisters"
+    for bad in ("counter", f"counter={module}", "x=no_such_module:X", f"x={module}:SECOND_NS"):
         broken = DevnetProcess(address="127.0.0.1:0", state_dir=tmp_path / "bad", extra_args=["--canister", bad])
-        result = subprocess.run(broken.command(), capture_output=True, text=True, timeout=60, check=False)
-        assert result.returncode == 2 and "--canister" in result.stderr, (bad, result.stderr)
+        with Child("icws-devnet", broken.command()) as child:
+            assert child.wait(60) == 2 and "--canister" in child.output, (bad, child.output)
 
 
 async def test_slow_certification_turns_a_synchronous_call_into_polling() -> None:

@@ -10,11 +10,10 @@ ic-py 1.0.1's ``query_raw`` does not work with the installed cbor2 against any r
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.plugins.devnet import DevnetProcess, free_port
+from tests.processes import DevnetProcess
 
 icpy_agent = pytest.importorskip("ic.agent")
 icpy_candid = pytest.importorskip("ic.candid")
@@ -28,16 +27,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 @pytest.fixture(scope="module")
 def counter_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetProcess]:
     process = DevnetProcess(
-        address=f"127.0.0.1:{free_port()}",
         state_dir=tmp_path_factory.mktemp("icpy-devnet"),
-        extra_args=["--canister", "counter=devnet_canisters:Counter"],
-        env={"PYTHONPATH": str(Path(__file__).resolve().parent)},
+        extra_args=["--canister", "counter=tests.devnet.devnet_canisters:Counter"],
     )
-    process.start()
-    try:
+    with process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.mark.parametrize("kind", ["anonymous", "ed25519"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from gw_harness import OFFLINE_ROOT_KEY, start_gateway
 
 from icws_fast.gateway.server import Gateway
+from tests.gateway.gw_harness import OFFLINE_ROOT_KEY, start_gateway
 
 
 @pytest.fixture

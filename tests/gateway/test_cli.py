@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -13,8 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from gw_harness import OFFLINE_ROOT_KEY, start_gateway
-from gw_rawclient import RawClient
 
 import icws_fast
 from icws_fast.cliconfig import config_from_argv
@@ -24,6 +20,9 @@ from icws_fast.gateway.identity import load_or_create_identity
 from icws_fast.gateway.logs import EnvFilter
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
+from tests.gateway.gw_harness import OFFLINE_ROOT_KEY, start_gateway
+from tests.gateway.gw_rawclient import RawClient
+from tests.processes import GatewayProcess
 
 
 def _config(argv: list[str], environ: dict[str, str] | None = None) -> GatewayConfig:
@@ -265,37 +264,9 @@ def test_env_filter():
         EnvFilter("loud")
 
 
-async def _read_line(stream: asyncio.StreamReader, prefix: str) -> str:
-    while True:
-        line = (await asyncio.wait_for(stream.readline(), 30)).decode()
-        if not line:
-            raise AssertionError(f"gateway exited before printing {prefix!r}")
-        if line.startswith(prefix):
-            return line.strip()
-
-
-async def _start(tmp_path: Path, ic_url: str) -> tuple[asyncio.subprocess.Process, str, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "icws_fast.gateway",
-        "--gateway-address",
-        "127.0.0.1:0",
-        "--prometheus-endpoint",
-        "127.0.0.1:0",
-        "--ic-network-url",
-        ic_url,
-        "--log-format",
-        "json",
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "RUST_LOG_STDOUT": "warn", "RUST_LOG_FILE": "info"},
-    )
-    assert proc.stdout is not None
-    principal = (await _read_line(proc.stdout, "gateway principal:")).split(":", 1)[1].strip()
-    listening = await _read_line(proc.stdout, "listening on ")
-    port = int(listening.split()[2].rsplit(":", 1)[1])
-    return proc, principal, port
+def _gateway(tmp_path: Path, ic_url: str) -> GatewayProcess:
+    # RUST_LOG_FILE: the trace log file records INFO and above.
+    return GatewayProcess(ic_url, tmp_path / "data", extra_args=["--log-format", "json"], env={"RUST_LOG_FILE": "info"})
 
 
 @pytest.mark.slow
@@ -303,45 +274,25 @@ async def test_cli_keeps_its_principal_and_exits_0_on_sigterm(tmp_path):
     from icws_fast.devnet import Devnet
 
     async with Devnet(address="127.0.0.1:0") as devnet:
-        proc, principal, port = await _start(tmp_path, devnet.url)
-        try:
-            client = await RawClient.connect(f"ws://127.0.0.1:{port}")
-            assert str(await client.handshake()) == principal
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 20) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        async with _gateway(tmp_path, devnet.url) as gateway:
+            client = await RawClient.connect(gateway.url)
+            assert str(await client.handshake()) == gateway.principal
+            assert await gateway.stop_async(signal.SIGTERM) == 0
         assert (tmp_path / "data" / "key_pair").exists()
         logs = list((tmp_path / "data" / "traces").glob("gateway_*.log"))
         assert logs and '"level": "INFO"' in logs[0].read_text()
 
-        proc, again, _ = await _start(tmp_path, devnet.url)
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
-        assert again == principal
+        async with _gateway(tmp_path, devnet.url) as again:
+            assert again.principal == gateway.principal
+            assert await again.stop_async(signal.SIGINT) == 0
 
 
 @pytest.mark.slow
-async def test_cli_fails_to_start_without_a_replica(tmp_path):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "icws_fast.gateway",
-        "--gateway-address",
-        "127.0.0.1:0",
-        "--prometheus-endpoint",
-        "127.0.0.1:0",
-        "--ic-network-url",
-        "http://127.0.0.1:9",
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
+def test_cli_fails_to_start_without_a_replica(tmp_path):
+    argv = ["--gateway-address", "127.0.0.1:0", "--prometheus-endpoint", "127.0.0.1:0"]
+    proc = _run_cli(*argv, "--ic-network-url", "http://127.0.0.1:9", cwd=tmp_path)
     assert proc.returncode == 1
-    text = err.decode()
+    text = proc.stderr
     assert text.startswith("icws-gateway: error: the gateway failed to start: GET /api/v2/status to http://127.0.0.1:9")
     assert "cannot connect (connection refused); check --ic-network-url and that the replica is running" in text
     assert "Traceback" not in text and "ClientConnectorError" not in text and len(text.splitlines()) == 1

@@ -15,9 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from gw_canisters import ACK_INTERVAL_MS, CANISTERS
-from gw_harness import start_gateway
-from gw_rawclient import RawClient, message_request, open_request
 
 from icws_fast.devnet import Devnet
 from icws_fast.gateway.server import Gateway
@@ -33,6 +30,9 @@ from icws_fast.protocol.types import (
     OpenMessage,
     decode_service_message,
 )
+from tests.gateway.gw_canisters import ACK_INTERVAL_MS, CANISTERS
+from tests.gateway.gw_harness import start_gateway
+from tests.gateway.gw_rawclient import RawClient, message_request, open_request
 
 pytestmark = pytest.mark.slow
 

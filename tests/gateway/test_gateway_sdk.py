@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from gw_harness import start_gateway
 
 from icws_fast.client import IcWebSocket
 from icws_fast.devnet import Devnet
 from icws_fast.gateway.server import Gateway
+from tests.gateway.gw_harness import start_gateway
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,6 @@ import asyncio
 
 import aiohttp
 import pytest
-from gw_harness import OFFLINE_ROOT_KEY, start_gateway
-from gw_rawclient import Closed, RawClient, open_request, signed_request
 from picows import WSMsgType
 
 from icws_fast.gateway.server import Gateway
@@ -19,6 +17,8 @@ from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as s
 from icws_fast.protocol.types import encode_ws_open_args
+from tests.gateway.gw_harness import OFFLINE_ROOT_KEY, start_gateway
+from tests.gateway.gw_rawclient import Closed, RawClient, open_request, signed_request
 
 CANISTER = Principal.from_text("rrkah-fqaaa-aaaaa-aaaaq-cai")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from gw_rawclient import message_request, open_request, signed_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,7 @@ from icws_fast.protocol.types import (
     encode_ws_open_args,
 )
 from tests import twins
+from tests.gateway.gw_rawclient import message_request, open_request, signed_request
 
 CANISTER = Principal.from_text("rrkah-fqaaa-aaaaa-aaaaq-cai")
 OTHER_CANISTER = Principal.from_text("ryjl3-tyaaa-aaaaa-aaaba-cai")

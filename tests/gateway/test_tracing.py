@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,12 +17,13 @@ from concurrent import futures
 from typing import Any
 
 import pytest
-from gw_harness import start_gateway
 
 from icws_fast.client import IcWebSocket
 from icws_fast.devnet import Devnet
 from icws_fast.gateway import tracing
 from icws_fast.gateway.server import Gateway
+from tests.gateway.gw_harness import start_gateway
+from tests.processes import GatewayProcess, free_port
 
 
 class Collector:
@@ -105,13 +105,6 @@ async def _echo_session(devnet: Devnet, gateway: Gateway) -> str:
     return client_key
 
 
-def _free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("_tracing_off")
 async def test_a_session_is_traced_end_to_end(collector, devnet):
@@ -161,7 +154,7 @@ async def test_a_session_is_traced_end_to_end(collector, devnet):
 async def test_an_unreachable_collector_does_not_hold_up_the_gateway(devnet):
     pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
     gateway = await start_gateway(devnet.url)
-    tracing.setup_tracing(f"http://127.0.0.1:{_free_port()}", str(gateway.principal))
+    tracing.setup_tracing(f"http://127.0.0.1:{free_port()}", str(gateway.principal))
     try:
         # Spans are produced all along and their export fails; sessions go on as without tracing.
         for _ in range(2):
@@ -225,37 +218,13 @@ def test_the_flag_without_the_otel_extra_exits_1_with_a_message(tmp_path):
 @pytest.mark.slow
 async def test_the_command_exports_its_spans_before_it_exits(collector, devnet, tmp_path):
     """``icws-gateway --opentelemetry-collector-endpoint``: the spans still queued at SIGTERM reach the collector."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "icws_fast.gateway",
-        "--gateway-address",
-        "127.0.0.1:0",
-        "--prometheus-endpoint",
-        "127.0.0.1:0",
-        "--ic-network-url",
-        devnet.url,
-        "--opentelemetry-collector-endpoint",
-        collector.endpoint,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "RUST_LOG_STDOUT": "warn"},
-    )
-    try:
-        assert proc.stdout is not None
-        while not (line := (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()).startswith("listening on "):
-            assert line, "the gateway exited before listening"
-        port = int(line.split()[2].rsplit(":", 1)[1])
+    otel = ["--opentelemetry-collector-endpoint", collector.endpoint]
+    async with GatewayProcess(devnet.url, tmp_path / "data", extra_args=otel) as gateway:
         ws = await IcWebSocket.connect(
-            f"ws://127.0.0.1:{port}", devnet.canister_ids["test"], devnet.url, root_key_der=devnet.root_key_der
+            gateway.url, devnet.canister_ids["test"], devnet.url, root_key_der=devnet.root_key_der
         )
         assert (await asyncio.wait_for(ws.recv(), 20))["text"] == "ping"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await gateway.stop_async(signal.SIGTERM) == 0
     (session,) = collector.named("client_session")
     assert _attributes(session.attributes)["canister_id"] == devnet.canister_ids["test"].to_text()
     assert [_attributes(r.attributes)["method"] for r in collector.named("relay")] == ["ws_open"]

@@ -49,8 +49,8 @@ from icws_fast.ic.envelope import build_envelope, call_content, parse_envelope, 
 from icws_fast.ic.identity import AnonymousIdentity, DelegationChain, DelegationIdentity, Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import RESPONSE_DOMAIN, hash_of_map, leb128
-from tests.conftest import load_vectors
-from tests.interop.echo_devnet import Echo
+from tests.interop.echo_canister import Echo
+from tests.vectors import load_vectors
 
 CANISTER = Principal.from_text("rwlgt-iiaaa-aaaaa-aaaaa-cai")
 OTHER_RANGE_LOW = bytes.fromhex("00000000001000000101")

@@ -8,11 +8,7 @@ import pytest
 
 from icws_fast.errors import DecodeError, SignatureError
 from icws_fast.ic import bls
-
-try:
-    from tests.conftest import load_vectors
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
-    from conftest import load_vectors  # type: ignore[no-redef]
+from tests.vectors import load_vectors
 
 RECORDS = load_vectors("bls")
 MAINNET_DER = bytes.fromhex(

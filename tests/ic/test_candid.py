@@ -29,7 +29,7 @@ from icws_fast.ic.candid import (
 )
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import leb128, sleb128
-from tests.conftest import load_vectors
+from tests.vectors import load_vectors
 
 VECTORS = load_vectors("candid")
 

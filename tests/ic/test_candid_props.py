@@ -30,7 +30,7 @@ from icws_fast.ic.candid import (
 )
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import WS_TYPES_DID
-from tests.conftest import load_vectors
+from tests.vectors import load_vectors
 
 PRIMS = [
     candid.NULL,

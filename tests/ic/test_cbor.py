@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from icws_fast.errors import CborError
 from icws_fast.ic import cbor
 from icws_fast.ic.principal import Principal
-from tests.conftest import load_vectors
+from tests.vectors import load_vectors
 
 # RFC 8949 appendix A examples (value, encoding without the self-describe tag).
 RFC_EXAMPLES: list[tuple[Any, str]] = [

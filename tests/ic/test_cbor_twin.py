@@ -28,11 +28,7 @@ from icws_fast.ic import cbor as pure_cbor
 from icws_fast.ic import hashtree
 from icws_fast.ic.principal import Principal
 from tests import twins
-
-try:
-    from tests.conftest import VECTORS, load_vectors
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
-    from conftest import VECTORS, load_vectors  # type: ignore[no-redef]
+from tests.vectors import VECTORS, load_vectors
 
 _decode = twins.twin(pure_cbor, "decode")
 _encode = twins.twin(pure_cbor, "encode")

@@ -28,11 +28,7 @@ from icws_fast.ic.certificate import (
 )
 from icws_fast.ic.leb128 import leb128
 from icws_fast.ic.principal import Principal
-
-try:
-    from tests.conftest import load_vectors
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
-    from conftest import load_vectors  # type: ignore[no-redef]
+from tests.vectors import load_vectors
 
 RECORDS = load_vectors("certificates")
 ROOT_KEYS = {r["root_key_name"]: bytes.fromhex(r["root_key_der_hex"]) for r in RECORDS}

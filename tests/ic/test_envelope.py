@@ -34,8 +34,8 @@ from icws_fast.ic.identity import (
 )
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import REQUEST_DOMAIN, request_id
-from tests.conftest import load_vectors
 from tests.ic.test_request_id import typed_map
+from tests.vectors import load_vectors
 
 RECORDS = {r["id"]: r for r in load_vectors("envelopes")}
 WITH_BYTES = [r for r in RECORDS.values() if "envelope_cbor_hex" in r]

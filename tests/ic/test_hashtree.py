@@ -13,11 +13,7 @@ from icws_fast.errors import CborError, HashTreeError, IcwsError
 from icws_fast.ic import cbor, hashtree
 from icws_fast.ic.hashtree import HashedTree, LookupResult
 from tests import twins
-
-try:
-    from tests.conftest import load_vectors
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
-    from conftest import load_vectors  # type: ignore[no-redef]
+from tests.vectors import load_vectors
 
 RECORDS = load_vectors("hash_trees")
 

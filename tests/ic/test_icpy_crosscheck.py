@@ -25,8 +25,8 @@ from icws_fast.ic.identity import (
 )
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import REQUEST_DOMAIN, request_id
-from tests.conftest import load_vectors
 from tests.ic.test_request_id import typed_map
+from tests.vectors import load_vectors
 
 icpy_agent = pytest.importorskip("ic.agent")
 icpy_identity = pytest.importorskip("ic.identity")

@@ -28,7 +28,7 @@ from icws_fast.ic.identity import (
 )
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import hash_of_map
-from tests.conftest import load_vectors
+from tests.vectors import load_vectors
 
 SECP256K1_ORDER = ecdsa.SECP256k1.order
 P256_ORDER = ecdsa.NIST256p.order

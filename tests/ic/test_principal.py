@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from icws_fast.errors import InvalidPrincipal
 from icws_fast.ic.principal import Principal
-from tests.conftest import load_vectors
+from tests.vectors import load_vectors
 
 RECORDS = load_vectors("principals")
 VALID = [r for r in RECORDS if r["valid"]]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from icws_fast.ic.principal import Principal
 from icws_fast.ic.request_id import REQUEST_DOMAIN, SignedInt, hash_of_map, hash_value, leb128, request_id, sleb128
-from tests.conftest import load_vectors
+from tests.vectors import load_vectors
 
 RECORDS = load_vectors("request_ids")
 

@@ -13,11 +13,7 @@ from hypothesis import strategies as st
 from icws_fast.errors import HashTreeError
 from icws_fast.ic import hashtree
 from tests import twins
-
-try:
-    from tests.conftest import load_vectors
-except ModuleNotFoundError:  # pytest run without the repository root on sys.path: tests/ itself is on it
-    from conftest import load_vectors  # type: ignore[no-redef]
+from tests.vectors import load_vectors
 
 pytestmark = twins.skip_unless_compiled(hashtree, "reconstruct")
 # The compiled twins (None in a pure run, where every test here is skipped).

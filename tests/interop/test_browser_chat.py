@@ -22,7 +22,8 @@ from typing import Final
 import pytest
 
 from icws_fast.devnet.run_all import CHAT_PAGE_DIR, ChatPageServer, build_chat_page
-from tests.interop.ws_stack import HERE, REPO, running_stack
+from tests.interop.ws_stack import HERE, running_stack
+from tests.processes import REPO
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 

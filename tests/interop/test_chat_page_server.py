@@ -12,7 +12,7 @@ import pytest
 
 from icws_fast.devnet.run_all import ChatPageServer
 from icws_fast.ic import cbor
-from tests.plugins.devnet import DevnetProcess, free_port
+from tests.processes import DevnetProcess, free_port
 
 
 def fetch(url: str) -> tuple[int, bytes]:

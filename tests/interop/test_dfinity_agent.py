@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from tests.interop.echo_devnet import running
+from tests.interop.echo_canister import echo_devnet
 from tests.interop.ws_stack import HERE
 
 CHECKS = 7
@@ -28,9 +28,9 @@ pytestmark = pytest.mark.interop
 
 @pytest.mark.parametrize("subnet_delegation", [False, True], ids=["root-signed", "subnet-delegation"])
 def test_dfinity_agent_accepts_the_devnet(node: str, subnet_delegation: bool) -> None:
-    with running(subnet_delegation=subnet_delegation) as info:
+    with echo_devnet(subnet_delegation=subnet_delegation) as devnet:
         result = subprocess.run(
-            [node, str(HERE / "check_devnet.mjs"), json.dumps(info)],
+            [node, str(HERE / "check_devnet.mjs"), json.dumps(devnet.info)],
             cwd=HERE,
             capture_output=True,
             text=True,

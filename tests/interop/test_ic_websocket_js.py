@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 
 from tests.interop.ws_stack import HERE, gateway_process, running_stack
-from tests.plugins.devnet import DevnetProcess, free_port
+from tests.processes import Child, DevnetProcess, free_port
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
+# The SDK logs every message at "info".
+NODE_ENV = {"LOG_LEVEL": "warn"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def run_check(node: str, name: str, info: dict[str, Any], timeout: float = 180) 
         text=True,
         timeout=timeout,
         check=False,  # asserted below, with the output
-        env={**os.environ, "LOG_LEVEL": "warn"},  # the SDK logs every message at "info"
+        env={**os.environ, **NODE_ENV},
     )
     assert result.returncode == 0 and f"ok {name}" in result.stdout.splitlines(), result.stdout + result.stderr
 
@@ -73,36 +75,19 @@ def test_ic_websocket_js_reconnects_after_a_gateway_restart(node: str, stack: di
     address = f"127.0.0.1:{free_port()}"
     with gateway_process(stack["ic_url"], tmp_path, address) as gateway_url:
         config = json.dumps({**stack, "gateway_url": gateway_url})
-        check = subprocess.Popen(
-            [node, str(HERE / "check_ic_websocket.mjs"), "gateway-restart", config],
-            cwd=HERE,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "LOG_LEVEL": "warn"},
-        )
-        assert check.stdin is not None and check.stdout is not None
+        command = [node, str(HERE / "check_ic_websocket.mjs"), "gateway-restart", config]
+        check = Child("check_ic_websocket.mjs gateway-restart", command, cwd=HERE, env=NODE_ENV, stdin=True)
         try:
-            output = [check.stdout.readline()]
-            assert output[0] == "connected\n", output[0] + check.stdout.read()
+            check.wait_for_line("connected", timeout=120)
         except BaseException:
-            check.kill()
-            check.wait()
+            check.stop()
             raise
     # Leaving the block drained the gateway, which closes its clients; then a new gateway starts on the same port.
-    try:
-        output.append(check.stdout.readline())
-        assert output[-1].startswith("closed "), "".join(output) + check.stdout.read()
+    with check:
+        check.wait_for_line("closed ", timeout=120)
         with gateway_process(stack["ic_url"], tmp_path, address):
-            check.stdin.write("restarted\n")
-            check.stdin.flush()
-            rest, _ = check.communicate(timeout=120)
-    finally:
-        if check.poll() is None:
-            check.kill()
-            check.wait()
-    assert check.returncode == 0 and "ok gateway-restart" in rest, "".join(output) + rest
+            check.send_line("restarted", last=True)
+            assert check.wait(120) == 0 and "ok gateway-restart" in check.output.splitlines(), check.output
 
 
 def test_ic_websocket_js_refuses_a_foreign_root_key(

@@ -57,13 +57,8 @@ from icws_fast.protocol.types import (
     encode_canister_to_client,
     truncate_reason,
 )
-
-try:
-    from tests.client.icws_sim import NS, OTHER_SK, ROOT_KEY_DER, T0, SimCanister
-    from tests.conftest import load_vectors
-except ImportError:  # run from inside tests/
-    from client.icws_sim import NS, OTHER_SK, ROOT_KEY_DER, T0, SimCanister  # type: ignore[no-redef]
-    from conftest import load_vectors  # type: ignore[no-redef]
+from tests.client.icws_sim import NS, OTHER_SK, ROOT_KEY_DER, T0, SimCanister
+from tests.vectors import load_vectors
 
 ACK_INTERVAL_MS = 2_000
 ACK_EXPIRY_NS = (ACK_INTERVAL_MS + COMMUNICATION_LATENCY_BOUND_MS) * 1_000_000

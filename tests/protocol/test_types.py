@@ -13,11 +13,7 @@ from icws_fast.ic import candid, cbor, hashtree
 from icws_fast.ic.certificate import Certificate
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
-
-try:
-    from tests.conftest import load_vectors
-except ImportError:  # tests/ is not a package when pytest runs without the repository root on sys.path
-    from conftest import load_vectors  # type: ignore[no-redef]
+from tests.vectors import load_vectors
 
 CLIENT = Principal.from_text("kj67s-b5v2y-ahlkr-kmume-xbow6-zwbtj-j4j3m-ae46e-qqrcu-uxiby-yae")
 GATEWAY = Principal.from_text("sqdfl-mr4km-2hfjy-gajqo-xqvh7-hf4mf-nra4i-3it6l-neaw4-soolw-tae")

@@ -23,6 +23,7 @@ from icws_fast.ic.leb128 import leb128, sleb128
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
 from tests import twins
+from tests.cdk.cdk_harness import LocalHost
 
 _twin = twins.twin(t, "decode_get_messages_result")
 pytestmark = pytest.mark.skipif(_twin.compiled is None, reason=_twin.skip_reason)
@@ -186,8 +187,7 @@ def test_replies_of_the_cdk_in_process() -> None:
     """What the devnet sends the gateway: the CDK's ws_get_messages result encoded with the method's own types."""
     from icws_fast.devnet.canisters.pingpong import PingPongCanister
 
-    harness = pytest.importorskip("tests.cdk.cdk_harness", reason="needs the repository root on sys.path")
-    host = harness.LocalHost(PingPongCanister())
+    host = LocalHost(PingPongCanister())
     spec = PingPongCanister.exported_methods()["ws_get_messages"]
     clients = [Principal(bytes([i]) * 29) for i in range(1, 4)]
     for i, client in enumerate(clients):
