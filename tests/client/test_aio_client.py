@@ -13,7 +13,7 @@ from icws_fast.client import IcWebSocket
 from icws_fast.errors import CertificateError, ConfigError, ConnectionClosed, IcwsError, ProtocolError
 from icws_fast.protocol.types import KeepAliveMessage
 from tests.client.fake_gateway import FLOOD, FakeGateway
-from tests.client.icws_sim import CANISTER_ID, ROOT_KEY_DER
+from tests.client.icws_sim import CANISTER_ID, GATEWAY, ROOT_KEY_DER
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def connect(gw: FakeGateway, **kw: Any) -> IcWebSocket:
 async def test_echo_with_the_root_key_from_the_replica(gateway: FakeGateway) -> None:
     ws = await IcWebSocket.connect(gateway.url, CANISTER_ID, gateway.ic_url)  # fetches /api/v2/status
     assert ws.is_open
-    assert ws.gateway_principal is not None
+    assert ws.gateway_principal == GATEWAY  # from the handshake
     first = await ws.recv()
     assert first["text"] == "ping"
     await ws.send({"text": "hello", "timestamp": 1})

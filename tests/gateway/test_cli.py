@@ -326,11 +326,3 @@ def test_an_unwritable_data_dir_is_named_with_what_to_do(tmp_path):
         "icws-gateway: error: cannot create file/data/traces: Not a directory; point --data-dir at a writable"
         " directory\n"
     )
-
-
-def test_tracing_is_optional():
-    """Without the flag spans cost nothing (the missing-extra exit is tested in test_tracing.py)."""
-    from icws_fast.gateway import tracing
-
-    with tracing.span("noop", canister_id="aaaaa-aa"):
-        pass
