@@ -1,3 +1,3 @@
-"""Fixtures for every test: the devnet ones of ``tests/plugins/devnet.py``."""
+"""Fixtures for every test: an in-process devnet or devnet process, an in-process gateway in front of it."""
 
-pytest_plugins = ["tests.plugins.devnet"]
+pytest_plugins = ["tests.plugins.devnet", "tests.plugins.gateway"]

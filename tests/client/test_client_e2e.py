@@ -6,7 +6,6 @@ The ``test`` canister sends ``{text = "ping"}`` on open and answers each message
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,7 +15,6 @@ from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.client import IcWebSocket, SyncIcWebSocket
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.canisters.pingpong import PingPongCanister
-from icws_fast.gateway.config import GatewayConfig
 from icws_fast.gateway.server import Gateway
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
@@ -51,18 +49,6 @@ def devnet_canisters() -> dict[str, type[Canister]]:
 @pytest.fixture
 def devnet_options(subnet_delegation: bool) -> dict[str, Any]:
     return {"subnet_delegation": subnet_delegation}
-
-
-@pytest.fixture
-async def gateway(devnet: Devnet) -> AsyncIterator[Gateway]:
-    config = GatewayConfig(
-        ic_url=devnet.url, host="127.0.0.1", port=0, metrics_host=None, polling_interval_s=0.02, close_timeout_s=0.5
-    )
-    identity = Ed25519Identity.generate()
-    gw = Gateway(config, identity, Agent(devnet.url, identity, root_key=devnet.root_key_der))
-    await gw.start()
-    yield gw
-    await gw.drain()
 
 
 def gateway_url(gateway: Gateway) -> str:

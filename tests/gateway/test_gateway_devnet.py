@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from icws_fast.cdk.api import Canister
 from icws_fast.devnet import Devnet
 from icws_fast.gateway.server import Gateway
 from icws_fast.ic import candid
@@ -38,16 +38,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def devnet() -> AsyncIterator[Devnet]:
-    async with Devnet(address="127.0.0.1:0", canisters=CANISTERS, round_ms=10) as dn:
-        yield dn
-
-
-@pytest.fixture
-async def gateway(devnet) -> AsyncIterator[Gateway]:
-    gw = await start_gateway(devnet.url)
-    yield gw
-    await gw.drain()
+def devnet_canisters() -> dict[str, type[Canister]]:
+    return CANISTERS
 
 
 def ws_url(gateway: Gateway, scheme: str = "ws") -> str:

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from icws_fast.client import IcWebSocket
-from icws_fast.devnet import Devnet
-from icws_fast.gateway.server import Gateway
-from tests.gateway.gw_harness import start_gateway
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def devnet() -> AsyncIterator[Devnet]:
-    async with Devnet(address="127.0.0.1:0", round_ms=10) as dn:
-        yield dn
-
-
-@pytest.fixture
-async def gateway(devnet: Devnet) -> AsyncIterator[Gateway]:
-    gw = await start_gateway(devnet.url)
-    yield gw
-    await gw.drain()
 
 
 async def test_sdk_clients_talk_to_the_test_canister(devnet, gateway):

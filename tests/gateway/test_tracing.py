@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
@@ -84,12 +84,6 @@ def _tracing_off() -> Iterator[None]:
     """Tracing is process-wide: whatever a test turns on is off again after it."""
     yield
     tracing.shutdown_tracing(timeout_s=2.0)
-
-
-@pytest.fixture
-async def devnet() -> AsyncIterator[Devnet]:
-    async with Devnet(address="127.0.0.1:0", round_ms=10) as dn:
-        yield dn
 
 
 async def _echo_session(devnet: Devnet, gateway: Gateway) -> str:
