@@ -10,8 +10,6 @@ behaviour: OpenMessage, then ``{text = "ping"}``; each message is answered with 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import ssl
 import tempfile
 import threading
@@ -20,15 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from icws_fast.client._common import MAX_MESSAGE_SIZE
 from icws_fast.ic import cbor
 from icws_fast.protocol.types import ClientKey, CloseMessageReason
 from tests.client.icws_sim import OTHER_SK, ROOT_KEY_DER, SimCanister
+from tests.tls import self_signed
 
 MODES = ("echo", "ack", "silent", "no_open", "bad_cert", "close_by_app", "text_frame", "drop", "flood", "too_big")
 FLOOD = 60  # messages the "flood" mode sends after the greeting
@@ -145,30 +140,6 @@ class FakeGateway:
 
 def _self_signed_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context with a fresh self-signed certificate for 127.0.0.1, and a client context trusting it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "icws test gateway")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     with tempfile.TemporaryDirectory() as tmp:
-        cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-        cert_path.write_bytes(cert_pem)
-        key_path.write_bytes(key_pem)
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server.load_cert_chain(cert_path, key_path)
-    client = ssl.create_default_context(cadata=cert_pem.decode())
-    return server, client
+        tls = self_signed(Path(tmp))
+        return tls.server_context(), tls.client_context()

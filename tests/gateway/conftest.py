@@ -1,4 +1,4 @@
-"""Fixtures of the gateway tests: an in-process gateway (real sockets) and, when needed, a devnet."""
+"""Fixtures of the gateway tests: an in-process gateway (real sockets) whose replica is unreachable."""
 
 from __future__ import annotations
 
@@ -7,18 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from icws_fast.gateway.server import Gateway
-from tests.gateway.gw_harness import OFFLINE_ROOT_KEY, start_gateway
+from tests.gateway.gw_harness import start_offline_gateway
 
 
 @pytest.fixture
 async def offline_gateway() -> AsyncIterator[Gateway]:
     """A gateway whose replica is unreachable: enough for everything before a ws_open reaches the IC."""
-    gateway = await start_gateway(
-        "http://127.0.0.1:9",
-        agent_root_key=OFFLINE_ROOT_KEY,
-        verify_certificates=False,
-        open_timeout_s=1.0,
-        handshake_timeout_s=0.5,
-    )
+    gateway = await start_offline_gateway(open_timeout_s=1.0, handshake_timeout_s=0.5)
     yield gateway
     await gateway.drain()

@@ -31,5 +31,11 @@ async def start_gateway(ic_url: str, *, agent_root_key: bytes | None = None, **o
     return gateway
 
 
-# A root key for gateways whose replica is unreachable: nothing is ever certified against it.
+# Where nothing listens (the discard port), and a root key nothing is ever certified against.
+OFFLINE_IC_URL = "http://127.0.0.1:9"
 OFFLINE_ROOT_KEY = b"\x00" * 133
+
+
+async def start_offline_gateway(**overrides: object) -> Gateway:
+    """A gateway whose replica is unreachable: enough for everything before a ws_open reaches the IC."""
+    return await start_gateway(OFFLINE_IC_URL, agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, **overrides)

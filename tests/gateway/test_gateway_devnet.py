@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import ssl
-from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from icws_fast.cdk.api import Canister
 from icws_fast.devnet import Devnet
@@ -33,6 +26,7 @@ from icws_fast.protocol.types import (
 from tests.gateway.gw_canisters import ACK_INTERVAL_MS, CANISTERS
 from tests.gateway.gw_harness import start_gateway
 from tests.gateway.gw_rawclient import RawClient, message_request, open_request
+from tests.tls import self_signed
 
 pytestmark = pytest.mark.slow
 
@@ -330,40 +324,13 @@ async def test_devnet_restart_under_load(devnet, gateway):
         client.close()
 
 
-def _self_signed(tmp_path) -> tuple[str, str, ssl.SSLContext]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    client_ctx = ssl.create_default_context(cafile=str(cert_path))
-    return str(cert_path), str(key_path), client_ctx
-
-
 async def test_tls(devnet, tmp_path):
-    cert_path, key_path, client_ctx = _self_signed(tmp_path)
+    tls = self_signed(tmp_path)
     gateway = await start_gateway(
-        devnet.url, tls_certificate_pem_path=Path(cert_path), tls_certificate_key_pem_path=Path(key_path)
+        devnet.url, tls_certificate_pem_path=tls.cert_path, tls_certificate_key_pem_path=tls.key_path
     )
     try:
-        client = await open_client(gateway, devnet.canister_ids["echo"], ssl_context=client_ctx)
+        client = await open_client(gateway, devnet.canister_ids["echo"], ssl_context=tls.client_context())
         assert client.transport.is_secure
         client.close()
         with pytest.raises(ssl.SSLCertVerificationError):

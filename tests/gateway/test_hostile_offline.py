@@ -17,7 +17,7 @@ from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as s
 from icws_fast.protocol.types import encode_ws_open_args
-from tests.gateway.gw_harness import OFFLINE_ROOT_KEY, start_gateway
+from tests.gateway.gw_harness import start_offline_gateway
 from tests.gateway.gw_rawclient import Closed, RawClient, open_request, signed_request
 
 CANISTER = Principal.from_text("rrkah-fqaaa-aaaaa-aaaaq-cai")
@@ -95,9 +95,7 @@ async def test_fragmented_message(offline_gateway):
 
 
 async def test_connection_flood_from_one_address():
-    gateway = await start_gateway(
-        "http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, max_clients_per_ip=5
-    )
+    gateway = await start_offline_gateway(max_clients_per_ip=5)
     try:
         clients = [await RawClient.connect(url(gateway)) for _ in range(5)]
         for client in clients:
@@ -114,9 +112,7 @@ async def test_connection_flood_from_one_address():
 
 
 async def test_max_clients():
-    gateway = await start_gateway(
-        "http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, max_clients=3
-    )
+    gateway = await start_offline_gateway(max_clients=3)
     try:
         clients = [await RawClient.connect(url(gateway)) for _ in range(3)]
         for client in clients:
@@ -155,9 +151,7 @@ async def test_health_ready_and_metrics(offline_gateway):
 
 
 async def test_silent_tcp_connection_is_dropped_after_the_handshake_timeout():
-    gateway = await start_gateway(
-        "http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False, handshake_timeout_s=0.3
-    )
+    gateway = await start_offline_gateway(handshake_timeout_s=0.3)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the gateway, nothing sent
