@@ -134,6 +134,12 @@ class RawClient:
         self.last_incoming = msg.sequence_num
         return msg
 
+    async def recv_app_message(self, timeout: float = 20.0) -> WebsocketMessage:
+        """The next application message, past the service messages (acks) the canister sends on its own cycle."""
+        while (msg := await self.recv_message(timeout)).is_service_message:
+            pass
+        return msg
+
     def send_app(self, content: bytes) -> None:
         assert self.canister_id is not None and self.key is not None
         self.send(message_request(self.identity, self.canister_id, self.key, self.next_seq, content))

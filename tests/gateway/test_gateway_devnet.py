@@ -91,7 +91,7 @@ async def test_many_clients_on_several_canisters_keep_order(devnet, gateway):
         for i in range(5):
             client.send_app(b"%d:%d" % (n, i))
     for n, client in enumerate(clients):
-        got = [(await client.recv_message()).content for _ in range(5)]
+        got = [(await client.recv_app_message()).content for _ in range(5)]
         assert got == [b"%d:%d" % (n, i) for i in range(5)]
     for client in clients:
         client.close()
@@ -140,9 +140,7 @@ async def test_keep_alive_cycles(devnet, gateway):
             break
     assert seen[-1] == CloseMessage(CloseMessageReason.KeepAliveTimeout)
     loyal.send_app(b"still here")
-    while (msg := await loyal.recv_message()).is_service_message:
-        pass
-    assert msg.content == b"still here"
+    assert (await loyal.recv_app_message()).content == b"still here"
     loyal.close()
     silent.close()
 
@@ -154,7 +152,7 @@ async def test_slow_consumer_is_closed_and_others_keep_their_service(devnet):
         stuck = await open_client(gateway, devnet.canister_ids["burst"])
         stuck.transport.underlying_transport.pause_reading()
         await burst(devnet, 300, 40_000)
-        got = [int.from_bytes((await reader.recv_message()).content[:4], "big") for _ in range(300)]
+        got = [int.from_bytes((await reader.recv_app_message()).content[:4], "big") for _ in range(300)]
         assert got == list(range(300))
         assert metric(gateway, "errors_total", kind="slow_consumer") == 1
         stuck.transport.underlying_transport.resume_reading()
@@ -231,7 +229,7 @@ async def test_replayed_ws_open_does_not_take_over_the_session(devnet, gateway):
     closed = await replayer.wait_closed()
     assert closed.code == s.CLOSE_POLICY_VIOLATION and "already connected" in closed.reason
     victim.send_app(b"still mine")
-    assert (await victim.recv_message()).content == b"still mine"
+    assert (await victim.recv_app_message()).content == b"still mine"
     assert metric(gateway, "ws_close_calls_total", outcome="ok") == 0
     victim.close()
 
@@ -248,7 +246,7 @@ async def test_attacker_beside_a_good_client(devnet, gateway):
     good.send_app(b"mine")
     attacker.send(message_request(good.identity, good.canister_id, good.key, 99, b"x"))
     assert (await attacker.wait_closed()).code == s.CLOSE_POLICY_VIOLATION
-    assert (await good.recv_message()).content == b"mine"
+    assert (await good.recv_app_message()).content == b"mine"
     good.close()
 
 
@@ -316,7 +314,7 @@ async def test_devnet_restart_under_load(devnet, gateway):
     await burst(devnet, 120, 32)
     # Sessions survive a replica blip: the poller backs off and resumes with the same nonce.
     for client in clients:
-        got = [int.from_bytes((await client.recv_message()).content[:4], "big") for _ in range(240)]
+        got = [int.from_bytes((await client.recv_app_message()).content[:4], "big") for _ in range(240)]
         assert got == list(range(120)) * 2
     newcomer = await open_client(gateway, devnet.canister_ids["echo"])
     for client in [*clients, newcomer]:
