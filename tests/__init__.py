@@ -9,4 +9,5 @@ every layer's tests share:
 - ``tests/plugins/``: the ``devnet``, ``devnet_process`` and ``gateway`` fixtures, registered by ``conftest.py``.
 - ``tests/vectors.py``: the shared test vectors of ``../shared/vectors``.
 - ``tests/tls.py``: a self-signed certificate for 127.0.0.1.
+- ``tests/canisters.py``: the demo ``test`` canister on an ack / keep-alive cycle of seconds.
 """

@@ -13,10 +13,9 @@ import pytest
 import pytest_asyncio
 
 from icws_fast.cdk.api import Canister
-from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.devnet import Devnet
-from icws_fast.devnet.canisters.pingpong import PingPongCanister
 from icws_fast.protocol import types as t
+from tests.canisters import AckCyclePingPongCanister
 from tests.cdk.ws_actors import WsClient, WsGateway
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,13 +24,9 @@ ACK_INTERVAL_MS = 1000
 KEEP_ALIVE_TIMEOUT_MS = 700
 
 
-class FastAckCanister(PingPongCanister):
-    def ws_params(self) -> WsInitParams:
-        return WsInitParams(
-            WsHandlers(self.on_open, self.on_message, self.on_close),
-            send_ack_interval_ms=ACK_INTERVAL_MS,
-            keep_alive_timeout_ms=KEEP_ALIVE_TIMEOUT_MS,
-        )
+class FastAckCanister(AckCyclePingPongCanister):
+    SEND_ACK_INTERVAL_MS = ACK_INTERVAL_MS
+    KEEP_ALIVE_TIMEOUT_MS = KEEP_ALIVE_TIMEOUT_MS
 
 
 @pytest.fixture

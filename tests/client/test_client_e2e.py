@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from icws_fast.cdk.api import Canister
-from icws_fast.cdk.websocket import WsHandlers, WsInitParams
 from icws_fast.client import IcWebSocket, SyncIcWebSocket
 from icws_fast.devnet import Devnet
 from icws_fast.devnet.canisters.pingpong import PingPongCanister
@@ -19,19 +18,9 @@ from icws_fast.gateway.server import Gateway
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
+from tests.canisters import AckCyclePingPongCanister
 
 pytestmark = pytest.mark.slow
-
-
-class FastAckCanister(PingPongCanister):
-    """The ``test`` canister acking every second (the Rust default is every 300 s)."""
-
-    def ws_params(self) -> WsInitParams:
-        return WsInitParams(
-            WsHandlers(self.on_open, self.on_message, self.on_close),
-            send_ack_interval_ms=1000,
-            keep_alive_timeout_ms=900,
-        )
 
 
 @pytest.fixture
@@ -43,7 +32,7 @@ def subnet_delegation() -> bool:
 @pytest.fixture
 def devnet_canisters() -> dict[str, type[Canister]]:
     """For the ``devnet`` fixture of tests/plugins/devnet.py."""
-    return {"test": PingPongCanister, "fast_ack": FastAckCanister}
+    return {"test": PingPongCanister, "fast_ack": AckCyclePingPongCanister}
 
 
 @pytest.fixture

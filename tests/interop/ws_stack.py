@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from icws_fast.cdk.websocket import WsHandlers, WsInitParams
-from icws_fast.devnet.canisters.pingpong import PingPongCanister
+from tests.canisters import AckCyclePingPongCanister
 from tests.processes import DevnetProcess, GatewayProcess
 
 HERE: Final = Path(__file__).resolve().parent
@@ -22,17 +21,11 @@ SEND_ACK_INTERVAL_MS: Final = 2000
 KEEP_ALIVE_TIMEOUT_MS: Final = 1500
 
 
-class QuickAckTestCanister(PingPongCanister):
+class QuickAckPingPongCanister(AckCyclePingPongCanister):
     """The ``test`` canister acking every 2 s and dropping clients whose keep-alive is 1.5 s late."""
 
-    __test__ = False
-
-    def ws_params(self) -> WsInitParams:
-        return WsInitParams(
-            WsHandlers(self.on_open, self.on_message, self.on_close),
-            send_ack_interval_ms=SEND_ACK_INTERVAL_MS,
-            keep_alive_timeout_ms=KEEP_ALIVE_TIMEOUT_MS,
-        )
+    SEND_ACK_INTERVAL_MS = SEND_ACK_INTERVAL_MS
+    KEEP_ALIVE_TIMEOUT_MS = KEEP_ALIVE_TIMEOUT_MS
 
 
 @contextlib.contextmanager
@@ -57,7 +50,7 @@ def running_stack(state_dir: Path, *, subnet_delegation: bool = False) -> Iterat
             "--canister",
             "chat=icws_fast.devnet.canisters.chat:ChatCanister",
             "--canister",
-            f"quick={__name__}:QuickAckTestCanister",
+            f"quick={__name__}:QuickAckPingPongCanister",
             *(["--subnet-delegation"] if subnet_delegation else []),
         ],
     )
