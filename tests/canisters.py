@@ -1,4 +1,4 @@
-"""Canisters several test folders host: the demo ``test`` canister on an ack / keep-alive cycle of seconds."""
+"""Canisters several test folders host: the demo ping-pong canister on an ack / keep-alive cycle of seconds."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from icws_fast.devnet.canisters.pingpong import PingPongCanister
 
 
 class AckCyclePingPongCanister(PingPongCanister):
-    """The ``test`` canister acking every ``SEND_ACK_INTERVAL_MS`` (the Rust CDK default is 300 s).
+    """The ping-pong canister acking every ``SEND_ACK_INTERVAL_MS`` (the Rust CDK default is 300 s).
 
     It drops a client whose keep-alive is ``KEEP_ALIVE_TIMEOUT_MS`` late; subclasses set other cycles.
     """
 
-    __test__ = False  # a canister, not a test class, whatever its name
     SEND_ACK_INTERVAL_MS: ClassVar[int] = 1000
     KEEP_ALIVE_TIMEOUT_MS: ClassVar[int] = 900
 

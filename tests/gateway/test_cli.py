@@ -20,7 +20,7 @@ from icws_fast.gateway.identity import load_or_create_identity
 from icws_fast.gateway.logs import EnvFilter
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
-from tests.gateway.gw_harness import OFFLINE_ROOT_KEY, start_gateway
+from tests.gateway.gw_harness import OFFLINE_ROOT_KEY, start_offline_gateway
 from tests.gateway.gw_rawclient import RawClient
 from tests.processes import GatewayProcess
 
@@ -220,7 +220,7 @@ def test_the_command_names_an_unreadable_tls_file(tmp_path):
 
 
 async def test_the_gateway_never_writes_into_its_config():
-    gateway = await start_gateway("http://127.0.0.1:9", agent_root_key=OFFLINE_ROOT_KEY, verify_certificates=False)
+    gateway = await start_offline_gateway()
     try:
         assert gateway.config.root_key_der is None  # the root key in use is the gateway's, not the config's
         assert gateway.root_key_der == OFFLINE_ROOT_KEY
