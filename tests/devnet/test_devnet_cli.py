@@ -14,7 +14,7 @@ from icws_fast.errors import ConfigError
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
-from tests.plugins.devnet import DevnetProcess, free_port
+from tests.processes import DevnetProcess
 
 
 def test_no_flags_give_the_dataclass_defaults():
@@ -81,11 +81,7 @@ def test_the_command_reports_a_bad_flag_without_a_traceback():
 
 @pytest.mark.slow
 async def test_the_command_plays_an_older_replica(tmp_path):
-    process = DevnetProcess(
-        address=f"127.0.0.1:{free_port()}", state_dir=tmp_path / "state", extra_args=["--max-api-version", "3"]
-    )
-    process.start()
-    try:
+    with DevnetProcess(state_dir=tmp_path / "state", extra_args=["--max-api-version", "3"]) as process:
         canister = process.canister_ids["test"]
         async with Agent(process.url, Ed25519Identity.generate(), root_key=process.root_key_der) as agent:
             # The call reaches the canister (which answers that it has no such client: a reply, not a reject).
@@ -93,5 +89,3 @@ async def test_the_command_plays_an_older_replica(tmp_path):
             await agent.read_state(canister, [[b"time"]])
             versions = [agent.endpoint_version(kind) for kind in ("call", "query", "read_state")]
         assert versions == [3, 3, 2]  # v3 call; read_state found v3 missing; the query was never tried
-    finally:
-        process.stop()
