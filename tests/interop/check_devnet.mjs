@@ -1,6 +1,6 @@
 // Independent check of the icws_fast devnet with @dfinity/agent 2.x (run by test_dfinity_agent.py).
 //
-// Usage: node check_devnet.mjs '<json>', the JSON being the start-up line of echo_devnet.py:
+// Usage: node check_devnet.mjs '<json>', the JSON being the start-up line of an icws-devnet hosting echo_canister.py:
 //   url        the devnet URL
 //   root_key   the root key the devnet announced, hex (fetchRootKey must return exactly it)
 //   canisters  {echo: id}: the echo canister (update shout(text) -> (text), update whoami() -> (principal),

@@ -17,7 +17,7 @@ from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.principal import Principal
 from tests.interop.ws_stack import gateway_process
-from tests.plugins.devnet import DevnetProcess, free_port
+from tests.processes import DevnetProcess
 from tests.wasm.wasm_canisters import MOTOKO_CDK_CANISTER
 
 #: Small batches (a backlog takes several polls) and the shortest ack interval the CDK accepts
@@ -70,16 +70,9 @@ class MotokoStack:
 @contextlib.contextmanager
 def motoko_devnet(state_dir: Path, init_arg: str = INIT_ARG) -> Iterator[DevnetProcess]:
     """``icws-devnet`` serving the Motoko CDK test canister as ``mo`` (``--canister mo=...wasm --init-arg``)."""
-    devnet = DevnetProcess(
-        address=f"127.0.0.1:{free_port()}",
-        state_dir=state_dir,
-        extra_args=["--canister", f"mo={MOTOKO_CDK_CANISTER}", "--init-arg", f"mo={init_arg}"],
-    )
-    devnet.start()
-    try:
+    args = ["--canister", f"mo={MOTOKO_CDK_CANISTER}", "--init-arg", f"mo={init_arg}"]
+    with DevnetProcess(state_dir=state_dir, extra_args=args) as devnet:
         yield devnet
-    finally:
-        devnet.stop()
 
 
 @contextlib.contextmanager

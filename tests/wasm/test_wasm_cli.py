@@ -16,7 +16,7 @@ from icws_fast.devnet.server import Devnet
 from icws_fast.devnet.wasm import WasmCanister
 from icws_fast.errors import RejectError
 from icws_fast.ic.agent import Agent
-from tests.plugins.devnet import DevnetProcess, free_port
+from tests.processes import DevnetProcess
 from tests.wasm.motoko_stack import INIT_ARG
 from tests.wasm.wasm_canisters import MOTOKO_CDK_CANISTER
 
@@ -44,7 +44,6 @@ def test_init_args_are_checked_against_the_module_init_types(capsys: pytest.Capt
 
 def test_wasm_and_python_canisters_side_by_side(tmp_path: Path, system_api_wasm: Path) -> None:
     devnet = DevnetProcess(
-        address=f"127.0.0.1:{free_port()}",
         state_dir=tmp_path,
         extra_args=[
             "--canister",
