@@ -8,7 +8,8 @@ it waited for and the tail of that log; :meth:`Child.stop` sends SIGTERM and the
 not exit in time. ``with`` (or ``async with``) stops the child even when the test fails.
 
 :class:`DevnetProcess` and :class:`GatewayProcess` start the two console scripts with the options the tests
-use and read what their start-up lines say (URL, root key, canister ids; principal, port).
+use and read what their start-up lines say (URL, root key, canister ids; principal, port, metrics address);
+a gateway also reports its resident set size and its ``/metrics`` samples.
 
 The ``*_async`` methods run the blocking ones in a worker thread: a test whose event loop serves something the
 child talks to (an in-process devnet) must not block that loop while it waits.
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
+
+import aiohttp
 
 from icws_fast.ic.principal import Principal
 
@@ -295,10 +298,13 @@ class DevnetProcess:
             raise
         return self
 
-    def stop(self) -> int | None:
-        """SIGTERM (the devnet persists its state), then reap it; its exit status, None if it was not running."""
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """``sig`` (SIGTERM: the devnet persists its state; SIGKILL: it cannot), then reap it.
+
+        Its exit status, None if it was not running.
+        """
         child, self.child = self.child, None
-        return None if child is None else child.stop()
+        return None if child is None else child.stop(sig)
 
     def restart(self) -> None:
         self.stop()
@@ -315,9 +321,10 @@ class DevnetProcess:
 class GatewayProcess:
     """``icws-gateway`` in a child process in front of ``ic_url``, and what its start-up lines say.
 
-    ``data_dir`` holds its key pair (so a restart keeps the principal) and its trace logs. ``extra_args`` are
-    further command-line options, ``env`` further environment variables (``RUST_LOG_STDOUT`` overrides the
-    ``warn`` stdout level).
+    ``data_dir`` holds its key pair (so a restart keeps the principal) and its trace logs. ``address`` with port 0
+    lets the OS choose a port at the first :meth:`start`; later starts listen on that port again, so clients
+    reconnect to the same :attr:`url`. ``extra_args`` are further command-line options, ``env`` further
+    environment variables (``RUST_LOG_STDOUT`` overrides the ``warn`` stdout level).
     """
 
     ic_url: str
@@ -325,9 +332,11 @@ class GatewayProcess:
     address: str = "127.0.0.1:0"
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # The last process started; kept after it stops, for its exit status and output.
     child: Child | None = None
     principal: str = ""
     url: str = ""  # ws:// or wss://, with the port the gateway listens on
+    metrics_url: str = ""  # http://HOST:PORT of /metrics, /health and /ready
 
     @property
     def port(self) -> int:
@@ -335,9 +344,14 @@ class GatewayProcess:
 
     @property
     def pid(self) -> int:
-        if self.child is None:
+        if self.child is None or self.child.returncode is not None:
             raise RuntimeError("the gateway is not running")
         return self.child.pid
+
+    @property
+    def output(self) -> str:
+        """What the last gateway started printed (stdout and stderr), even after it stopped."""
+        return "" if self.child is None else self.child.output
 
     def command(self) -> list[str]:
         """The command line that starts this gateway."""
@@ -366,17 +380,38 @@ class GatewayProcess:
         child = self.spawn()
         try:
             self.principal = child.wait_for_line("gateway principal: ").split(": ", 1)[1]
-            # ``listening on ws://HOST:PORT (metrics on ...)``: the port was chosen by the OS.
-            self.url = child.wait_for_line("listening on ").split()[2]
+            # ``listening on ws://HOST:PORT (metrics on HOST:PORT)``: both ports were chosen by the OS.
+            words = child.wait_for_line("listening on ").split()
         except BaseException:
             self.stop()
             raise
+        self.url = words[2]
+        self.metrics_url = f"http://{words[5].rstrip(')')}"
+        self.address = self.url.split("://", 1)[1]  # a restart listens on the same port
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        """``sig`` (SIGTERM: the gateway drains), then reap it; its exit status, None if it was not running."""
-        child, self.child = self.child, None
-        return None if child is None else child.stop(sig)
+        """``sig`` (SIGTERM: the gateway drains; SIGKILL: it cannot), then reap it.
+
+        Its exit status (again when it already stopped), None if it was never started.
+        """
+        return None if self.child is None else self.child.stop(sig)
+
+    def rss_bytes(self) -> int:
+        """The running gateway's resident set size now, in bytes (Linux ``/proc``)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"/proc/{self.pid}/status has no VmRSS line: the gateway is exiting")
+
+    async def metric(self, name: str) -> float:
+        """The value of the unlabelled sample ``name`` on the gateway's ``/metrics``."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.metrics_url}/metrics") as resp:
+            text = await resp.text()
+        values = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
+        if len(values) != 1:
+            raise ValueError(f"{self.metrics_url}/metrics has {len(values)} unlabelled samples {name!r}, not one")
+        return float(values[0])
 
     async def start_async(self) -> GatewayProcess:
         """:meth:`start` without blocking the event loop (the replica may be served by this loop)."""

@@ -58,13 +58,6 @@ _TIMESTAMP = b"\x69timestamp"
 _IS_SERVICE = b"\x72is_service_message"
 
 
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def read_line(stream: asyncio.StreamReader, prefix: str = "", timeout: float = 120) -> str:
     while True:
         line = (await asyncio.wait_for(stream.readline(), timeout)).decode()
@@ -338,7 +331,7 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, gateway_src: 
             for worker in workers:
                 worker.send_line("stop")
             cpu1, t1 = _shares(pids), time.time()
-            rss = proc_rss_mb(gateway.pid)
+            rss = gateway.rss_bytes() / 2**20
             results = [json.loads(await w.wait_for_line_async("{", timeout=120)) for w in workers]
             config["messages_per_round"] = 0
             await agent.call(canister, "configure", candid.encode(config_type, [config]))

@@ -10,6 +10,7 @@ or closed with a reason: none hangs, none sees a message twice or out of order.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -22,8 +23,7 @@ from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from tests.faults.proxy import FaultProxy
 from tests.faults.verifying import VerifyingClient, push, settle, wait_for
-from tests.plugins.devnet import DevnetProcess
-from tests.plugins.gateway_process import GatewayProcess
+from tests.processes import DevnetProcess, GatewayProcess
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +68,9 @@ class ProcessStack:
 @pytest.fixture
 async def stack(devnet_process: DevnetProcess, tmp_path: Path) -> AsyncIterator[ProcessStack]:
     async with FaultProxy(devnet_process.url, seed=5) as proxy:
-        gateway = GatewayProcess(proxy.url, tmp_path / "gateway", extra_args=["--drain-timeout", str(DRAIN_TIMEOUT_S)])
-        await asyncio.to_thread(gateway.start)
-        try:
+        options = ["--drain-timeout", str(DRAIN_TIMEOUT_S), "--polling-interval", "20"]
+        async with GatewayProcess(proxy.url, tmp_path / "gateway", extra_args=options) as gateway:
             yield ProcessStack(devnet_process, proxy, gateway)
-        finally:
-            await asyncio.to_thread(gateway.stop)
 
 
 async def test_sigterm_under_load_drains_then_a_new_gateway_serves_the_clients_that_reconnect(
@@ -87,7 +84,7 @@ async def test_sigterm_under_load_drains_then_a_new_gateway_serves_the_clients_t
     loading = asyncio.create_task(stack.load(clients, 5))
     await asyncio.sleep(0.05)
     started = time.monotonic()
-    status = await asyncio.to_thread(stack.gateway.stop)
+    status = await stack.gateway.stop_async()
     elapsed = time.monotonic() - started
     await loading
     assert status == 0, stack.gateway.output
@@ -100,7 +97,7 @@ async def test_sigterm_under_load_drains_then_a_new_gateway_serves_the_clients_t
         await client.close()
     # A new gateway on the same port (same data dir: same principal) serves the clients as they come back (same
     # identities, new sessions: nothing of the old sessions is delivered again).
-    await asyncio.to_thread(stack.gateway.start)
+    await stack.gateway.start_async()
     again = await stack.connect((f"r{i}" for i in range(CLIENTS)), identities)
     assert [c.principal for c in again] == [c.principal for c in clients]
     await stack.load(again, 3)
@@ -116,11 +113,7 @@ async def test_a_devnet_restart_leaves_every_client_served_or_closed_with_a_reas
     clients = await stack.connect(f"c{i}" for i in range(CLIENTS))
     await stack.load(clients, 3)
     await settle(clients)
-    if how == "sigkill":
-        assert stack.devnet.proc is not None
-        stack.devnet.proc.kill()
-        stack.devnet.proc.wait()
-    await asyncio.to_thread(stack.devnet.stop)
+    await asyncio.to_thread(stack.devnet.stop, signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
     await asyncio.sleep(1.0)  # the gateway's polls and the proxy's upstream fail meanwhile
     await asyncio.to_thread(stack.devnet.start)
     await stack.load(clients, 3)

@@ -26,8 +26,7 @@ from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Ed25519Identity
 from tests.faults.proxy import FaultProxy
 from tests.faults.verifying import FirehoseClient, VerifyingClient, push, settle
-from tests.plugins.devnet import DevnetProcess
-from tests.plugins.gateway_process import GatewayProcess
+from tests.processes import DevnetProcess, GatewayProcess
 
 pytestmark = pytest.mark.slow
 
@@ -66,16 +65,18 @@ async def test_a_connect_storm_against_a_slow_replica(
     devnet_process: DevnetProcess, slow_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     gateway = GatewayProcess(
-        slow_proxy.url, tmp_path / "gateway", extra_args=["--max-clients-per-ip", str(STORM_PER_IP_LIMIT)]
+        slow_proxy.url,
+        tmp_path / "gateway",
+        extra_args=["--max-clients-per-ip", str(STORM_PER_IP_LIMIT), "--polling-interval", "20"],
     )
-    await asyncio.to_thread(gateway.start)
+    await gateway.start_async()
     canister = devnet_process.canister_ids["test"]
     latencies: list[float] = []
 
     async def probe_health(http: aiohttp.ClientSession) -> None:
         while True:
             started = time.monotonic()
-            async with http.get(f"http://127.0.0.1:{gateway.metrics_port}/health") as resp:
+            async with http.get(f"{gateway.metrics_url}/health") as resp:
                 assert resp.status == 200
             latencies.append(time.monotonic() - started)
             await asyncio.sleep(0.1)
@@ -111,7 +112,7 @@ async def test_a_connect_storm_against_a_slow_replica(
         await asyncio.gather(*(c.close() for c in clients))
         assert await wait_for_metric(gateway, "clients_connected", 0) == 0
     finally:
-        await asyncio.to_thread(gateway.stop)
+        await gateway.stop_async()
 
 
 async def _configure_firehose(agent: Agent, devnet: DevnetProcess, per_round: int) -> None:
@@ -120,8 +121,8 @@ async def _configure_firehose(agent: Agent, devnet: DevnetProcess, per_round: in
 
 
 async def test_soak(devnet_process: DevnetProcess, tmp_path: Path) -> None:
-    gateway = GatewayProcess(devnet_process.url, tmp_path / "gateway")
-    await asyncio.to_thread(gateway.start)
+    gateway = GatewayProcess(devnet_process.url, tmp_path / "gateway", extra_args=["--polling-interval", "20"])
+    await gateway.start_async()
     test_canister = devnet_process.canister_ids["test"]
     rng = random.Random(11)
     try:
@@ -187,4 +188,4 @@ async def test_soak(devnet_process: DevnetProcess, tmp_path: Path) -> None:
             await asyncio.gather(*(c.close() for c in clients), *(f.close() for f in firehose))
             assert await wait_for_metric(gateway, "clients_connected", 0) == 0
     finally:
-        await asyncio.to_thread(gateway.stop)
+        await gateway.stop_async()

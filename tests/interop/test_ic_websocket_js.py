@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.interop.ws_stack import HERE, gateway_process, running_stack
+from tests.interop.ws_stack import HERE, running_gateway, running_stack
 from tests.processes import Child, DevnetProcess, free_port
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -73,7 +73,7 @@ def test_ic_websocket_js_through_a_subnet_delegation(node: str, tmp_path: Path) 
 def test_ic_websocket_js_reconnects_after_a_gateway_restart(node: str, stack: dict[str, Any], tmp_path: Path) -> None:
     """A gateway of its own on a fixed port, drained (SIGTERM) under a connected client, then started again."""
     address = f"127.0.0.1:{free_port()}"
-    with gateway_process(stack["ic_url"], tmp_path, address) as gateway_url:
+    with running_gateway(stack["ic_url"], tmp_path, address) as gateway_url:
         config = json.dumps({**stack, "gateway_url": gateway_url})
         command = [node, str(HERE / "check_ic_websocket.mjs"), "gateway-restart", config]
         check = Child("check_ic_websocket.mjs gateway-restart", command, cwd=HERE, env=NODE_ENV, stdin=True)
@@ -85,7 +85,7 @@ def test_ic_websocket_js_reconnects_after_a_gateway_restart(node: str, stack: di
     # Leaving the block drained the gateway, which closes its clients; then a new gateway starts on the same port.
     with check:
         check.wait_for_line("closed ", timeout=120)
-        with gateway_process(stack["ic_url"], tmp_path, address):
+        with running_gateway(stack["ic_url"], tmp_path, address):
             check.send_line("restarted", last=True)
             assert check.wait(120) == 0 and "ok gateway-restart" in check.output.splitlines(), check.output
 

@@ -29,7 +29,7 @@ class QuickAckPingPongCanister(AckCyclePingPongCanister):
 
 
 @contextlib.contextmanager
-def gateway_process(ic_url: str, data_dir: Path, address: str = "127.0.0.1:0") -> Iterator[str]:
+def running_gateway(ic_url: str, data_dir: Path, address: str = "127.0.0.1:0") -> Iterator[str]:
     """``icws-gateway`` on ``address`` in front of ``ic_url``; yields its ``ws://`` URL, drains it (SIGTERM) on exit."""
     with GatewayProcess(ic_url, data_dir, address, extra_args=["--polling-interval", "20"]) as gateway:
         yield gateway.url
@@ -54,7 +54,7 @@ def running_stack(state_dir: Path, *, subnet_delegation: bool = False) -> Iterat
             *(["--subnet-delegation"] if subnet_delegation else []),
         ],
     )
-    with devnet, gateway_process(devnet.url, state_dir / "gateway") as gateway_url:
+    with devnet, running_gateway(devnet.url, state_dir / "gateway") as gateway_url:
         yield {
             "ic_url": devnet.url,
             "root_key": devnet.info["root_key"],

@@ -16,7 +16,7 @@ from typing import Any, Final
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.principal import Principal
-from tests.interop.ws_stack import gateway_process
+from tests.interop.ws_stack import running_gateway
 from tests.processes import DevnetProcess
 from tests.wasm.wasm_canisters import MOTOKO_CDK_CANISTER
 
@@ -80,6 +80,6 @@ def motoko_stack(state_dir: Path, gateways: int = 2) -> Iterator[MotokoStack]:
     """The devnet and ``gateways`` gateway processes in front of it."""
     with motoko_devnet(state_dir / "devnet") as devnet, contextlib.ExitStack() as stack:
         urls = [
-            stack.enter_context(gateway_process(devnet.url, state_dir / f"gateway{index}")) for index in range(gateways)
+            stack.enter_context(running_gateway(devnet.url, state_dir / f"gateway{index}")) for index in range(gateways)
         ]
         yield MotokoStack(devnet, urls)
