@@ -15,6 +15,7 @@ import {
   HttpAgent,
   IcWebSocket,
   SdkClient,
+  loadRootKey,
   TIMEOUT_MS,
   generateRandomIdentity,
   within,
@@ -45,6 +46,9 @@ const idlFactory = ({ IDL }) => {
     close: IDL.Func([ClientPrincipal], [Result], []),
   });
 };
+
+await loadRootKey(cfg.ic_url);
+if (cfg.other_ic_url) await loadRootKey(cfg.other_ic_url);
 
 async function actorFor(canisterId, identity = Ed25519KeyIdentity.generate()) {
   const agent = await HttpAgent.create({ host: cfg.ic_url, identity, shouldFetchRootKey: true });

@@ -22,6 +22,21 @@ globalThis.ErrorEvent ??= class ErrorEvent extends Event {
 
 export const TIMEOUT_MS = 30_000;
 
+// ic-websocket-js starts fetching a local replica's root key without waiting for it (`void fetchRootKey()` in
+// its constructor), so on a loaded machine its first certificate can be checked against the built-in mainnet
+// key and refused ("Signature verification failed"). The checks fetch each replica's key first
+// (`await loadRootKey(url)`); SdkClient hands it to the SDK's agent before any message can arrive. It is the
+// key the SDK's own fetch returns a moment later, so a foreign-key check still sees the foreign key.
+const rootKeys = new Map();
+
+export async function loadRootKey(url) {
+  if (!rootKeys.has(url)) {
+    const agent = await HttpAgent.create({ host: url, shouldFetchRootKey: true });
+    rootKeys.set(url, agent.rootKey);
+  }
+  return rootKeys.get(url);
+}
+
 // One IcWebSocket with promise-based helpers: `opened`, `next()` (the next application message), `closed`;
 // every SDK error is collected in `errors`.
 export class SdkClient {
@@ -35,6 +50,9 @@ export class SdkClient {
       undefined,
       createWsConfig({ canisterId, canisterActor: actor, identity, networkUrl: icUrl, ...extra }),
     );
+    const networkUrl = extra.networkUrl ?? icUrl;
+    if (!rootKeys.has(networkUrl)) throw new Error(`call 'await loadRootKey(${JSON.stringify(networkUrl)})' first`);
+    this.ws._httpAgent.rootKey = rootKeys.get(networkUrl);
     this.opened = new Promise(resolve => {
       this.ws.onopen = () => resolve();
     });

@@ -13,6 +13,7 @@ import {
   HttpAgent,
   IDL,
   SdkClient,
+  loadRootKey,
   within,
 } from '../interop/sdk_client.mjs';
 
@@ -39,6 +40,7 @@ const idlFactory = ({ IDL }) => {
   });
 };
 
+await loadRootKey(cfg.ic_url);
 const agent = await HttpAgent.create({ host: cfg.ic_url, identity: Ed25519KeyIdentity.generate(), shouldFetchRootKey: true });
 const actor = Actor.createActor(idlFactory, { agent, canisterId: cfg.canister_id });
 

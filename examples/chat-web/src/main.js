@@ -29,12 +29,16 @@ async function main() {
   const identity = generateRandomIdentity();
   // The actor only supplies the Candid interface: ic-websocket-js signs and sends the calls itself.
   const agent = HttpAgent.createSync({ host: config.ic_url, identity });
+  // ic-websocket-js fetches a local replica's root key without waiting for it, so its first certificate may be
+  // checked against the mainnet key and refused: fetch the key first and hand it to the SDK's agent.
+  await agent.fetchRootKey();
   const canisterActor = Actor.createActor(idlFactory, { agent, canisterId: config.canister_id });
   const ws = new IcWebSocket(
     config.gateway_url,
     undefined,
     createWsConfig({ canisterId: config.canister_id, canisterActor, identity, networkUrl: config.ic_url }),
   );
+  ws._httpAgent.rootKey = agent.rootKey;
   ws.onopen = () => {
     setStatus(`connected as ${identity.getPrincipal().toText()}`, 'open');
     $('send').disabled = false;
