@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +37,7 @@ from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
 
+from benchmarks.e2e.workers import Profiler, read_line, split, stdin_reader
 from icws_fast.devnet.server import DEFAULT_ROUND_MS
 from icws_fast.ic import candid, cbor
 from icws_fast.ic.agent import Agent
@@ -49,22 +47,11 @@ from tests.gateway.gw_rawclient import RawClient, RawListener
 from tests.processes import Child, DevnetProcess, GatewayProcess, cpu_seconds
 
 _MODULE = "benchmarks.e2e.bench_gateway"
-BIN = Path(sys.executable).parent
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_EVERY = 1000
 # The fields of a WebsocketMessage the clients read, as CBOR text heads (serde order: they follow each other).
 _SEQUENCE_NUM = b"\x6csequence_num"
 _TIMESTAMP = b"\x69timestamp"
 _IS_SERVICE = b"\x72is_service_message"
-
-
-async def read_line(stream: asyncio.StreamReader, prefix: str = "", timeout: float = 120) -> str:
-    while True:
-        line = (await asyncio.wait_for(stream.readline(), timeout)).decode()
-        if not line:
-            raise RuntimeError(f"child exited before printing {prefix!r}")
-        if line.startswith(prefix):
-            return line.strip()
 
 
 # -- the client process ---------------------------------------------------------------------------------
@@ -146,12 +133,6 @@ class BenchListener(RawListener):
             super().on_ws_frame(transport, frame)
 
 
-async def _stdin_reader() -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
 async def gateway_clients(url: str, canister_text: str, count: int) -> None:
     """Child process: open ``count`` sessions, then record between the ``start`` and ``stop`` lines on stdin."""
     canister = Principal.from_text(canister_text)
@@ -169,7 +150,7 @@ async def gateway_clients(url: str, canister_text: str, count: int) -> None:
     clients: list[RawClient] = []
     for start in range(0, count, 20):
         clients += await asyncio.gather(*(one() for _ in range(start, min(count, start + 20))))
-    stdin = await _stdin_reader()
+    stdin = await stdin_reader()
     print("ready", flush=True)
     await read_line(stdin, "start", timeout=600)
     recorder.recording, t0 = True, time.time()
@@ -251,45 +232,6 @@ def _shares(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
-def _split(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-class Profiler:
-    """py-spy sampling the gateway and the devnet during the window (``--profile DIR``)."""
-
-    def __init__(self, out_dir: Path | None, seconds: float) -> None:
-        self.out_dir, self.seconds = out_dir, seconds
-        self.procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
-
-    def start(self, pids: dict[str, int]) -> None:
-        if self.out_dir is None:
-            return
-        py_spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
-        if py_spy is None:
-            raise SystemExit("--profile needs py-spy (pip install py-spy)")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name, pid in pids.items():
-            out = self.out_dir / f"{name}.txt"
-            cmd = [py_spy, "record", "--nonblocking", "--format", "raw", "--rate", "200"]
-            cmd += ["--duration", str(int(self.seconds)), "--pid", str(pid), "--output", str(out)]
-            self.procs.append((name, out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
-
-    def report(self) -> None:
-        for name, out, proc in self.procs:
-            proc.wait(60)
-            self_time: collections.Counter[str] = collections.Counter()
-            total = 0
-            for line in out.read_text().splitlines():
-                stack, _, count = line.rpartition(" ")
-                leaf = stack.rsplit(";", 1)[-1]
-                self_time[leaf] += int(count)
-                total += int(count)
-            print(f"\n{name}: top self time ({total} samples, {out})")
-            for leaf, count in self_time.most_common(15):
-                print(f"  {count / max(total, 1) * 100:5.1f}%  {leaf}")
-
-
 async def run_gateway_leg(args: argparse.Namespace, workdir: Path, gateway_src: Path | None) -> dict[str, Any]:
     """One measurement; ``gateway_src`` (a directory holding an ``icws_fast`` package) is the gateway's code."""
     gateway_env = {"RUST_LOG_FILE": "warn"}
@@ -310,7 +252,7 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, gateway_src: 
         canister = Principal.from_text(firehose)
         workers = [
             children.enter_context(_spawn_self("--gateway-clients", gateway.url, firehose, str(count), stdin=True))
-            for count in _split(args.clients, args.client_procs)
+            for count in split(args.clients, args.client_procs)
         ]
         for worker in workers:
             await worker.wait_for_line_async("ready", timeout=600)
@@ -366,7 +308,7 @@ async def run_raw_leg(args: argparse.Namespace, frame_size: int) -> tuple[float,
         url = f"ws://127.0.0.1:{port}"
         workers = [
             children.enter_context(_spawn_self("--raw-clients", url, str(count), str(args.raw_messages)))
-            for count in _split(args.clients, args.client_procs)
+            for count in split(args.clients, args.client_procs)
         ]
         rates = [json.loads(await w.wait_for_line_async("{", timeout=600))["msgs_per_s"] for w in workers]
         cpu_us = (cpu_seconds(server.pid) - cpu0) * 1e6 / (args.raw_messages * args.clients)
