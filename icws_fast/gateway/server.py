@@ -298,6 +298,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
+        self.metrics.send_buffer_bytes.set_function(self._send_buffer_bytes)
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._routes: dict[Principal, dict[ClientKey, Recipient]] = {}
         self._pollers: dict[Principal, tuple[CanisterPoller, asyncio.Task[None]]] = {}
@@ -365,6 +366,12 @@ class Gateway:
                 if not self._ic_reachable:
                     log.info("the IC at %s answers again: /ready says ready", self.config.ic_url)
                 self._ic_reachable = True
+
+    def _send_buffer_bytes(self) -> float:
+        """What every client's send buffer holds now; read at each scrape, so the hot path pays nothing for it."""
+        return float(
+            sum(c.transport.underlying_transport.get_write_buffer_size() for c in self.connections if c.transport)
+        )
 
     def _listener_for(self, request: WSUpgradeRequest) -> WSListener | None:
         return ClientConnection(self)
