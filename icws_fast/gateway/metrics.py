@@ -2,10 +2,10 @@
 
 Names follow the Rust gateway (``clients_connected``, ``active_pollers``, ``poller_duration``,
 ``connection_opening_time``, ``connection_duration``, ``client_connected_count``) so existing
-dashboards keep working (``tls_resolution_time`` is absent: picows does not expose when the TLS
-handshake starts). Unlike the Rust gateway, no
-metric is labelled by client key: the only label with open-ended values is the canister id,
-whose number is bounded by what the gateway serves. Every metric is described in docs/operations.md.
+dashboards find them; docs/operations.md describes every metric and lists the differences
+(``tls_resolution_time`` is absent: picows does not expose when the TLS handshake starts). Unlike the
+Rust gateway, no metric is labelled by client key: the only label with open-ended values is the canister
+id, whose number is bounded by what the gateway serves.
 
 The label values of ``errors_total`` and ``dropped_messages_total`` are a closed set (:data:`ERROR_KINDS`,
 :data:`DROP_REASONS`), created at zero when the gateway starts: a counter that appears only at its first
@@ -25,31 +25,27 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _DURATION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
 
-#: Every ``kind`` of ``errors_total``, and what it counts.
-ERROR_KINDS: dict[str, str] = {
-    "poll_reject": "a ws_get_messages poll rejected by the IC (retried with back-off)",
-    "poll_status": "a poll answered with an HTTP error status",
-    "poll_timeout": "a poll that did not answer within the poll timeout",
-    "poll_transport": "a poll that could not reach the IC (connection refused, reset)",
-    "poll_decode": "a poll reply that does not decode",
-    "poll_nonce_gap": "a batch whose nonces skip some, or start above the next expected one (polled again)",
-    "poll_stale_batch": "a batch starting below the next expected nonce (polled again)",
-    "poll_invalid_batch": "a batch whose certificate or tree does not verify",
-    "poll_resync": "the canister's queue went backwards (reinstalled); the poller starts over from its new start",
-    "canister": "a canister failed for good (its clients are closed)",
-    "poller_crash": "a poller stopped on a bug (its clients are closed)",
-    "connection_refused": "a connection refused: too many clients, too many from one IP, or shutting down",
-    "slow_consumer": "a client closed because it left more than --max-send-buffer bytes unread",
-    "duplicate_client_key": "a ws_open with a client key already connected (a replayed envelope)",
-    "session_internal_error": "a session closed on an unexpected error in the gateway",
-}
+#: Every ``kind`` of ``errors_total`` (docs/operations.md says what each counts).
+ERROR_KINDS: tuple[str, ...] = (
+    "poll_reject",
+    "poll_status",
+    "poll_timeout",
+    "poll_transport",
+    "poll_decode",
+    "poll_nonce_gap",
+    "poll_stale_batch",
+    "poll_invalid_batch",
+    "poll_resync",
+    "canister",
+    "poller_crash",
+    "connection_refused",
+    "slow_consumer",
+    "duplicate_client_key",
+    "session_internal_error",
+)
 
-#: Every ``reason`` of ``dropped_messages_total``, and what it counts.
-DROP_REASONS: dict[str, str] = {
-    "unknown_client": "a polled message for a client key with no session on this gateway (it has left)",
-    "invalid_certificate": "a polled message whose batch does not verify (it is polled again, never relayed)",
-    "gap": "messages the canister no longer holds, confirmed missing, skipped",
-}
+#: Every ``reason`` of ``dropped_messages_total`` (docs/operations.md says what each counts).
+DROP_REASONS: tuple[str, ...] = ("unknown_client", "invalid_certificate", "gap")
 
 
 class GatewayMetrics:
