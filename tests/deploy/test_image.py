@@ -83,6 +83,16 @@ def process_ids(pid: int) -> dict[str, str]:
     return fields
 
 
+def skip_unless_10001_runs_python(command: list[str]) -> None:
+    """Skip unless uid 10001 can run ``command``, which starts this environment's Python as the entrypoint would.
+
+    icws-gateway's interpreter is this environment's; one installed where 10001 may not go (under a 0700 /root,
+    say) cannot start the gateway as 10001, whatever the entrypoint does.
+    """
+    if subprocess.run([*AS_ICWS, *command], capture_output=True, check=False).returncode != 0:
+        pytest.skip(f"uid {ICWS_UID} cannot run this environment's Python ({os.path.realpath(sys.executable)})")
+
+
 def run_healthcheck(url: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(HEALTHCHECK)],
@@ -103,6 +113,7 @@ def devnet() -> Iterator[DevnetProcess]:
 def test_as_root_the_data_dir_goes_to_10001_and_the_gateway_runs_as_10001(
     devnet: DevnetProcess, shared_dir: Path
 ) -> None:
+    skip_unless_10001_runs_python([sys.executable, "-c", ""])  # setpriv execs the gateway
     data = shared_dir / "data"
     identity = load_or_create_identity(data / "key_pair")  # an identity from an earlier run, 0600
     (data / "traces").mkdir()
@@ -124,10 +135,7 @@ def test_as_root_the_data_dir_goes_to_10001_and_the_gateway_runs_as_10001(
 @pytest.mark.slow
 def test_as_10001_on_its_own_data_dir_the_gateway_starts(devnet: DevnetProcess, shared_dir: Path) -> None:
     """The Kubernetes path: runAsUser 10001, and fsGroup gave the volume to 10001."""
-    # The entrypoint's shell runs icws-gateway, whose interpreter is this environment's: 10001 must reach it.
-    probe = subprocess.run([*AS_ICWS, "sh", "-c", 'exec "$0" -c ""', sys.executable], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip(f"uid {ICWS_UID} cannot run this environment's Python ({os.path.realpath(sys.executable)})")
+    skip_unless_10001_runs_python(["sh", "-c", 'exec "$0" -c ""', sys.executable])  # the entrypoint's shell execs
     data = shared_dir / "data"
     data.mkdir()
     chown_tree(data, ICWS_UID)

@@ -319,6 +319,21 @@ def test_production_stack(tmp_path: Path) -> None:
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
 
 
+def test_prometheus_config_passes_promtool_as_mounted(tmp_path: Path) -> None:
+    """Prometheus' config, and the rule files it finds, laid out under /etc/prometheus as the stacks mount them."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package)")
+    etc = Path("/etc/prometheus")
+    for target, source in mounts(compose_config("local")["services"]["prometheus"]).items():
+        if Path(target).is_relative_to(etc) and Path(source).is_file():
+            (tmp_path / Path(target).relative_to(etc)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, tmp_path / Path(target).relative_to(etc))
+    done = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_production_stack_needs_a_domain(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     example = (COMPOSE_DIR / ".env.example").read_text().splitlines()
