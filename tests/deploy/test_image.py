@@ -75,7 +75,7 @@ class EntrypointGateway(GatewayProcess):
 
 
 def process_ids(pid: int) -> dict[str, str]:
-    """The Uid, Gid and Groups lines of /proc/PID/status."""
+    """The fields of /proc/PID/status (Uid, Gid, Groups, CapEff, ...), their whitespace collapsed."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
@@ -126,6 +126,7 @@ def test_as_root_the_data_dir_goes_to_10001_and_the_gateway_runs_as_10001(
         ids = process_ids(gateway.pid)  # setpriv execs the gateway: same pid
         assert ids["Uid"] == ids["Gid"] == f"{ICWS_UID} {ICWS_UID} {ICWS_UID} {ICWS_UID}", ids
         assert ids["Groups"] == "", ids
+        assert ids["CapPrm"] == ids["CapEff"] == "0" * 16, ids  # no root capability survives the switch
         assert owners(data) == {(ICWS_UID, ICWS_UID)}
         assert run_healthcheck(f"{gateway.metrics_url}/health").returncode == 0
     finally:
