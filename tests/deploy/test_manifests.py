@@ -228,6 +228,12 @@ def compose_config(stack: str) -> dict[str, Any]:
     return merged
 
 
+def env_example() -> dict[str, str]:
+    """The settings of ``deploy/compose/.env.example``."""
+    lines = (COMPOSE_DIR / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
 def mounts(service: Mapping[str, Any]) -> dict[str, str]:
     """Container path -> source of a service's volumes (``docker-compose config`` writes SOURCE:TARGET[:MODE])."""
     return {entry.split(":")[1]: entry.split(":")[0] for entry in service.get("volumes", [])}
@@ -295,9 +301,7 @@ def test_local_stack() -> None:
 def test_production_stack(tmp_path: Path) -> None:
     services = compose_config("production")["services"]
     assert set(services) == {"gateway", "prometheus", "grafana"}
-    domain = dict(
-        line.split("=", 1) for line in (COMPOSE_DIR / ".env.example").read_text().splitlines() if "=" in line
-    )["DOMAIN"]
+    domain = env_example()["DOMAIN"]
     # The certificate and key are certbot's live/ files of the domain, inside the mounted /etc/letsencrypt.
     assert mounts(services["gateway"])["/etc/letsencrypt"] == "/etc/letsencrypt"
     cert = self_signed(tmp_path)
@@ -334,9 +338,15 @@ def test_prometheus_config_passes_promtool_as_mounted(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_env_example_sets_every_variable_the_stacks_use() -> None:
+    used = {
+        name for path in COMPOSE_DIR.glob("docker-compose*.yml") for name in re.findall(r"\$\{(\w+)", path.read_text())
+    }
+    assert used <= set(env_example())
+
+
 def test_production_stack_needs_a_domain(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    example = (COMPOSE_DIR / ".env.example").read_text().splitlines()
-    env_file.write_text("\n".join(line for line in example if not line.startswith("DOMAIN=")) + "\n")
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env_example().items() if name != "DOMAIN"))
     done = stack_compose_config("production", env_file)
     assert done.returncode != 0 and "set DOMAIN in deploy/compose/.env" in done.stderr
