@@ -6,7 +6,7 @@
 # - Started as root (the image's default user): give the directory to uid 10001 when anything in it belongs to
 #   someone else, then run the gateway as 10001:10001 (setpriv, from util-linux, which Debian always has).
 # - Started as any other user (docker run --user, Kubernetes runAsUser): nothing can change owners, so check that
-#   this user can write the directory and read everything in it, and otherwise say what to run. Kubernetes gives
+#   this user can write the directories and read everything in them, and otherwise say what to run. Kubernetes gives
 #   a volume to the pod's fsGroup: set securityContext.fsGroup (deploy/k8s does).
 set -eu
 
@@ -43,10 +43,12 @@ fi
 me="$(id -u):$(id -g)"
 mkdir -p -- "$data_dir" 2>/dev/null || fail "uid $me cannot create the data directory $data_path: mount a" \
     "directory there that it may write (on the host: 'mkdir -p ./data && sudo chown -R $me ./data')"
-# The first entry this user cannot both read and write (the directory itself included); empty when all is well.
-unusable=$(find "$data_dir" \( ! -readable -o ! -writable \) -print -quit 2>/dev/null) || unusable=${unusable:-$data_dir}
+# The first file this user cannot read or directory it cannot write (a key file may be read-only: a mounted
+# Secret); empty when all is well.
+unusable=$(find "$data_dir" \( ! -readable -o \( -type d ! -writable \) \) -print -quit 2>/dev/null) ||
+    unusable=${unusable:-$data_dir}
 if [ -n "$unusable" ]; then
-    fail "uid $me cannot write $(realpath -m -- "$unusable") (owned by $(stat -c %u:%g -- "$unusable")), where" \
+    fail "uid $me cannot use $(realpath -m -- "$unusable") (owner $(stat -c '%u:%g, mode %a' -- "$unusable")), where" \
         "the gateway keeps its identity (key_pair) and logs. Either run 'sudo chown -R $me ./data' on the host" \
         "for the directory mounted on $data_path, or start the container without --user (as root) to have it" \
         "given to uid $ICWS_UID at start; on Kubernetes, set the pod's securityContext.fsGroup to $(id -g)"

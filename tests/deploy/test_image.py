@@ -149,6 +149,33 @@ def test_as_10001_on_its_own_data_dir_the_gateway_starts(devnet: DevnetProcess, 
         assert gateway.stop() == 0, gateway.output
 
 
+@pytest.mark.parametrize("key_mode", [0o600, 0o400])
+def test_as_10001_a_usable_data_dir_is_handed_to_the_gateway(shared_dir: Path, key_mode: int) -> None:
+    """The entrypoint's checks pass for a directory 10001 may write, with a key it may only read (0400: the way
+    a Kubernetes Secret is mounted), and it execs icws-gateway with the flags as given, as the same user.
+
+    ``icws-gateway`` here is a stand-in that reports what it was started with, so this runs wherever uid 10001
+    cannot start this environment's Python (the tests above start the real gateway where it can).
+    """
+    data = shared_dir / "data"
+    load_or_create_identity(data / "key_pair")  # a key file as the gateway writes it
+    (data / "key_pair").chmod(key_mode)
+    chown_tree(data, ICWS_UID)
+    bin_dir = shared_dir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "icws-gateway").write_text('#!/bin/sh\necho "icws-gateway as $(id -u):$(id -g): $*"\n')
+    (bin_dir / "icws-gateway").chmod(0o755)
+    done = subprocess.run(
+        [*AS_ICWS, "sh", str(ENTRYPOINT), "--data-dir", str(data), "--log-level", "warn"],
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, f"icws-gateway as 10001:10001: --data-dir {data} --log-level warn\n")
+    assert done.stderr == ""
+
+
 @pytest.mark.parametrize("spelling", ["--data-dir", "--data-dir="])
 @pytest.mark.parametrize("unwritable", ["directory", "key_pair"])
 def test_as_10001_an_unwritable_data_dir_is_refused_with_what_to_run(
@@ -171,7 +198,8 @@ def test_as_10001_an_unwritable_data_dir_is_refused_with_what_to_run(
     assert done.returncode == 1
     message = " ".join(done.stderr.split())
     culprit = data if unwritable == "directory" else data / "key_pair"
-    assert f"uid 10001:10001 cannot write {culprit} (owned by 0:0)" in message, message
+    mode = "755" if unwritable == "directory" else "600"
+    assert f"uid 10001:10001 cannot use {culprit} (owner 0:0, mode {mode})" in message, message
     assert "sudo chown -R 10001:10001 ./data" in message and "without --user" in message, message
     assert "securityContext.fsGroup to 10001" in message, message
     assert sorted(path.name for path in data.iterdir()) == (["key_pair"] if unwritable == "key_pair" else [])
