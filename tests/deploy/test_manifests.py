@@ -179,6 +179,13 @@ def test_k8s_gateway_flags_parse_and_match_probes_ports_and_shutdown() -> None:
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert str(Path("/app") / config.data_dir) in mounts  # the identity is on the pod's volume
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["fsGroup"] == 10001
+    # The memory alert fires before the kernel kills the pod: at 80 % of its limit.
+    limit_mib = int(container["resources"]["limits"]["memory"].removesuffix("Mi"))
+    alerts = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    (memory_high,) = [
+        rule for group in alerts["groups"] for rule in group["rules"] if rule.get("alert") == "IcwsMemoryHigh"
+    ]
+    assert float(memory_high["expr"].rsplit(">", 1)[1]) == 0.8 * limit_mib * 2**20, memory_high["expr"]
     sleep = container["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
     grace = pod["terminationGracePeriodSeconds"]
@@ -268,7 +275,7 @@ def check_common(services: Mapping[str, Any], config: GatewayConfig) -> None:
     assert job["static_configs"] == [{"targets": [f"gateway:{config.metrics_port}"]}]
     assert mounts(services["prometheus"])["/etc/prometheus/prometheus.yml"] == str(COMPOSE_DIR / "prometheus.yml")
     for target, source in {**mounts(services["prometheus"]), **mounts(services["grafana"])}.items():
-        if source.startswith(str(COMPOSE_DIR)):  # this directory's own files (deploy/grafana, alerts.yml: theirs)
+        if Path(source).is_relative_to(REPO):  # the stack's config files, the dashboard, the alert rules
             assert Path(source).exists(), f"{target} is mounted from {source}, which does not exist"
 
 
