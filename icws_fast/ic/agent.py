@@ -1,6 +1,7 @@
 """An asyncio agent for the IC HTTPS interface: status, queries, update calls, read_state.
 
-One :class:`Agent` owns one pooled keep-alive HTTP client (aiohttp) for one replica or boundary-node URL.
+One :class:`Agent` owns one pooled keep-alive HTTP client (:class:`~icws_fast.ic.http.HttpClient`) for one
+replica or boundary-node URL.
 Endpoints used (interface specification as ic-agent 0.49 speaks it), newest first:
 
 * ``GET /api/v2/status`` for :meth:`Agent.status` and :meth:`Agent.fetch_root_key`;
@@ -35,15 +36,13 @@ certificate or node signature that does not verify raises :class:`~icws_fast.err
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
+import ssl
 import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from icws_fast.errors import (
     AgentError,
@@ -54,7 +53,6 @@ from icws_fast.errors import (
     EnvelopeError,
     HttpStatusError,
     RejectError,
-    TransportError,
 )
 from icws_fast.ic import bls, cbor, hashtree
 from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, REASON_NODE_SIGNATURE, Certificate, check_canister_ranges
@@ -66,6 +64,7 @@ from icws_fast.ic.envelope import (
     call_content,
     read_state_content,
 )
+from icws_fast.ic.http import HttpClient, Origin
 from icws_fast.ic.identity import AnonymousIdentity, Identity, verify_signature
 from icws_fast.ic.leb128 import leb128_value
 from icws_fast.ic.principal import Principal
@@ -81,7 +80,7 @@ MAINNET_ROOT_KEY: Final = bytes.fromhex(
 MAINNET_HOSTS: Final = ("ic0.app", "icp0.io", "icp-api.io")
 DEFAULT_TIMEOUT_S: Final = 30.0
 DEFAULT_MAX_CONNECTIONS: Final = 100
-#: Largest answer body read from a replica (a reply is at most 2 MiB; certificates add little).
+#: Largest answer body read from a replica by default (a reply is at most 2 MiB; certificates add little).
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 #: Polling back-off: first delay, growth factor and cap (seconds).
 POLL_FIRST_DELAY_S: Final = 0.02
@@ -100,7 +99,6 @@ ENDPOINT_VERSIONS: Final[dict[str, tuple[int, ...]]] = {"call": (4, 3, 2), "quer
 #: that knows the path but not the method or the version: 405, 501).
 ENDPOINT_MISSING_STATUSES: Final = frozenset({404, 405, 501})
 _NONCE_BYTES: Final = 16
-_CBOR_HEADERS: Final = {"Content-Type": "application/cbor"}
 _HTTP_TEXT_LIMIT: Final = 2000
 
 
@@ -128,15 +126,6 @@ def root_key_from_status(data: bytes, url: str) -> bytes:
     except DecodeError as exc:
         raise AgentError(f"the root key of {url} is not a DER BLS12-381 public key: {exc}") from exc
     return key
-
-
-def _transport_reason(exc: aiohttp.ClientError) -> str:
-    """Why a request did not get through, in words (aiohttp's text and repr name its internals)."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"cannot resolve the host ({exc.os_error.strerror})"
-    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
-        return f"cannot connect ({os.strerror(exc.os_error.errno).lower()})"
-    return str(exc) or type(exc).__name__
 
 
 def _as_principal(value: Principal | str) -> Principal:
@@ -219,7 +208,10 @@ class Agent:
     replica, so only do that for a local or test network). ``timeout_s`` bounds every HTTP request unless a
     method is given its own ``timeout_s``. ``verify_query_signatures`` defaults to on for mainnet URLs only.
     ``sync_call=False`` skips the synchronous call endpoints (v2 call and polling only). ``max_connections``
-    bounds the keep-alive pool. Use as ``async with Agent(...) as agent`` or call :meth:`close`.
+    bounds the keep-alive pool (and so the requests in flight), ``max_response_bytes`` the body of an answer.
+    ``ssl_context`` replaces the default TLS context (system trust store, host name checked) for ``https``.
+    A URL that is not ``http(s)://host[:port][/prefix]`` raises :class:`~icws_fast.errors.AgentError`.
+    Use as ``async with Agent(...) as agent`` or call :meth:`close`.
     """
 
     def __init__(
@@ -232,15 +224,20 @@ class Agent:
         verify_query_signatures: bool | None = None,
         sync_call: bool = True,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self._origin = Origin(url)
+        self.url = self._origin.url
         self.identity: Identity = identity if identity is not None else AnonymousIdentity()
         self.is_mainnet = is_mainnet_url(url)
         self._root_key = root_key if root_key is not None else (MAINNET_ROOT_KEY if self.is_mainnet else None)
         self.timeout_s = timeout_s
         self.verify_query_signatures = self.is_mainnet if verify_query_signatures is None else verify_query_signatures
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self.max_response_bytes = max_response_bytes
+        self._ssl_context = ssl_context
+        self._client: HttpClient | None = None
         # The versions still tried per endpoint kind, newest first; _post drops those the host turns out to lack.
         self._versions: dict[str, tuple[int, ...]] = dict(ENDPOINT_VERSIONS)
         if not sync_call:
@@ -258,9 +255,9 @@ class Agent:
 
     async def close(self) -> None:
         """Close the connection pool; the agent opens a new one if used again."""
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
     @property
     def root_key(self) -> bytes:
@@ -271,42 +268,18 @@ class Agent:
 
     # -- HTTP ---------------------------------------------------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
-        # Created on first use so that it binds to the running event loop, not the constructor's caller.
-        if self._session is None or self._session.closed:
-            # The body limit of _request applies to decompressed bytes, so compressed answers are harmless.
-            connector = aiohttp.TCPConnector(limit=self._max_connections)
-            self._session = aiohttp.ClientSession(connector=connector)
-        return self._session
-
     async def _request(self, method: str, path: str, body: bytes | None, timeout_s: float | None) -> tuple[int, bytes]:
         """Send one HTTP request; the status (2xx) and body, or a typed error."""
-        limit = self.timeout_s if timeout_s is None else timeout_s
-        what = f"{method} {path}"
-        try:
-            async with self._http().request(
-                method,
-                self.url + path,
-                data=body,
-                headers=_CBOR_HEADERS if body is not None else None,
-                timeout=aiohttp.ClientTimeout(total=limit),
-                allow_redirects=False,
-            ) as resp:
-                if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
-                    raise AgentError(f"{what}: answer of {resp.content_length} bytes is over the limit")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise AgentError(f"{what}: answer over {MAX_RESPONSE_BYTES} bytes")
-                    chunks.append(chunk)
-                status = resp.status
-        except TimeoutError as exc:  # aiohttp's timeouts derive from it (asyncio.TimeoutError is an alias)
-            raise AgentTimeout(f"{what}: no answer from {self.url} within {limit} s") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{what} to {self.url} failed: {_transport_reason(exc)}") from exc
-        data = b"".join(chunks)
+        client = self._client
+        if client is None:
+            # Created on first use, so that it binds to the running event loop, not the constructor's caller.
+            client = self._client = HttpClient(
+                self._origin,
+                max_connections=self._max_connections,
+                max_response_bytes=self.max_response_bytes,
+                ssl_context=self._ssl_context,
+            )
+        status, data = await client.request(method, path, body, self.timeout_s if timeout_s is None else timeout_s)
         if status >= 300:
             raise HttpStatusError(status, data[:_HTTP_TEXT_LIMIT].decode("utf-8", "replace"))
         return status, data

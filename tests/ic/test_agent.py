@@ -770,12 +770,14 @@ async def test_node_signature_entries_are_validated(replica_server: tuple[Script
             await agent.query(CANISTER, "echo", b"")
 
 
-async def test_oversized_answer(replica_server: tuple[ScriptedReplica, str], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_oversized_answer(replica_server: tuple[ScriptedReplica, str]) -> None:
     replica, url = replica_server
-    monkeypatch.setattr(agent_module, "MAX_RESPONSE_BYTES", 1000)
     replica.hostile["query"] = (200, b"\x00" * 1001)
-    async with await agent_for(url, replica) as agent:
-        with pytest.raises(AgentError, match="over"):
+    async with await agent_for(url, replica, max_response_bytes=1000) as agent:
+        with pytest.raises(AgentError, match="the answer of 1001 bytes is over the limit of 1000 bytes"):
+            await agent.query(CANISTER, "echo", b"")
+        replica.hostile["query"] = (200, b"\x00" * 1000)
+        with pytest.raises(AgentError, match="malformed CBOR"):  # at the limit: read, then judged as CBOR
             await agent.query(CANISTER, "echo", b"")
 
 
