@@ -387,7 +387,8 @@ class Agent:
         """
         canister = _as_principal(canister_id)
         content = call_content(self.identity.sender, canister, method, arg, request_type="query")
-        _, _, data = await self._post("query", canister, build_envelope(self.identity, content), timeout_s)
+        rid = request_id(content)
+        _, _, data = await self._post("query", canister, build_envelope(self.identity, content, rid=rid), timeout_s)
         answer = self._cbor_map(data, "query")
         status = answer.get("status")
         if status == "replied":
@@ -397,7 +398,7 @@ class Agent:
                 raise AgentError("the query reply carries no arg byte string")
             signed: dict[str, Any] = {"status": "replied", "reply": {"arg": arg_out}}
             if self.verify_query_signatures:
-                await self._check_node_signatures(canister, request_id(content), signed, answer, timeout_s)
+                await self._check_node_signatures(canister, rid, signed, answer, timeout_s)
             return arg_out
         if status == "rejected":
             reject = _reject_error(answer, "query")
@@ -408,7 +409,7 @@ class Agent:
                     "reject_message": reject.reject_message,
                     "error_code": reject.error_code,
                 }
-                await self._check_node_signatures(canister, request_id(content), signed, answer, timeout_s)
+                await self._check_node_signatures(canister, rid, signed, answer, timeout_s)
             raise reject
         raise AgentError(f"unknown query answer status {status!r:.60}")
 
@@ -497,10 +498,10 @@ class Agent:
         canister = _as_principal(canister_id)
         # A fresh nonce makes two identical calls two requests (the IC drops a replayed request id).
         content = call_content(self.identity.sender, canister, method, arg, nonce=secrets.token_bytes(_NONCE_BYTES))
-        body = build_envelope(self.identity, content)
-        return await self._submit(
-            canister, request_id(content), body, content["ingress_expiry"], poller=self.identity, timeout_s=timeout_s
-        )
+        rid = request_id(content)
+        body = build_envelope(self.identity, content, rid=rid)
+        expiry = content["ingress_expiry"]
+        return await self._submit(canister, rid, body, expiry, poller=self.identity, timeout_s=timeout_s)
 
     async def submit_signed(
         self,

@@ -97,10 +97,11 @@ def read_state_content(
     return content
 
 
-def build_envelope(identity: Identity, content: dict[str, Any]) -> bytes:
+def build_envelope(identity: Identity, content: dict[str, Any], *, rid: bytes | None = None) -> bytes:
     """Sign ``content`` with ``identity`` and encode the envelope (CBOR, self-describe tag).
 
     An anonymous identity yields ``{content}`` only. ``content["sender"]`` must be the identity's principal.
+    ``rid`` is ``request_id(content)`` when the caller needs it too and has computed it (it is what is signed).
     """
     sender = content.get("sender")
     if (sender.bytes if isinstance(sender, Principal) else sender) != identity.sender.bytes:
@@ -109,7 +110,7 @@ def build_envelope(identity: Identity, content: dict[str, Any]) -> bytes:
     der = identity.der_public_key
     if der is not None:
         envelope["sender_pubkey"] = der
-        envelope["sender_sig"] = identity.sign(REQUEST_DOMAIN + request_id(content))
+        envelope["sender_sig"] = identity.sign(REQUEST_DOMAIN + (request_id(content) if rid is None else rid))
         delegations = identity.delegations
         if delegations:
             envelope["sender_delegation"] = delegations

@@ -57,15 +57,24 @@ _ED25519_PKCS8_V2: Final = (
 class Identity(ABC):
     """Something that can send requests: a principal, and (unless anonymous) a key that signs them."""
 
-    __slots__ = ()
+    __slots__ = ("_sender",)
+
+    _sender: Principal
 
     @property
     def sender(self) -> Principal:
-        """The ``sender`` principal of requests signed by this identity (self-authenticating by default)."""
-        der = self.der_public_key
-        if der is None:
-            raise NotImplementedError("an identity without a key must override sender")
-        return Principal.self_authenticating(der)
+        """The ``sender`` principal of requests signed by this identity (self-authenticating by default).
+
+        Computed once (a SHA-224 of the key): every request names it, and the key never changes.
+        """
+        try:
+            return self._sender
+        except AttributeError:
+            der = self.der_public_key
+            if der is None:
+                raise NotImplementedError("an identity without a key must override sender") from None
+            self._sender = Principal.self_authenticating(der)
+            return self._sender
 
     @property
     @abstractmethod
@@ -82,6 +91,9 @@ class Identity(ABC):
         """Sign ``message`` (the domain separator is already part of it)."""
 
 
+_ANONYMOUS: Final = Principal.anonymous()
+
+
 class AnonymousIdentity(Identity):
     """The anonymous sender (principal ``2vxsx-fae``): requests carry no key and no signature."""
 
@@ -89,7 +101,7 @@ class AnonymousIdentity(Identity):
 
     @property
     def sender(self) -> Principal:
-        return Principal.anonymous()
+        return _ANONYMOUS
 
     @property
     def der_public_key(self) -> None:

@@ -29,6 +29,40 @@ REQUEST_DOMAIN: Final = b"\x0aic-request"
 RESPONSE_DOMAIN: Final = b"\x0bic-response"
 """Domain separator of a replica's signature over a query response (before its ``hash_of_map``)."""
 
+#: ``H(key)`` of the field names the IC's maps use (request contents, envelopes, delegations, query responses),
+#: computed once: every request id hashes every key of its content again.
+_KEY_HASHES: Final = {
+    key: hashlib.sha256(key.encode()).digest()
+    for key in (
+        "request_type",
+        "sender",
+        "canister_id",
+        "method_name",
+        "arg",
+        "ingress_expiry",
+        "nonce",
+        "paths",
+        "pubkey",
+        "expiration",
+        "targets",
+        "permissions",
+        "status",
+        "reply",
+        "reject_code",
+        "reject_message",
+        "error_code",
+        "timestamp",
+        "request_id",
+    )
+}
+#: The content fields whose values an agent repeats request after request (its principal, the canister, the
+#: method): ``H(key) || H(value)`` of short values of these is kept, up to :data:`_PAIR_CACHE_SIZE` pairs
+#: (emptied when full, so a stream of different senders costs a miss each, never memory).
+_CONSTANT_FIELDS: Final = frozenset({"request_type", "sender", "canister_id", "method_name"})
+_PAIR_CACHE_SIZE: Final = 1024
+_PAIR_CACHE_VALUE_LENGTH: Final = 64
+_pair_cache: dict[tuple[str, str | bytes], bytes] = {}
+
 
 class SignedInt(int):
     """An ``int`` that hashes as signed LEB128 (Candid/IC ``int``) instead of ``nat``."""
@@ -53,13 +87,24 @@ def hash_value(value: Any) -> bytes:
     raise TypeError(f"cannot hash a value of type {type(value).__name__}")
 
 
+def _pair_hash(key: str, value: Any) -> bytes:
+    """``H(key) || H(value)``, one entry of a ``hash_of_map``."""
+    key_hash = _KEY_HASHES.get(key)
+    if key_hash is None:
+        return hashlib.sha256(key.encode("utf-8")).digest() + hash_value(value)
+    if key in _CONSTANT_FIELDS and type(value) in (bytes, str) and len(value) <= _PAIR_CACHE_VALUE_LENGTH:
+        cached = _pair_cache.get((key, value))
+        if cached is None:
+            if len(_pair_cache) >= _PAIR_CACHE_SIZE:
+                _pair_cache.clear()
+            cached = _pair_cache[key, value] = key_hash + hash_value(value)
+        return cached
+    return key_hash + hash_value(value)
+
+
 def hash_of_map(mapping: dict[str, Any]) -> bytes:
     """``hash_of_map``: sha256 over the sorted ``H(key) || H(value)`` pairs. ``None`` values are skipped."""
-    pairs = sorted(
-        hashlib.sha256(key.encode("utf-8")).digest() + hash_value(value)
-        for key, value in mapping.items()
-        if value is not None
-    )
+    pairs = sorted(_pair_hash(key, value) for key, value in mapping.items() if value is not None)
     return hashlib.sha256(b"".join(pairs)).digest()
 
 
