@@ -35,6 +35,7 @@ TARGETS = (
     "wsbatch",
     "session",
     "client",
+    "http",
 )
 
 

@@ -24,7 +24,7 @@ import asyncio
 import os
 import socket
 import ssl
-from typing import Final, cast
+from typing import Final, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -37,7 +37,7 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
-class _Failure(Exception):
+class Failure(Exception):
     """Why a request failed, as the connection saw it; :meth:`HttpClient.request` words the public error."""
 
     def __init__(self, kind: type[AgentError], reason: str) -> None:
@@ -80,14 +80,24 @@ class Origin:
         self.host_header = bracketed if port is None else f"{bracketed}:{port}"
 
 
-class _Connection(asyncio.Protocol):
+class Pool(Protocol):
+    """What a connection needs from the client that owns it (:class:`HttpClient`; a fuzz target fakes it)."""
+
+    loop: asyncio.AbstractEventLoop
+    max_response_bytes: int
+
+    def forget(self, conn: Connection) -> None:
+        """Drop a connection that closed."""
+
+
+class Connection(asyncio.Protocol):
     """One keep-alive connection: writes a request, parses its answer (llhttp callbacks), hands it over.
 
     The callbacks never raise (an exception inside llhttp's callback loses its type): they record what is
     wrong in ``_problem``, and :meth:`data_received` fails the request after ``feed_data`` returns.
     """
 
-    def __init__(self, client: HttpClient) -> None:
+    def __init__(self, client: Pool) -> None:
         self._client = client
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
@@ -107,7 +117,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._size = 0
         self._complete = False
-        self._problem: _Failure | None = None
+        self._problem: Failure | None = None
 
     # -- used by HttpClient ---------------------------------------------------------------------------------
 
@@ -116,7 +126,7 @@ class _Connection(asyncio.Protocol):
         return self._transport is not None and not self._transport.is_closing()
 
     def send(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
-        """Write one request; the future of its (status, body), or of a :class:`_Failure`."""
+        """Write one request; the future of its (status, body), or of a :class:`Failure`."""
         assert self._transport is not None and self._waiter is None
         self.reusable = False
         self._reset()
@@ -125,7 +135,7 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
         return waiter
 
-    def fail(self, failure: _Failure) -> None:
+    def fail(self, failure: Failure) -> None:
         """Fail the pending request (if any) and close the connection at once."""
         self.reusable = False
         waiter, self._waiter = self._waiter, None
@@ -135,7 +145,7 @@ class _Connection(asyncio.Protocol):
 
     def time_out(self) -> None:
         """The request's deadline passed (a timer callback): fail it, close the connection."""
-        self.fail(_Failure(AgentTimeout, "no answer in time"))
+        self.fail(Failure(AgentTimeout, "no answer in time"))
 
     def abort(self) -> None:
         self.reusable = False
@@ -159,7 +169,7 @@ class _Connection(asyncio.Protocol):
             # No length and not chunked: the body runs until the server closes (RFC 9112, 6.3).
             waiter.set_result((self._status, b"".join(self._chunks)))
             return
-        waiter.set_exception(_Failure(TransportError, self._lost_reason(exc)))
+        waiter.set_exception(Failure(TransportError, self._lost_reason(exc)))
 
     def _lost_reason(self, exc: Exception | None) -> str:
         if isinstance(exc, OSError) and exc.errno:
@@ -187,10 +197,10 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.fail(_Failure(AgentError, "the server switched protocols (an upgrade nobody asked for)"))
+            self.fail(Failure(AgentError, "the server switched protocols (an upgrade nobody asked for)"))
             return
         except httptools.HttpParserError as exc:
-            self.fail(_Failure(AgentError, f"malformed HTTP answer ({exc})"))
+            self.fail(Failure(AgentError, f"malformed HTTP answer ({exc})"))
             return
         if self._problem is not None:
             self.fail(self._problem)
@@ -199,17 +209,17 @@ class _Connection(asyncio.Protocol):
             self.reusable = self._keep_alive and self.is_open
             waiter.set_result((self._status, b"".join(self._chunks)))
         elif not self._headers_done and self._wire > MAX_HEAD_BYTES:
-            self.fail(_Failure(AgentError, f"the answer's header is over {MAX_HEAD_BYTES} bytes"))
+            self.fail(Failure(AgentError, f"the answer's header is over {MAX_HEAD_BYTES} bytes"))
         elif self._wire > 2 * self._client.max_response_bytes + MAX_HEAD_BYTES:
             # Twice the body limit leaves ample room for chunk framing; more is a peer playing games.
-            self.fail(_Failure(AgentError, f"the answer's chunk framing is over {self._wire} bytes"))
+            self.fail(Failure(AgentError, f"the answer's chunk framing is over {self._wire} bytes"))
 
     # -- llhttp callbacks -----------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self._complete:
             # A second answer in the same read: never asked for.
-            self._problem = _Failure(AgentError, "the server sent an answer nobody asked for")
+            self._problem = Failure(AgentError, "the server sent an answer nobody asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Only three headers matter; their lengths tell them apart before any lower-casing.
@@ -220,11 +230,11 @@ class _Connection(asyncio.Protocol):
         elif size == 17 and name.lower() == b"transfer-encoding":
             self._chunked = True
             if value.strip().lower() != b"chunked":
-                self._problem = self._problem or _Failure(
+                self._problem = self._problem or Failure(
                     AgentError, f"unsupported transfer-encoding {value.decode('latin-1')!r:.40} (only chunked)"
                 )
         elif size == 16 and name.lower() == b"content-encoding" and value.strip().lower() != b"identity":
-            self._problem = self._problem or _Failure(
+            self._problem = self._problem or Failure(
                 AgentError, f"the answer is compressed ({value.decode('latin-1')!r:.40}), which was never asked for"
             )
 
@@ -232,11 +242,13 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        if not 200 <= status <= 599:
+            self._problem = self._problem or Failure(AgentError, f"malformed HTTP answer (status {status})")
         self._status = status
         self._headers_done = True
         limit = self._client.max_response_bytes
         if self._length is not None and self._length > limit:
-            self._problem = self._problem or _Failure(
+            self._problem = self._problem or Failure(
                 AgentError, f"the answer of {self._length} bytes is over the limit of {limit} bytes"
             )
 
@@ -246,7 +258,7 @@ class _Connection(asyncio.Protocol):
         self._size += len(body)
         limit = self._client.max_response_bytes
         if self._size > limit:
-            self._problem = _Failure(AgentError, f"the answer is over the limit of {limit} bytes")
+            self._problem = Failure(AgentError, f"the answer is over the limit of {limit} bytes")
             self._chunks = []
             return
         self._chunks.append(body)
@@ -286,8 +298,8 @@ class HttpClient:
         self.max_response_bytes = max_response_bytes
         self._ssl_context = ssl_context
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[_Connection] = []
-        self._connections: set[_Connection] = set()
+        self._idle: list[Connection] = []
+        self._connections: set[Connection] = set()
         # The head lines every request repeats, and the path prefix of the base URL.
         self._head_suffix = f"Host: {self.origin.host_header}\r\nUser-Agent: icws_fast/{__version__}\r\n".encode()
         self._prefix = self.origin.prefix.encode()
@@ -298,7 +310,7 @@ class HttpClient:
     def open_connections(self) -> int:
         return len(self._connections)
 
-    def forget(self, conn: _Connection) -> None:
+    def forget(self, conn: Connection) -> None:
         """Drop a closed connection (called by the connection itself)."""
         self._connections.discard(conn)
         if conn in self._idle:
@@ -308,7 +320,7 @@ class HttpClient:
         """Close every connection; requests in flight fail with :class:`TransportError`."""
         self._idle.clear()
         for conn in list(self._connections):
-            conn.fail(_Failure(TransportError, "the agent was closed"))
+            conn.fail(Failure(TransportError, "the agent was closed"))
         self._connections.clear()
 
     async def request(self, method: str, path: str, body: bytes | None, timeout_s: float) -> tuple[int, bytes]:
@@ -366,7 +378,7 @@ class HttpClient:
         timer = self.loop.call_at(deadline, conn.time_out)
         try:
             status, answer = await waiter
-        except _Failure as failure:
+        except Failure as failure:
             if failure.kind is AgentTimeout:
                 raise AgentTimeout(f"{method} {path}: no answer from {self.origin.url} within {timeout_s} s") from None
             raise self._error(method, path, failure.kind, failure.reason) from None
@@ -388,7 +400,7 @@ class HttpClient:
             return AgentTimeout(f"{method} {path} to {self.origin.url}: {reason}")
         return kind(f"{method} {path} to {self.origin.url}: {reason}")
 
-    async def _connect(self, method: str, path: str, deadline: float, timeout_s: float) -> _Connection:
+    async def _connect(self, method: str, path: str, deadline: float, timeout_s: float) -> Connection:
         """A new connection (TLS for ``https``), or the error of the first address that failed."""
         origin = self.origin
         remaining = deadline - self.loop.time()
@@ -407,7 +419,7 @@ class HttpClient:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise self._error(method, path, TransportError, f"cannot connect ({reason})") from None
 
-    async def _open(self) -> _Connection:
+    async def _open(self) -> Connection:
         origin = self.origin
         context: ssl.SSLContext | None = None
         if origin.tls:
@@ -421,7 +433,7 @@ class HttpClient:
         for family, _, proto, _, address in infos:
             try:
                 _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self),
+                    lambda: Connection(self),
                     str(address[0]),
                     origin.port,
                     family=family,

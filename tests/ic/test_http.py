@@ -265,6 +265,8 @@ async def test_an_endless_header_is_cut() -> None:
     [
         (b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n", "malformed HTTP answer"),
         (b"ICY 200 OK\r\n\r\n", "malformed HTTP answer"),
+        (b"HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n", r"malformed HTTP answer \(status 0\)"),
+        (b"HTTP/1.1 600 OK\r\nContent-Length: 0\r\n\r\n", r"malformed HTTP answer \(status 600\)"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n", "malformed HTTP answer"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "malformed HTTP answer"),
         (b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", "malformed HTTP answer"),
@@ -287,6 +289,8 @@ async def test_an_endless_header_is_cut() -> None:
     ids=[
         "status-code",
         "status-line",
+        "status-0",
+        "status-600",
         "length-digits",
         "two-lengths",
         "header-line",
