@@ -56,12 +56,13 @@ _KEY_HASHES: Final = {
     )
 }
 #: The content fields whose values an agent repeats request after request (its principal, the canister, the
-#: method): ``H(key) || H(value)`` of short values of these is kept, up to :data:`_PAIR_CACHE_SIZE` pairs
-#: (emptied when full, so a stream of different senders costs a miss each, never memory).
-_CONSTANT_FIELDS: Final = frozenset({"request_type", "sender", "canister_id", "method_name"})
+#: method, and the expiry, rounded to the minute): ``H(key) || H(value)`` of short values of these is kept, up to
+#: :data:`_PAIR_CACHE_SIZE` pairs (emptied when full, so a stream of different values costs a miss each, never
+#: memory).
+_REPEATED_FIELDS: Final = frozenset({"request_type", "sender", "canister_id", "method_name", "ingress_expiry"})
 _PAIR_CACHE_SIZE: Final = 1024
 _PAIR_CACHE_VALUE_LENGTH: Final = 64
-_pair_cache: dict[tuple[str, str | bytes], bytes] = {}
+_pair_cache: dict[tuple[str, str | bytes | int], bytes] = {}
 
 
 class SignedInt(int):
@@ -92,7 +93,9 @@ def _pair_hash(key: str, value: Any) -> bytes:
     key_hash = _KEY_HASHES.get(key)
     if key_hash is None:
         return hashlib.sha256(key.encode("utf-8")).digest() + hash_value(value)
-    if key in _CONSTANT_FIELDS and type(value) in (bytes, str) and len(value) <= _PAIR_CACHE_VALUE_LENGTH:
+    kind = type(value)
+    # Exact types: a bool or a SignedInt hashes differently from the int it equals.
+    if key in _REPEATED_FIELDS and (kind is int or (kind in (bytes, str) and len(value) <= _PAIR_CACHE_VALUE_LENGTH)):
         cached = _pair_cache.get((key, value))
         if cached is None:
             if len(_pair_cache) >= _PAIR_CACHE_SIZE:

@@ -383,3 +383,16 @@ def test_oversized_keys_never_reach_the_key_cache() -> None:
     good = Ed25519Identity.generate()
     assert verify_signature(good.der_public_key, b"m", good.sign(b"m")) is True
     assert identity._parse_public_key.cache_info().currsize == 1
+
+
+@pytest.mark.parametrize("kind", [Ed25519Identity, Secp256k1Identity, P256Identity, "delegation"])
+def test_sender_is_the_key_principal_computed_once(kind: Any) -> None:
+    if kind == "delegation":
+        root, session = Ed25519Identity.generate(), Ed25519Identity.generate()
+        identity = DelegationIdentity(session, DelegationChain.create(root, session.der_public_key, 1 << 62))
+        expected = Principal.self_authenticating(root.der_public_key)
+    else:
+        identity = kind.generate()
+        expected = Principal.self_authenticating(identity.der_public_key)
+    assert identity.sender == expected
+    assert identity.sender is identity.sender  # kept, not hashed again for every request

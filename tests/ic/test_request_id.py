@@ -142,3 +142,45 @@ def test_sleb128_round_trip_and_shortest(n: int) -> None:
 def test_order_independent(mapping: dict[str, Any]) -> None:
     reordered = dict(reversed(list(mapping.items())))
     assert hash_of_map(mapping) == hash_of_map(reordered)
+
+
+def _reference_hash_of_map(mapping: dict[str, Any]) -> bytes:
+    """``hash_of_map`` spelled out with no cache (flat maps of blobs, texts and naturals)."""
+    sha = lambda b: hashlib.sha256(b).digest()  # noqa: E731
+    pairs = sorted(
+        sha(key.encode())
+        + sha(value if isinstance(value, bytes) else value.encode() if isinstance(value, str) else leb128(value))
+        for key, value in mapping.items()
+    )
+    return sha(b"".join(pairs))
+
+
+_REPEATED = st.sampled_from(["request_type", "sender", "canister_id", "method_name", "ingress_expiry", "arg", "other"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_REPEATED, st.binary(max_size=80) | st.text(max_size=80) | st.integers(0, 1 << 64), max_size=7))
+def test_cached_pair_hashes_are_the_hashes(mapping: dict[str, Any]) -> None:
+    # The agent's repeated fields are hashed from a cache: twice in a row (a miss, then a hit) both match the
+    # uncached definition.
+    assert hash_of_map(mapping) == _reference_hash_of_map(mapping) == hash_of_map(dict(mapping))
+
+
+def test_cached_pairs_keep_the_types_apart() -> None:
+    # SignedInt(64) == 64 in Python, but it hashes as signed LEB128 (c0 00, not 40): a cached nat never answers it.
+    nat = hash_of_map({"ingress_expiry": 64})
+    assert hash_of_map({"ingress_expiry": SignedInt(64)}) != nat
+    assert hash_of_map({"ingress_expiry": SignedInt(64)}) == _reference_hash_of_map({"ingress_expiry": b"\xc0\x00"})
+    assert hash_of_map({"ingress_expiry": 32 + 32}) == nat
+    assert hash_of_map({"sender": "ab"}) == hash_of_map({"sender": b"ab"})  # text hashes as its UTF-8
+
+
+def test_the_pair_cache_is_bounded() -> None:
+    from icws_fast.ic import request_id as module
+
+    for n in range(3 * module._PAIR_CACHE_SIZE):
+        hash_of_map({"sender": n.to_bytes(8, "big"), "method_name": "x" * 1000})
+    assert len(module._pair_cache) <= module._PAIR_CACHE_SIZE
+    assert all(
+        len(value) <= module._PAIR_CACHE_VALUE_LENGTH for _, value in module._pair_cache if not isinstance(value, int)
+    )
