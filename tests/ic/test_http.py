@@ -442,10 +442,14 @@ async def test_tls_verifies_the_certificate_by_default(tmp_path: Path) -> None:
         assert server.seen == []
 
 
-async def test_tls_checks_the_host_name(tmp_path: Path) -> None:
+async def test_tls_sends_the_host_name_and_checks_it(tmp_path: Path) -> None:
     cert = self_signed(tmp_path)  # issued for 127.0.0.1, not for localhost
     server = ScriptedServer()
-    async with running(server, cert.server_context()) as url:
+    names: list[str | None] = []
+    context = cert.server_context()
+    context.sni_callback = lambda _sock, name, _context: names.append(name)  # type: ignore[assignment, func-returns-value]
+    async with running(server, context) as url:
         client = client_for(url.replace("127.0.0.1", "localhost"), ssl_context=cert.client_context())
-        with pytest.raises(TransportError, match="is not trusted"):
+        with pytest.raises(TransportError, match=r"the TLS certificate of localhost is not trusted \(.*mismatch"):
             await client.request("GET", "/", None, 5)
+    assert names == ["localhost"]  # SNI, as a boundary node needs it to pick its certificate
