@@ -248,9 +248,8 @@ class Connection(asyncio.Protocol):
         self._headers_done = True
         limit = self._client.max_response_bytes
         if self._length is not None and self._length > limit:
-            self._problem = self._problem or Failure(
-                AgentError, f"the answer of {self._length} bytes is over the limit of {limit} bytes"
-            )
+            reason = f"the answer of {self._length} bytes is over the limit of {limit} bytes (max_response_bytes)"
+            self._problem = self._problem or Failure(AgentError, reason)
 
     def on_body(self, body: bytes) -> None:
         if self._problem is not None:
@@ -258,7 +257,7 @@ class Connection(asyncio.Protocol):
         self._size += len(body)
         limit = self._client.max_response_bytes
         if self._size > limit:
-            self._problem = Failure(AgentError, f"the answer is over the limit of {limit} bytes")
+            self._problem = Failure(AgentError, f"the answer is over the limit of {limit} bytes (max_response_bytes)")
             self._chunks = []
             return
         self._chunks.append(body)
