@@ -95,6 +95,15 @@ async def running(server: ScriptedServer, tls: ssl.SSLContext | None = None) -> 
         await listener.wait_closed()
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (up to 10 s) until ``condition()`` holds: for what the server does while the client idles."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
 def client_for(url: str, **kwargs: object) -> HttpClient:
     options: dict[str, object] = {"max_connections": 4, "max_response_bytes": 1 << 20, **kwargs}
     return HttpClient(url, **options)  # type: ignore[arg-type]
@@ -210,8 +219,7 @@ async def test_an_idle_connection_the_server_closed_is_not_used() -> None:
     async with running(server) as url:
         client = client_for(url)
         assert await client.request("GET", "/", None, 5) == (200, b"answer")
-        await asyncio.sleep(0.05)  # the close arrives while the connection idles
-        assert client.open_connections == 0
+        await until(lambda: client.open_connections == 0)  # the close arrives while the connection idles
         assert await client.request("GET", "/", None, 5) == (200, b"answer")
         assert server.accepted == 2
         await client.close()
@@ -348,8 +356,7 @@ async def test_bytes_on_an_idle_connection_close_it() -> None:
     async with running(server) as url:
         client = client_for(url)
         assert await client.request("GET", "/", None, 5) == (200, b"answer")
-        await asyncio.sleep(0.1)
-        assert client.open_connections == 0
+        await until(lambda: client.open_connections == 0)
         assert await client.request("GET", "/", None, 5) == (200, b"answer")
         assert server.accepted == 2
         await client.close()
