@@ -12,10 +12,14 @@ client's ``max_response_bytes`` (a ``Content-Length`` over it is refused before 
 whole answer by the deadline; a malformed status line, header or chunked body, an answer nobody asked for,
 an upgrade or a compressed body (never asked for: no ``Accept-Encoding`` is sent) fail the request. A
 connection that failed, timed out, was cancelled mid-request or was told ``Connection: close`` is closed,
-never returned to the pool. Failures raise :class:`~icws_fast.errors.AgentError` subclasses naming the
-request and the URL: :class:`~icws_fast.errors.AgentTimeout` past the deadline,
-:class:`~icws_fast.errors.TransportError` when the connection fails (DNS, refused, reset, closed early),
-plain :class:`~icws_fast.errors.AgentError` for a malformed or oversized answer.
+never returned to the pool.
+
+Nothing is retried here: a connection the server closes just as a request goes out fails that request, and
+the caller's own policy (the poller's back-off, the relay's error to its client) decides, as for any other
+transport failure. Failures raise :class:`~icws_fast.errors.AgentError` subclasses naming the request and the
+URL: :class:`~icws_fast.errors.AgentTimeout` past the deadline, :class:`~icws_fast.errors.TransportError` when
+the connection fails (DNS, refused, reset, closed early), plain :class:`~icws_fast.errors.AgentError` for a
+malformed or oversized answer.
 """
 
 from __future__ import annotations
