@@ -1,10 +1,11 @@
-"""``ws_get_messages`` reply: pure vs compiled ``decode_get_messages_result`` (the gateway decodes one per poll).
+"""``ws_get_messages`` reply: pure vs compiled ``decode_polled_batch`` (the gateway decodes one per poll) and
+``decode_get_messages_result`` (the same reply as named tuples, for everyone else).
 
 Workloads: a full batch of 50 messages (the CDK's default ``max_number_of_returned_messages``) as the CDK returns
 it: keys ``<gateway>_<20-digit nonce>``, each content a CBOR ``WebsocketMessage`` carrying a 100-byte app message,
 a 1.5 kB certificate and the 50-message witness of a 1000-entry message map; once addressed to 5 clients (the
-compiled twin builds each client key once per batch) and once to 50. The compiled/pure ratios (of medians) are
-printed at the end of the module.
+compiled ``decode_get_messages_result`` builds each client key once per batch) and once to 50. The compiled/pure
+ratios (of medians) are printed at the end of the module.
 
 Run: ``.venv/bin/python -m pytest benchmarks/test_wsbatch.py --benchmark-only --benchmark-enable``
 """
@@ -23,10 +24,13 @@ from icws_fast.ic.principal import Principal
 from icws_fast.protocol import types as t
 from tests import twins
 
-_twin = twins.twin(t, "decode_get_messages_result")
-IMPLS: dict[str, Callable[[bytes], t.CanisterOutputCertifiedMessages]] = {"pure": _twin.pure}
-if _twin.compiled is not None:
-    IMPLS["compiled"] = _twin.compiled
+FUNCTIONS = ("decode_polled_batch", "decode_get_messages_result")
+IMPLS: dict[tuple[str, str], Callable[[bytes], Any]] = {}
+for _name in FUNCTIONS:
+    _twin = twins.twin(t, _name)
+    IMPLS[("pure", _name)] = _twin.pure
+    if _twin.compiled is not None:
+        IMPLS[("compiled", _name)] = _twin.compiled
 
 GATEWAY = Principal.from_text("sqdfl-mr4km-2hfjy-gajqo-xqvh7-hf4mf-nra4i-3it6l-neaw4-soolw-tae")
 BATCH_SIZE = 50
@@ -49,8 +53,10 @@ def _reply(clients: int) -> bytes:
 
 
 WORKLOADS = {f"{BATCH_SIZE} messages to {clients} clients": _reply(clients) for clients in (5, BATCH_SIZE)}
-VALUES = {workload: IMPLS["pure"](data) for workload, data in WORKLOADS.items()}
-MEDIANS: dict[tuple[str, str], float] = {}
+VALUES = {
+    (name, workload): IMPLS[("pure", name)](data) for name in FUNCTIONS for workload, data in WORKLOADS.items()
+}
+MEDIANS: dict[tuple[str, str, str], float] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,20 +67,21 @@ def _print_ratios(request: pytest.FixtureRequest) -> Iterator[None]:
     if reporter is None or capture is None:
         return
     with capture.global_and_fixture_disabled():  # module teardown output is captured otherwise
-        for workload, data in WORKLOADS.items():
-            pure, fast = MEDIANS.get(("pure", workload)), MEDIANS.get(("compiled", workload))
-            if pure and fast:
-                ratio = f"compiled/pure time = {fast / pure:.3f} ({pure / fast:.1f}x faster)"
-                reporter.write_line(
-                    f"decode_get_messages_result {workload} ({len(data)} bytes): "
-                    f"pure {pure * 1e6:.1f} us, compiled {fast * 1e6:.1f} us, {ratio}"
-                )
+        for name in FUNCTIONS:
+            for workload, data in WORKLOADS.items():
+                pure, fast = MEDIANS.get(("pure", name, workload)), MEDIANS.get(("compiled", name, workload))
+                if pure and fast:
+                    ratio = f"compiled/pure time = {fast / pure:.3f} ({pure / fast:.1f}x faster)"
+                    reporter.write_line(
+                        f"{name} {workload} ({len(data)} bytes): "
+                        f"pure {pure * 1e6:.1f} us, compiled {fast * 1e6:.1f} us, {ratio}"
+                    )
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS))
-@pytest.mark.parametrize("impl", list(IMPLS))
-def test_decode_get_messages_result(benchmark: Any, impl: str, workload: str) -> None:
-    value = benchmark(IMPLS[impl], WORKLOADS[workload])
-    assert value == VALUES[workload]
+@pytest.mark.parametrize(("impl", "name"), list(IMPLS))
+def test_decode(benchmark: Any, impl: str, name: str, workload: str) -> None:
+    value = benchmark(IMPLS[(impl, name)], WORKLOADS[workload])
+    assert value == VALUES[(name, workload)]
     if benchmark.stats is not None:
-        MEDIANS[(impl, workload)] = benchmark.stats.stats.median
+        MEDIANS[(impl, name, workload)] = benchmark.stats.stats.median

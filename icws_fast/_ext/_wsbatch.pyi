@@ -1,11 +1,13 @@
-"""Typed interface of the compiled ``ws_get_messages`` decoder (``_wsbatch.pyx``): the signature of
-``icws_fast.protocol.types.decode_get_messages_result_pure`` (``tests/test_ext_stubs.py`` compares them)."""
+"""Typed interface of the compiled ``ws_get_messages`` decoders (``_wsbatch.pyx``): the signatures of
+``icws_fast.protocol.types.decode_get_messages_result_pure`` and ``decode_polled_batch_pure``
+(``tests/test_ext_stubs.py`` compares them)."""
 
 from typing import Final
 
-from icws_fast.protocol.types import CanisterOutputCertifiedMessages
+from icws_fast.protocol.types import CanisterOutputCertifiedMessages, PolledBatch
 
 RECENT_HEADERS: Final[int]
 CLIENT_KEY_CACHE_SIZE: Final[int]
 
 def decode_get_messages_result(data: bytes | bytearray | memoryview) -> CanisterOutputCertifiedMessages: ...
+def decode_polled_batch(data: bytes | bytearray | memoryview) -> PolledBatch: ...

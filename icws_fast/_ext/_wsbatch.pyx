@@ -1,11 +1,12 @@
 # cython: language_level=3
-"""Compiled twin of :func:`icws_fast.protocol.types.decode_get_messages_result`.
+"""Compiled twins of :func:`icws_fast.protocol.types.decode_get_messages_result` and ``decode_polled_batch``.
 
-The gateway decodes one ``ws_get_messages`` reply per poll. This twin returns the same value (the same
-:class:`~icws_fast.protocol.types.CanisterOutputCertifiedMessages`, :class:`~icws_fast.protocol.types.ClientKey`
-and :class:`~icws_fast.ic.principal.Principal` classes, equal fields) and raises the same exception with the same
-message for every input, because it only ever answers when it is certain and hands everything else to the pure
-decoder:
+The gateway decodes one ``ws_get_messages`` reply per poll, with ``decode_polled_batch``: flat lists of each
+message's route key (the client key's bytes, a slice of the reply), key and content, and the nonces read from the
+keys, without an object per message. ``decode_get_messages_result`` gives the same reply as named tuples, for
+everyone else. Each twin returns the same value as its pure function (the same classes, equal fields) and raises
+the same exception with the same message for every input, because it only ever answers when it is certain and
+hands everything else to the pure decoder:
 
 * The header (type table and argument types) must have exactly the shape the CDKs emit for
   ``(CanisterWsGetMessagesResult)``: one argument, ``variant { Ok; Err : text }`` with the Ok record's fields
@@ -18,7 +19,8 @@ decoder:
 * The values are then read straight from the bytes with C integers, bounds-checked before any allocation:
   LEB128 lengths and counts, UTF-8 keys, blobs, principals, little-endian nat64 nonces, the bool. Any anomaly
   (truncation, trailing bytes, invalid UTF-8, a bool byte above 1, an opaque or over-long principal, a LEB128
-  number over 9 bytes, an unknown variant index) also goes to the pure decoder, which produces the canonical
+  number over 9 bytes, an unknown variant index; for ``decode_polled_batch``, a key that does not end in
+  ``_<nonce>``) also goes to the pure decoder, which produces the canonical
   :class:`~icws_fast.errors.ProtocolDecodeError`.
 
 So the fast path succeeds only on input the pure decoder accepts with the same value: the element budget of
@@ -26,8 +28,8 @@ So the fast path succeeds only on input the pure decoder accepts with the same v
 at least ``MIN_MESSAGE_SIZE`` bytes an element, and the value nests only five levels deep. An ``Err`` reply raises
 :class:`~icws_fast.errors.ProtocolError` with the pure decoder's text, after the same trailing-bytes check.
 
-Messages that name the same client key, in one reply or in later ones, share one ``ClientKey`` (and
-``Principal``) object: both are immutable, and a gateway polls the same clients over and over.
+In ``decode_get_messages_result``, messages that name the same client key, in one reply or in later ones, share
+one ``ClientKey`` (and ``Principal``) object: both are immutable, and the same clients are polled over and over.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -36,7 +38,7 @@ from cpython.list cimport PyList_Append
 from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport uint64_t
+from libc.stdint cimport UINT64_MAX, uint64_t
 from libc.string cimport memcmp
 
 from icws_fast.errors import DecodeError, ProtocolError
@@ -45,7 +47,7 @@ from icws_fast.ic.leb128 import decode_leb128, decode_sleb128
 from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
 from icws_fast.ic.principal import Principal
 
-__all__ = ["decode_get_messages_result"]
+__all__ = ["decode_get_messages_result", "decode_polled_batch"]
 
 
 # How a recognised header types the ``is_end_of_queue`` field of the Ok record.
@@ -70,6 +72,8 @@ cdef enum:
     # any list grows.
     MIN_MESSAGE_SIZE = 12
     NONCE_SIZE = 8
+    # The most digits a message key's nonce has (``_NONCE_DIGITS`` of icws_fast.protocol.types).
+    NONCE_DIGITS = 20
     # Largest table and records worth matching: the expected type has 9 composite nodes and 4 fields at most.
     # They only bound the work a hostile header costs before it is handed to the pure decoder.
     MAX_TABLE = 16
@@ -116,9 +120,11 @@ cdef list _recent = []
 # module through the _ext seam while it is being defined (its public name is bound to this module's function,
 # the pure one is ``decode_get_messages_result_pure``).
 cdef object _pure = None
+cdef object _pure_flat = None
 cdef object _ClientKey = None
 cdef object _Message = None
 cdef object _Batch = None
+cdef object _Polled = None
 
 
 cdef type named_tuple(type cls, tuple fields):
@@ -129,14 +135,22 @@ cdef type named_tuple(type cls, tuple fields):
 
 
 cdef int resolve_types() except -1:
-    global _pure, _ClientKey, _Message, _Batch
+    global _pure, _pure_flat, _ClientKey, _Message, _Batch, _Polled
     if _pure is None:
         from icws_fast.protocol import types
 
         pure = types.decode_get_messages_result_pure
+        _pure_flat = types.decode_polled_batch_pure
         _ClientKey = named_tuple(types.ClientKey, ("client_principal", "client_nonce"))
         _Message = named_tuple(types.CanisterOutputMessage, ("client_key", "key", "content"))
         _Batch = named_tuple(types.CanisterOutputCertifiedMessages, ("messages", "cert", "tree", "is_end_of_queue"))
+        _Polled = named_tuple(
+            types.PolledBatch,
+            (
+                "route_keys", "keys", "contents", "first_nonce", "last_nonce", "consecutive", "cert", "tree",
+                "is_end_of_queue",
+            ),
+        )
         _pure = pure
     return 0
 
@@ -284,17 +298,51 @@ cdef inline uint64_t read_u64_le(const unsigned char *p) noexcept:
     return value
 
 
-cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos, EndOfQueue eoq):
+cdef inline Py_ssize_t key_nonce(const unsigned char *p, Py_ssize_t length, uint64_t *out) noexcept:
+    """The nonce of the message key at ``p`` (the decimal digits after its last ``_``, as ``parse_message_nonce``
+    reads it) into ``out``; 0, or -1 when the key has none, more than ``NONCE_DIGITS`` digits, or one over nat64."""
+    cdef Py_ssize_t start = length
+    cdef uint64_t value = 0
+    cdef unsigned int digit
+    while start > 0 and p[start - 1] != b'_':
+        start -= 1
+    if start == 0 or not 1 <= length - start <= NONCE_DIGITS:
+        return -1
+    for i in range(start, length):
+        digit = p[i] - 0x30  # '0'
+        if digit > 9 or value > (UINT64_MAX - digit) // 10:
+            return -1
+        value = value * 10 + digit
+    out[0] = value
+    return 0
+
+
+cdef inline bint is_utf8(const unsigned char *p, Py_ssize_t length):
+    """Whether the bytes at ``p`` are UTF-8 (ASCII is checked in place; anything else by CPython's decoder)."""
+    cdef Py_ssize_t i
+    for i in range(length):
+        if p[i] >= 0x80:
+            try:
+                PyUnicode_DecodeUTF8(<const char *>p, length, NULL)
+            except UnicodeDecodeError:
+                return False
+            return True
+    return True
+
+
+cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos, EndOfQueue eoq, bint flat):
     """The result at ``p[pos:size]`` after a recognised header, or None for the pure decoder to decide.
 
-    An ``Err`` reply raises :class:`~icws_fast.errors.ProtocolError`.
+    ``flat``: a :class:`~icws_fast.protocol.types.PolledBatch` (a key without a nonce is also the pure decoder's),
+    else a :class:`~icws_fast.protocol.types.CanisterOutputCertifiedMessages`. An ``Err`` reply raises
+    :class:`~icws_fast.errors.ProtocolError`.
     """
-    cdef uint64_t index
-    cdef Py_ssize_t n, i, length, principal_start
+    cdef uint64_t index, nonce, first = 0, previous = 0
+    cdef Py_ssize_t n, i, length, principal_start, key_start, key_length
     cdef PyObject *cached
     cdef object key, content, client_key, cert, tree, end
-    cdef bint present
-    cdef list messages
+    cdef bint present, consecutive = True
+    cdef list messages, route_keys, keys, contents
 
     pos = read_leb(p, size, pos, &index)
     if pos < 0:
@@ -310,11 +358,26 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
     pos = read_length(p, size, pos, &n)
     if pos < 0 or n > (size - pos) // MIN_MESSAGE_SIZE:
         return None
-    messages = []
+    messages, route_keys, keys, contents = [], [], [], []
     for i in range(n):
-        key = read_text(p, size, &pos)  # key : text
-        if key is None:
-            return None
+        # key : text
+        if flat:
+            key_start = read_length(p, size, pos, &key_length)
+            if key_start < 0 or not is_utf8(p + key_start, key_length):
+                return None
+            if key_nonce(p + key_start, key_length, &nonce) < 0:
+                return None
+            if i == 0:
+                first = nonce
+            elif previous == UINT64_MAX or nonce != previous + 1:
+                consecutive = False
+            previous = nonce
+            pos = key_start + key_length
+            key = PyBytes_FromStringAndSize(<const char *>p + key_start, key_length)
+        else:
+            key = read_text(p, size, &pos)
+            if key is None:
+                return None
         content = read_blob(p, size, &pos)  # content : blob
         if content is None:
             return None
@@ -328,6 +391,11 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
         principal_start = pos
         pos += length + NONCE_SIZE
         ck_bytes = PyBytes_FromStringAndSize(<const char *>p + principal_start, pos - principal_start)
+        if flat:
+            PyList_Append(route_keys, ck_bytes)
+            PyList_Append(keys, key)
+            PyList_Append(contents, content)
+            continue
         cached = PyDict_GetItem(_client_keys, ck_bytes)
         if cached is NULL:
             client_key = new_named(
@@ -365,7 +433,47 @@ cdef object decode_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t po
         pos += 1
     if pos != size:
         return None
+    if flat:
+        return new_named(
+            _Polled,
+            (
+                route_keys, keys, contents,
+                PyLong_FromUnsignedLongLong(first), PyLong_FromUnsignedLongLong(previous), consecutive,
+                cert, tree, end,
+            ),
+        )
     return new_named(_Batch, (messages, cert, tree, end))
+
+
+cdef object decode(object data, bint flat):
+    """What ``decode_get_messages_result`` (``flat`` false) or ``decode_polled_batch`` returns for ``data``."""
+    cdef const unsigned char *p
+    cdef Py_ssize_t size, header_size
+    cdef bytes header
+    resolve_types()
+    pure = _pure_flat if flat else _pure
+    if not PyBytes_CheckExact(data):
+        return pure(data)
+    p = <const unsigned char *>PyBytes_AS_STRING(data)
+    size = PyBytes_GET_SIZE(data)
+    if size < 4 or memcmp(p, b"DIDL", 4) != 0:
+        return pure(data)
+    for header, eoq in _recent:
+        header_size = PyBytes_GET_SIZE(header)
+        if header_size <= size - 4 and memcmp(p + 4, PyBytes_AS_STRING(header), header_size) == 0:
+            break
+    else:
+        found = _recognise(data)
+        if found is None:
+            return pure(data)
+        header_end, eoq = found
+        header = data[4:header_end]
+        _recent.insert(0, (header, eoq))
+        del _recent[RECENT_HEADERS:]
+    result = decode_values(p, size, 4 + PyBytes_GET_SIZE(header), eoq, flat)
+    if result is None:
+        return pure(data)
+    return result
 
 
 def decode_get_messages_result(data):
@@ -374,29 +482,10 @@ def decode_get_messages_result(data):
     Same results and errors as the pure :func:`icws_fast.protocol.types.decode_get_messages_result`; see the
     module docstring for which replies are decoded here and which by the pure decoder.
     """
-    cdef const unsigned char *p
-    cdef Py_ssize_t size, header_size
-    cdef bytes header
-    resolve_types()
-    if not PyBytes_CheckExact(data):
-        return _pure(data)
-    p = <const unsigned char *>PyBytes_AS_STRING(data)
-    size = PyBytes_GET_SIZE(data)
-    if size < 4 or memcmp(p, b"DIDL", 4) != 0:
-        return _pure(data)
-    for header, eoq in _recent:
-        header_size = PyBytes_GET_SIZE(header)
-        if header_size <= size - 4 and memcmp(p + 4, PyBytes_AS_STRING(header), header_size) == 0:
-            break
-    else:
-        found = _recognise(data)
-        if found is None:
-            return _pure(data)
-        header_end, eoq = found
-        header = data[4:header_end]
-        _recent.insert(0, (header, eoq))
-        del _recent[RECENT_HEADERS:]
-    result = decode_values(p, size, 4 + PyBytes_GET_SIZE(header), eoq)
-    if result is None:
-        return _pure(data)
-    return result
+    return decode(data, False)
+
+
+def decode_polled_batch(data):
+    """A ``ws_get_messages`` reply read for the poller: same results and errors as the pure
+    :func:`icws_fast.protocol.types.decode_polled_batch` (see the module docstring)."""
+    return decode(data, True)

@@ -23,7 +23,7 @@ from icws_fast.gateway.tracing import span
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.certified import BatchVerifier
 from icws_fast.protocol.poller import PollOptions, PollState, Step
-from icws_fast.protocol.types import ClientKey, encode_get_messages_args
+from icws_fast.protocol.types import encode_get_messages_args
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class CanisterPoller:
         self,
         agent: PollingAgent,
         canister_id: Principal,
-        routes: dict[ClientKey, Recipient],
+        routes: dict[bytes, Recipient],
         *,
         metrics: GatewayMetrics,
         root_key_der: bytes | None,
@@ -71,7 +71,8 @@ class CanisterPoller:
         poll_timeout_s: float = 5.0,
         **options: Unpack[PollOptions],
     ) -> None:
-        """``routes`` is the live client-key -> recipient map of this canister, owned by the gateway.
+        """``routes`` is the live map of this canister's clients to their recipients, owned by the gateway; its keys
+        are the clients' :func:`~icws_fast.protocol.types.route_key`.
 
         ``root_key_der`` None skips certificate checks (only for tests of the bare relay). ``options``
         (``pipeline_depth``: the polls in flight while the canister has a backlog, 1 as the Rust gateway;
@@ -91,11 +92,11 @@ class CanisterPoller:
         """The nonce of the next message to deliver."""
         return self.state.expected
 
-    def client_joined(self, client_key: ClientKey) -> None:
-        self.state.client_joined(client_key, time.monotonic())
+    def client_joined(self, route_key: bytes) -> None:
+        self.state.client_joined(route_key, time.monotonic())
 
-    def client_left(self, client_key: ClientKey) -> None:
-        self.state.client_left(client_key)
+    def client_left(self, route_key: bytes) -> None:
+        self.state.client_left(route_key)
 
     async def _query(self, nonce: int) -> bytes:
         with span("poll", canister_id=self._label, nonce=nonce):

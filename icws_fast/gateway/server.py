@@ -33,7 +33,7 @@ from icws_fast.ic.principal import Principal
 from icws_fast.protocol import session as proto
 from icws_fast.protocol.relay import RelayOutcome, relay_outcome
 from icws_fast.protocol.retry import Retry
-from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args, truncate_reason
+from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args, route_key, truncate_reason
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class Gateway:
         self.connections: set[ClientConnection] = set()
         self.metrics.send_buffer_bytes.set_function(self._send_buffer_bytes)
         self._per_ip: collections.Counter[str] = collections.Counter()
-        self._routes: dict[Principal, dict[ClientKey, Recipient]] = {}
+        self._routes: dict[Principal, dict[bytes, Recipient]] = {}  # by canister, then by client route key
         self._pollers: dict[Principal, tuple[CanisterPoller, asyncio.Task[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -409,14 +409,15 @@ class Gateway:
         through ``ws_close``, end) the session of the client who signed it.
         """
         routes = self._routes.setdefault(canister_id, {})
-        previous = routes.get(client_key)
+        key = route_key(client_key)
+        previous = routes.get(key)
         if previous is not None and previous is not conn:
             return False
-        routes[client_key] = conn
+        routes[key] = conn
         self.metrics.client_connected_count.labels(canister_id.to_text()).inc()
         if canister_id not in self._pollers:
             self._start_poller(canister_id, routes)
-        self._pollers[canister_id][0].client_joined(client_key)
+        self._pollers[canister_id][0].client_joined(key)
         return True
 
     def unregister(
@@ -427,18 +428,19 @@ class Gateway:
         Nothing happens unless ``conn`` holds the route: a refused duplicate must not close the original.
         """
         routes = self._routes.get(canister_id)
-        if routes is None or routes.get(client_key) is not conn:
+        key = route_key(client_key)
+        if routes is None or routes.get(key) is not conn:
             return
-        del routes[client_key]
+        del routes[key]
         running = self._pollers.get(canister_id)
         if running is not None:
-            running[0].client_left(client_key)
+            running[0].client_left(key)
         if not routes:
             del self._routes[canister_id]
             self._stop_poller(canister_id)
         self._spawn(self._ws_close(canister_id, client_key, after))
 
-    def _start_poller(self, canister_id: Principal, routes: dict[ClientKey, Recipient]) -> None:
+    def _start_poller(self, canister_id: Principal, routes: dict[bytes, Recipient]) -> None:
         poller = CanisterPoller(
             self.agent,
             canister_id,

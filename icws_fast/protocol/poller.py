@@ -50,9 +50,8 @@ Resynchronisation, when the canister's queue really moved (certified by the subn
 
 from __future__ import annotations
 
-import itertools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypedDict, TypeVar
 
@@ -68,13 +67,7 @@ from icws_fast.errors import (
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.certified import BatchVerifier, check_message
 from icws_fast.protocol.relay import RETRYABLE_REJECT_CODES
-from icws_fast.protocol.types import (
-    CanisterOutputCertifiedMessages,
-    CanisterOutputMessage,
-    ClientKey,
-    decode_get_messages_result,
-    parse_message_nonce,
-)
+from icws_fast.protocol.types import PolledBatch, decode_polled_batch
 
 R = TypeVar("R")
 
@@ -135,12 +128,16 @@ class _Joined:
 
 
 class PollState(Generic[R]):
-    """The poll loop of one canister; see the module docstring. ``routes``: the live client key -> recipient map."""
+    """The poll loop of one canister; see the module docstring.
+
+    ``routes``: the live map of the clients' route keys (:func:`~icws_fast.protocol.types.route_key`, the bytes a
+    reply names each message's client by) to their recipients.
+    """
 
     def __init__(
         self,
         canister_id: Principal,
-        routes: Mapping[ClientKey, R],
+        routes: Mapping[bytes, R],
         verifier: BatchVerifier | None,
         *,
         interval_s: float,
@@ -176,18 +173,18 @@ class PollState(Generic[R]):
         self._canister_error_since: float | None = None  # the first of the CANISTER_ERROR rejects in a row
         self._idle = False  # the last reply at ``expected`` was the end of the queue
         self._probe: int | None = None  # the nonce a backwards-resync probe is reading, while one runs
-        self._joined: dict[ClientKey, _Joined] = {}
+        self._joined: dict[bytes, _Joined] = {}  # by route key
         self._gap: tuple[int, int, int] | None = None  # (first nonce, certificate time, confirmations)
         self._reported: tuple[int, str] | None = None  # the last (nonce, reason) logged, to log each once
 
     # -- inputs from the gateway ---------------------------------------------------------------------------------
 
-    def client_joined(self, client_key: ClientKey, now: float) -> None:
-        """A client registered with this canister: its messages will be queued at or above ``expected``."""
-        self._joined[client_key] = _Joined(self.expected, now)
+    def client_joined(self, route_key: bytes, now: float) -> None:
+        """A client (by route key) registered with this canister: its messages are queued at or above ``expected``."""
+        self._joined[route_key] = _Joined(self.expected, now)
 
-    def client_left(self, client_key: ClientKey) -> None:
-        self._joined.pop(client_key, None)
+    def client_left(self, route_key: bytes) -> None:
+        self._joined.pop(route_key, None)
 
     # -- what to poll --------------------------------------------------------------------------------------------
 
@@ -253,19 +250,18 @@ class PollState(Generic[R]):
         """The poll of ``nonce`` (``in_flight[0]``) answered ``reply``; ``wall_ns``: the wall clock (certificates)."""
         started = self._take(nonce)
         try:
-            batch = decode_get_messages_result(reply)
-            nonces = [parse_message_nonce(m.key) for m in batch.messages]
+            batch = decode_polled_batch(reply)
         except ProtocolDecodeError as exc:
             return self._back_off(now, "poll_decode", f"undecodable ws_get_messages reply from {self.label}: {exc}")
         except ProtocolError as exc:
             return self._fail(str(exc))
-        messages = batch.messages
         if self._probe is not None:
-            return self._probed(batch, nonces, now=now, wall_ns=wall_ns)
-        if not messages:
+            return self._probed(batch, now=now, wall_ns=wall_ns)
+        count = len(batch.keys)
+        if not count:
             return self._end_of_queue(started)
-        first, last = nonces[0], nonces[-1]
-        if any(b != a + 1 for a, b in itertools.pairwise(nonces)):
+        first, last = batch.first_nonce, batch.last_nonce
+        if not batch.consecutive:
             return self._back_off(
                 now, "poll_nonce_gap", f"{self.label} returned non-consecutive nonces {first}..{last}", nonce=first
             )
@@ -279,7 +275,7 @@ class PollState(Generic[R]):
         try:
             hashes = self._verify(batch.cert, batch.tree, wall_ns)
             if first > self.expected and (
-                _certifies(hashes, messages[0].key, first - 1)
+                _certifies(hashes, batch.keys[0], first - 1)
                 or (self.synced and not self._gap_confirmed(first, batch.cert))
             ):
                 return self._back_off(
@@ -288,7 +284,7 @@ class PollState(Generic[R]):
                     f"{self.label} returned nonces {first}..{last}, above the expected {self.expected}",
                     nonce=first,
                 )
-            shares = self._shares(messages, hashes)
+            shares = self._shares(batch, hashes)
         except CertificateError as exc:
             return self._invalid(now, first, last, exc)
         dropped: dict[str, int] = {}
@@ -296,7 +292,7 @@ class PollState(Generic[R]):
         if first > self.expected and self.synced:
             dropped["gap"] = first - self.expected
             log = f"{self.label} no longer holds nonces {self.expected}..{first - 1} (confirmed); skipping them"
-        unrouted = len(messages) - sum(len(keys) for keys, _ in shares.values())
+        unrouted = count - sum(len(keys) for keys, _ in shares.values())
         if unrouted:
             dropped["unknown_client"] = unrouted
         self.expected = last + 1
@@ -309,9 +305,9 @@ class PollState(Generic[R]):
             self._end_of_queue(started)
         else:
             self._idle = False
-            self._stride = len(messages)
+            self._stride = count
             self._drop_speculation()
-        return Step(shares, batch.cert, batch.tree, len(messages), dropped=dropped, log=log)
+        return Step(shares, batch.cert, batch.tree, count, dropped=dropped, log=log)
 
     # -- internals -----------------------------------------------------------------------------------------------
 
@@ -390,65 +386,64 @@ class PollState(Generic[R]):
         return gap[2] >= GAP_CONFIRMATIONS
 
     def _shares(
-        self, messages: Sequence[CanisterOutputMessage], hashes: Mapping[bytes, bytes] | None
+        self, batch: PolledBatch, hashes: Mapping[bytes, bytes] | None
     ) -> dict[R, tuple[list[bytes], list[bytes]]]:
         """Each routed recipient's (keys, contents) in batch order; raises unless every one of them is certified."""
         routes = self.routes
         shares: dict[R, tuple[list[bytes], list[bytes]]] = {}
-        joined = self._joined
-        for message in messages:
-            recipient = routes.get(message.client_key)
+        reached: list[bytes] = []  # the route keys of the recipients
+        for route, key, content in zip(batch.route_keys, batch.keys, batch.contents, strict=True):
+            recipient = routes.get(route)
             if recipient is None:
                 continue
-            label = message.key.encode()
-            content = message.content
             if hashes is not None:
-                check_message(hashes, label, content)
+                check_message(hashes, key, content)
             share = shares.get(recipient)
             if share is None:
                 share = shares[recipient] = ([], [])
-                if joined:
-                    joined.pop(message.client_key, None)
-            share[0].append(label)
+                reached.append(route)
+            share[0].append(key)
             share[1].append(content)
+        joined = self._joined
+        if joined:  # a client whose first message is here no longer waits for it
+            for route in reached:
+                joined.pop(route, None)
         return shares
 
-    def _probed(
-        self, batch: CanisterOutputCertifiedMessages, nonces: list[int], *, now: float, wall_ns: int
-    ) -> Step[R]:
+    def _probed(self, batch: PolledBatch, *, now: float, wall_ns: int) -> Step[R]:
         """A probe from below ``expected`` answered: resynchronise on proof that the queue went backwards."""
         self._probe = None
         self._cancel_all()
-        messages = batch.messages
-        if not messages or any(b != a + 1 for a, b in itertools.pairwise(nonces)):
+        if not batch.keys or not batch.consecutive:
             return Step()
         try:
             self._verify(batch.cert, batch.tree, wall_ns)
         except CertificateError:
             return Step()
-        for message, nonce in zip(messages, nonces, strict=True):
-            joined = self._joined.get(message.client_key)
+        first = batch.first_nonce
+        for nonce, route in enumerate(batch.route_keys, first):
+            joined = self._joined.get(route)
             if joined is not None and nonce < joined.nonce:
                 log = (
                     f"the message queue of {self.label} went backwards (nonce {nonce} for a client that joined at "
-                    f"{joined.nonce}); resynchronising from nonce {nonces[0]}"
+                    f"{joined.nonce}); resynchronising from nonce {first}"
                 )
                 # Start over as a new poller: the next poll, at the start of the new queue, is delivered.
-                self.expected = nonces[0]
+                self.expected = first
                 self.synced = False
                 self._idle = False
                 self._gap = None
                 self._reported = None
                 self.wake_at = now
                 for entry in self._joined.values():
-                    entry.nonce = min(entry.nonce, nonces[0])
+                    entry.nonce = min(entry.nonce, first)
                 return Step(error="poll_resync", log=log)
-        if not batch.is_end_of_queue and nonces[-1] + 1 < self.expected:
-            self._probe = nonces[-1] + 1  # the client's message may lie further on: read on
+        if not batch.is_end_of_queue and batch.last_nonce + 1 < self.expected:
+            self._probe = batch.last_nonce + 1  # the client's message may lie further on: read on
         return Step()
 
 
-def _certifies(hashes: Mapping[bytes, bytes] | None, key: str, nonce: int) -> bool:
+def _certifies(hashes: Mapping[bytes, bytes] | None, key: bytes, nonce: int) -> bool:
     """The witness certifies a message at ``nonce`` (``key``: a message key of the same queue).
 
     The CDK's witness covers exactly the batch's keys: one that also holds the key before the batch's first
@@ -456,8 +451,8 @@ def _certifies(hashes: Mapping[bytes, bytes] | None, key: str, nonce: int) -> bo
     """
     if hashes is None or nonce < 0:
         return False
-    prefix, _, digits = key.rpartition("_")
-    return f"{prefix}_{nonce:0{len(digits)}d}".encode() in hashes
+    prefix, _, digits = key.rpartition(b"_")
+    return b"%s_%0*d" % (prefix, len(digits), nonce) in hashes
 
 
 def _reject_name(code: int) -> str:

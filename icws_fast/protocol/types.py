@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -46,6 +47,7 @@ __all__ = [
     "CloseMessageReason",
     "KeepAliveMessage",
     "OpenMessage",
+    "PolledBatch",
     "ServiceMessage",
     "WebsocketMessage",
     "decode_canister_to_client",
@@ -53,6 +55,7 @@ __all__ = [
     "decode_get_messages_args",
     "decode_get_messages_result",
     "decode_handshake",
+    "decode_polled_batch",
     "decode_service_message",
     "decode_unit_result",
     "decode_websocket_message",
@@ -72,6 +75,7 @@ __all__ = [
     "encode_ws_open_args",
     "message_key",
     "parse_message_nonce",
+    "route_key",
 ]
 
 MAX_NAT64: Final = (1 << 64) - 1
@@ -239,6 +243,26 @@ class CanisterOutputCertifiedMessages(NamedTuple):
             "tree": self.tree,
             "is_end_of_queue": self.is_end_of_queue,
         }
+
+
+class PolledBatch(NamedTuple):
+    """A ``ws_get_messages`` reply as the gateway's poller reads it: flat lists, no object per message.
+
+    Message *i* goes to the client whose :func:`route_key` is ``route_keys[i]``; ``keys[i]`` is its key in the
+    certified message map (UTF-8) and ``contents[i]`` its content. ``first_nonce`` and ``last_nonce`` are the
+    nonces of the first and the last message's keys (0 when there are none) and ``consecutive`` says whether the
+    keys' nonces count up by one from the first to the last.
+    """
+
+    route_keys: list[bytes]
+    keys: list[bytes]
+    contents: list[bytes]
+    first_nonce: int
+    last_nonce: int
+    consecutive: bool
+    cert: bytes
+    tree: bytes
+    is_end_of_queue: bool
 
 
 class CanisterToClientMessage(NamedTuple):
@@ -486,6 +510,16 @@ def message_key(gateway_principal: Principal, nonce: int) -> str:
     return f"{gateway_principal.to_text()}_{nonce:0{_NONCE_DIGITS}d}"
 
 
+def route_key(client_key: ClientKey) -> bytes:
+    """``client_key`` as the bytes the gateway routes by: the principal's bytes, then the nonce, 8 bytes little-endian.
+
+    That is the client key's Candid value in a ``ws_get_messages`` reply, so the poller takes it as one slice
+    of the reply (:func:`decode_polled_batch`) instead of building an object per message. A principal is at most
+    29 bytes and the nonce always the last 8, so distinct client keys give distinct bytes.
+    """
+    return client_key.client_principal.bytes + client_key.client_nonce.to_bytes(8, "little")
+
+
 def parse_message_nonce(key: str) -> int:
     """The nonce after the last ``_`` of a message key (what the gateway checks for consecutive batches)."""
     if not isinstance(key, str):
@@ -611,6 +645,28 @@ def decode_get_messages_result_pure(data: bytes | bytearray | memoryview) -> Can
     return CanisterOutputCertifiedMessages(messages, ok["cert"], ok["tree"], True if end is None else end)
 
 
+def decode_polled_batch_pure(data: bytes | bytearray | memoryview) -> PolledBatch:
+    """A ``ws_get_messages`` reply read for the poller (:class:`PolledBatch`).
+
+    Accepts and refuses exactly what :func:`decode_get_messages_result` does, and a message key whose nonce
+    :func:`parse_message_nonce` cannot read raises its :class:`ProtocolDecodeError`.
+    """
+    batch = decode_get_messages_result_pure(data)
+    messages = batch.messages
+    nonces = [parse_message_nonce(m.key) for m in messages]
+    return PolledBatch(
+        [route_key(m.client_key) for m in messages],
+        [m.key.encode() for m in messages],
+        [m.content for m in messages],
+        nonces[0] if nonces else 0,
+        nonces[-1] if nonces else 0,
+        all(b == a + 1 for a, b in itertools.pairwise(nonces)),
+        batch.cert,
+        batch.tree,
+        batch.is_end_of_queue,
+    )
+
+
 def encode_unit_result(error: str | None = None) -> bytes:
     """``variant { Ok : null; Err : text }``, the result of ``ws_open`` / ``ws_message`` / ``ws_close``."""
     return candid.encode(_UNIT_RESULT, [{"Ok": None} if error is None else {"Err": error}])
@@ -623,8 +679,9 @@ def decode_unit_result(data: bytes | bytearray | memoryview) -> None:
         raise ProtocolError(value["Err"])
 
 
-# The compiled twin (icws_fast/_ext/_wsbatch.pyx) takes over unless ICWS_FAST_PURE=1.
+# The compiled twins (icws_fast/_ext/_wsbatch.pyx) take over unless ICWS_FAST_PURE=1.
 decode_get_messages_result = _ext.twin("_wsbatch", decode_get_messages_result_pure)
+decode_polled_batch = _ext.twin("_wsbatch", decode_polled_batch_pure)
 
 
 def truncate_reason(reason: str) -> str:

@@ -30,6 +30,7 @@ from icws_fast.protocol.types import (
     encode_get_messages_result,
     message_key,
     parse_message_nonce,
+    route_key,
 )
 
 NS = 1_000_000_000
@@ -100,7 +101,7 @@ class Harness:
     """A PollState with the clients as recipients, fed by a function of the polled nonce; records deliveries."""
 
     def __init__(self, *, joined: list[ClientKey] = CLIENTS, pipeline_depth: int = 1, seed: int = 0) -> None:
-        self.routes = {key: key for key in joined}
+        self.routes = {route_key(key): key for key in joined}
         self.state: PollState[ClientKey] = PollState(
             CANISTER,
             self.routes,
@@ -115,7 +116,7 @@ class Harness:
         self.delivered: dict[ClientKey, list[int]] = {key: [] for key in CLIENTS}
         self.steps: list[Step[ClientKey]] = []
         for key in joined:
-            self.state.client_joined(key, self.now)
+            self.state.client_joined(route_key(key), self.now)
 
     def step(self, answer: Callable[[int], bytes | Exception]) -> Step[ClientKey] | None:
         """Advance the clock to the next poll if idle, issue the polls, answer the oldest one."""
@@ -139,7 +140,7 @@ class Harness:
     def expected_deliveries(self, queue: Queue, up_to: int) -> dict[ClientKey, list[int]]:
         want: dict[ClientKey, list[int]] = {key: [] for key in CLIENTS}
         for n, message in enumerate(queue.messages):
-            if queue.base + n < up_to and message.client_key in self.routes:
+            if queue.base + n < up_to and route_key(message.client_key) in self.routes:
                 want[message.client_key].append(queue.base + n)
         return want
 
@@ -347,8 +348,8 @@ def test_a_queue_that_went_backwards_is_resynchronised_for_new_clients() -> None
     # Reinstalled: a new queue from 0; the newcomer's open message sits at nonce 1, below the poller's 12.
     newcomer = CLIENTS[2]
     new = Queue(3, clients=[CLIENTS[0], newcomer], tag=b"new ")
-    h.routes[newcomer] = newcomer
-    h.state.client_joined(newcomer, h.now)
+    h.routes[route_key(newcomer)] = newcomer
+    h.state.client_joined(route_key(newcomer), h.now)
     resyncs = []
     for _ in range(40):
         step = h.step(new.honest)
@@ -364,7 +365,7 @@ def test_a_probe_that_proves_nothing_changes_nothing() -> None:
     h = Harness(joined=CLIENTS[:2])
     drain(h, queue)
     # A client whose ws_open never reached the canister: one probe, no resync, no probe storm.
-    h.state.client_joined(CLIENTS[2], h.now)
+    h.state.client_joined(route_key(CLIENTS[2]), h.now)
     polled = []
     for _ in range(40):
         h.step(lambda n: (polled.append(n), queue.honest(n))[1])

@@ -1,6 +1,7 @@
-"""icws_fast._ext._wsbatch: the compiled ``decode_get_messages_result`` against the pure one in protocol.types.
+"""icws_fast._ext._wsbatch: the compiled ``decode_get_messages_result`` and ``decode_polled_batch`` against the pure
+ones in protocol.types.
 
-Every test compares the two on the same bytes: the same value with the same classes, or the same exception class
+Every test compares each pair on the same bytes: the same value with the same classes, or the same exception class
 and message. Replies come from the pure encoder, from the CDK running in process, from hand-built headers in the
 Rust CDK's type-table order and the older or gateway forms, and from random and mutated bytes.
 """
@@ -26,9 +27,12 @@ from tests import twins
 from tests.cdk.cdk_harness import LocalHost
 
 _twin = twins.twin(t, "decode_get_messages_result")
+_polled = twins.twin(t, "decode_polled_batch")
 pytestmark = pytest.mark.skipif(_twin.compiled is None, reason=_twin.skip_reason)
 pure_decode = _twin.pure
 fast_decode: Any = _twin.compiled  # None in a pure run, where every test here is skipped
+pure_polled = _polled.pure
+fast_polled: Any = _polled.compiled
 # The compiled module itself, for its header recogniser and cache size (None in a pure run).
 wsbatch: Any = None if _twin.compiled is None else importlib.import_module(_twin.compiled.__module__)
 
@@ -65,9 +69,21 @@ def outcome(decode: Any, data: Any) -> tuple[Any, ...]:
     return ("value", batch, shape)
 
 
+def polled_outcome(decode: Any, data: Any) -> tuple[Any, ...]:
+    """What ``decode`` (a ``decode_polled_batch``) does with ``data``, as :func:`outcome` tells it."""
+    try:
+        batch = decode(data)
+    except Exception as exc:  # the comparison is the point, whatever the class
+        return ("raised", type(exc), str(exc))
+    shape = (type(batch), [type(part) for part in batch], [[type(x) for x in part] for part in batch[:3]])
+    return ("value", batch, shape)
+
+
 def assert_same(data: Any) -> tuple[Any, ...]:
+    """Both twins of both decoders agree on ``data``; the outcome of ``decode_get_messages_result``."""
     expected = outcome(pure_decode, data)
     assert outcome(fast_decode, data) == expected
+    assert polled_outcome(fast_polled, data) == polled_outcome(pure_polled, data)
     return expected
 
 
@@ -406,7 +422,8 @@ def test_value_anomalies(parts: dict[str, bytes], ok: bool) -> None:
 
 
 def test_no_leak_on_success_or_failure() -> None:
-    """Decoding, succeeding, bailing out to the pure decoder half-way or answering Err, leaves no objects behind."""
+    """Decoding (either way), succeeding, bailing out to the pure decoder half-way or answering Err, leaves no
+    objects behind."""
     good = t.encode_get_messages_result(make_batch(random.Random(15), 20, clients=4))
     head, _ = split(good)
     # Truncated, or with a trailing byte: the fast path bails out after building every message; bad UTF-8 in a
@@ -416,12 +433,13 @@ def test_no_leak_on_success_or_failure() -> None:
 
     def churn() -> None:
         for _ in range(300):
-            fast_decode(good)
-            with pytest.raises(ProtocolError):
-                fast_decode(err)
-            for data in bad:
-                with pytest.raises(ProtocolDecodeError):
-                    fast_decode(data)
+            for decode in (fast_decode, fast_polled):
+                decode(good)
+                with pytest.raises(ProtocolError):
+                    decode(err)
+                for data in bad:
+                    with pytest.raises(ProtocolDecodeError):
+                        decode(data)
 
     churn()  # warm caches (recognised headers, client keys, the pure decoder's plan)
     gc.collect()
@@ -438,3 +456,77 @@ def test_no_leak_on_success_or_failure() -> None:
     growth = sum(stat.size_diff for stat in diff)
     # A leak of one object per decode would be over 50 kB here; what remains is the interpreter's noise.
     assert growth < 8_000, growth
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decode_polled_batch: the message keys' nonces
+
+
+def _keyed_reply(keys: list[str], clients: int = 2) -> bytes:
+    client_keys = [t.ClientKey(Principal(bytes([i + 1]) * (20 + i)), 2**64 - 1 - i) for i in range(clients)]
+    messages = [t.CanisterOutputMessage(client_keys[i % clients], key, b"m%d" % i) for i, key in enumerate(keys)]
+    return t.encode_get_messages_result(t.CanisterOutputCertifiedMessages(messages, b"cert", b"tree", False))
+
+
+def test_polled_batch_of_a_full_reply() -> None:
+    batch = make_batch(random.Random(16), 50, clients=5)
+    polled = fast_polled(t.encode_get_messages_result(batch))
+    assert polled == pure_polled(t.encode_get_messages_result(batch))
+    assert polled.route_keys == [t.route_key(m.client_key) for m in batch.messages]
+    assert polled.keys == [m.key.encode() for m in batch.messages]
+    assert polled.contents == [m.content for m in batch.messages]
+    assert (polled.first_nonce, polled.last_nonce, polled.consecutive) == (0, 49, True)
+    assert (polled.cert, polled.tree, polled.is_end_of_queue) == (batch.cert, batch.tree, batch.is_end_of_queue)
+
+
+def test_route_keys_tell_every_client_apart() -> None:
+    """Principals of different lengths whose bytes run on into the nonce still give different route keys."""
+    keys = [t.ClientKey(Principal(b"\x05" * 29), 9), t.ClientKey(Principal(b"\x05" * 28), 5 + (9 << 8))]
+    assert len({t.route_key(key) for key in keys}) == 2
+    messages = [t.CanisterOutputMessage(key, f"g_{i}", b"") for i, key in enumerate(keys)]
+    reply = t.encode_get_messages_result(t.CanisterOutputCertifiedMessages(messages, b"", b"", True))
+    assert fast_polled(reply).route_keys == [t.route_key(key) for key in keys]
+
+
+@pytest.mark.parametrize(
+    ("keys", "first", "last", "consecutive"),
+    [
+        ([], 0, 0, True),
+        (["g_00000000000000000007"], 7, 7, True),
+        (["g_7", "g_08", "g_009"], 7, 9, True),  # the digits are read, not the zero padding
+        (["a_b_1", "_2", "x_y_3"], 1, 3, True),  # the last "_" counts; the prefix is not compared
+        (["g_5", "g_7", "g_6"], 5, 6, False),
+        (["g_5", "g_5"], 5, 5, False),
+        (["g_3", "g_2"], 3, 2, False),
+        ([f"g_{2**64 - 2}", f"g_{2**64 - 1}"], 2**64 - 2, 2**64 - 1, True),
+        ([f"g_{2**64 - 1}", "g_0"], 2**64 - 1, 0, False),  # no wrap-around
+        (["ünï_1", "✓_2"], 1, 2, True),
+    ],
+)
+def test_polled_batch_nonces(keys: list[str], first: int, last: int, consecutive: bool) -> None:
+    reply = _keyed_reply(keys)
+    assert polled_outcome(fast_polled, reply) == polled_outcome(pure_polled, reply)
+    polled = fast_polled(reply)
+    assert (polled.first_nonce, polled.last_nonce, polled.consecutive) == (first, last, consecutive)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["g", "g_", "g1", "g_x", "g_-1", "g_+1", "g_1 ", "g_ 1", "g_١", "g_１", f"g_{2**64}", "g_" + "0" * 21, "g_1_"],
+)
+def test_polled_batch_refuses_a_key_without_a_nonce(key: str) -> None:
+    """Anywhere in the batch, a key that does not end in _<nonce> is parse_message_nonce's error."""
+    for keys in ([key], ["g_1", key], ["g_1", "g_2", key, "g_4"]):
+        reply = _keyed_reply(keys)
+        result = polled_outcome(fast_polled, reply)
+        assert result == polled_outcome(pure_polled, reply)
+        assert result[:2] == ("raised", ProtocolDecodeError) and f"message key {key!r}" in result[2]
+    assert fast_polled(_keyed_reply(["g_" + "0" * 19 + "1"])).first_nonce == 1  # 20 digits are fine
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, t.MAX_NAT64), st.text(max_size=25)), max_size=30))
+def test_random_message_keys(parts: list[int | str]) -> None:
+    keys = [f"g_{part}" if isinstance(part, int) else part for part in parts]
+    reply = _keyed_reply(keys, clients=3)
+    assert polled_outcome(fast_polled, reply) == polled_outcome(pure_polled, reply)
