@@ -53,9 +53,7 @@ def _reply(clients: int) -> bytes:
 
 
 WORKLOADS = {f"{BATCH_SIZE} messages to {clients} clients": _reply(clients) for clients in (5, BATCH_SIZE)}
-VALUES = {
-    (name, workload): IMPLS[("pure", name)](data) for name in FUNCTIONS for workload, data in WORKLOADS.items()
-}
+VALUES = {(name, workload): IMPLS[("pure", name)](data) for name in FUNCTIONS for workload, data in WORKLOADS.items()}
 MEDIANS: dict[tuple[str, str, str], float] = {}
 
 

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Compiled twin of :mod:`icws_fast.ic.hashtree`: ``reconstruct``, ``lookup_path`` and the hash helpers.
+"""Compiled twin of :mod:`icws_fast.ic.hashtree`: ``reconstruct``, ``lookup_path``, ``read_witness`` and the
+hash helpers.
 
 Same signatures, results and errors as ``reconstruct_pure`` / ``lookup_path_pure``
 (including the node checks and the ``MAX_NODE_DEPTH`` limit) and as the pure
@@ -7,6 +8,13 @@ Same signatures, results and errors as ``reconstruct_pure`` / ``lookup_path_pure
 the devnet and the CDK call once per node they build). Node hashes are written into C
 buffers on the stack, so reconstructing a tree allocates one bytes object (the root
 hash) instead of a hashlib object and a digest per node.
+
+``read_witness`` (a verifier reads one witness per certified batch) walks the tree's CBOR
+bytes once: it checks each node's shape, hashes it, looks the label up in the root's
+forest and collects the leaves of the forest found there, creating no object but the root
+hash and those leaves. It answers only for the trees it reads with certainty (definite
+lengths, one-byte node tags, the self-describe tag at the start only); anything else, valid
+or not, goes to ``read_witness_pure``, which gives the canonical result or error.
 
 SHA-256 is OpenSSL's, through its EVP interface (a build dependency: the libssl-dev
 headers, linked with libcrypto; OpenSSL uses the CPU's SHA extensions). One digest
@@ -18,7 +26,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from cpython.long cimport PyLong_AsLong, PyLong_CheckExact
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 from icws_fast.errors import HashTreeError
@@ -52,6 +60,7 @@ if SHA256 == NULL or CTX == NULL:
 
 # Mirrors icws_fast.ic.hashtree (that module imports this one, so the values are repeated, not imported).
 cdef enum:
+    MAX_DEPTH = 256
     MAX_NODE_DEPTH = 512
     EMPTY = 0
     FORK = 1
@@ -275,3 +284,161 @@ def lookup_path(tree, path):
     if tag == PRUNED:
         return result("Unknown")
     return result("Error")
+
+
+# -- read_witness ---------------------------------------------------------------------------------------------------
+
+# The pure twin and the result type, resolved on first use (see ``result``).
+cdef object _read_witness_pure = None
+cdef object _Witness = None
+
+cdef enum Role:
+    # Where a node lies for read_witness: in the root's flattened forest (where the label is looked up), in the
+    # flattened forest of the subtree found at the label (whose leaves are read), or elsewhere.
+    IN_ROOT_FOREST
+    IN_FOUND_FOREST
+    ELSEWHERE
+
+cdef struct Reader:
+    const unsigned char *p
+    Py_ssize_t size
+    Py_ssize_t pos
+    const unsigned char *label  # the label looked up in the root's forest
+    Py_ssize_t label_len
+    bint searching  # no labeled node of the root's forest at or above the label read yet
+    bint ordered  # the labels of the found forest read so far increase
+    const unsigned char *previous  # the last label of the found forest (NULL: none yet)
+    Py_ssize_t previous_len
+    const unsigned char *leaf  # the value of the last Leaf read
+    Py_ssize_t leaf_len
+
+
+cdef inline int compare(const unsigned char *a, Py_ssize_t na, const unsigned char *b, Py_ssize_t nb) noexcept:
+    """Python's bytes order of two byte strings."""
+    cdef int c = memcmp(a, b, na if na < nb else nb)
+    if c:
+        return c
+    return (na > nb) - (na < nb)
+
+
+cdef inline int read_argument(Reader *r, int major, uint64_t *out) noexcept:
+    """The argument of the definite-length head of type ``major`` at the position, moving past it; -1 for any
+    other head (or a truncated one)."""
+    cdef unsigned char info
+    cdef Py_ssize_t width, i
+    cdef uint64_t value = 0
+    if r.pos >= r.size or r.p[r.pos] >> 5 != major:
+        return -1
+    info = r.p[r.pos] & 0x1F
+    r.pos += 1
+    if info < 24:
+        out[0] = info
+        return 0
+    if info > 27:
+        return -1
+    width = 1 << (info - 24)
+    if width > r.size - r.pos:
+        return -1
+    for i in range(width):
+        value = (value << 8) | r.p[r.pos + i]
+    r.pos += width
+    out[0] = value
+    return 0
+
+
+cdef inline int read_string(Reader *r, const unsigned char **start, Py_ssize_t *length) noexcept:
+    """The definite-length byte string at the position, moving past it; -1 for anything else."""
+    cdef uint64_t n
+    if read_argument(r, 2, &n) < 0 or n > <uint64_t>(r.size - r.pos):
+        return -1
+    start[0] = r.p + r.pos
+    length[0] = <Py_ssize_t>n
+    r.pos += <Py_ssize_t>n
+    return 0
+
+
+cdef int read_node(Reader *r, int depth, Role role, dict leaves, uint8_t *out, int *tag) except -1:
+    """Read the node at the position (``depth`` levels may still nest) and write its hash to ``out``, its tag to
+    ``tag``; 0, or 1 when the fast path cannot tell (``read_witness_pure`` decides)."""
+    cdef uint64_t n
+    cdef uint8_t left[32]
+    cdef uint8_t right[32]
+    cdef const unsigned char *s
+    cdef Py_ssize_t length
+    cdef int child_tag, c
+    cdef Role child_role
+    # parse() refuses a node below MAX_DEPTH levels; a node tag is a one-byte unsigned integer.
+    if depth <= 0 or read_argument(r, 4, &n) < 0 or r.pos >= r.size or r.p[r.pos] > PRUNED:
+        return 1
+    tag[0] = r.p[r.pos]
+    r.pos += 1
+    if <Py_ssize_t>n != ARITY[tag[0]]:
+        return 1
+    if tag[0] == FORK:
+        if read_node(r, depth - 1, role, leaves, left, &child_tag) or read_node(r, depth - 1, role, leaves, right, &child_tag):
+            return 1
+        sha256(FORK_DOMAIN, 17, left, 32, right, 32, out)
+    elif tag[0] == LABELED:
+        if read_string(r, &s, &length) < 0:
+            return 1
+        child_role = ELSEWHERE
+        if role == IN_ROOT_FOREST and r.searching:
+            # find_label: the first label at or above the one looked up ends the search.
+            c = compare(s, length, r.label, r.label_len)
+            r.searching = False
+            if c == 0:
+                child_role = IN_FOUND_FOREST
+            elif c < 0:
+                r.searching = True
+        elif role == IN_FOUND_FOREST:
+            if r.previous != NULL and compare(s, length, r.previous, r.previous_len) <= 0:
+                r.ordered = False
+            r.previous, r.previous_len = s, length
+        if read_node(r, depth - 1, child_role, leaves, right, &child_tag):
+            return 1
+        if role == IN_FOUND_FOREST and child_tag == LEAF:
+            leaves[PyBytes_FromStringAndSize(<const char *>s, length)] = PyBytes_FromStringAndSize(
+                <const char *>r.leaf, r.leaf_len
+            )
+        sha256(LABELED_DOMAIN, 20, s, <size_t>length, right, 32, out)
+    elif tag[0] == LEAF:
+        if read_string(r, &s, &length) < 0:
+            return 1
+        r.leaf, r.leaf_len = s, length
+        sha256(LEAF_DOMAIN, 17, s, <size_t>length, NULL, 0, out)
+    elif tag[0] == PRUNED:
+        if read_string(r, &s, &length) < 0 or length != 32:
+            return 1
+        memcpy(out, s, 32)
+    else:
+        sha256(EMPTY_DOMAIN, 18, NULL, 0, NULL, 0, out)
+    return 0
+
+
+def read_witness(data, label):
+    """The root hash and the leaves at ``label`` of a CBOR tree (see ``icws_fast.ic.hashtree.read_witness_pure``)."""
+    global _read_witness_pure, _Witness
+    cdef Reader r
+    cdef uint8_t root[32]
+    cdef int tag
+    cdef dict leaves = {}
+    if _Witness is None:
+        from icws_fast.ic.hashtree import Witness, read_witness_pure
+
+        _read_witness_pure, _Witness = read_witness_pure, Witness
+    if not (PyBytes_CheckExact(data) and PyBytes_CheckExact(label)):
+        return _read_witness_pure(data, label)
+    r.p = <const unsigned char *>PyBytes_AS_STRING(data)
+    r.size = PyBytes_GET_SIZE(data)
+    r.pos = 0
+    r.label = <const unsigned char *>PyBytes_AS_STRING(label)
+    r.label_len = PyBytes_GET_SIZE(label)
+    r.searching = True
+    r.ordered = True
+    r.previous = NULL
+    r.previous_len = 0
+    if r.size >= 3 and memcmp(r.p, b"\xd9\xd9\xf7", 3) == 0:  # the self-describe tag
+        r.pos = 3
+    if read_node(&r, MAX_DEPTH, IN_ROOT_FOREST, leaves, root, &tag) or r.pos != r.size:
+        return _read_witness_pure(data, label)
+    return _Witness(PyBytes_FromStringAndSize(<char *>root, 32), leaves, r.ordered)

@@ -21,9 +21,12 @@ meaningful as the signer who produced it.
 root hash and any number of witnesses cost no hashing after construction, and a
 ``HashedTree`` can be reused as a value inside a bigger mapping.
 
-``reconstruct``, ``lookup_path``, ``leaf_hash``, ``fork_hash`` and ``labeled_hash``
-are the Cython twins of ``icws_fast._ext._hashtree`` when they are built (bound by
-:func:`icws_fast._ext.twin`); the pure versions are ``<name>_pure``.
+:func:`read_witness` reads what a verifier needs from a witness's CBOR (its root hash and
+the leaves below one label) in one pass, without building the node tuples.
+
+``reconstruct``, ``lookup_path``, ``read_witness``, ``leaf_hash``, ``fork_hash`` and
+``labeled_hash`` are the Cython twins of ``icws_fast._ext._hashtree`` when they are built
+(bound by :func:`icws_fast._ext.twin`); the pure versions are ``<name>_pure``.
 """
 
 from __future__ import annotations
@@ -70,6 +73,19 @@ FOUND: Final = "Found"
 ABSENT: Final = "Absent"
 UNKNOWN: Final = "Unknown"
 ERROR: Final = "Error"
+
+
+class Witness(NamedTuple):
+    """What :func:`read_witness` reads from a tree: its root hash and the leaves below one label.
+
+    ``leaves`` maps the label of every Labeled node over a Leaf in the flattened forest of the subtree at the
+    label to the leaf's value (empty when the lookup does not find the label); ``ordered`` says whether the
+    labels of that forest strictly increase (when they do not, a lookup there is not well defined).
+    """
+
+    root_hash: bytes
+    leaves: dict[bytes, bytes]
+    ordered: bool
 
 
 class LookupResult(NamedTuple):
@@ -309,6 +325,29 @@ def lookup_subtree(tree: Node, path: Path) -> LookupResult:
             return found
         node = found.value
     return LookupResult(FOUND, node)
+
+
+def read_witness_pure(data: bytes | bytearray | memoryview, label: bytes) -> Witness:
+    """The :class:`Witness` of the CBOR tree ``data`` at ``label``: what ``reconstruct(parse(data))``,
+    ``lookup_subtree(tree, [label])`` and ``flatten_forks`` of the subtree found tell, in one reading.
+
+    Accepts and refuses exactly what :func:`parse` does (HashTreeError).
+    """
+    tree = parse(data)
+    found = lookup_subtree(tree, [label])
+    leaves: dict[bytes, bytes] = {}
+    ordered = True
+    if found.status == FOUND:
+        previous: bytes | None = None
+        for node in flatten_forks(found.value):
+            if node[0] != LABELED:
+                continue
+            if previous is not None and node[1] <= previous:
+                ordered = False
+            previous = node[1]
+            if node[2][0] == LEAF:
+                leaves[node[1]] = node[2][1]
+    return Witness(reconstruct_pure(tree), leaves, ordered)
 
 
 def flatten_forks(tree: Node) -> list[Node]:
@@ -561,6 +600,7 @@ class HashTree:
 # The compiled twins (icws_fast/_ext/_hashtree.pyx) take over unless ICWS_FAST_PURE=1.
 reconstruct = _ext.twin("_hashtree", reconstruct_pure)
 lookup_path = _ext.twin("_hashtree", lookup_path_pure)
+read_witness = _ext.twin("_hashtree", read_witness_pure)
 leaf_hash = _ext.twin("_hashtree", leaf_hash_pure)
 fork_hash = _ext.twin("_hashtree", fork_hash_pure)
 labeled_hash = _ext.twin("_hashtree", labeled_hash_pure)

@@ -12,8 +12,9 @@ content (:func:`check_message`).
 
 :class:`BatchVerifier` does (1) once per certificate (a bounded LRU: the batches polled in one replica round
 share a certificate), (2) on every call (the caller's clock moves on, a cached certificate ages), and (3) once
-per tree: it walks the ``websocket`` subtree once and hands back every key's certified hash, so a batch of
-*n* messages costs one reconstruction and *n* dictionary look-ups. It remembers the last tree, as a client
+per tree: one reading of the witness's CBOR (:func:`icws_fast.ic.hashtree.read_witness`) reconstructs its root
+and hands back every key's certified hash below ``websocket``, so a batch of *n* messages costs one pass over
+the tree and *n* dictionary look-ups. It remembers the last tree, as a client
 receives the messages of one batch one frame at a time, each with the same tree. No clock inside: the
 caller passes ``now_ns``.
 
@@ -54,30 +55,6 @@ def check_message(hashes: Mapping[bytes, bytes], key: bytes, content: bytes) -> 
         raise CertificateError(REASON_CONTENT_MISMATCH, f"message {key[:120]!r} is not the certified content")
 
 
-def _leaf_hashes(tree: hashtree.Node) -> dict[bytes, bytes]:
-    """Label -> leaf value of the labeled leaves directly below ``websocket`` in ``tree`` (none if it is absent).
-
-    The labels must increase, as in every tree the IC builds: in a tree that breaks this, a lookup would not
-    be well defined, so it raises ``CertificateError(tree-unordered)``.
-    """
-    found = hashtree.lookup_subtree(tree, [LABEL_WEBSOCKET])
-    if found.status != hashtree.FOUND:
-        return {}
-    hashes: dict[bytes, bytes] = {}
-    previous: bytes | None = None
-    for node in hashtree.flatten_forks(found.value):
-        if node[0] != hashtree.LABELED:
-            continue
-        label: bytes = node[1]
-        if previous is not None and label <= previous:
-            raise CertificateError(REASON_TREE_UNORDERED, "the witness tree's labels are not in order")
-        previous = label
-        sub = node[2]
-        if sub[0] == hashtree.LEAF:
-            hashes[label] = sub[1]
-    return hashes
-
-
 class BatchVerifier:
     """Verifies certified batches of one IC (one root key); see the module docstring. Not thread-safe."""
 
@@ -107,12 +84,15 @@ class BatchVerifier:
         if last is not None and last[1] == certified_data and last[0] == tree:
             return last[2]
         try:
-            node = hashtree.parse(tree)
+            witness = hashtree.read_witness(tree, LABEL_WEBSOCKET)
         except DecodeError as exc:
             raise CertificateError(REASON_TREE_MALFORMED, str(exc)) from exc
-        if hashtree.reconstruct(node) != certified_data:
+        if witness.root_hash != certified_data:
             raise CertificateError(REASON_TREE_MISMATCH, "the witness tree is not the canister's certified data")
-        hashes = _leaf_hashes(node)
+        if not witness.ordered:
+            # In a tree that breaks the IC's label order, a lookup would not be well defined.
+            raise CertificateError(REASON_TREE_UNORDERED, "the witness tree's labels are not in order")
+        hashes = witness.leaves
         self._last_tree = (tree, certified_data, hashes)
         return hashes
 

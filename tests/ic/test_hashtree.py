@@ -328,3 +328,56 @@ def test_balanced_forks_shape() -> None:
     assert forks.root_hash == hashtree.fork_hash(hashtree.fork_hash(a, b), c)
     leaf = hashtree.leaf(b"x")
     assert forks.witness({2: leaf}) == (1, (4, hashtree.fork_hash(a, b)), leaf)
+
+
+def test_read_witness_reads_the_leaves_at_the_label() -> None:
+    mapping = {b"websocket": {b"k1": b"h1", b"k2": b"h2", b"k3": b"h3", b"sub": {b"x": b"y"}}, b"other": b"o"}
+    full = hashtree.build(mapping)
+    wit = hashtree.witness(mapping, [[b"websocket", b"k1"], [b"websocket", b"k3"], [b"websocket", b"sub"]])
+    for tree, leaves in ((full, {b"k1": b"h1", b"k2": b"h2", b"k3": b"h3"}), (wit, {b"k1": b"h1", b"k3": b"h3"})):
+        for read in (hashtree.read_witness, hashtree.read_witness_pure):
+            got = read(hashtree.to_cbor(tree), b"websocket")
+            assert got == hashtree.Witness(hashtree.reconstruct(full), leaves, True)
+            assert read(hashtree.to_cbor(tree), b"absent") == hashtree.Witness(hashtree.reconstruct(full), {}, True)
+            assert read(hashtree.to_cbor(tree), b"other").leaves == {}  # a leaf, not a forest
+
+
+def test_read_witness_follows_the_lookup() -> None:
+    """The label is found where lookup_subtree finds it: the first match, unless a larger label comes first."""
+    first = hashtree.labeled(b"w", hashtree.labeled(b"k", hashtree.leaf(b"1")))
+    second = hashtree.labeled(b"w", hashtree.labeled(b"k", hashtree.leaf(b"2")))
+    larger = hashtree.labeled(b"z", hashtree.empty())
+    for tree, leaves in (
+        (hashtree.fork(first, second), {b"k": b"1"}),
+        (hashtree.fork(larger, first), {}),
+        (hashtree.fork(hashtree.pruned(b"\x01" * 32), first), {b"k": b"1"}),
+        (hashtree.labeled(b"top", first), {}),  # not in the root's forest
+    ):
+        for read in (hashtree.read_witness, hashtree.read_witness_pure):
+            assert read(hashtree.to_cbor(tree), b"w").leaves == leaves, tree
+
+
+def test_read_witness_reports_labels_out_of_order() -> None:
+    def forest(*labels: bytes) -> hashtree.Node:
+        node = hashtree.labeled(labels[-1], hashtree.leaf(b"v"))
+        for label in reversed(labels[:-1]):
+            node = hashtree.fork(hashtree.labeled(label, hashtree.leaf(label)), node)
+        return hashtree.labeled(b"websocket", node)
+
+    for labels, ordered in (((b"a", b"b", b"c"), True), ((b"a", b"c", b"b"), False), ((b"a", b"a"), False)):
+        for read in (hashtree.read_witness, hashtree.read_witness_pure):
+            assert read(hashtree.to_cbor(forest(*labels)), b"websocket").ordered is ordered
+
+
+def test_read_witness_refuses_what_parse_refuses() -> None:
+    for data in (b"", b"\x83\x01", cbor.encode([4, b"short"]), _deep_cbor_labeled(257)):
+        for read in (hashtree.read_witness, hashtree.read_witness_pure):
+            with pytest.raises(HashTreeError):
+                read(data, b"websocket")
+    assert hashtree.read_witness(_deep_cbor_labeled(256), b"a").root_hash == hashtree.reconstruct(
+        hashtree.parse(_deep_cbor_labeled(256))
+    )
+
+
+def _deep_cbor_labeled(levels: int) -> bytes:
+    return b"\x83\x02\x41a" * (levels - 1) + b"\x81\x00"

@@ -1,8 +1,10 @@
-"""The compiled hash tree twin gives exactly the pure results: vector trees, generated trees, malformed nodes."""
+"""The compiled hash tree twin gives exactly the pure results: vector trees, generated trees, malformed nodes, and
+for ``read_witness`` their CBOR, valid, hostile or mutated."""
 
 from __future__ import annotations
 
 import hashlib
+import random
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +22,7 @@ pytestmark = twins.skip_unless_compiled(hashtree, "reconstruct")
 compiled = SimpleNamespace(
     **{
         name: twins.twin(hashtree, name).compiled
-        for name in ("reconstruct", "lookup_path", "leaf_hash", "fork_hash", "labeled_hash")
+        for name in ("reconstruct", "lookup_path", "read_witness", "leaf_hash", "fork_hash", "labeled_hash")
     }
 )
 
@@ -59,6 +61,7 @@ def _all_paths(tree: hashtree.Node, prefix: list[bytes], out: list[list[bytes]])
 def test_compiled_is_bound() -> None:
     assert hashtree.reconstruct is compiled.reconstruct is not hashtree.reconstruct_pure
     assert hashtree.lookup_path is compiled.lookup_path is not hashtree.lookup_path_pure
+    assert hashtree.read_witness is compiled.read_witness is not hashtree.read_witness_pure
 
 
 @pytest.mark.parametrize("tree", TREES)
@@ -174,3 +177,120 @@ def test_hash_helpers_reject_alike() -> None:
         for impl in (getattr(compiled, fn), getattr(hashtree, f"{fn}_pure")):
             with pytest.raises(TypeError):
                 impl(*args)
+
+
+# -- read_witness ---------------------------------------------------------------------------------------------------
+
+WITNESS_LABELS = [b"websocket", b"a", b"b", b"time", b"", b"\xff" * 40, b"canister", b"m"]
+
+
+def _witness_agrees(data: Any, label: Any = b"websocket") -> tuple[Any, ...]:
+    """Both read_witness twins on ``data``: the same Witness or the same error; the pure outcome."""
+    return twins.assert_agree(hashtree, "read_witness", data, label)
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_read_witness_of_vector_trees(tree: hashtree.Node) -> None:
+    data = hashtree.to_cbor(tree)
+    labels = WITNESS_LABELS + [node[1] for node in hashtree.flatten_forks(tree) if node[0] == hashtree.LABELED]
+    for label in labels:
+        outcome = _witness_agrees(data, label)
+        assert outcome[0] == "ok" and outcome[1].root_hash == hashtree.reconstruct_pure(tree)
+        _witness_agrees(data[3:], label)  # without the self-describe tag
+
+
+@settings(max_examples=300, deadline=None)
+@given(_nodes, st.lists(_labels, min_size=1, max_size=4))
+def test_read_witness_of_generated_trees(tree: hashtree.Node, labels: list[bytes]) -> None:
+    """Any tree, its labels in order or not, duplicated or not: the same root, leaves and order flag."""
+    data = hashtree.to_cbor(tree)
+    for label in labels:
+        assert _witness_agrees(data, label)[0] == "ok"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(st.binary(max_size=6), st.binary(max_size=40), max_size=60),
+    st.lists(st.binary(max_size=6)),
+    st.dictionaries(st.binary(max_size=6), st.binary(max_size=8), max_size=5),
+)
+def test_read_witness_of_built_witnesses(
+    mapping: dict[bytes, bytes], labels: list[bytes], others: dict[bytes, bytes]
+) -> None:
+    wit = hashtree.witness({b"m": mapping, **others}, [[b"m", label] for label in labels])
+    outcome = _witness_agrees(hashtree.to_cbor(wit), b"m")
+    assert outcome[1] == hashtree.Witness(
+        hashtree.reconstruct_pure(wit), {label: mapping[label] for label in labels if label in mapping}, True
+    )
+
+
+def _deep_cbor(levels: int) -> bytes:
+    """``levels`` nested Labeled nodes over an Empty, as CBOR."""
+    return b"\x83\x02\x41a" * (levels - 1) + b"\x81\x00"
+
+
+HOSTILE = [
+    b"",
+    b"\xd9\xd9\xf7",
+    b"\x81\x00",
+    b"\x81\x00\x00",  # a trailing byte
+    b"\x80",
+    b"\x81\x05",
+    b"\x81\x20",  # a negative tag
+    b"\x81\x18\x00",  # a tag in a two-byte head: valid, for the pure twin
+    b"\x98\x01\x00",  # an array head in two bytes: valid, for the pure twin
+    b"\x9f\x00\xff",  # an indefinite array
+    b"\x82\x03\x5f\x41a\x41b\xff",  # an indefinite byte string
+    b"\x82\x03\x61a",  # a text string
+    b"\x82\x04\x58\x20" + b"\x11" * 32,
+    b"\x82\x04\x58\x1f" + b"\x11" * 31,
+    b"\x82\x04\x58\x20" + b"\x11" * 31,
+    b"\x83\x01\x81\x00",
+    b"\x83\x01\x81\x00\xd9\xd9\xf7\x81\x00",  # a self-describe tag inside: valid, for the pure twin
+    b"\xd9\xd9\xf7\xd9\xd9\xf7\x81\x00",
+    b"\xc4\x82\x04\x58\x20" + b"\x11" * 32,  # tag 4 around a node
+    b"\x83\x02\x41a\x82\x03\x5b" + b"\xff" * 8,  # a length beyond any buffer
+    b"\x83\x02\x41a\x82\x03\x5a\xff\xff\xff\xff",
+    b"\x82\x03\x1c",
+    b"\x83\xc2\x41\x01\x81\x00\x81\x00",  # a bignum tag as the node tag: valid, for the pure twin
+    _deep_cbor(256),
+    _deep_cbor(257),
+    b"\x83\x01" * 300 + b"\x81\x00" * 301,
+]
+
+
+@pytest.mark.parametrize("data", HOSTILE, ids=range(len(HOSTILE)))
+def test_read_witness_of_hostile_bytes(data: bytes) -> None:
+    for label in (b"websocket", b"a"):
+        _witness_agrees(data, label)
+        _witness_agrees(b"\xd9\xd9\xf7" + data, label)
+
+
+def test_read_witness_of_mutated_trees() -> None:
+    rng = random.Random(4321)
+    seeds = [hashtree.to_cbor(tree) for tree in TREES]
+    raised = 0
+    for _ in range(4000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(data)) if data else 0
+            op = rng.randrange(3)
+            if op == 0 and data:
+                data[pos] = rng.randrange(256)
+            elif op == 1:
+                del data[pos : pos + rng.randint(1, 8)]
+            else:
+                data[pos:pos] = rng.randbytes(rng.randint(1, 8))
+        raised += _witness_agrees(bytes(data), rng.choice(WITNESS_LABELS))[0] == "raised"
+    assert 0 < raised < 4000
+
+
+def test_read_witness_of_other_buffers_and_labels() -> None:
+    data = hashtree.to_cbor(hashtree.build({b"websocket": {b"k": b"v"}}))
+    for buffer in (bytearray(data), memoryview(data)):
+        assert _witness_agrees(buffer)[1].leaves == {b"k": b"v"}
+    _witness_agrees(data, "websocket")
+    _witness_agrees(data, bytearray(b"websocket"))
+    _witness_agrees(data, 7)
+    _witness_agrees("text", b"websocket")
+    _witness_agrees(None, b"websocket")
