@@ -1,8 +1,10 @@
-"""Hash trees: pure vs compiled ``reconstruct`` / ``lookup_path``, build+witness, BLS and certificate costs.
+"""Hash trees: pure vs compiled ``reconstruct`` / ``lookup_path`` / ``read_witness``, build+witness, BLS and
+certificate costs.
 
 Workloads: every tree of the shared vectors (with their lookups), and the witness an
 ic-websocket canister returns for a batch of 50 messages out of a 1000-entry message
-map (reconstructed and looked up 50 times, as a client does per batch). The
+map (reconstructed and looked up 50 times, as a client does per batch, and read from
+its CBOR by ``read_witness``, as the gateway's verifier does per batch). The
 compiled/pure ratios are printed at the end of the module.
 
 Run: ``.venv/bin/pytest benchmarks/test_hashtree.py --benchmark-only --benchmark-enable``
@@ -40,6 +42,10 @@ WS_KEYS = [f"{CLIENT}_{i:020d}".encode() for i in range(1000)]
 WS_MAP = {b"websocket": {key: hashlib.sha256(b"content %d" % i).digest() for i, key in enumerate(WS_KEYS)}}
 BATCH = [[b"websocket", key] for key in WS_KEYS[500:550]]
 WS_WITNESS = hashtree.witness(WS_MAP, BATCH)
+
+WS_WITNESS_CBOR = hashtree.to_cbor(WS_WITNESS)
+_read_witness = twins.twin(hashtree, "read_witness")
+READ_WITNESS = {"pure": _read_witness.pure} | ({"compiled": _read_witness.compiled} if _read_witness.compiled else {})
 
 MEANS: dict[tuple[str, str], float] = {}
 
@@ -94,6 +100,13 @@ def test_lookup_ws_witness(benchmark: Any, impl: str) -> None:
     results = benchmark(lambda: [lookup(WS_WITNESS, path) for path in BATCH])
     assert all(result.status == "Found" for result in results)
     _record(benchmark, impl, "lookup 50 messages in ws witness")
+
+
+@pytest.mark.parametrize("impl", list(READ_WITNESS))
+def test_read_ws_witness(benchmark: Any, impl: str) -> None:
+    witness = benchmark(READ_WITNESS[impl], WS_WITNESS_CBOR, b"websocket")
+    assert witness.root_hash == hashtree.HashedTree(WS_MAP).root_hash and len(witness.leaves) == len(BATCH)
+    _record(benchmark, impl, "read_witness of the 50-message ws witness's CBOR")
 
 
 def _state(n: int) -> dict[bytes, Any]:

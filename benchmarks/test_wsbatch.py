@@ -1,5 +1,6 @@
-"""``ws_get_messages`` reply: pure vs compiled ``decode_polled_batch`` (the gateway decodes one per poll) and
-``decode_get_messages_result`` (the same reply as named tuples, for everyone else).
+"""``ws_get_messages`` reply: pure vs compiled ``decode_polled_batch`` (the gateway decodes one per poll),
+``decode_get_messages_result`` (the same reply as named tuples, for everyone else) and ``check_messages`` (the
+content hash of each message against its certified one, once per batch).
 
 Workloads: a full batch of 50 messages (the CDK's default ``max_number_of_returned_messages``) as the CDK returns
 it: keys ``<gateway>_<20-digit nonce>``, each content a CBOR ``WebsocketMessage`` carrying a 100-byte app message,
@@ -21,6 +22,7 @@ import pytest
 
 from icws_fast.ic import hashtree
 from icws_fast.ic.principal import Principal
+from icws_fast.protocol import certified
 from icws_fast.protocol import types as t
 from tests import twins
 
@@ -65,7 +67,7 @@ def _print_ratios(request: pytest.FixtureRequest) -> Iterator[None]:
     if reporter is None or capture is None:
         return
     with capture.global_and_fixture_disabled():  # module teardown output is captured otherwise
-        for name in FUNCTIONS:
+        for name in (*FUNCTIONS, "check_messages"):
             for workload, data in WORKLOADS.items():
                 pure, fast = MEDIANS.get(("pure", name, workload)), MEDIANS.get(("compiled", name, workload))
                 if pure and fast:
@@ -74,6 +76,20 @@ def _print_ratios(request: pytest.FixtureRequest) -> Iterator[None]:
                         f"{name} {workload} ({len(data)} bytes): "
                         f"pure {pure * 1e6:.1f} us, compiled {fast * 1e6:.1f} us, {ratio}"
                     )
+
+
+_check = twins.twin(certified, "check_messages")
+CHECKS = {"pure": _check.pure} | ({"compiled": _check.compiled} if _check.compiled is not None else {})
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("impl", list(CHECKS))
+def test_check_messages(benchmark: Any, impl: str, workload: str) -> None:
+    polled = t.decode_polled_batch_pure(WORKLOADS[workload])
+    hashes = {key: hashlib.sha256(content).digest() for key, content in zip(polled.keys, polled.contents, strict=True)}
+    benchmark(CHECKS[impl], hashes, polled.keys, polled.contents)
+    if benchmark.stats is not None:
+        MEDIANS[(impl, "check_messages", workload)] = benchmark.stats.stats.median
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS))

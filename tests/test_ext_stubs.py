@@ -26,6 +26,7 @@ OWNERS = (
     "icws_fast.ic.cbor",
     "icws_fast.ic.hashtree",
     "icws_fast.protocol.types",
+    "icws_fast.protocol.certified",
     "icws_fast.protocol.session",
     "icws_fast.gateway.fanout",
 )

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Compiled twins of :func:`icws_fast.protocol.types.decode_get_messages_result` and ``decode_polled_batch``.
+"""Compiled twins of :func:`icws_fast.protocol.types.decode_get_messages_result` and ``decode_polled_batch``, and
+of :func:`icws_fast.protocol.certified.check_messages`.
 
 The gateway decodes one ``ws_get_messages`` reply per poll, with ``decode_polled_batch``: flat lists of each
 message's route key (the client key's bytes, a slice of the reply), key and content, and the nonces read from the
@@ -28,18 +29,24 @@ So the fast path succeeds only on input the pure decoder accepts with the same v
 at least ``MIN_MESSAGE_SIZE`` bytes an element, and the value nests only five levels deep. An ``Err`` reply raises
 :class:`~icws_fast.errors.ProtocolError` with the pure decoder's text, after the same trailing-bytes check.
 
+``check_messages`` hashes each content with ``_hashtree``'s SHA-256 and compares it with the certified hash; it
+answers only when every message holds (and its arguments are exact dicts, lists and bytes): any other call is
+the pure function's, which raises the canonical error.
+
 In ``decode_get_messages_result``, messages that name the same client key, in one reply or in later ones, share
 one ``ClientKey`` (and ``Principal``) object: both are immutable, and the same clients are polled over and over.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
-from cpython.list cimport PyList_Append
+from cpython.dict cimport PyDict_CheckExact, PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_Append, PyList_CheckExact, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport UINT64_MAX, uint64_t
+from libc.stdint cimport UINT64_MAX, uint8_t, uint64_t
 from libc.string cimport memcmp
+
+from icws_fast._ext._hashtree cimport sha256
 
 from icws_fast.errors import DecodeError, ProtocolError
 from icws_fast.ic.candid import idl_hash
@@ -47,7 +54,7 @@ from icws_fast.ic.leb128 import decode_leb128, decode_sleb128
 from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
 from icws_fast.ic.principal import Principal
 
-__all__ = ["decode_get_messages_result", "decode_polled_batch"]
+__all__ = ["check_messages", "decode_get_messages_result", "decode_polled_batch"]
 
 
 # How a recognised header types the ``is_end_of_queue`` field of the Ok record.
@@ -489,3 +496,37 @@ def decode_polled_batch(data):
     """A ``ws_get_messages`` reply read for the poller: same results and errors as the pure
     :func:`icws_fast.protocol.types.decode_polled_batch` (see the module docstring)."""
     return decode(data, True)
+
+
+cdef object _check_messages_pure = None
+
+
+def check_messages(hashes, keys, contents):
+    """Raise unless ``hashes`` certifies each ``(keys[i], contents[i])``: same results and errors as the pure
+    :func:`icws_fast.protocol.certified.check_messages` (see the module docstring)."""
+    global _check_messages_pure
+    cdef uint8_t digest[32]
+    cdef Py_ssize_t i, n
+    cdef PyObject *certified
+    cdef object key, content
+    if _check_messages_pure is None:
+        from icws_fast.protocol.certified import check_messages_pure
+
+        _check_messages_pure = check_messages_pure
+    if not (PyDict_CheckExact(hashes) and PyList_CheckExact(keys) and PyList_CheckExact(contents)):
+        return _check_messages_pure(hashes, keys, contents)
+    n = PyList_GET_SIZE(keys)
+    if PyList_GET_SIZE(contents) != n:
+        return _check_messages_pure(hashes, keys, contents)
+    for i in range(n):
+        key = <object>PyList_GET_ITEM(keys, i)
+        content = <object>PyList_GET_ITEM(contents, i)
+        if not (PyBytes_CheckExact(key) and PyBytes_CheckExact(content)):
+            return _check_messages_pure(hashes, keys, contents)
+        certified = PyDict_GetItem(hashes, key)
+        if certified is NULL or not PyBytes_CheckExact(<object>certified) or PyBytes_GET_SIZE(<object>certified) != 32:
+            return _check_messages_pure(hashes, keys, contents)
+        sha256(PyBytes_AS_STRING(content), <size_t>PyBytes_GET_SIZE(content), NULL, 0, NULL, 0, digest)
+        if memcmp(digest, PyBytes_AS_STRING(<object>certified), 32) != 0:
+            return _check_messages_pure(hashes, keys, contents)
+    return None

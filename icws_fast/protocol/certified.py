@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
+from icws_fast import _ext
 from icws_fast.errors import CertificateError, DecodeError
 from icws_fast.ic import hashtree
 from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS, Certificate, check_time
@@ -53,6 +54,15 @@ def check_message(hashes: Mapping[bytes, bytes], key: bytes, content: bytes) -> 
         raise CertificateError(REASON_KEY_NOT_FOUND, f"message key {key[:120]!r} is not in the batch's tree")
     if certified != hashlib.sha256(content).digest():
         raise CertificateError(REASON_CONTENT_MISMATCH, f"message {key[:120]!r} is not the certified content")
+
+
+def check_messages_pure(hashes: Mapping[bytes, bytes], keys: Sequence[bytes], contents: Sequence[bytes]) -> None:
+    """:func:`check_message` for each ``(keys[i], contents[i])`` in turn: raises at the first that fails.
+
+    The gateway's poller checks each recipient's share of a batch with one call.
+    """
+    for key, content in zip(keys, contents, strict=True):
+        check_message(hashes, key, content)
 
 
 class BatchVerifier:
@@ -123,3 +133,7 @@ class BatchVerifier:
         """Forget every certificate and tree seen (the next batch is verified from scratch)."""
         self._certificates.clear()
         self._last_tree = None
+
+
+# The compiled twin (icws_fast/_ext/_wsbatch.pyx) takes over unless ICWS_FAST_PURE=1.
+check_messages = _ext.twin("_wsbatch", check_messages_pure)

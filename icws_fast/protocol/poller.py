@@ -65,7 +65,7 @@ from icws_fast.errors import (
     RejectError,
 )
 from icws_fast.ic.principal import Principal
-from icws_fast.protocol.certified import BatchVerifier, check_message
+from icws_fast.protocol.certified import BatchVerifier, check_messages
 from icws_fast.protocol.relay import RETRYABLE_REJECT_CODES
 from icws_fast.protocol.types import PolledBatch, decode_polled_batch
 
@@ -396,14 +396,15 @@ class PollState(Generic[R]):
             recipient = routes.get(route)
             if recipient is None:
                 continue
-            if hashes is not None:
-                check_message(hashes, key, content)
             share = shares.get(recipient)
             if share is None:
                 share = shares[recipient] = ([], [])
                 reached.append(route)
             share[0].append(key)
             share[1].append(content)
+        if hashes is not None:
+            for keys, contents in shares.values():
+                check_messages(hashes, keys, contents)
         joined = self._joined
         if joined:  # a client whose first message is here no longer waits for it
             for route in reached:

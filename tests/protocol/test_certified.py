@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from icws_fast.protocol.certified import (
     BatchVerifier,
     check_message,
 )
+from tests import twins
 
 NS = 1_000_000_000
 NOW = 1_700_000_000 * NS
@@ -165,3 +167,50 @@ def test_the_certificate_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     assert spy.count == 3
     verifier.verify(*batches[0], CANISTER, NOW)  # evicted by the third: verified again
     assert spy.count == 4
+
+
+CHECKS = twins.implementations(certified, "check_messages")
+
+
+@pytest.mark.parametrize("impl", CHECKS)
+def test_check_messages_checks_each_message(impl: Any) -> None:
+    cert, tree = batch(KEYS[5:15])
+    hashes = BatchVerifier(ROOT_DER).verify(cert, tree, CANISTER, NOW)
+    keys = KEYS[5:15]
+    contents = [CONTENTS[key] for key in keys]
+    assert impl.check_messages(hashes, keys, contents) is None
+    assert impl.check_messages(hashes, [], []) is None
+    assert impl.check_messages(hashes, keys[3:1:-1], contents[3:1:-1]) is None  # any order, any subset
+    assert reason(lambda: impl.check_messages(hashes, [*keys, KEYS[15]], [*contents, CONTENTS[KEYS[15]]])) == (
+        REASON_KEY_NOT_FOUND
+    )
+    assert reason(lambda: impl.check_messages(hashes, keys, [*contents[:-1], b"forged"])) == REASON_CONTENT_MISMATCH
+
+
+def _check_cases() -> list[tuple[Any, Any, Any]]:
+    cert, tree = batch(KEYS[:4])
+    hashes = dict(BatchVerifier(ROOT_DER).verify(cert, tree, CANISTER, NOW))
+    keys = KEYS[:4]
+    contents = [CONTENTS[key] for key in keys]
+    long_leaf = {**hashes, keys[0]: hashes[keys[0]] + b"\x00"}
+    return [
+        (hashes, keys, contents),
+        (hashes, keys, [*contents[:2], b"", contents[3]]),  # a mismatch in the middle
+        (hashes, [keys[0], keys[0] + b"x"], contents[:2]),  # a key not in the tree
+        (hashes, keys, contents[:3]),  # lengths differ
+        (hashes, [*keys[:3], "text"], contents),  # not bytes
+        (hashes, keys, [*contents[:3], None]),
+        (hashes, tuple(keys), tuple(contents)),  # other sequences
+        (hashes, keys, [bytearray(c) for c in contents]),
+        (long_leaf, keys, contents),  # a certified value that is no SHA-256
+        ({**hashes, keys[1]: "text"}, keys, contents),
+        (MappingProxyType(hashes), keys, contents),  # another mapping
+        ({k: v for k, v in hashes.items() if k != keys[2]}, keys, contents),
+        ({}, [], []),
+        ({}, keys, contents),
+    ]
+
+
+@pytest.mark.parametrize("case", _check_cases(), ids=range(len(_check_cases())))
+def test_check_messages_twins_agree(case: tuple[Any, Any, Any]) -> None:
+    twins.assert_agree(certified, "check_messages", *case)
