@@ -85,7 +85,11 @@ class CanisterPoller:
         self.poll_timeout_s = poll_timeout_s
         verifier = None if root_key_der is None else BatchVerifier(root_key_der)
         self.state: PollState[Recipient] = PollState(canister_id, routes, verifier, interval_s=interval_s, **options)
-        self._label = canister_id.to_text()
+        self._label = label = canister_id.to_text()
+        # This canister's counters, looked up once (labels() takes a lock and a dict look-up per call).
+        self._polled = metrics.polled_messages.labels(label)
+        self._messages_out = metrics.messages_to_clients.labels(label)
+        self._bytes_out = metrics.bytes_to_clients.labels(label)
 
     @property
     def nonce(self) -> int:
@@ -159,7 +163,7 @@ class CanisterPoller:
         if step.close is not None:
             raise CanisterFailure(step.close)
         if step.polled:
-            metrics.polled_messages.labels(self._label).inc(step.polled)
+            self._polled.inc(step.polled)
         if step.shares:
             self._deliver(step)
 
@@ -172,5 +176,6 @@ class CanisterPoller:
             recipient.deliver(frames, len(keys))
             sent += len(keys)
             sent_bytes += len(frames)
-        self.metrics.messages_to_clients.labels(self._label).inc(sent)
-        self.metrics.bytes_to_clients.labels(self._label).inc(sent_bytes)
+        # Once per batch, not per recipient.
+        self._messages_out.inc(sent)
+        self._bytes_out.inc(sent_bytes)
