@@ -76,6 +76,12 @@ def measure(path: Path) -> dict[str, float]:
     from icws_fast.ic.principal import Principal
     from icws_fast.protocol.types import ClientKey
 
+    try:
+        from icws_fast.gateway.heap import keep_freed_heap
+    except ImportError:  # a gateway from before (for --compare)
+        pass
+    else:
+        keep_freed_heap()  # as the icws-gateway process does
     record = json.loads(path.read_text())
     reply = bytes.fromhex(record["reply"])
 

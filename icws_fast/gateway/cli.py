@@ -16,6 +16,7 @@ import sys
 from icws_fast import cliconfig
 from icws_fast.errors import AgentTimeout, ConfigError, TransportError
 from icws_fast.gateway.config import GatewayConfig
+from icws_fast.gateway.heap import keep_freed_heap
 from icws_fast.gateway.identity import load_or_create_identity
 from icws_fast.gateway.logs import setup_logging
 from icws_fast.gateway.server import Gateway
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"icws-gateway: error: {exc.problem}", file=sys.stderr)
         return 1
+    keep_freed_heap()
     try:
         import uvloop  # noqa: PLC0415 - not installed on Windows
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
