@@ -13,6 +13,7 @@ only does encoding, validation and the pairing equation.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -44,14 +45,28 @@ def verify(signature: bytes, message: bytes, public_key: bytes) -> bool:
         if len(signature) != SIGNATURE_LENGTH or len(public_key) != PUBLIC_KEY_LENGTH:
             return False
         sig = G1Point.from_compressed_bytes(bytes(signature))
-        pk = G2Point.from_compressed_bytes(bytes(public_key))
     except (ValueError, TypeError, OverflowError):
         return False
-    if sig == G1Point.identity() or pk == G2Point.identity():
+    pk = _public_key_point(bytes(public_key))
+    if pk is None or sig == G1Point.identity():
         return False
     hashed = G1Point.hash_to_curve(bytes(message), DST)
     # e(sig, g2) * e(-H(m), pk) == 1  <=>  e(sig, g2) == e(H(m), pk); one multi-pairing instead of two.
     return bool(GT.pairing_check([sig, -hashed], [G2Point(), pk]))
+
+
+@functools.lru_cache(maxsize=16)
+def _public_key_point(public_key: bytes) -> G2Point | None:
+    """The G2 point of a compressed public key, None unless it is a valid point other than the identity.
+
+    Cached: the keys that sign are few (the IC root key, a subnet key per delegation) and decompressing one,
+    with its subgroup check, costs a quarter of a pairing.
+    """
+    try:
+        point = G2Point.from_compressed_bytes(public_key)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return None if point == G2Point.identity() else point
 
 
 def generate_secret_key(seed: bytes | None = None) -> bytes:
