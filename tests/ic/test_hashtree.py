@@ -154,22 +154,28 @@ def test_parse_rejects_bad_cbor_as_hashtree_error() -> None:
     assert isinstance(info.value.__cause__, CborError)
 
 
+def mutated(rng: random.Random, data: bytes, max_edits: int) -> bytes:
+    """``data`` with 1 to ``max_edits`` random edits: a byte replaced, up to 8 deleted or up to 8 inserted."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, max_edits)):
+        op = rng.randrange(3)
+        pos = rng.randrange(len(out)) if out else 0
+        if op == 0 and out:
+            out[pos] = rng.randrange(256)
+        elif op == 1:
+            del out[pos : pos + rng.randint(1, 8)]
+        else:
+            out[pos:pos] = rng.randbytes(rng.randint(1, 8))
+    return bytes(out)
+
+
 def test_fuzz_parse_only_raises_package_errors() -> None:
     rng = random.Random(1234)
     seeds = [bytes.fromhex(r["cbor_hex"]) for r in RECORDS]
     for _ in range(3000):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 4)):
-            op = rng.randrange(3)
-            pos = rng.randrange(len(data)) if data else 0
-            if op == 0 and data:
-                data[pos] = rng.randrange(256)
-            elif op == 1:
-                del data[pos : pos + rng.randint(1, 8)]
-            else:
-                data[pos:pos] = rng.randbytes(rng.randint(1, 8))
+        data = mutated(rng, rng.choice(seeds), 4)
         try:
-            node = hashtree.parse(bytes(data))
+            node = hashtree.parse(data)
         except IcwsError:
             continue
         hashtree.reconstruct(node)

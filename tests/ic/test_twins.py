@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from icws_fast.errors import HashTreeError
 from icws_fast.ic import hashtree
 from tests import twins
+from tests.ic.test_hashtree import mutated
 from tests.vectors import load_vectors
 
 pytestmark = twins.skip_unless_compiled(hashtree, "reconstruct")
@@ -271,17 +272,8 @@ def test_read_witness_of_mutated_trees() -> None:
     seeds = [hashtree.to_cbor(tree) for tree in TREES]
     raised = 0
     for _ in range(4000):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 3)):
-            pos = rng.randrange(len(data)) if data else 0
-            op = rng.randrange(3)
-            if op == 0 and data:
-                data[pos] = rng.randrange(256)
-            elif op == 1:
-                del data[pos : pos + rng.randint(1, 8)]
-            else:
-                data[pos:pos] = rng.randbytes(rng.randint(1, 8))
-        raised += _witness_agrees(bytes(data), rng.choice(WITNESS_LABELS))[0] == "raised"
+        data = mutated(rng, rng.choice(seeds), 3)
+        raised += _witness_agrees(data, rng.choice(WITNESS_LABELS))[0] == "raised"
     assert 0 < raised < 4000
 
 
