@@ -1,8 +1,8 @@
-"""Hash-tree parse and lookup (``icws_fast.ic.hashtree``), reconstruct and lookup_path on both twins.
+"""Hash-tree parse and lookup (``icws_fast.ic.hashtree``), reconstruct, lookup_path and read_witness on both twins.
 
-Input: the tree's CBOR. The paths looked up come from the tree itself (every labeled
-node's path, and near misses: a label just before or after it, one level too deep, the
-labels as text), so lookups end Found, Absent, Unknown and Error alike.
+Input: the tree's CBOR (read_witness reads it itself, before parse). The paths looked up come from
+the tree itself (every labeled node's path, and near misses: a label just before or after it, one
+level too deep, the labels as text), so lookups end Found, Absent, Unknown and Error alike.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ PREFIX = 0
 _COMPILED = _ext.compiled("_hashtree")
 _RECONSTRUCT = _COMPILED.reconstruct if _COMPILED else None
 _LOOKUP_PATH = _COMPILED.lookup_path if _COMPILED else None
+_READ_WITNESS = _COMPILED.read_witness if _COMPILED else None
 _MAX_PATHS = 48
 
 
@@ -41,6 +42,7 @@ def _paths(tree: hashtree.Node) -> list[list[hashtree.Label]]:
 
 
 def one_input(data: bytes) -> None:
+    twins("read_witness", hashtree.read_witness_pure, _READ_WITNESS, data, b"websocket")
     tree = hashtree.parse(data)
     twins("reconstruct", hashtree.reconstruct_pure, _RECONSTRUCT, tree)
     if hashtree.parse(hashtree.to_cbor(tree)) != tree:
@@ -49,6 +51,8 @@ def one_input(data: bytes) -> None:
     for path in _paths(tree):
         twins("lookup_path", hashtree.lookup_path_pure, _LOOKUP_PATH, tree, path)
         hashtree.lookup_subtree(tree, path)
+        if len(path) == 1 and isinstance(path[0], bytes):
+            twins("read_witness", hashtree.read_witness_pure, _READ_WITNESS, data, path[0])
 
 
 def seeds() -> Iterator[bytes]:

@@ -1,26 +1,30 @@
-"""The ``ws_get_messages`` reply decoder, both twins (``decode_get_messages_result`` and ``_ext._wsbatch``).
+"""The ``ws_get_messages`` reply decoders and the content check, both twins (``protocol.types`` / ``_ext._wsbatch``).
 
-Input: the Candid reply as a canister (or a replica in between) sends it. The message
-keys of a decoded batch are then read as the gateway's poller reads them
-(``parse_message_nonce``).
+Input: the Candid reply as a canister (or a replica in between) sends it, read as the gateway's poller reads
+it (``decode_polled_batch``: route keys, keys and their nonces) and as named tuples
+(``decode_get_messages_result``, whose keys then go through ``parse_message_nonce``). The polled messages are
+then checked (``check_messages``) against hashes that certify every other one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 
 from fuzz import fixtures
 from fuzz.harness import twins
 from icws_fast import _ext
-from icws_fast.errors import ProtocolDecodeError
+from icws_fast.errors import IcwsError, ProtocolDecodeError
 from icws_fast.ic import candid
+from icws_fast.protocol.certified import check_messages_pure
 from icws_fast.protocol.types import (
     CanisterOutputCertifiedMessages,
     CanisterOutputMessage,
     ClientKey,
     WebsocketMessage,
     decode_get_messages_result_pure,
+    decode_polled_batch_pure,
     encode_get_messages_result,
     encode_websocket_message,
     message_key,
@@ -30,6 +34,8 @@ from icws_fast.protocol.types import (
 PREFIX = 0
 _COMPILED = _ext.compiled("_wsbatch")
 _DECODE = _COMPILED.decode_get_messages_result if _COMPILED else None
+_POLLED = _COMPILED.decode_polled_batch if _COMPILED else None
+_CHECK = _COMPILED.check_messages if _COMPILED else None
 # The reply of a CDK before 0.3.1: no is_end_of_queue.
 _OLD_RESULT = candid.parse_args(
     "(variant { Ok : record { messages : vec record { client_key : record { client_principal : principal;"
@@ -38,6 +44,15 @@ _OLD_RESULT = candid.parse_args(
 
 
 def one_input(data: bytes) -> None:
+    with contextlib.suppress(IcwsError):  # a key without a nonce is an error here only
+        polled = twins("decode_polled_batch", decode_polled_batch_pure, _POLLED, data)
+        hashes = {
+            key: hashlib.sha256(content).digest() if i % 2 else b"\x00" * 32
+            for i, (key, content) in enumerate(zip(polled.keys, polled.contents, strict=True))
+        }
+        for start in (1, 0):  # the certified messages, then the others (an error ends the loop)
+            keys, contents = polled.keys[start::2], polled.contents[start::2]
+            twins("check_messages", check_messages_pure, _CHECK, hashes, keys, contents)
     batch = twins("decode_get_messages_result", decode_get_messages_result_pure, _DECODE, data)
     for message in batch.messages:
         with contextlib.suppress(ProtocolDecodeError):
