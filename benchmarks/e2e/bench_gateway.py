@@ -232,13 +232,12 @@ def _shares(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
-async def run_gateway_leg(args: argparse.Namespace, workdir: Path, gateway_src: Path | None) -> dict[str, Any]:
-    """One measurement; ``gateway_src`` (a directory holding an ``icws_fast`` package) is the gateway's code."""
-    gateway_env = {"RUST_LOG_FILE": "warn"}
-    if gateway_src is not None:
-        gateway_env["PYTHONPATH"] = str(gateway_src)
+async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | None) -> dict[str, Any]:
+    """One measurement; ``src`` (a directory holding an ``icws_fast`` package) is the devnet's and gateway's code."""
+    src_env = {} if src is None else {"PYTHONPATH": str(src)}
+    gateway_env = {"RUST_LOG_FILE": "warn", **src_env}
     with contextlib.ExitStack() as children:
-        devnet = children.enter_context(DevnetProcess(address="127.0.0.1:0", round_ms=DEFAULT_ROUND_MS))
+        devnet = children.enter_context(DevnetProcess(address="127.0.0.1:0", round_ms=DEFAULT_ROUND_MS, env=src_env))
         gateway_args = [
             "--polling-interval",
             str(args.polling_interval),
@@ -334,9 +333,9 @@ def report(name: str, gw: dict[str, Any], raw: float, raw_us: float, per_round_a
 
 
 async def main(args: argparse.Namespace) -> None:
-    legs: list[tuple[str, Path | None]] = [("gateway", None)]
+    legs: list[tuple[str, Path | None]] = [("this tree", None)]
     if args.compare is not None:
-        legs.insert(0, (f"gateway from {args.compare}", args.compare))
+        legs.insert(0, (f"devnet + gateway from {args.compare}", args.compare))
     results = []
     for name, src in legs:
         with tempfile.TemporaryDirectory() as tmp:
@@ -371,7 +370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compare",
         type=Path,
-        help="also measure, first, the gateway whose icws_fast package is in this directory (before/after runs)",
+        help="also measure, first, the devnet and gateway whose icws_fast package is in this directory (before/after)",
     )
     return p.parse_args(argv)
 

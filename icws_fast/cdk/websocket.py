@@ -13,7 +13,8 @@ Same Candid interface, semantics, error texts, defaults and limits as the Rust C
   answered with a keep-alive ``keep_alive_timeout_ms`` later are closed with ``KeepAliveTimeout``.
 
 Every queued message is certified: the map key -> sha256(content) (:mod:`.certified_map`) is certified as
-``labeled_hash("websocket", root)``. Messages older than the ack interval are deleted, at most
+``labeled_hash("websocket", root)``, computed once when the update or timer that queued messages ends
+(:func:`~icws_fast.cdk.api.certified_data_set_deferred`). Messages older than the ack interval are deleted, at most
 ``MESSAGES_TO_DELETE_COUNT`` per new message, as in Rust.
 
 One process hosts many canisters (and tests may run several devnets), so the CDK state is an object,
@@ -236,7 +237,7 @@ class WsEndpoint:
         self._gateways.clear()
         self._gateways_to_remove.clear()
         self._cert = CertifiedMessageMap()
-        api.certified_data_set(self._cert.certified_data)
+        self._certify()
 
     # -- the four entry points (Candid values in, Candid values out) ---------------------------------------------
 
@@ -427,7 +428,14 @@ class WsEndpoint:
         self._cert.delete(client.gateway, deleted)
         self._cert.insert(client.gateway, nonce, key, payload)
         gateway.append(CanisterOutputMessage(client_key, key, payload), now)
-        api.certified_data_set(self._cert.certified_data)
+        self._certify()
+
+    def _certify(self) -> None:
+        """Certify the message map as it is when this execution ends: one root hash per execution, not per send."""
+        api.certified_data_set_deferred(self._certified_data)
+
+    def _certified_data(self) -> bytes:
+        return self._cert.certified_data
 
     # -- timers --------------------------------------------------------------------------------------------------
 
@@ -472,7 +480,7 @@ class WsEndpoint:
             del self._gateways_to_remove[gateway_principal]
             if self._gateways.pop(gateway_principal, None) is not None:
                 self._cert.remove_gateway(gateway_principal)
-        api.certified_data_set(self._cert.certified_data)
+        self._certify()
 
 
 class WsCanister(Canister):
