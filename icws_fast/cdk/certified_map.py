@@ -49,19 +49,22 @@ __all__ = ["CertifiedMessageMap"]
 class _NonceTrie:
     """The entries of one gateway, keyed by nonce (see the module docstring)."""
 
-    __slots__ = ("_changed", "_entries", "_levels")
+    __slots__ = ("_changed", "_labels", "_levels", "_values")
 
     def __init__(self) -> None:
-        # _entries[nonce] = (label, leaf value); _levels[l][i] = hash of the trie node covering the nonces
+        # _labels[nonce] and _values[nonce]: the entry's label and leaf value (two dicts of bytes rather than one
+        # of tuples: such dicts are not tracked by the garbage collector, however large they grow);
+        # _levels[l][i] = hash of the trie node covering the nonces
         # [i << l, (i + 1) << l), present only when that range holds an entry. The trie is only as tall as the
         # largest nonce needs (every nonce < 2 ** height), so its top level holds at most the node 0: the root.
         # Level 0 is always current; the levels above are current once the nonces in _changed are rehashed.
-        self._entries: dict[int, tuple[bytes, bytes]] = {}
+        self._labels: dict[int, bytes] = {}
+        self._values: dict[int, bytes] = {}
         self._levels: list[dict[int, bytes]] = [{}]
         self._changed: list[int] = []
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._values)
 
     @property
     def root_hash(self) -> bytes:
@@ -74,12 +77,14 @@ class _NonceTrie:
             # rehashing the changed nonces recomputes their ancestors on every level, the new ones included.
             top = self._levels[-1]
             self._levels.append({0: top[0]} if 0 in top else {})
-        self._entries[nonce] = (label, value)
+        self._labels[nonce] = label
+        self._values[nonce] = value
         self._levels[0][nonce] = labeled_hash(label, leaf_hash(value))
         self._changed.append(nonce)
 
     def delete(self, nonce: int) -> None:
-        if self._entries.pop(nonce, None) is not None:
+        if self._values.pop(nonce, None) is not None:
+            del self._labels[nonce]
             del self._levels[0][nonce]
             self._changed.append(nonce)
 
@@ -120,8 +125,7 @@ class _NonceTrie:
             if start > last or ((index + 1) << level) - 1 < first:
                 return (PRUNED, self._levels[level][index])
             if level == 0:
-                label, value = self._entries[index]
-                return (LABELED, label, (LEAF, value))
+                return (LABELED, self._labels[index], (LEAF, self._values[index]))
             below = self._levels[level - 1]
             has_left = 2 * index in below
             has_right = 2 * index + 1 in below
