@@ -210,6 +210,10 @@ async def test_firehose_rounds(devnet: Devnet) -> None:
         messages = await gw.poll_until(61)  # open + at least three rounds
         app = [m for m in messages if not m.is_service_message]
         assert len(app) >= 60
+        (sent,) = candid.decode(
+            await gw.agent.query(canister, "sent", candid.encode([], [])), [candid.parse_type("nat64")]
+        )
+        assert sent >= len(app) and sent % 20 == 0
         assert all(decode_app_message(m.content)[0] == "x" * 64 for m in app)
         assert [m.sequence_num for m in messages] == list(range(1, len(messages) + 1))
         await gw.agent.call(

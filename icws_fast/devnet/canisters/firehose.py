@@ -1,5 +1,6 @@
 """``firehose``: a load generator. Every ``interval_ms`` it sends ``messages_per_round`` messages of
-``payload_size`` characters to every connected client; ``configure`` changes the three (0 messages stops it).
+``payload_size`` characters to every connected client; ``configure`` changes the three (0 messages stops it);
+``sent`` counts the messages its rounds queued, so a benchmark knows what the canister really sent.
 
 Messages are the ``test`` canister's ``AppMessage`` (``text`` = the payload, ``timestamp`` = the canister time of
 the round), so latency can be measured as with the official load tests. The ack interval is shortened to 70 s
@@ -34,6 +35,9 @@ class FirehoseCanister(WsCanister):
         + "type FirehoseConfig = record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 };\n"
     )
 
+    #: A class attribute, so that an instance the devnet persisted before the counter existed restores with it.
+    messages_sent = 0
+
     def __init__(self) -> None:
         super().__init__()
         self.messages_per_round = 0
@@ -67,6 +71,7 @@ class FirehoseCanister(WsCanister):
         for client in clients:
             for _ in range(self.messages_per_round):
                 self.websocket.send(client, message)
+        self.messages_sent += len(clients) * self.messages_per_round
 
     @update("(FirehoseConfig) -> ()")
     def configure(self, config: dict[str, Any]) -> None:
@@ -92,3 +97,8 @@ class FirehoseCanister(WsCanister):
             "payload_size": self.payload_size,
             "interval_ms": self.interval_ms,
         }
+
+    @query("() -> (nat64)")
+    def sent(self) -> int:
+        """How many messages the rounds have queued since the canister was installed or upgraded."""
+        return self.messages_sent
