@@ -271,7 +271,10 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | N
             "(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })"
         )
         pids = {"gateway": gateway.pid, "devnet": devnet.pid} | {f"clients{i}": w.pid for i, w in enumerate(workers)}
-        profiler = Profiler(args.profile, args.seconds)
+        profile_dir = args.profile
+        if profile_dir is not None and args.compare is not None:
+            profile_dir /= "this" if src is None else "compare"  # each leg's profiles apart
+        profiler = Profiler(profile_dir, args.seconds)
         async with Agent(devnet.url, root_key=devnet.root_key_der) as agent:
             config = {"messages_per_round": args.per_round, "payload_size": args.payload, "interval_ms": args.interval}
             await agent.call(canister, "configure", candid.encode(config_type, [config]))

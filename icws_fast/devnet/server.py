@@ -587,15 +587,17 @@ class Devnet:
 
     async def _run_rounds(self) -> None:
         loop = asyncio.get_running_loop()
+        # On the IC queries run beside execution; here they share one thread with the rounds, and the queries
+        # of a canister that executed wait for the round's certification. So a round that overran its slot is
+        # still followed by half a round without one: the queries released by its certification, and those
+        # their answers lead to (a gateway's next polls), are served before the next round blocks them again.
+        # Without that pause an overloaded devnet ran rounds back to back and answered one poll per gateway
+        # pipeline slot per round, which only made it fall further behind.
+        min_pause = self.round_s / 2
         next_round = loop.time()
         while True:
-            next_round += self.round_s
-            delay = next_round - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_round = loop.time()  # fell behind: do not try to catch up with a burst of rounds
-                await asyncio.sleep(0)
+            next_round = max(next_round + self.round_s, loop.time() + min_pause)
+            await asyncio.sleep(next_round - loop.time())
             steps = self.replica.round_steps()
             try:
                 for _ in steps:
