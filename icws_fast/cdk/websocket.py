@@ -165,6 +165,8 @@ class _RegisteredGateway:
 
     def pop_old(self, limit: int, max_age_ns: int, now_ns: int) -> list[int]:
         """Drop up to ``limit`` messages from the front that are older than ``max_age_ns``; their nonces."""
+        if self.head == len(self.timestamps) or now_ns - self.timestamps[self.head] <= max_age_ns:
+            return []  # the usual case: nothing is old enough
         first_nonce = self.outgoing_nonce - len(self)
         count = 0
         while count < limit and self.head < len(self.keys) and now_ns - self.timestamps[self.head] > max_age_ns:
@@ -438,7 +440,8 @@ class WsEndpoint:
             WebsocketMessage(client_key, client.outgoing_sequence_num, now, is_service_message, content)
         )
         deleted = gateway.pop_old(MESSAGES_TO_DELETE_COUNT, self._params.send_ack_interval_ms * _NS_PER_MS, now)
-        self._cert.delete(client.gateway, deleted)
+        if deleted:
+            self._cert.delete(client.gateway, deleted)
         self._cert.insert(client.gateway, nonce, key, payload)
         gateway.append(client_key, key, payload, now)
         self._certify()
