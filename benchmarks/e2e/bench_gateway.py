@@ -230,8 +230,22 @@ def _spawn_self(*argv: str, stdin: bool = False) -> Child:
     return Child(f"bench_gateway {argv[0]}", [sys.executable, "-m", _MODULE, *argv], stdin=stdin)
 
 
-def _shares(pids: dict[str, int]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+def _shares(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Per process: (CPU seconds used, seconds its threads waited on a run queue) so far."""
+    return {name: (cpu_seconds(pid), run_queue_wait_seconds(pid)) for name, pid in pids.items()}
+
+
+def run_queue_wait_seconds(pid: int) -> float:
+    """How long the threads of ``pid`` have been runnable but waiting for a CPU (``/proc/<pid>/task/*/schedstat``).
+
+    Next to the CPU share this tells a process that is short of work (little CPU, little waiting) from one the
+    machine starves (little CPU, much waiting: other jobs hold the cores).
+    """
+    waited = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            waited += int(stat.read_text().split()[1])
+    return waited / 1e9
 
 
 async def _canister_sent(agent: Agent, canister: Principal) -> int | None:
@@ -294,7 +308,8 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | N
         profiler.report()
         latencies = sorted(lat for r in results for lat in r["latencies_ms"])
         seconds = statistics.mean(r["seconds"] for r in results)
-        cpu = {name: (cpu1[name] - cpu0[name]) / (t1 - t0) for name in pids}
+        cpu = {name: (cpu1[name][0] - cpu0[name][0]) / (t1 - t0) for name in pids}
+        wait = {name: (cpu1[name][1] - cpu0[name][1]) / (t1 - t0) for name in pids}
         return {
             "msgs_per_s": len(latencies) / seconds,
             "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
@@ -302,6 +317,9 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | N
             "gateway_cpu": cpu["gateway"],
             "devnet_cpu": cpu["devnet"],
             "clients_cpu": [cpu[f"clients{i}"] for i in range(len(workers))],
+            "gateway_wait": wait["gateway"],
+            "devnet_wait": wait["devnet"],
+            "clients_wait": [wait[f"clients{i}"] for i in range(len(workers))],
             "rss_mb": rss,
             "frame_bytes": sum(r["frame_bytes"] for r in results) / max(1, len(latencies)),
             "gaps": sum(r["gaps"] for r in results),
@@ -341,6 +359,7 @@ def report(name: str, gw: dict[str, Any], raw: float, raw_us: float, args: argpa
     gw_us = gw["gateway_cpu"] * 1e6 / delivered if delivered else float("nan")
     devnet_us = gw["devnet_cpu"] * 1e6 / delivered if delivered else float("nan")
     clients_cpu = " + ".join(f"{c * 100:.0f}%" for c in gw["clients_cpu"])
+    clients_wait = " + ".join(f"{w * 100:.0f}%" for w in gw["clients_wait"])
     print(f"[{name}]")
     print(
         f"  delivered {delivered:.0f} msgs/s = {delivered / offered:.2f} of offered; "
@@ -353,9 +372,15 @@ def report(name: str, gw: dict[str, Any], raw: float, raw_us: float, args: argpa
         sent = f"~{rounds * args.clients * args.per_round:.0f} msgs/s ({rounds:.1f} rounds/s seen)"
     print(f"  the canister sent {sent}")
     print(f"  latency canister send -> client receipt: p50 {gw['p50_ms']:.1f} ms, p99 {gw['p99_ms']:.1f} ms")
-    print(f"  gateway process: CPU {gw['gateway_cpu'] * 100:.0f}% of one core, RSS {gw['rss_mb']:.0f} MB")
-    print(f"  devnet process: CPU {gw['devnet_cpu'] * 100:.0f}% of one core (canister rounds + ws_get_messages)")
-    print(f"  client process(es): CPU {clients_cpu} of one core")
+    print(
+        f"  gateway process: CPU {gw['gateway_cpu'] * 100:.0f}% of one core, waited for a CPU "
+        f"{gw['gateway_wait'] * 100:.0f}% of the time, RSS {gw['rss_mb']:.0f} MB"
+    )
+    print(
+        f"  devnet process: CPU {gw['devnet_cpu'] * 100:.0f}% of one core, waited for a CPU "
+        f"{gw['devnet_wait'] * 100:.0f}% of the time (canister rounds + ws_get_messages)"
+    )
+    print(f"  client process(es): CPU {clients_cpu} of one core, waited for a CPU {clients_wait} of the time")
     print(f"  sequence gaps {gw['gaps']}, unreadable frames {gw['bad']}, clients closed by the gateway {gw['closed']}")
     print(
         f"  CPU per delivered message: gateway {gw_us:.1f} µs, raw broadcast server {raw_us:.1f} µs "
