@@ -138,9 +138,19 @@ class _RegisteredClient:
 class _RegisteredGateway:
     """A gateway's outgoing queue. Nonces are consecutive: the queue holds ``outgoing_nonce - len(self)`` onwards."""
 
-    __slots__ = ("client_keys", "connected_clients", "contents", "head", "keys", "outgoing_nonce", "timestamps")
+    __slots__ = (
+        "client_keys",
+        "connected_clients",
+        "contents",
+        "head",
+        "keys",
+        "outgoing_nonce",
+        "principal",
+        "timestamps",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
         # One message is entry i of each list, rather than a message tuple in one list: lists of shared client
         # keys, strings, bytes and ints add no object per message for the garbage collector to track, so its
         # full collections stay cheap however many messages are queued (a million at benchmark rates).
@@ -338,12 +348,14 @@ class WsEndpoint:
             self._remove_client(old_key, None)
 
         gateway_principal: Principal = args["gateway_principal"]
-        self._clients[client_key] = _RegisteredClient(gateway_principal, api.time())
-        self._current_key[caller] = client_key
-        self._gateways_to_remove.pop(gateway_principal, None)
         gateway = self._gateways.get(gateway_principal)
         if gateway is None:
-            gateway = self._gateways[gateway_principal] = _RegisteredGateway()
+            gateway = self._gateways[gateway_principal] = _RegisteredGateway(gateway_principal)
+        # The clients of a gateway share its one Principal object: the dict lookups by it on every send then
+        # match by identity instead of comparing principals.
+        self._clients[client_key] = _RegisteredClient(gateway.principal, api.time())
+        self._current_key[caller] = client_key
+        self._gateways_to_remove.pop(gateway_principal, None)
         gateway.connected_clients += 1
 
         self._send_service_message(client_key, OpenMessage(client_key))
