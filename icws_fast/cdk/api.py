@@ -268,7 +268,7 @@ def certified_data_set_deferred(compute: Callable[[], bytes]) -> None:
     """Set this canister's certified data to ``compute()`` when the current update, timer or hook ends.
 
     For canister code that changes its certified state many times in one execution (the IC WebSocket
-    CDK certifies its message map after every message it queues): the host calls ``compute`` once,
+    CDK's message map changes with every message it queues): the host calls ``compute`` once,
     after the method or timer returns and before the round is certified, instead of the canister
     hashing after every change. The IC has no such call; the effect is the same as calling
     :func:`certified_data_set` with the final value at the end. A later call replaces ``compute``; a
