@@ -259,11 +259,13 @@ async def _canister_sent(agent: Agent, canister: Principal) -> int | None:
 
 
 async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | None) -> dict[str, Any]:
-    """One measurement; ``src`` (a directory holding an ``icws_fast`` package) is the devnet's and gateway's code."""
+    """One measurement; ``src`` (a directory holding an ``icws_fast`` package) is the gateway's code, and the
+    devnet's too with ``--compare-devnet``."""
     src_env = {} if src is None else {"PYTHONPATH": str(src)}
     gateway_env = {"RUST_LOG_FILE": "warn", **src_env}
+    devnet_env = src_env if args.compare_devnet else {}
     with contextlib.ExitStack() as children:
-        devnet = children.enter_context(DevnetProcess(address="127.0.0.1:0", round_ms=DEFAULT_ROUND_MS, env=src_env))
+        devnet = children.enter_context(DevnetProcess(address="127.0.0.1:0", round_ms=DEFAULT_ROUND_MS, env=devnet_env))
         gateway_args = [
             "--polling-interval",
             str(args.polling_interval),
@@ -392,7 +394,8 @@ def report(name: str, gw: dict[str, Any], raw: float, raw_us: float, args: argpa
 async def main(args: argparse.Namespace) -> None:
     legs: list[tuple[str, Path | None]] = [("this tree", None)]
     if args.compare is not None:
-        legs.insert(0, (f"devnet + gateway from {args.compare}", args.compare))
+        what = "devnet + gateway" if args.compare_devnet else "gateway"
+        legs.insert(0, (f"{what} from {args.compare}", args.compare))
     results = []
     for name, src in legs:
         with tempfile.TemporaryDirectory() as tmp:
@@ -427,8 +430,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compare",
         type=Path,
-        help="also measure, first, the devnet and gateway whose icws_fast package is in this directory (before/after)",
+        help="also measure, first, the gateway whose icws_fast package is in this directory (before/after runs)",
     )
+    p.add_argument("--compare-devnet", action="store_true", help="with --compare, run that tree's devnet too")
     return p.parse_args(argv)
 
 
