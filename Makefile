@@ -2,9 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-GATEWAY_ADDRESS ?= 127.0.0.1:8080
+# What running needs (make run, make ext), then what testing adds (the test, tracing and fuzzing extras).
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+# make run's addresses (HOST:PORT); CHAT_PAGE_ADDRESS=off serves no chat page. State: data/<component>-<host>-<port>/.
 DEVNET_ADDRESS ?= 127.0.0.1:4943
+GATEWAY_ADDRESS ?= 127.0.0.1:8080
+METRICS_ADDRESS ?= 127.0.0.1:9000
+CHAT_PAGE_ADDRESS ?= 127.0.0.1:8000
+RUN_ADDRESSES = --devnet-address $(DEVNET_ADDRESS) --gateway-address $(GATEWAY_ADDRESS) \
+	--metrics-address $(METRICS_ADDRESS) --chat-page-address $(CHAT_PAGE_ADDRESS)
 # make fuzz: seconds per target, targets at once, which targets (empty: all; see fuzz/harness.py).
 FUZZ_SECONDS ?= 60
 FUZZ_JOBS ?= 2
@@ -16,26 +23,37 @@ SOAK_SECONDS ?= 60
 WASM_CANISTERS ?=
 WASM_INIT_ARG ?=
 
-.PHONY: run test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps fuzz soak clean
+.PHONY: run run-clean dev test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps fuzz soak clean
 
-$(STAMP): pyproject.toml setup.py
+$(RUN_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
-	$(PY) -m pip install --quiet -e '.[test,otel,fuzz]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
 
-ext: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(PY) -m pip install --quiet -e '.[test,otel,fuzz]'
+	touch $(TEST_STAMP)
+
+ext: $(RUN_STAMP)
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 
+# Everything for working on the project: the extensions and the test extras (what `make test` installs).
+dev: ext $(TEST_STAMP)
+
 run: ext
-	$(PY) -m icws_fast.devnet.run_all --devnet-address $(DEVNET_ADDRESS) --gateway-address $(GATEWAY_ADDRESS) \
+	$(PY) -m icws_fast.devnet.run_all $(RUN_ADDRESSES) \
 		$(foreach canister,$(WASM_CANISTERS),--canister $(canister)) $(if $(WASM_INIT_ARG),--init-arg '$(WASM_INIT_ARG)')
 
-lint: $(STAMP)
+# Removes make run's state (devnet canisters, gateway key) for the addresses given, as for make run.
+run-clean: $(RUN_STAMP)
+	$(PY) -m icws_fast.devnet.run_all --clean $(RUN_ADDRESSES)
+
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(VENV)/bin/mypy
 
 interop-deps:
@@ -43,25 +61,25 @@ interop-deps:
 	cd examples/chat-web && npm ci --no-audit --no-fund --loglevel=error
 
 # Compiled mode: the extensions must import (a broken build fails instead of falling back).
-pytest: ext interop-deps
+pytest: ext $(TEST_STAMP) interop-deps
 	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q
 
 # Pure mode: every test but the slow end-to-end ones, on the pure-Python twins.
-pytest-pure: ext
+pytest-pure: ext $(TEST_STAMP)
 	ICWS_FAST_PURE=1 $(PY) -m pytest -q -m "not slow and not interop"
 
 test: lint typecheck pytest pytest-pure
 
 # Coverage-guided fuzzing of every parser a peer can reach; crashing inputs land in fuzz/regressions/.
-fuzz: ext
+fuzz: ext $(TEST_STAMP)
 	nice -n 10 $(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(FUZZ_TARGETS)
 
 # The soak: >= 50 verifying clients plus firehose traffic through a gateway process; prints the messages
 # delivered, msgs/s and the gateway's RSS, and fails on a lost, duplicated or reordered message.
-soak: ext
+soak: ext $(TEST_STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q -s tests/faults/test_load.py -k test_soak
 
-bench: ext
+bench: ext $(TEST_STAMP)
 	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest benchmarks --benchmark-only --benchmark-enable -q
 
 clean:
