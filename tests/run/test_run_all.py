@@ -3,6 +3,7 @@ banner only once every component answers, and Ctrl-C stops everything."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -163,3 +164,22 @@ def test_make_passes_every_address_through() -> None:
         assert f"-m icws_fast.devnet.run_all{extra} " in command
         for flag, name in VARIABLES.items():
             assert f"{flag} {values[name]}" in command
+
+
+def test_a_chat_page_that_cannot_be_built_says_what_to_do(addresses: dict[str, str], tmp_path: Path) -> None:
+    addresses["--chat-page-address"] = f"127.0.0.1:{free_port()}"
+    # No npm on the PATH (the console scripts are found next to the Python running run_all, not on the PATH).
+    run = subprocess.run(
+        _argv(addresses, tmp_path / "data"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": str(tmp_path)},
+    )
+    assert run.returncode == 1
+    assert "the chat page cannot be built: npm is not installed" in run.stderr
+    assert "apt-get install nodejs npm" in run.stderr
+    assert "make run CHAT_PAGE_ADDRESS=off" in run.stderr
+    assert READY_BANNER not in run.stdout
+    assert not (tmp_path / "data").exists()  # nothing was started
