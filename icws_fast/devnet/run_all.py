@@ -182,13 +182,17 @@ class Listener:
 
     @property
     def host_port(self) -> tuple[str, int]:
+        """The host and the port (0: any free port); :class:`StartError` when the address is not one."""
         try:
-            return parse_address(self.address)
+            host, port = parse_address(self.address)
         except ValueError:
+            port = -1
+        if not 0 <= port <= 65535:
             raise StartError(
-                f"the {self.component} address {self.address!r} is not HOST:PORT;"
-                f" set {self.make_variable} (run_all {self.flag}), e.g. {self.make_variable}=127.0.0.1:8080"
-            ) from None
+                f"the {self.component} address {self.address!r} is not HOST:PORT with a port from 0 to 65535;"
+                f" set {self.make_variable} (run_all {self.flag}), e.g. {self.make_variable}=127.0.0.1:PORT"
+            )
+        return host, port
 
     def taken(self, reason: str) -> StartError:
         """The error saying this port is taken, and how to choose another one."""

@@ -72,6 +72,15 @@ def test_one_port_given_twice_is_refused(addresses: dict[str, str], tmp_path: Pa
     assert "METRICS_ADDRESS" in run.stderr
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:http", "127.0.0.1:65536"])
+def test_an_address_that_is_not_host_port_is_refused(address: str, addresses: dict[str, str], tmp_path: Path) -> None:
+    addresses["--gateway-address"] = address
+    run = _run_all(_argv(addresses, tmp_path / "data"))
+    assert run.returncode == 1
+    assert f"the gateway address {address!r} is not HOST:PORT" in run.stderr
+    assert "GATEWAY_ADDRESS" in run.stderr
+
+
 def test_a_devnet_that_fails_to_start_is_quoted(addresses: dict[str, str], tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
