@@ -44,9 +44,11 @@ asyncio.run(main())
 
 
 def _env() -> dict[str, str]:
-    """A clean environment: no PYTHONPATH (the checkout must not be importable), compiled modules required."""
-    keep = ("PATH", "HOME", "LANG", "TMPDIR", "PIP_FIND_LINKS", "PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_INDEX_URL")
-    return {name: os.environ[name] for name in keep if name in os.environ} | {"ICWS_FAST_REQUIRE_EXT": "1"}
+    """A clean environment: no PYTHONPATH (the checkout must not be importable), compiled modules required; pip's
+    settings and cache location (PIP_*, XDG_*) kept, so the install reuses pip's cache and index."""
+    kept = {name: value for name, value in os.environ.items() if name.startswith(("PIP_", "XDG_"))}
+    kept |= {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
+    return kept | {"ICWS_FAST_REQUIRE_EXT": "1"}
 
 
 def _run(argv: list[str | Path], cwd: Path, timeout: float) -> str:
