@@ -8,6 +8,7 @@ Either way the values are checked once, on construction, and the config never ch
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from icws_fast.cliconfig import (
     parse_float,
     parse_int,
 )
+from icws_fast.gateway.forwarded import Network, parse_networks
 from icws_fast.gateway.logs import EnvFilter
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.retry import DEFAULT_BACKOFF, WS_CLOSE_WINDOW_S, Backoff
@@ -110,6 +112,21 @@ class GatewayConfig:
         100, "--max-clients-per-ip", "connections accepted per client IP", metavar="N", parse=parse_int
     )
     """Open connections from one client IP beyond which its new ones are refused."""
+
+    trusted_proxies: tuple[Network, ...] = flag(
+        (),
+        "--trusted-proxies",
+        "load balancers whose X-Forwarded-For names the client, as CIDRs separated by commas (none: ignore the header)",
+        metavar="CIDR,...",
+        parse=parse_networks,
+        collect=lambda lists: tuple(net for nets in lists for net in nets),
+    )
+    """The proxies (load balancers) trusted to name the client in the upgrade request's ``X-Forwarded-For``.
+
+    A connection from one of them counts, for ``max_clients_per_ip`` and in the logs, as coming from the
+    address the header names (read from its right end, see :mod:`icws_fast.gateway.forwarded`). Empty (the
+    default): the header is ignored and every connection is its TCP peer's; never list addresses clients use.
+    """
 
     max_message_size: int = flag(
         256 * 1024, "--max-message-size", "largest client frame, in bytes", metavar="BYTES", parse=parse_int
@@ -240,6 +257,11 @@ class GatewayConfig:
                 EnvFilter(getattr(self, name))
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
+        for network in self.trusted_proxies:
+            if not isinstance(network, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                raise ConfigError(
+                    "trusted_proxies", f"expected ipaddress networks (e.g. ip_network('10.0.0.0/8')), got {network!r}"
+                )
         self._check_tls()
 
     def _check_tls(self) -> None:

@@ -24,6 +24,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSU
 
 from icws_fast.errors import AgentError, IcwsError
 from icws_fast.gateway.config import GatewayConfig
+from icws_fast.gateway.forwarded import client_address
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
 from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
 from icws_fast.gateway.tracing import NO_SPAN, TraceSpan, span, span_context, start_span
@@ -379,10 +380,18 @@ class Gateway:
     # connection bookkeeping ------------------------------------------------------------
 
     def admit(self, conn: ClientConnection) -> str | None:
-        """Count a new connection in, or say why it is refused."""
-        assert conn.transport is not None
-        peer = conn.transport.underlying_transport.get_extra_info("peername")
+        """Count a new connection in, or say why it is refused.
+
+        Its address is the TCP peer's, or, when the peer is one of ``trusted_proxies``, the client that the
+        upgrade request's ``X-Forwarded-For`` names: the per-IP limit must count clients, not load balancers.
+        """
+        transport = conn.transport
+        assert transport is not None
+        peer = transport.underlying_transport.get_extra_info("peername")
         conn.peer_ip = str(peer[0]) if peer else ""
+        if self.config.trusted_proxies:
+            forwarded = transport.request.headers.getall("X-Forwarded-For", ())
+            conn.peer_ip = client_address(conn.peer_ip, forwarded, self.config.trusted_proxies)
         if not self._accepting:
             return "gateway is shutting down"
         if len(self.connections) >= self.config.max_clients:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import re
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import icws_fast
-from icws_fast.cliconfig import config_from_argv
+from icws_fast.cliconfig import ConfigError, config_from_argv
 from icws_fast.gateway.cli import build_parser, main
 from icws_fast.gateway.config import GatewayConfig, flag_table
 from icws_fast.gateway.identity import load_or_create_identity
@@ -51,7 +52,7 @@ def test_every_flag_default_is_the_dataclass_default():
     defaults = _flag_defaults()
     flagged = [f for f in dataclasses.fields(GatewayConfig) if f.metadata and f.metadata["icws_fast.flag"].name]
     no_default = {"--tls-certificate-pem-path", "--tls-certificate-key-pem-path"}
-    no_default |= {"--opentelemetry-collector-endpoint", "--allowed-canister-id"}
+    no_default |= {"--opentelemetry-collector-endpoint", "--allowed-canister-id", "--trusted-proxies"}
     assert len(defaults) == len(flagged) - len(no_default)
     for name, text in defaults:
         # Passing the default shown by --help gives the dataclass's default config.
@@ -103,6 +104,21 @@ def test_allow_list_flag():
     assert config.allowed_canisters == {Principal.from_text("aaaaa-aa"), Principal.from_text("2vxsx-fae")}
 
 
+def test_trusted_proxies_flag_takes_cidrs_separated_by_commas_and_repeats():
+    config = _config(["--trusted-proxies", "10.0.0.0/8, 127.0.0.1", "--trusted-proxies", "fd00::/8"])
+    assert config.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("fd00::/8"),
+    )
+    assert _config([]).trusted_proxies == ()  # the default: X-Forwarded-For is never believed
+
+
+def test_trusted_proxies_set_in_code_must_be_networks():
+    with pytest.raises(ConfigError, match=r"trusted_proxies: expected ipaddress networks .* got '10.0.0.0/8'"):
+        GatewayConfig(trusted_proxies=("10.0.0.0/8",))  # type: ignore[arg-type]
+
+
 def _junk_pem(tmp_path: Path) -> tuple[str, str]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
@@ -140,6 +156,14 @@ BAD_FLAGS = [
     (
         ["--allowed-canister-id", "not-a-principal"],
         "--allowed-canister-id not-a-principal: bad grouping in principal text 'not-a-principal'",
+    ),
+    (
+        ["--trusted-proxies", "10.0.0.1/8"],
+        "--trusted-proxies 10.0.0.1/8: expected CIDR networks separated by commas: 10.0.0.1/8 has host bits set",
+    ),
+    (
+        ["--trusted-proxies", "10.0.0.0/8,,"],
+        "--trusted-proxies 10.0.0.0/8,,: expected CIDR networks separated by commas:",
     ),
     (
         ["--tls-certificate-pem-path", "cert.pem"],
