@@ -1,5 +1,8 @@
 """The IC WebSocket client SDK: :class:`IcWebSocket` (asyncio) and :class:`SyncIcWebSocket` (blocking, gevent-friendly).
 
+:class:`ReconnectingIcWebSocket` and :class:`ReconnectingSyncIcWebSocket` open a new session when theirs ends
+(behind a load balancer: on another gateway); their docstrings say what a reconnect loses.
+
 Both behave as the official JS SDK (``ic-websocket-js``) does and share the sans-IO core
 :class:`icws_fast.protocol.client.ClientProtocol`::
 
@@ -11,8 +14,15 @@ Both behave as the official JS SDK (``ic-websocket-js``) does and share the sans
 
 from __future__ import annotations
 
-from icws_fast.client.aio import IcWebSocket
-from icws_fast.client.sync import SyncIcWebSocket, fetch_root_key
+from icws_fast.client.aio import IcWebSocket, ReconnectingIcWebSocket
+from icws_fast.client.sync import ReconnectingSyncIcWebSocket, SyncIcWebSocket, fetch_root_key
 from icws_fast.errors import ConnectionClosed
 
-__all__ = ["ConnectionClosed", "IcWebSocket", "SyncIcWebSocket", "fetch_root_key"]
+__all__ = [
+    "ConnectionClosed",
+    "IcWebSocket",
+    "ReconnectingIcWebSocket",
+    "ReconnectingSyncIcWebSocket",
+    "SyncIcWebSocket",
+    "fetch_root_key",
+]

@@ -7,10 +7,11 @@ only in how bytes move (picows on an event loop, or a blocking socket) and in ho
 from __future__ import annotations
 
 import logging
+import random as _random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 from icws_fast.errors import ConfigError, ConnectionClosed, IcwsError, InternalError, ProtocolError
@@ -27,6 +28,7 @@ from icws_fast.protocol.client import (
     Opened,
     SendToGateway,
 )
+from icws_fast.protocol.retry import Backoff
 from icws_fast.protocol.types import ClientKey
 
 log = logging.getLogger("icws_fast.client")
@@ -43,6 +45,48 @@ MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 DEFAULT_MAX_QUEUE: Final = 1024
 #: How long :meth:`close` waits for the gateway to answer the close frame.
 CLOSE_TIMEOUT_S: Final = 5.0
+#: Waits between reconnection attempts: from 0.5 s, doubling, at most 30 s, each shortened by up to half at random,
+#: so that the clients of a gateway that went away do not all come back in the same instant.
+DEFAULT_RECONNECT_BACKOFF: Final = Backoff(first_s=0.5, factor=2.0, max_s=30.0, jitter=0.5)
+
+
+class Reconnection:
+    """When a reconnecting client opens its next session (sans-IO; the clients do the waiting).
+
+    :meth:`lost` answers the wait before the first attempt after a session ended, :meth:`failed` the wait
+    after each failed attempt; None from either means: do not try (again). ``random`` draws the jitter.
+    """
+
+    __slots__ = ("_random", "backoff", "failures", "max_attempts")
+
+    def __init__(
+        self, backoff: Backoff, max_attempts: int | None, *, random: Callable[[], float] = _random.random
+    ) -> None:
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigError("max_attempts", f"at least 1 reconnection attempt, or None for no limit: {max_attempts}")
+        self.backoff = backoff
+        self.max_attempts = max_attempts
+        self.failures = 0
+        self._random = random
+
+    @staticmethod
+    def reconnects_after(code: int) -> bool:
+        """Whether a session that ended with ``code`` is followed by another: not after the canister closed it."""
+        return code != CLOSE_BY_APPLICATION
+
+    def lost(self, code: int) -> float | None:
+        """A session ended with ``code``: the wait before the first attempt, or None not to reconnect."""
+        if not self.reconnects_after(code):
+            return None
+        self.failures = 0
+        return self.backoff.delay(1, self._random())
+
+    def failed(self) -> float | None:
+        """An attempt failed: the wait before the next one, or None once ``max_attempts`` failed in a row."""
+        self.failures += 1
+        if self.max_attempts is not None and self.failures >= self.max_attempts:
+            return None
+        return self.backoff.delay(self.failures + 1, self._random())
 
 
 class MessageAssembler:
@@ -280,3 +324,164 @@ class ClientBase(ABC):
     @abstractmethod
     def _wake_closed(self) -> None:
         """Wake whoever waits for a message or the open: the connection is closed."""
+
+
+SessionT = TypeVar("SessionT", bound=ClientBase)
+
+
+class ReconnectingBase(ABC, Generic[SessionT]):
+    """What :class:`~icws_fast.client.ReconnectingIcWebSocket` and
+    :class:`~icws_fast.client.ReconnectingSyncIcWebSocket` share: the current session, the bookkeeping of a
+    session lost and of one opened, the final close. The flavours do the waiting and the locking.
+
+    A reconnecting client opens a new session whenever its session ends, except by :meth:`close` or by the
+    canister (``ClosedByApplication``, 4001): after a gateway went away (1001 drain, 1006 dropped), refused it
+    (1013) or failed (1011), and after a protocol error (4000). The protocol has no resume, so each session is new:
+    a new client nonce (same identity, so the same principal), sequence numbers from 1 again, a new ``ws_open``.
+    What the reconnect loses:
+
+    - messages the canister sent to the old session after the last one received: they stay in the canister's
+      queue for the old client key until it drops that client (``ws_close`` from a surviving gateway, else its
+      keep-alive timeout) and are never delivered to the new session;
+    - certainty about the messages this client sent in the old session that the canister had not acknowledged
+      yet (acks come every ``ack_interval_ms``): each may or may not have reached the canister. None is sent
+      again, since a resend could run twice; a message handed to :meth:`send` while no session is open waits for
+      the next one instead, and is sent exactly once there;
+    - whatever the canister kept for the old client key (subscriptions, rooms): the application sets it up
+      again, in ``on_reconnect`` or ``on_open``.
+
+    Messages of the old session that arrived are all still returned by ``recv()`` (and iteration), in order,
+    before those of the new session; iteration goes on across reconnects and ends only at the final close. The
+    first session is opened as the plain client's (failing ``connect`` if it cannot); later ones are attempted
+    after ``backoff`` waits, at most ``max_attempts`` times in a row (None: until :meth:`close`); when the
+    attempts run out, the client closes with the last failure's code. Callbacks: ``on_open()`` after every open
+    (the first and each reconnect), preceded on a reconnect by ``on_reconnect(code, reason)`` with how the
+    previous session ended; ``on_close(code, reason)`` only at the final close; ``on_message`` and ``on_error``
+    as for the plain client (every session's errors are reported). ``reconnects`` counts the sessions reopened;
+    ``client_key`` is the current session's.
+    """
+
+    def __init__(
+        self,
+        reconnection: Reconnection,
+        *,
+        max_queue: int | None,
+        on_open: Callable[[], Any] | None = None,
+        on_message: Callable[[Any], Any] | None = None,
+        on_close: Callable[[int, str], Any] | None = None,
+        on_error: Callable[[IcwsError], Any] | None = None,
+        on_reconnect: Callable[[int, str], Any] | None = None,
+    ) -> None:
+        self._reconnection = reconnection
+        self.max_queue = max_queue
+        self.on_open = on_open
+        self.on_message = on_message
+        self.on_close = on_close
+        self.on_error = on_error
+        self.on_reconnect = on_reconnect
+        #: How many times a new session replaced a lost one.
+        self.reconnects = 0
+        #: The code and reason of the final close (None / ``""`` while sessions go on).
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._session: SessionT | None = None
+        self._lost: tuple[int, str] | None = None  # how the session being replaced ended
+        self._closing = False  # close() was called: no more sessions
+
+    @property
+    def session(self) -> SessionT:
+        """The current session (the last one opened; closed while a reconnect is under way)."""
+        if self._session is None:
+            raise RuntimeError(f"build a {type(self).__name__} with connect()")
+        return self._session
+
+    @property
+    def canister_id(self) -> Principal:
+        return self.session.canister_id
+
+    @property
+    def client_key(self) -> ClientKey:
+        """The current session's client key: the principal stays, the nonce is new in each session."""
+        return self.session.client_key
+
+    @property
+    def principal(self) -> Principal:
+        return self.session.principal
+
+    @property
+    def gateway_principal(self) -> Principal | None:
+        """The principal of the gateway serving the current session."""
+        return self.session.gateway_principal
+
+    @property
+    def is_open(self) -> bool:
+        """True while a session is open (False during a reconnect and after the final close)."""
+        return self.close_code is None and self.session.is_open
+
+    @property
+    def error(self) -> IcwsError | None:
+        """The failure that ended the current (or the final) session, if one did."""
+        return self.session.error
+
+    def _adopt(self, session: SessionT) -> bool:
+        """``session`` is open (its ``on_open``, before any of its messages): make it current, run the callbacks,
+        wake the waiters.
+
+        False, and nothing done, after :meth:`close`: the caller closes that session.
+        """
+        if self._closing or self.close_code is not None:
+            return False
+        self._session = session
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            self.reconnects += 1
+            self._callback(self.on_reconnect, *lost)
+        self._callback(self.on_open)
+        self._wake()
+        return True
+
+    def _lose(self, session: SessionT, code: int, reason: str) -> float | None:
+        """``session`` ended with ``code``: the wait before the first attempt of the next one, or None when none
+        follows (then the client has closed for good, or ``session`` was a failed attempt or a stale one)."""
+        if session is not self._session or self.close_code is not None:
+            return None  # a failed attempt (its connect raises) or a session after the end
+        delay = None if self._closing else self._reconnection.lost(code)
+        if delay is None:
+            self._finish(code, reason)
+            return None
+        log.info("IC WebSocket to %s: session ended (%d %r), reconnecting", session.canister_id, code, reason)
+        self._lost = (code, reason)
+        return delay
+
+    def _give_up(self, failed: ConnectionClosed) -> float | None:
+        """An attempt failed with ``failed``: the wait before the next, or None after closing for good."""
+        if self._closing:
+            return None  # close() ends the client
+        delay = self._reconnection.failed()
+        if delay is None:
+            log.warning("IC WebSocket to %s: giving up reconnecting: %s", self.canister_id, failed)
+            self._finish(failed.code, failed.reason)
+            return None
+        log.info("IC WebSocket to %s: reconnect failed (%s), again in %.2fs", self.canister_id, failed, delay)
+        return delay
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Close for good, once: wake every waiter, tell ``on_close``."""
+        if self.close_code is not None:
+            return
+        self.close_code, self.close_reason = code, reason
+        self._wake()
+        self._callback(self.on_close, code, reason)
+
+    def _closed_error(self) -> ConnectionClosed:
+        exc = ConnectionClosed(CLOSE_ABNORMAL if self.close_code is None else self.close_code, self.close_reason)
+        exc.__cause__ = self.error
+        return exc
+
+    def _callback(self, fn: Callable[..., Any] | None, *args: Any) -> None:
+        # The session's runner: the flavour's way (a coroutine as a task on asyncio), exceptions logged.
+        self.session._callback(fn, *args)
+
+    @abstractmethod
+    def _wake(self) -> None:
+        """Wake whoever waits for the next session: one opened, or the client closed for good."""

@@ -9,10 +9,11 @@ the event loop as it arrives: verification, acks and keep-alives do not wait for
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -23,22 +24,27 @@ from icws_fast.client._common import (
     CLOSE_ABNORMAL,
     CLOSE_TIMEOUT_S,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_RECONNECT_BACKOFF,
     MAX_MESSAGE_SIZE,
     ClientBase,
+    ReconnectingBase,
+    Reconnection,
     gateway_url_parts,
     log,
     make_protocol,
 )
 from icws_fast.errors import ConnectionClosed, IcwsError
 from icws_fast.ic.agent import Agent
-from icws_fast.ic.identity import Identity
+from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
+    CLOSE_NORMAL,
     DEFAULT_MAX_CERTIFICATE_AGE_S,
     DEFAULT_MESSAGE_TYPE,
     DEFAULT_OPEN_TIMEOUT_MS,
     ClientProtocol,
 )
+from icws_fast.protocol.retry import Backoff
 from icws_fast.protocol.types import DEFAULT_SEND_ACK_INTERVAL_MS
 
 # RFC 6455 section 7.1.5: the code a close frame without a status code reads as.
@@ -328,3 +334,205 @@ class IcWebSocket(ClientBase):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("IC WebSocket callback task failed", exc_info=task.exception())
+
+
+class ReconnectingIcWebSocket(ReconnectingBase[IcWebSocket]):
+    """An :class:`IcWebSocket` that opens a new session through the same gateway URL when its session ends.
+
+    Behind a load balancer the same URL reaches another gateway, so a gateway that dies or drains costs its
+    clients a reconnect, not their connection. Build it with :meth:`connect`; use it as an
+    :class:`IcWebSocket` (``send``, ``recv``, ``async for``, ``close``, ``async with``). What a reconnect
+    loses, and the callbacks, are described in :class:`~icws_fast.client._common.ReconnectingBase`.
+    """
+
+    def __init__(
+        self,
+        new_protocol: Callable[[], ClientProtocol],
+        gateway_url: str,
+        reconnection: Reconnection,
+        *,
+        open_timeout_s: float,
+        ssl_context: ssl.SSLContext | None,
+        **options: Any,
+    ) -> None:
+        """Use :meth:`connect`; ``options`` are the callbacks and ``max_queue`` (see ``ReconnectingBase``)."""
+        super().__init__(reconnection, **options)
+        self._new_protocol = new_protocol
+        self._gateway_url = gateway_url
+        self._open_timeout_s = open_timeout_s
+        self._ssl_context = ssl_context
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._switched = asyncio.Event()  # set (and replaced) when a session opens or the client closes for good
+
+    @classmethod
+    async def connect(  # noqa: PLR0917 (the positional order is IcWebSocket.connect's)
+        cls,
+        gateway_url: str,
+        canister_id: Principal | str,
+        ic_url: str,
+        identity: Identity | None = None,
+        message_type: str = DEFAULT_MESSAGE_TYPE,
+        ack_interval_ms: int = DEFAULT_SEND_ACK_INTERVAL_MS,
+        max_certificate_age_s: float = DEFAULT_MAX_CERTIFICATE_AGE_S,
+        *,
+        root_key_der: bytes | None = None,
+        open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_MS / 1000,
+        on_open: Callable[[], Any] | None = None,
+        on_message: Callable[[Any], Any] | None = None,
+        on_close: Callable[[int, str], Any] | None = None,
+        on_error: Callable[[IcwsError], Any] | None = None,
+        on_reconnect: Callable[[int, str], Any] | None = None,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff: Backoff = DEFAULT_RECONNECT_BACKOFF,
+        max_attempts: int | None = None,
+    ) -> ReconnectingIcWebSocket:
+        """Open the first session as :meth:`IcWebSocket.connect` does (same arguments, same errors).
+
+        The root key is read once and ``identity`` (default: a fresh Ed25519 identity) kept for every session.
+        ``backoff`` spaces the attempts after a session ends; ``max_attempts`` bounds the failed ones in a row
+        (None: no bound). ``on_reconnect(code, reason)`` is told how the session a new one replaces ended.
+        """
+        reconnection = Reconnection(backoff, max_attempts)
+        if root_key_der is None:
+            async with Agent(ic_url) as agent:
+                root_key_der = await agent.fetch_root_key()
+        new_protocol = functools.partial(
+            make_protocol,
+            canister_id=canister_id,
+            identity=Ed25519Identity.generate() if identity is None else identity,
+            root_key_der=root_key_der,
+            message_type=message_type,
+            ack_interval_ms=ack_interval_ms,
+            max_certificate_age_s=max_certificate_age_s,
+            open_timeout_s=open_timeout_s,
+        )
+        ws = cls(
+            new_protocol,
+            gateway_url,
+            reconnection,
+            open_timeout_s=open_timeout_s,
+            ssl_context=ssl_context,
+            max_queue=max_queue,
+            on_open=on_open,
+            on_message=on_message,
+            on_close=on_close,
+            on_error=on_error,
+            on_reconnect=on_reconnect,
+        )
+        await ws._open_session()
+        return ws
+
+    # ---- the application's side ----------------------------------------------------------
+
+    async def send(self, value: Any) -> None:
+        """Send one application message in the current session; during a reconnect, in the next one.
+
+        Raises :class:`~icws_fast.errors.ConnectionClosed` once the client is closed for good, and
+        :class:`~icws_fast.errors.CandidError` when ``value`` does not fit the type.
+        """
+        while True:
+            session = self.session
+            if not session.is_open:
+                await self._next_session(session)
+                continue
+            try:
+                await session.send(value)
+                return
+            except ConnectionClosed:
+                continue  # the session ended before the message went out: it goes in the next one
+
+    async def recv(self) -> Any:
+        """The next application message: the current session's, then (all taken) the next session's.
+
+        Raises :class:`~icws_fast.errors.ConnectionClosed` after the final close (and its last messages).
+        """
+        while True:
+            session = self.session
+            try:
+                return await session.recv()
+            except ConnectionClosed:
+                await self._next_session(session)
+
+    def __aiter__(self) -> ReconnectingIcWebSocket:
+        return self
+
+    async def __anext__(self) -> Any:
+        """Iteration goes on across reconnects; the final close ends it as for :class:`IcWebSocket`."""
+        try:
+            return await self.recv()
+        except ConnectionClosed as exc:
+            if exc.code in CLEAN_CLOSE_CODES:
+                raise StopAsyncIteration from None
+            raise
+
+    async def close(self) -> None:
+        """Close for good (code 1000): end the current session, or stop the reconnect under way."""
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        session = self._session
+        if session is not None and session.close_code is None:
+            await session.close()  # its on_close ends the client with 1000
+        self._finish(CLOSE_NORMAL, "")
+
+    async def __aenter__(self) -> ReconnectingIcWebSocket:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    async def _open_session(self) -> None:
+        """Open one session; raises ``ConnectionClosed`` as :meth:`IcWebSocket.connect` when it cannot."""
+        session = IcWebSocket(
+            self._new_protocol(), on_message=self.on_message, on_error=self.on_error, max_queue=self.max_queue
+        )
+        session.on_open = functools.partial(self._session_opened, session)
+        session.on_close = functools.partial(self._session_closed, session)
+        await session._start(self._gateway_url, self._open_timeout_s, self._ssl_context)
+
+    def _session_opened(self, session: IcWebSocket) -> None:
+        if not self._adopt(session):
+            self._spawn(session.close())  # opened as close() was called
+
+    def _session_closed(self, session: IcWebSocket, code: int, reason: str) -> None:
+        delay = self._lose(session, code, reason)
+        if delay is not None:
+            self._reconnecting = self._spawn(self._reconnect(delay))
+
+    async def _reconnect(self, delay: float) -> None:
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._open_session()
+                return
+            except ConnectionClosed as exc:
+                next_delay = self._give_up(exc)
+            if next_delay is None:
+                return
+            delay = next_delay
+
+    async def _next_session(self, old: IcWebSocket) -> None:
+        """Until a session other than ``old`` opened; ``ConnectionClosed`` once the client is closed for good."""
+        while self._session is old and self.close_code is None:
+            await self._switched.wait()
+        if self.close_code is not None:
+            raise self._closed_error()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(_log_failure)
+        return task
+
+    def _wake(self) -> None:
+        switched, self._switched = self._switched, asyncio.Event()
+        switched.set()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("IC WebSocket reconnection failed", exc_info=task.exception())

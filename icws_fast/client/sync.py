@@ -14,6 +14,7 @@ not reuse the asyncio agent: it reads the root key with one blocking ``/api/v2/s
 from __future__ import annotations
 
 import contextlib
+import functools
 import select
 import socket
 import ssl
@@ -45,20 +46,25 @@ from icws_fast.client._common import (
     CLOSE_ABNORMAL,
     CLOSE_TIMEOUT_S,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_RECONNECT_BACKOFF,
     ClientBase,
+    ReconnectingBase,
+    Reconnection,
     gateway_url_parts,
     make_protocol,
 )
 from icws_fast.errors import AgentError, ConnectionClosed, IcwsError, ProtocolError, TransportError
 from icws_fast.ic.agent import MAINNET_ROOT_KEY, is_mainnet_url, root_key_from_status
-from icws_fast.ic.identity import Identity
+from icws_fast.ic.identity import Ed25519Identity, Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
+    CLOSE_NORMAL,
     DEFAULT_MAX_CERTIFICATE_AGE_S,
     DEFAULT_MESSAGE_TYPE,
     DEFAULT_OPEN_TIMEOUT_MS,
     ClientProtocol,
 )
+from icws_fast.protocol.retry import Backoff
 from icws_fast.protocol.types import DEFAULT_SEND_ACK_INTERVAL_MS
 
 _READ_SIZE: Final = 65536
@@ -158,6 +164,30 @@ class SyncIcWebSocket(ClientBase):
             max_certificate_age_s=max_certificate_age_s,
             open_timeout_s=open_timeout_s,
         )
+        client = cls._connected(
+            protocol,
+            gateway_url,
+            open_timeout_s,
+            ssl_context,
+            on_open=on_open,
+            on_message=on_message,
+            on_close=on_close,
+            on_error=on_error,
+            max_queue=max_queue,
+        )
+        client._start(open_timeout_s)
+        return client
+
+    @classmethod
+    def _connected(
+        cls,
+        protocol: ClientProtocol,
+        gateway_url: str,
+        open_timeout_s: float,
+        ssl_context: ssl.SSLContext | None,
+        **options: Any,
+    ) -> SyncIcWebSocket:
+        """A client past the WebSocket upgrade, not started (:meth:`_start` opens the session)."""
         deadline = time.monotonic() + open_timeout_s
         try:
             sock, host, target = _open_socket(gateway_url, open_timeout_s, ssl_context)
@@ -168,18 +198,7 @@ class SyncIcWebSocket(ClientBase):
         except BaseException:
             sock.close()
             raise
-        client = cls(
-            protocol,
-            sock,
-            ws,
-            on_open=on_open,
-            on_message=on_message,
-            on_close=on_close,
-            on_error=on_error,
-            max_queue=max_queue,
-        )
-        client._start(open_timeout_s)
-        return client
+        return cls(protocol, sock, ws, **options)
 
     @staticmethod
     def _upgrade(sock: socket.socket, host: str, target: str, deadline: float) -> WSConnection:
@@ -381,3 +400,205 @@ class SyncIcWebSocket(ClientBase):
 
     def _wake_closed(self) -> None:
         self._changed.notify_all()
+
+
+class ReconnectingSyncIcWebSocket(ReconnectingBase[SyncIcWebSocket]):
+    """A :class:`SyncIcWebSocket` that opens a new session through the same gateway URL when its session ends.
+
+    The blocking twin of :class:`~icws_fast.client.ReconnectingIcWebSocket` (same arguments, same behaviour,
+    described in :class:`~icws_fast.client._common.ReconnectingBase`); use it as a :class:`SyncIcWebSocket`.
+    Callbacks run on the reader thread of the session they concern; the attempts run on a thread of their own.
+    """
+
+    def __init__(
+        self,
+        new_protocol: Callable[[], ClientProtocol],
+        gateway_url: str,
+        reconnection: Reconnection,
+        *,
+        open_timeout_s: float,
+        ssl_context: ssl.SSLContext | None,
+        **options: Any,
+    ) -> None:
+        """Use :meth:`connect`; ``options`` are the callbacks and ``max_queue`` (see ``ReconnectingBase``)."""
+        super().__init__(reconnection, **options)
+        self._new_protocol = new_protocol
+        self._gateway_url = gateway_url
+        self._open_timeout_s = open_timeout_s
+        self._ssl_context = ssl_context
+        # Taken inside a session's lock (its callbacks), never the other way round: no session call holds it.
+        self._changed = threading.Condition(threading.RLock())
+
+    @classmethod
+    def connect(  # noqa: PLR0917 (the positional order is SyncIcWebSocket.connect's)
+        cls,
+        gateway_url: str,
+        canister_id: Principal | str,
+        ic_url: str,
+        identity: Identity | None = None,
+        message_type: str = DEFAULT_MESSAGE_TYPE,
+        ack_interval_ms: int = DEFAULT_SEND_ACK_INTERVAL_MS,
+        max_certificate_age_s: float = DEFAULT_MAX_CERTIFICATE_AGE_S,
+        *,
+        root_key_der: bytes | None = None,
+        open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_MS / 1000,
+        on_open: Callable[[], Any] | None = None,
+        on_message: Callable[[Any], Any] | None = None,
+        on_close: Callable[[int, str], Any] | None = None,
+        on_error: Callable[[IcwsError], Any] | None = None,
+        on_reconnect: Callable[[int, str], Any] | None = None,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff: Backoff = DEFAULT_RECONNECT_BACKOFF,
+        max_attempts: int | None = None,
+    ) -> ReconnectingSyncIcWebSocket:
+        """Open the first session, blocking; the arguments are those of
+        :meth:`icws_fast.client.ReconnectingIcWebSocket.connect`."""
+        reconnection = Reconnection(backoff, max_attempts)
+        if root_key_der is None:
+            root_key_der = fetch_root_key(ic_url, open_timeout_s)
+        new_protocol = functools.partial(
+            make_protocol,
+            canister_id=canister_id,
+            identity=Ed25519Identity.generate() if identity is None else identity,
+            root_key_der=root_key_der,
+            message_type=message_type,
+            ack_interval_ms=ack_interval_ms,
+            max_certificate_age_s=max_certificate_age_s,
+            open_timeout_s=open_timeout_s,
+        )
+        ws = cls(
+            new_protocol,
+            gateway_url,
+            reconnection,
+            open_timeout_s=open_timeout_s,
+            ssl_context=ssl_context,
+            max_queue=max_queue,
+            on_open=on_open,
+            on_message=on_message,
+            on_close=on_close,
+            on_error=on_error,
+            on_reconnect=on_reconnect,
+        )
+        ws._open_session()
+        return ws
+
+    # ---- the application's side ----------------------------------------------------------
+
+    def send(self, value: Any) -> None:
+        """Send one application message in the current session; during a reconnect, in the next one.
+
+        Raises ``ConnectionClosed`` once the client is closed for good, ``CandidError`` if ``value`` does not fit.
+        """
+        while True:
+            session = self.session
+            if not session.is_open:
+                self._next_session(session, None)
+                continue
+            try:
+                session.send(value)
+                return
+            except ConnectionClosed:
+                continue  # the session ended before the message went out: it goes in the next one
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """The next application message: the current session's, then (all taken) the next session's.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds without one, ``ConnectionClosed`` after the final close.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            session = self.session
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return session.recv(left)
+            except ConnectionClosed:
+                self._next_session(session, deadline)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Messages across reconnects; the final close ends the loop as for :class:`SyncIcWebSocket`."""
+        while True:
+            try:
+                yield self.recv()
+            except ConnectionClosed as exc:
+                if exc.code in CLEAN_CLOSE_CODES:
+                    return
+                raise
+
+    def close(self) -> None:
+        """Close for good (code 1000): end the current session, or stop reconnecting."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()  # an attempt waiting out its back-off stops
+            session = self._session
+        if session is not None and session.close_code is None:
+            session.close()  # its on_close ends the client with 1000
+        with self._changed:
+            self._finish(CLOSE_NORMAL, "")
+
+    def __enter__(self) -> ReconnectingSyncIcWebSocket:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    def _open_session(self) -> None:
+        """Open one session; raises ``ConnectionClosed`` as :meth:`SyncIcWebSocket.connect` when it cannot."""
+        session = SyncIcWebSocket._connected(
+            self._new_protocol(),
+            self._gateway_url,
+            self._open_timeout_s,
+            self._ssl_context,
+            on_message=self.on_message,
+            on_error=self.on_error,
+            max_queue=self.max_queue,
+        )
+        session.on_open = functools.partial(self._session_opened, session)
+        session.on_close = functools.partial(self._session_closed, session)
+        session._start(self._open_timeout_s)
+
+    def _session_opened(self, session: SyncIcWebSocket) -> None:
+        with self._changed:
+            adopted = self._adopt(session)
+        if not adopted:
+            session.close()  # opened as close() was called; on the reader thread, close() does not wait
+
+    def _session_closed(self, session: SyncIcWebSocket, code: int, reason: str) -> None:
+        with self._changed:
+            delay = self._lose(session, code, reason)
+        if delay is not None:
+            threading.Thread(target=self._reconnect, args=(delay,), name="icws-client-reconnect", daemon=True).start()
+
+    def _reconnect(self, delay: float) -> None:
+        while True:
+            with self._changed:
+                if self._changed.wait_for(lambda: self._closing, delay):
+                    return
+            try:
+                self._open_session()
+                return
+            except ConnectionClosed as exc:
+                with self._changed:
+                    next_delay = self._give_up(exc)
+            if next_delay is None:
+                return
+            delay = next_delay
+
+    def _next_session(self, old: SyncIcWebSocket, deadline: float | None) -> None:
+        """Until a session other than ``old`` opened; ``ConnectionClosed`` once closed for good, ``TimeoutError``
+        at ``deadline`` (``time.monotonic()``)."""
+        with self._changed:
+            while self._session is old and self.close_code is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("no message in time: the client is reconnecting")
+                self._changed.wait(left)
+            if self.close_code is not None:
+                raise self._closed_error()
+
+    def _wake(self) -> None:
+        self._changed.notify_all()  # called with the condition's lock held
