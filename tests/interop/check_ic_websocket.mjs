@@ -194,6 +194,46 @@ const checks = {
     await closeFromClient(after, 'after');
   },
 
+  // Clients through a load balancer (tests/deploy/test_haproxy.py): cfg.clients of them open and the check prints
+  // which gateway serves each ("connected P1 P2 ..."); the test kills one gateway and names it on stdin ("killed P").
+  // Clients of the other gateways must be untouched (still open, still answered); those of the killed one see their
+  // connection close and connect again with the same identity through the same URL, reaching another gateway.
+  // Prints "after OUTCOME ..." (untouched or reconnected, per client) before closing them all.
+  async 'behind-load-balancer'() {
+    const actor = await actorFor(test);
+    const gatewayOf = client => client.ws._gatewayPrincipal.toText();
+    const clients = Array.from({ length: cfg.clients }, () => new Client(test, actor));
+    await Promise.all(clients.map((client, n) => pingPong(client, `lb${n}`, 1)));
+    console.log(`connected ${clients.map(gatewayOf).join(' ')}`);
+    let killed = null;
+    for await (const line of readline.createInterface({ input: process.stdin })) {
+      if (line.startsWith('killed ')) {
+        killed = line.slice('killed '.length);
+        break;
+      }
+    }
+    if (killed === null) throw new Error('stdin ended before the test named the killed gateway');
+    const outcomes = await Promise.all(
+      clients.map(async (client, n) => {
+        const label = `lb${n}`;
+        if (gatewayOf(client) !== killed) {
+          expectEqual(client.ws.isConnectionEstablished(), true, `${label}: open on a surviving gateway`);
+          client.send(`${label}.after`);
+          expectEqual((await within(client.next(), `${label}: reply`)).text, `${label}.after ping`, `${label}: reply`);
+          client.assertNoErrors();
+          return [client, 'untouched'];
+        }
+        await within(client.closed, `${label}: the close of its gateway`);
+        const again = new Client(test, actor, client.identity);
+        await pingPong(again, `${label}.again`, 1);
+        if (gatewayOf(again) === killed) throw new Error(`${label}: reconnected to the killed gateway`);
+        return [again, 'reconnected'];
+      }),
+    );
+    console.log(`after ${outcomes.map(([, outcome]) => outcome).join(' ')}`);
+    await Promise.all(outcomes.map(([client], n) => closeFromClient(client, `lb${n}`)));
+  },
+
   // The negative control: a client that takes its root key from another replica (cfg.other_ic_url, same canister
   // ids) must refuse the messages our devnet certified, so the checks above really rest on the SDK's verification.
   async 'foreign-root-key-refused'() {
