@@ -49,8 +49,9 @@ from tests.interop.ws_stack import HERE as INTEROP
 from tests.processes import REPO, Child, DevnetProcess, GatewayProcess, free_port
 
 pytestmark = pytest.mark.slow
-#: The interop tests' ``node`` fixture: Node.js with the harness's npm packages installed (skips without Node).
-interop_node = interop.node
+#: The interop tests' ``node`` fixture, here ``node_with_harness``: the ``node`` executable with the harness's npm
+#: packages installed (it skips the test without Node).
+node_with_harness = interop.node
 
 CONFIG: Final = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 PY_CLIENTS: Final = 200
@@ -290,15 +291,11 @@ async def wait_for_async(value: Callable[[], Awaitable[int]], expected: int, tim
 
 
 @pytest.mark.interop
-async def test_a_killed_gateways_clients_reconnect_to_the_others(stack: Stack, node: str) -> None:
+async def test_a_killed_gateways_clients_reconnect_to_the_others(stack: Stack, node_with_harness: str) -> None:
     devnet = stack.devnet
     config = {"ic_url": devnet.url, "canisters": devnet.info["canisters"], "gateway_url": stack.balancer.url}
-    command = [
-        node,
-        str(INTEROP / "check_ic_websocket.mjs"),
-        "behind-load-balancer",
-        json.dumps(config | {"clients": JS_CLIENTS}),
-    ]
+    config["clients"] = JS_CLIENTS
+    command = [node_with_harness, str(INTEROP / "check_ic_websocket.mjs"), "behind-load-balancer", json.dumps(config)]
     async with Child("check_ic_websocket.mjs behind-load-balancer", command, cwd=INTEROP, stdin=True) as js:
         clients = await open_clients(stack, [f"py{n}" for n in range(PY_CLIENTS)])
         js_gateways = (await js.wait_for_line_async("connected ", TIMEOUT_S)).split()[1:]
