@@ -11,6 +11,8 @@ tests/interop) open sessions with the ``test`` canister through HAProxy and exch
   gap. The sessions were spread over the three gateways (their ``clients_connected``).
 - Drain: one gateway is stopped (SIGTERM): HAProxy takes it out, its clients come back on the others, and
   sessions opened afterwards go to the others only.
+- Not ready: a gateway whose IC status checks fail answers 503 on ``/ready``; HAProxy's check takes it out, new
+  sessions go to the other, and its own sessions go on untouched.
 - Per-IP limit: behind HAProxy the gateway counts connections by the client address HAProxy puts in
   ``X-Forwarded-For``, and an address the client writes there itself does not count.
 
@@ -43,6 +45,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Reje
 from icws_fast.client import ReconnectingIcWebSocket
 from icws_fast.errors import IcwsError
 from icws_fast.protocol.retry import Backoff
+from tests.faults.proxy import FaultProxy
 from tests.faults.verifying import wait_for
 from tests.interop import conftest as interop
 from tests.interop.ws_stack import HERE as INTEROP
@@ -351,6 +354,41 @@ async def test_a_drained_gateway_gets_no_new_sessions(stack: Stack) -> None:
         client.check(lost=drained.principal)
     assert {client.sessions[0].ended for client in moved} == {1001}
     await asyncio.gather(*(client.ws.close() for client in clients + later))
+
+
+async def test_a_gateway_that_is_not_ready_gets_no_new_sessions_and_keeps_its_own(
+    devnet: DevnetProcess, tmp_path: Path
+) -> None:
+    """A gateway whose IC status checks fail says 503 on /ready: HAProxy sends new sessions elsewhere, and the
+    sessions it has go on (its polls still reach the IC: only the status endpoint fails, through a proxy)."""
+    haproxy_path()
+    async with FaultProxy(devnet.url) as proxy, contextlib.AsyncExitStack() as stop:
+        steady = GatewayProcess(devnet.url, tmp_path / "gw1", extra_args=GATEWAY_ARGS)
+        flaky = GatewayProcess(proxy.url, tmp_path / "gw2", extra_args=GATEWAY_ARGS)
+        for gateway in (steady, flaky):
+            await stop.enter_async_context(gateway)
+        # Entered on a thread: this loop serves the proxy that the flaky gateway's checks go through.
+        addresses = [(gateway.address, health_port(gateway)) for gateway in (steady, flaky)]
+        balancer = await asyncio.to_thread(stop.enter_context, running_haproxy(addresses))
+        stack = Stack(devnet, [steady, flaky], balancer)
+        clients = await open_clients(stack, [f"r{n}" for n in range(DRAIN_CLIENTS)])
+        await exchange(clients)
+        kept = [client for client in clients if client.gateway == flaky.principal]
+        assert kept, "no session on the gateway to make not ready"
+
+        proxy.fault("status", endpoint="status", status=503)
+        await asyncio.to_thread(balancer.wait_for_status, {"gw1": "UP", "gw2": "DOWN"})
+        assert balancer.servers()["gw2"]["check_status"] == "L7STS"  # it answered its check, with a 503
+        later = await open_clients(stack, [f"after{n}" for n in range(DRAIN_CLIENTS // 3)])
+        assert all(client.gateway == steady.principal for client in later)
+        await exchange(clients + later)
+        for client in clients + later:
+            client.check()  # one session each, everything delivered: the kept ones too
+        assert await connected(flaky) == len(kept)
+
+        proxy.clear()
+        await asyncio.to_thread(balancer.wait_for_status, {"gw1": "UP", "gw2": "UP"})
+        await asyncio.gather(*(client.ws.close() for client in clients + later))
 
 
 # -- the per-IP limit behind HAProxy -------------------------------------------------------------------------------
