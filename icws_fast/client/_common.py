@@ -6,12 +6,14 @@ only in how bytes move (picows on an event loop, or a blocking socket) and in ho
 
 from __future__ import annotations
 
+import functools
 import logging
 import random as _random
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Self, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 from icws_fast.errors import ConfigError, ConnectionClosed, IcwsError, InternalError, ProtocolError
@@ -363,8 +365,12 @@ class ReconnectingBase(ABC, Generic[SessionT]):
 
     def __init__(
         self,
+        new_protocol: Callable[[], ClientProtocol],
+        gateway_url: str,
         reconnection: Reconnection,
         *,
+        open_timeout_s: float,
+        ssl_context: ssl.SSLContext | None,
         max_queue: int | None,
         on_open: Callable[[], Any] | None = None,
         on_message: Callable[[Any], Any] | None = None,
@@ -372,7 +378,12 @@ class ReconnectingBase(ABC, Generic[SessionT]):
         on_error: Callable[[IcwsError], Any] | None = None,
         on_reconnect: Callable[[int, str], Any] | None = None,
     ) -> None:
+        """Use the flavour's ``connect``: ``new_protocol()`` is each session's sans-IO core."""
+        self._new_protocol = new_protocol
+        self._gateway_url = gateway_url
         self._reconnection = reconnection
+        self._open_timeout_s = open_timeout_s
+        self._ssl_context = ssl_context
         self.max_queue = max_queue
         self.on_open = on_open
         self.on_message = on_message
@@ -387,6 +398,40 @@ class ReconnectingBase(ABC, Generic[SessionT]):
         self._session: SessionT | None = None
         self._lost: tuple[int, str] | None = None  # how the session being replaced ended
         self._closing = False  # close() was called: no more sessions
+
+    @classmethod
+    def _create(
+        cls,
+        gateway_url: str,
+        canister_id: Principal | str,
+        identity: Identity | None,
+        root_key_der: bytes,
+        *,
+        message_type: str,
+        ack_interval_ms: int,
+        max_certificate_age_s: float,
+        open_timeout_s: float,
+        ssl_context: ssl.SSLContext | None,
+        backoff: Backoff,
+        max_attempts: int | None,
+        **options: Any,
+    ) -> Self:
+        """The client of the flavour's ``connect`` arguments, before its first session: every session gets the
+        same identity (a fresh Ed25519 one when None) and root key. ``options``: callbacks and ``max_queue``."""
+        new_protocol = functools.partial(
+            make_protocol,
+            canister_id=canister_id,
+            identity=Ed25519Identity.generate() if identity is None else identity,
+            root_key_der=root_key_der,
+            message_type=message_type,
+            ack_interval_ms=ack_interval_ms,
+            max_certificate_age_s=max_certificate_age_s,
+            open_timeout_s=open_timeout_s,
+        )
+        reconnection = Reconnection(backoff, max_attempts)
+        return cls(
+            new_protocol, gateway_url, reconnection, open_timeout_s=open_timeout_s, ssl_context=ssl_context, **options
+        )
 
     @property
     def session(self) -> SessionT:

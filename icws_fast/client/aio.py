@@ -28,14 +28,13 @@ from icws_fast.client._common import (
     MAX_MESSAGE_SIZE,
     ClientBase,
     ReconnectingBase,
-    Reconnection,
     gateway_url_parts,
     log,
     make_protocol,
 )
 from icws_fast.errors import ConnectionClosed, IcwsError
 from icws_fast.ic.agent import Agent
-from icws_fast.ic.identity import Ed25519Identity, Identity
+from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
     CLOSE_NORMAL,
@@ -345,22 +344,9 @@ class ReconnectingIcWebSocket(ReconnectingBase[IcWebSocket]):
     loses, and the callbacks, are described in :class:`~icws_fast.client._common.ReconnectingBase`.
     """
 
-    def __init__(
-        self,
-        new_protocol: Callable[[], ClientProtocol],
-        gateway_url: str,
-        reconnection: Reconnection,
-        *,
-        open_timeout_s: float,
-        ssl_context: ssl.SSLContext | None,
-        **options: Any,
-    ) -> None:
-        """Use :meth:`connect`; ``options`` are the callbacks and ``max_queue`` (see ``ReconnectingBase``)."""
-        super().__init__(reconnection, **options)
-        self._new_protocol = new_protocol
-        self._gateway_url = gateway_url
-        self._open_timeout_s = open_timeout_s
-        self._ssl_context = ssl_context
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Use :meth:`connect` (the arguments are ``ReconnectingBase``'s)."""
+        super().__init__(*args, **kwargs)
         self._reconnecting: asyncio.Task[None] | None = None
         self._switched = asyncio.Event()  # set (and replaced) when a session opens or the client closes for good
 
@@ -393,26 +379,21 @@ class ReconnectingIcWebSocket(ReconnectingBase[IcWebSocket]):
         ``backoff`` spaces the attempts after a session ends; ``max_attempts`` bounds the failed ones in a row
         (None: no bound). ``on_reconnect(code, reason)`` is told how the session a new one replaces ended.
         """
-        reconnection = Reconnection(backoff, max_attempts)
         if root_key_der is None:
             async with Agent(ic_url) as agent:
                 root_key_der = await agent.fetch_root_key()
-        new_protocol = functools.partial(
-            make_protocol,
-            canister_id=canister_id,
-            identity=Ed25519Identity.generate() if identity is None else identity,
-            root_key_der=root_key_der,
+        ws = cls._create(
+            gateway_url,
+            canister_id,
+            identity,
+            root_key_der,
             message_type=message_type,
             ack_interval_ms=ack_interval_ms,
             max_certificate_age_s=max_certificate_age_s,
             open_timeout_s=open_timeout_s,
-        )
-        ws = cls(
-            new_protocol,
-            gateway_url,
-            reconnection,
-            open_timeout_s=open_timeout_s,
             ssl_context=ssl_context,
+            backoff=backoff,
+            max_attempts=max_attempts,
             max_queue=max_queue,
             on_open=on_open,
             on_message=on_message,

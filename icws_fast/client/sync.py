@@ -49,13 +49,12 @@ from icws_fast.client._common import (
     DEFAULT_RECONNECT_BACKOFF,
     ClientBase,
     ReconnectingBase,
-    Reconnection,
     gateway_url_parts,
     make_protocol,
 )
 from icws_fast.errors import AgentError, ConnectionClosed, IcwsError, ProtocolError, TransportError
 from icws_fast.ic.agent import MAINNET_ROOT_KEY, is_mainnet_url, root_key_from_status
-from icws_fast.ic.identity import Ed25519Identity, Identity
+from icws_fast.ic.identity import Identity
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.client import (
     CLOSE_NORMAL,
@@ -410,22 +409,9 @@ class ReconnectingSyncIcWebSocket(ReconnectingBase[SyncIcWebSocket]):
     Callbacks run on the reader thread of the session they concern; the attempts run on a thread of their own.
     """
 
-    def __init__(
-        self,
-        new_protocol: Callable[[], ClientProtocol],
-        gateway_url: str,
-        reconnection: Reconnection,
-        *,
-        open_timeout_s: float,
-        ssl_context: ssl.SSLContext | None,
-        **options: Any,
-    ) -> None:
-        """Use :meth:`connect`; ``options`` are the callbacks and ``max_queue`` (see ``ReconnectingBase``)."""
-        super().__init__(reconnection, **options)
-        self._new_protocol = new_protocol
-        self._gateway_url = gateway_url
-        self._open_timeout_s = open_timeout_s
-        self._ssl_context = ssl_context
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Use :meth:`connect` (the arguments are ``ReconnectingBase``'s)."""
+        super().__init__(*args, **kwargs)
         # Taken inside a session's lock (its callbacks), never the other way round: no session call holds it.
         self._changed = threading.Condition(threading.RLock())
 
@@ -454,25 +440,20 @@ class ReconnectingSyncIcWebSocket(ReconnectingBase[SyncIcWebSocket]):
     ) -> ReconnectingSyncIcWebSocket:
         """Open the first session, blocking; the arguments are those of
         :meth:`icws_fast.client.ReconnectingIcWebSocket.connect`."""
-        reconnection = Reconnection(backoff, max_attempts)
         if root_key_der is None:
             root_key_der = fetch_root_key(ic_url, open_timeout_s)
-        new_protocol = functools.partial(
-            make_protocol,
-            canister_id=canister_id,
-            identity=Ed25519Identity.generate() if identity is None else identity,
-            root_key_der=root_key_der,
+        ws = cls._create(
+            gateway_url,
+            canister_id,
+            identity,
+            root_key_der,
             message_type=message_type,
             ack_interval_ms=ack_interval_ms,
             max_certificate_age_s=max_certificate_age_s,
             open_timeout_s=open_timeout_s,
-        )
-        ws = cls(
-            new_protocol,
-            gateway_url,
-            reconnection,
-            open_timeout_s=open_timeout_s,
             ssl_context=ssl_context,
+            backoff=backoff,
+            max_attempts=max_attempts,
             max_queue=max_queue,
             on_open=on_open,
             on_message=on_message,
