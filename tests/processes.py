@@ -324,7 +324,9 @@ class GatewayProcess:
     ``data_dir`` holds its key pair (so a restart keeps the principal) and its trace logs. ``address`` with port 0
     lets the OS choose a port at the first :meth:`start`; later starts listen on that port again, so clients
     reconnect to the same :attr:`url`. ``extra_args`` are further command-line options, ``env`` further
-    environment variables (``RUST_LOG_STDOUT`` overrides the ``warn`` stdout level).
+    environment variables (``RUST_LOG_STDOUT`` overrides the ``warn`` stdout level). ``workers`` above 1 starts
+    a supervisor of that many workers (``--workers``); :attr:`principals` and :attr:`worker_pids` then say who
+    each worker is, and :attr:`principal` is worker 0's.
     """
 
     ic_url: str
@@ -334,7 +336,10 @@ class GatewayProcess:
     env: dict[str, str] = field(default_factory=dict)
     # The last process started; kept after it stops, for its exit status and output.
     child: Child | None = None
+    workers: int = 1
     principal: str = ""
+    principals: list[str] = field(default_factory=list)  # by worker index (one: the gateway's)
+    worker_pids: list[int] = field(default_factory=list)  # by worker index; empty without workers
     url: str = ""  # ws:// or wss://, with the port the gateway listens on
     metrics_url: str = ""  # http://HOST:PORT of /metrics, /health and /ready
 
@@ -367,6 +372,7 @@ class GatewayProcess:
             str(self.data_dir),
             "--log-level",
             "warn",
+            *(["--workers", str(self.workers)] if self.workers > 1 else []),
             *self.extra_args,
         ]
 
@@ -379,7 +385,13 @@ class GatewayProcess:
         """Start the gateway and wait until it listens."""
         child = self.spawn()
         try:
-            self.principal = child.wait_for_line("gateway principal: ").split(": ", 1)[1]
+            if self.workers > 1:
+                self.principals, self.worker_pids = [""] * self.workers, [0] * self.workers
+                for _ in range(self.workers):
+                    self.worker_started(child)
+            else:
+                self.principals = [child.wait_for_line("gateway principal: ").split(": ", 1)[1]]
+            self.principal = self.principals[0]
             # ``listening on ws://HOST:PORT (metrics on HOST:PORT)``: both ports were chosen by the OS.
             words = child.wait_for_line("listening on ").split()
         except BaseException:
@@ -389,6 +401,15 @@ class GatewayProcess:
         self.metrics_url = f"http://{words[5].rstrip(')')}"
         self.address = self.url.split("://", 1)[1]  # a restart listens on the same port
         return self
+
+    def worker_started(self, child: Child | None = None, timeout: float = START_TIMEOUT_S) -> int:
+        """Wait for the supervisor's next ``worker I started: pid P, principal X`` line, note P and X; I."""
+        child = child or self.child
+        assert child is not None, "the gateway was never started"
+        words = child.wait_for_line("worker ", timeout).replace(",", "").split()
+        index = int(words[1])
+        self.worker_pids[index], self.principals[index] = int(words[4]), words[6]
+        return index
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         """``sig`` (SIGTERM: the gateway drains; SIGKILL: it cannot), then reap it.

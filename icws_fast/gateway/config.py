@@ -9,6 +9,7 @@ Either way the values are checked once, on construction, and the config never ch
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,13 @@ def _show_ms(seconds: float) -> str:
 
 def _show_seconds(seconds: float) -> str:
     return f"{seconds:g}"
+
+
+def _parse_workers(text: str) -> int:
+    """``--workers``: a whole number, or ``auto`` for the CPUs this process may run on (its affinity mask)."""
+    if text == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return parse_int(text)
 
 
 @dataclass(frozen=True)
@@ -234,12 +242,32 @@ class GatewayConfig:
     data_dir: Path = flag(Path("data"), "--data-dir", "where key_pair and traces/ live", metavar="DIR", parse=Path)
     """Directory of the command's identity (``key_pair``, kept across restarts) and logs (``traces/``)."""
 
+    workers: int = flag(
+        1,
+        "--workers",
+        "gateway processes sharing the WebSocket port, each with its own identity (auto: one per CPU available)",
+        metavar="N",
+        parse=_parse_workers,
+    )
+    """Gateway processes the command runs, under a supervisor that serves one ``/metrics``, ``/health`` and
+    ``/ready`` for all of them (docs/operations.md, "Workers"); 1: the command is the gateway, no supervisor.
+    Worker 0 keeps ``data_dir/key_pair``, worker ``i`` ``data_dir/key_pair_<i>``. A :class:`Gateway` ignores it."""
+
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``, so that several gateway processes share the WebSocket port (the kernel
+    spreads new connections over them); the supervisor of ``workers`` sets it for its workers."""
+
+    metrics_socket: Path | None = None
+    """Unix socket to serve ``/metrics``, ``/health`` and ``/ready`` on instead of ``metrics_host``; the
+    supervisor of ``workers`` gives each worker one in a private directory and asks them there."""
+
     def __post_init__(self) -> None:
         check_http_url("ic_url", self.ic_url)
         check_port("port", self.port)
         check_port("metrics_port", self.metrics_port)
         check_positive("polling_interval_s", self.polling_interval_s, "the polling interval")
         check_positive("poll_timeout_s", self.poll_timeout_s, "the poll timeout")
+        check_positive("workers", self.workers, "the number of workers")
         for name in ("poll_pipeline_depth", "max_clients", "max_clients_per_ip", "max_pending_relays"):
             check_positive(name, getattr(self, name), "the limit")
         check_positive("max_message_size", self.max_message_size, "the size")

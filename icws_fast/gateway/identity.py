@@ -14,6 +14,13 @@ from icws_fast.errors import ConfigError, DecodeError
 from icws_fast.ic.identity import Ed25519Identity
 
 
+def key_file(data_dir: Path, worker: int = 0) -> Path:
+    """Where worker ``worker`` of ``--workers`` keeps its key pair: ``key_pair`` for worker 0 (the file of a single
+    gateway process, so a deployment growing to several workers keeps its principal), ``key_pair_<i>`` for the
+    others. Each worker has its own principal: the canister keeps one message queue per gateway principal."""
+    return data_dir / ("key_pair" if worker == 0 else f"key_pair_{worker}")
+
+
 def load_or_create_identity(path: Path) -> Ed25519Identity:
     """The identity stored at ``path``, created (owner-only permissions) when the file is missing.
 

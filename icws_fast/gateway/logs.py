@@ -72,7 +72,12 @@ class EnvFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, target, message, and the exception if any."""
+    """One JSON object per line: time, level, target, message, the exception if any, and ``process`` when
+    several processes share the output (``worker 1``, ``supervisor``)."""
+
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self._process = process
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -81,20 +86,32 @@ class JsonFormatter(logging.Formatter):
             "target": record.name,
             "message": record.getMessage(),
         }
+        if self._process is not None:
+            entry["process"] = self._process
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
 def setup_logging(
-    *, stdout_spec: str, file_spec: str, log_format: str = "text", traces_dir: Path | None = None
+    *,
+    stdout_spec: str,
+    file_spec: str,
+    log_format: str = "text",
+    traces_dir: Path | None = None,
+    process: str | None = None,
 ) -> Path | None:
-    """Install the stdout handler and, when ``traces_dir`` is given, the file handler; returns the log file path."""
+    """Install the stdout handler and, when ``traces_dir`` is given, the file handler; returns the log file path.
+
+    ``process`` names this process among several writing to one stdout (the workers of ``--workers`` and their
+    supervisor): every line says it, and the file is ``gateway_{start}_{process}.log`` (spaces as ``-``).
+    """
     formatter: logging.Formatter
     if log_format == "json":
-        formatter = JsonFormatter()
+        formatter = JsonFormatter(process)
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s")
+        tag = "" if process is None else f"[{process}] "
+        formatter = logging.Formatter(f"%(asctime)s %(levelname)-5s {tag}%(name)s: %(message)s")
         formatter.converter = time.gmtime
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -107,7 +124,8 @@ def setup_logging(
     path = None
     if traces_dir is not None:
         traces_dir.mkdir(parents=True, exist_ok=True)
-        path = traces_dir / f"gateway_{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
+        suffix = "" if process is None else "_" + process.replace(" ", "-")
+        path = traces_dir / f"gateway_{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}{suffix}.log"
         file_handler = logging.FileHandler(path, encoding="utf-8")
         file_handler.setFormatter(formatter)
         filters.append(EnvFilter(file_spec, default=logging.DEBUG))

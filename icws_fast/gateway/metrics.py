@@ -16,6 +16,7 @@ The ``process_*`` metrics (memory, CPU, file descriptors) come from prometheus-c
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -136,17 +137,21 @@ class HealthServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` (port 0 picks a free one, then found in :attr:`port`)."""
+    async def start(self, host: str | None, port: int, *, path: Path | None = None) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one, then found in :attr:`port`), or on the Unix socket
+        ``path`` when it is given."""
         app = web.Application()
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/health", self._serve_health)
         app.router.add_get("/ready", self._serve_ready)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site: web.BaseSite = (
+            web.TCPSite(self._runner, host, port) if path is None else web.UnixSite(self._runner, str(path))
+        )
         await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        if path is None:
+            self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         """Stop serving."""

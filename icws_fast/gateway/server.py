@@ -337,11 +337,12 @@ class Gateway:
             auto_ping_reply_timeout=max(cfg.ping_interval_s, 0.001),
             logger_name=logging.getLogger("icws_fast.gateway.ws"),
             use_aiofastnet=False,
+            reuse_port=cfg.reuse_port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        if cfg.metrics_host is not None:
+        if cfg.metrics_host is not None or cfg.metrics_socket is not None:
             self._health = HealthServer(self.metrics, lambda: self.ready)
-            await self._health.start(cfg.metrics_host, cfg.metrics_port)
+            await self._health.start(cfg.metrics_host, cfg.metrics_port, path=cfg.metrics_socket)
             self.metrics_port = self._health.port
             self._ic_watch = self.loop.create_task(self._watch_ic())
         self._accepting = True

@@ -10,6 +10,7 @@ from typing import Final
 import yaml
 
 from icws_fast.gateway.metrics import DROP_REASONS, ERROR_KINDS, GatewayMetrics
+from icws_fast.gateway.supervisor import SupervisorMetrics
 from tests.processes import REPO
 
 OPERATIONS: Final = REPO / "docs" / "operations.md"
@@ -41,8 +42,9 @@ def table_names(title: str) -> list[str]:
 
 
 def exported_metrics() -> set[str]:
-    """The names a query uses for each metric family of a gateway (counters with their ``_total``)."""
-    families = GatewayMetrics().registry.collect()
+    """The names a query uses for each metric family of a gateway and of the supervisor of ``--workers``
+    (counters with their ``_total``)."""
+    families = [*GatewayMetrics().registry.collect(), *SupervisorMetrics().registry.collect()]
     return {family.name + ("_total" if family.type == "counter" else "") for family in families}
 
 
