@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from icws_fast.ic.principal import Principal
 
@@ -63,6 +64,14 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds process ``pid`` has used so far (Linux ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` now, in bytes (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line: the process is exiting")
 
 
 def console_script(name: str, module: str) -> list[str]:
@@ -419,11 +428,20 @@ class GatewayProcess:
         return None if self.child is None else self.child.stop(sig)
 
     def rss_bytes(self) -> int:
-        """The running gateway's resident set size now, in bytes (Linux ``/proc``)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"/proc/{self.pid}/status has no VmRSS line: the gateway is exiting")
+        """The running gateway's resident set size now, in bytes (Linux ``/proc``); with workers, the supervisor's."""
+        return rss_bytes(self.pid)
+
+    async def by_worker(self, name: str) -> dict[str, float]:
+        """The samples ``name`` on the supervisor's ``/metrics`` (``--workers``), summed by ``worker`` label."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.metrics_url}/metrics") as resp:
+            resp.raise_for_status()
+            text = await resp.text()
+        values: dict[str, float] = collections.defaultdict(float)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    values[sample.labels["worker"]] += sample.value
+        return dict(values)
 
     async def metric(self, name: str) -> float:
         """The value of the unlabelled sample ``name`` on the gateway's ``/metrics``."""

@@ -45,7 +45,7 @@ from icws_fast.ic.agent import Agent
 from icws_fast.ic.principal import Principal
 from icws_fast.protocol.types import decode_canister_to_client, decode_websocket_message
 from tests.gateway.gw_rawclient import RawClient, RawListener
-from tests.processes import Child, DevnetProcess, GatewayProcess, cpu_seconds
+from tests.processes import Child, DevnetProcess, GatewayProcess, cpu_seconds, rss_bytes
 
 _MODULE = "benchmarks.e2e.bench_gateway"
 SAMPLE_EVERY = 1000
@@ -258,9 +258,12 @@ async def _canister_sent(agent: Agent, canister: Principal) -> int | None:
     return int(sent)
 
 
-async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | None) -> dict[str, Any]:
+async def run_gateway_leg(
+    args: argparse.Namespace, workdir: Path, src: Path | None, workers: int = 1
+) -> dict[str, Any]:
     """One measurement; ``src`` (a directory holding an ``icws_fast`` package) is the gateway's code, and the
-    devnet's too with ``--compare-devnet``."""
+    devnet's too with ``--compare-devnet``; ``workers`` the gateway's ``--workers`` (its CPU, waits and RSS are
+    then the supervisor's and the workers' together)."""
     src_env = {} if src is None else {"PYTHONPATH": str(src)}
     gateway_env = {"RUST_LOG_FILE": "warn", **src_env}
     devnet_env = src_env if args.compare_devnet else {}
@@ -273,7 +276,9 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | N
             str(args.clients + 10),
         ]
         gateway_args += ["--poll-pipeline-depth", str(args.pipeline)]
-        gateway = GatewayProcess(devnet.url, workdir / "data", extra_args=gateway_args, env=gateway_env)
+        gateway = GatewayProcess(
+            devnet.url, workdir / "data", extra_args=gateway_args, env=gateway_env, workers=workers
+        )
         children.enter_context(gateway)
         firehose = devnet.info["canisters"]["firehose"]
         canister = Principal.from_text(firehose)
@@ -286,7 +291,10 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | N
         config_type = candid.parse_args(
             "(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })"
         )
-        pids = {"gateway": gateway.pid, "devnet": devnet.pid} | {f"clients{i}": w.pid for i, w in enumerate(workers)}
+        gateway_pids = [gateway.pid, *gateway.worker_pids]
+        sessions = await gateway.by_worker("clients_connected") if gateway.worker_pids else {}
+        pids = {f"gateway{i}": pid for i, pid in enumerate(gateway_pids)} | {"devnet": devnet.pid}
+        pids |= {f"clients{i}": w.pid for i, w in enumerate(workers)}
         profile_dir = args.profile
         if profile_dir is not None and args.compare is not None:
             profile_dir /= "this" if src is None else "compare"  # each leg's profiles apart
@@ -303,7 +311,7 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | N
             for worker in workers:
                 worker.send_line("stop")
             sent1, cpu1, t1 = await _canister_sent(agent, canister), _shares(pids), time.time()
-            rss = gateway.rss_bytes() / 2**20
+            rss = sum(rss_bytes(pid) for pid in gateway_pids) / 2**20
             results = [json.loads(await w.wait_for_line_async("{", timeout=120)) for w in workers]
             config["messages_per_round"] = 0
             await agent.call(canister, "configure", candid.encode(config_type, [config]))
@@ -316,10 +324,11 @@ async def run_gateway_leg(args: argparse.Namespace, workdir: Path, src: Path | N
             "msgs_per_s": len(latencies) / seconds,
             "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
             "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
-            "gateway_cpu": cpu["gateway"],
+            "gateway_cpu": sum(cpu[f"gateway{i}"] for i in range(len(gateway_pids))),
+            "sessions_by_worker": sessions,
             "devnet_cpu": cpu["devnet"],
             "clients_cpu": [cpu[f"clients{i}"] for i in range(len(workers))],
-            "gateway_wait": wait["gateway"],
+            "gateway_wait": sum(wait[f"gateway{i}"] for i in range(len(gateway_pids))),
             "devnet_wait": wait["devnet"],
             "clients_wait": [wait[f"clients{i}"] for i in range(len(workers))],
             "rss_mb": rss,
@@ -375,9 +384,14 @@ def report(name: str, gw: dict[str, Any], raw: float, raw_us: float, args: argpa
     print(f"  the canister sent {sent}")
     print(f"  latency canister send -> client receipt: p50 {gw['p50_ms']:.1f} ms, p99 {gw['p99_ms']:.1f} ms")
     print(
-        f"  gateway process: CPU {gw['gateway_cpu'] * 100:.0f}% of one core, waited for a CPU "
+        f"  gateway process(es): CPU {gw['gateway_cpu'] * 100:.0f}% of one core, waited for a CPU "
         f"{gw['gateway_wait'] * 100:.0f}% of the time, RSS {gw['rss_mb']:.0f} MB"
     )
+    if sessions := gw["sessions_by_worker"]:
+        sessions = {worker: int(n) for worker, n in sessions.items()}
+        mean = sum(sessions.values()) / len(sessions)
+        spread = max(abs(n - mean) for n in sessions.values()) / mean if mean else float("nan")
+        print(f"  sessions by worker {sessions}: at most {spread * 100:.0f}% from the mean")
     print(
         f"  devnet process: CPU {gw['devnet_cpu'] * 100:.0f}% of one core, waited for a CPU "
         f"{gw['devnet_wait'] * 100:.0f}% of the time (canister rounds + ws_get_messages)"
@@ -392,14 +406,18 @@ def report(name: str, gw: dict[str, Any], raw: float, raw_us: float, args: argpa
 
 
 async def main(args: argparse.Namespace) -> None:
-    legs: list[tuple[str, Path | None]] = [("this tree", None)]
-    if args.compare is not None:
-        what = "devnet + gateway" if args.compare_devnet else "gateway"
-        legs.insert(0, (f"{what} from {args.compare}", args.compare))
+    legs: list[tuple[str, Path | None, int]] = []
+    for _ in range(args.repeat):  # interleaved: what the machine does meanwhile weighs on every leg alike
+        for workers in args.workers:
+            named = "" if args.workers == [1] else f", --workers {workers}"
+            if args.compare is not None:
+                what = "devnet + gateway" if args.compare_devnet else "gateway"
+                legs.append((f"{what} from {args.compare}{named}", args.compare, workers))
+            legs.append((f"this tree{named}", None, workers))
     results = []
-    for name, src in legs:
+    for name, src, workers in legs:
         with tempfile.TemporaryDirectory() as tmp:
-            results.append((name, await run_gateway_leg(args, Path(tmp), src)))
+            results.append((name, await run_gateway_leg(args, Path(tmp), src, workers)))
     raw, raw_us = await run_raw_leg(args, int(results[-1][1]["frame_bytes"]) or 512)
     offered = offered_rate(args)
     print(
@@ -427,6 +445,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pipeline", type=int, default=3, help="the gateway's --poll-pipeline-depth")
     p.add_argument("--raw-messages", type=int, default=2000, help="frames per client in the raw broadcast")
     p.add_argument("--profile", type=Path, help="directory for py-spy profiles of the gateway and the devnet")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="the gateway's --workers; several values (1 2): one measurement each, in turn",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="run the measurements this many times, interleaved")
     p.add_argument(
         "--compare",
         type=Path,

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from icws_fast.cliconfig import config_from_argv
 from icws_fast.client import IcWebSocket
@@ -96,18 +95,6 @@ async def _get(gateway: GatewayProcess, path: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
-async def _by_worker(gateway: GatewayProcess, name: str) -> dict[str, float]:
-    """The samples ``name`` of the supervisor's ``/metrics``, summed by their ``worker`` label."""
-    status, text = await _get(gateway, "/metrics")
-    assert status == 200
-    values: dict[str, float] = collections.defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                values[sample.labels["worker"]] += sample.value
-    return dict(values)
-
-
 def _principal(ws: IcWebSocket) -> str:
     return str(ws.gateway_principal)
 
@@ -126,12 +113,12 @@ async def test_every_worker_takes_sessions_with_its_own_principal(
     assert set(per_principal) == set(workers.principals), "the kernel gave every session to one worker"
 
     # One /metrics for the whole: each worker's sessions under its own label, adding up to the sessions open.
-    connected = await _by_worker(workers, "clients_connected")
+    connected = await workers.by_worker("clients_connected")
     assert connected == {str(i): float(per_principal[p]) for i, p in enumerate(workers.principals)}
-    opened = await _by_worker(workers, "client_connected_count_total")
+    opened = await workers.by_worker("client_connected_count_total")
     assert sum(opened.values()) == SESSIONS
-    assert set(await _by_worker(workers, "process_resident_memory_bytes")) == {"0", "1", "supervisor"}
-    assert await _by_worker(workers, "worker_restarts_total") == {"0": 0.0, "1": 0.0}
+    assert set(await workers.by_worker("process_resident_memory_bytes")) == {"0", "1", "supervisor"}
+    assert await workers.by_worker("worker_restarts_total") == {"0": 0.0, "1": 0.0}
     assert await _get(workers, "/health") == (200, "ok\n")
     assert await _get(workers, "/ready") == (200, "ready\n")
     await asyncio.gather(*(ws.close() for ws in sessions))
@@ -154,12 +141,12 @@ async def test_a_killed_worker_comes_back_with_its_identity_and_the_others_keep_
     assert f"worker 1 (pid {pids[1]}) exited with signal SIGKILL" in workers.output
     # Worker 0's sessions never noticed.
     await asyncio.gather(*(_echo(ws, f"still here {n}") for n, ws in enumerate(survivors)))
-    assert await _by_worker(workers, "worker_restarts_total") == {"0": 0.0, "1": 1.0}
+    assert await workers.by_worker("worker_restarts_total") == {"0": 0.0, "1": 1.0}
 
     # The new worker 1 takes new sessions under the old principal (the supervisor waited for its /health only
     # at the first start: wait for it to listen).
     async def listening() -> None:
-        while (await _by_worker(workers, "gateway_ready")).get("1") != 1.0:  # noqa: ASYNC110 - no event to wait on
+        while (await workers.by_worker("gateway_ready")).get("1") != 1.0:  # noqa: ASYNC110 - no event to wait on
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(listening(), 30)
@@ -193,7 +180,7 @@ async def test_health_and_ready_hold_while_one_worker_answers(workers: GatewayPr
         os.kill(first, signal.SIGSTOP)  # stuck: its socket no longer answers
         assert await _get(workers, "/health") == (200, "ok\n")
         assert await _get(workers, "/ready") == (200, "ready\n")
-        assert set(await _by_worker(workers, "clients_connected")) == {"1"}
+        assert set(await workers.by_worker("clients_connected")) == {"1"}
         os.kill(second, signal.SIGSTOP)
         assert await _get(workers, "/health") == (503, "no worker is healthy\n")
         assert await _get(workers, "/ready") == (503, "not ready\n")
