@@ -360,7 +360,17 @@ class Supervisor:
         return runner, int(runner.addresses[0][1])
 
     async def _any_worker(self, path: str) -> bool:
-        return any(await asyncio.gather(*(worker.answers_ok(path) for worker in self._workers)))
+        """Whether some worker answers 200 to ``path``: at the first that does (a stuck one must not delay a
+        probe while another answers), else after every worker failed or timed out."""
+        asks = [asyncio.ensure_future(worker.answers_ok(path)) for worker in self._workers]
+        try:
+            for answer in asyncio.as_completed(asks):
+                if await answer:
+                    return True
+            return False
+        finally:
+            for ask in asks:
+                ask.cancel()
 
     async def _serve_health(self, _request: web.Request) -> web.Response:
         if await self._any_worker("/health"):

@@ -161,7 +161,18 @@ async def test_sigterm_drains_every_worker_and_exits_0(workers: GatewayProcess, 
     assert workers.child is not None
     child = workers.child
     child_pids = list(workers.worker_pids)
-    os.kill(child.pid, signal.SIGTERM)
+    # Worker 0 held up (its SIGTERM waits), so that the supervisor is seen draining: /ready says no at once.
+    os.kill(child_pids[0], signal.SIGSTOP)
+    try:
+        os.kill(child.pid, signal.SIGTERM)
+
+        async def draining() -> None:
+            while (await _get(workers, "/ready"))[0] != 503:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(draining(), 10)
+    finally:
+        os.kill(child_pids[0], signal.SIGCONT)
     # The drain bound (--drain-timeout 3) plus the supervisor's margin; a hung drain fails here.
     assert await child.wait_async(3 + 5 + 2) == 0
     for ws in sessions:
