@@ -177,24 +177,6 @@ async def test_multiple_gateways(devnet: Devnet) -> None:
             await actor.close()
 
 
-async def test_chat_broadcasts_to_everyone(devnet: Devnet) -> None:
-    canister = devnet.canister_ids["chat"]
-    gw = WsGateway(devnet, canister)
-    clients = [WsClient(devnet, canister, gw.principal) for _ in range(3)]
-    try:
-        for c in clients:
-            await c.open()
-        assert len(await gw.poll()) == 3
-        message = encode_app_message("hi all", 42)
-        assert await clients[0].send(message) == {"Ok": None}
-        received = await gw.poll()
-        assert {m.client_key for m in received} == {c.key for c in clients}
-        assert all(m.content == message for m in received)
-    finally:
-        for actor in (*clients, gw):
-            await actor.close()
-
-
 async def test_firehose_rounds(devnet: Devnet) -> None:
     canister = devnet.canister_ids["firehose"]
     gw = WsGateway(devnet, canister)
