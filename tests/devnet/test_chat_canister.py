@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from icws_fast.devnet import Devnet
-from icws_fast.devnet.canisters.chat import HISTORY_LENGTH, MAX_TEXT_LENGTH, CHAT_MESSAGE_DID, decode_chat_message
+from icws_fast.devnet.canisters.chat import CHAT_MESSAGE_DID, HISTORY_LENGTH, MAX_TEXT_LENGTH, decode_chat_message
 from icws_fast.devnet.canisters.pingpong import decode_app_message, encode_app_message
 from icws_fast.errors import RejectError
 from icws_fast.ic import candid
