@@ -28,21 +28,24 @@ class QuickAckPingPongCanister(AckCyclePingPongCanister):
     KEEP_ALIVE_TIMEOUT_MS = KEEP_ALIVE_TIMEOUT_MS
 
 
+def gateway_process(ic_url: str, data_dir: Path, address: str = "127.0.0.1:0") -> GatewayProcess:
+    """``icws-gateway`` on ``address`` in front of ``ic_url`` (not started): the one the interop tests run."""
+    return GatewayProcess(ic_url, data_dir, address, extra_args=["--polling-interval", "20"])
+
+
 @contextlib.contextmanager
 def running_gateway(ic_url: str, data_dir: Path, address: str = "127.0.0.1:0") -> Iterator[str]:
     """``icws-gateway`` on ``address`` in front of ``ic_url``; yields its ``ws://`` URL, drains it (SIGTERM) on exit."""
-    with GatewayProcess(ic_url, data_dir, address, extra_args=["--polling-interval", "20"]) as gateway:
+    with gateway_process(ic_url, data_dir, address) as gateway:
         yield gateway.url
 
 
-@contextlib.contextmanager
-def running_stack(state_dir: Path, *, subnet_delegation: bool = False) -> Iterator[dict[str, Any]]:
-    """Devnet + gateway; yields ``{"ic_url", "root_key", "canisters", "gateway_url", "ack_interval_ms"}``.
+def stack_devnet(state_dir: Path, *, subnet_delegation: bool = False) -> DevnetProcess:
+    """``icws-devnet`` (not started) hosting ``test``, ``chat`` and ``quick``, its state in ``state_dir/devnet``.
 
-    ``canisters`` maps ``test``, ``chat`` and ``quick`` to their ids; ``ack_interval_ms`` is ``quick``'s cycle.
     ``subnet_delegation`` makes the devnet certify through a subnet delegation, as mainnet application subnets do.
     """
-    devnet = DevnetProcess(
+    return DevnetProcess(
         state_dir=state_dir / "devnet",
         extra_args=[
             "--canister",
@@ -54,6 +57,15 @@ def running_stack(state_dir: Path, *, subnet_delegation: bool = False) -> Iterat
             *(["--subnet-delegation"] if subnet_delegation else []),
         ],
     )
+
+
+@contextlib.contextmanager
+def running_stack(state_dir: Path, *, subnet_delegation: bool = False) -> Iterator[dict[str, Any]]:
+    """Devnet + gateway; yields ``{"ic_url", "root_key", "canisters", "gateway_url", "ack_interval_ms"}``.
+
+    ``canisters`` maps ``test``, ``chat`` and ``quick`` to their ids; ``ack_interval_ms`` is ``quick``'s cycle.
+    """
+    devnet = stack_devnet(state_dir, subnet_delegation=subnet_delegation)
     with devnet, running_gateway(devnet.url, state_dir / "gateway") as gateway_url:
         yield {
             "ic_url": devnet.url,
