@@ -136,10 +136,21 @@ try {
   console.log('start the gateway');
   await expectLine('started');
   for (const page of pages) await waitUntilOpen(page);
+
+  // A text longer than the canister takes, set by a script (the input's maxlength only binds typing): the canister
+  // traps, the gateway closes the session, the page says so and reconnects; nobody shows the text.
+  await bob.page.evaluate(() => {
+    document.getElementById('text').value = 'x'.repeat(1000);
+  });
+  await bob.page.click('#send');
+  await waitForStatus(bob, 'the canister rejected a message (1011: ws_message failed: rejected');
+  await waitUntilOpen(bob);
+
   for (const page of pages) await say(page, 'again');
   // The history fetched on reconnect repeats the hellos: still shown once, and the identity is kept.
   await expectMessages(pages, [...hellos, ...pages.map(({ name }) => `${name}: again from ${name}`)]);
 
+  for (const { name, page } of pages) console.log(`${name} statuses: ${JSON.stringify(await page.evaluate(() => window.statusLog))}`);
   check(failedResponses.length === 0, `failed responses: ${failedResponses.join(', ')}`);
   mkdirSync(dirname(cfg.screenshot), { recursive: true });
   await alice.page.screenshot({ path: cfg.screenshot, fullPage: true });
