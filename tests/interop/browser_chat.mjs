@@ -85,7 +85,8 @@ async function expectMessages(pages, lines) {
     const items = await shown(viewer);
     for (const line of lines) {
       const matching = items.filter(item => item.text.includes(line));
-      check(matching.length === 1, `${viewer.name} shows "${line}" ${matching.length} times: ${JSON.stringify(items.map(i => i.text))}`);
+      const texts = JSON.stringify(items.map(item => item.text));
+      check(matching.length === 1, `${viewer.name} shows "${line}" ${matching.length} times: ${texts}`);
       const own = line.startsWith(`${viewer.name}:`);
       check(matching[0].own === own, `${viewer.name}: "${line}" is ${own ? 'not ' : ''}marked as its own`);
     }
@@ -98,7 +99,8 @@ async function waitForStatus({ name, page }, words) {
   try {
     await page.waitForFunction(w => window.statusLog.some(text => text.includes(w)), words);
   } catch (err) {
-    throw new Error(`${name} never showed "${words}"; it showed ${JSON.stringify(await page.evaluate(() => window.statusLog))}`);
+    const log = await page.evaluate(() => window.statusLog);
+    throw new Error(`${name} never showed "${words}"; it showed ${JSON.stringify(log)}`);
   }
 }
 
@@ -150,7 +152,9 @@ try {
   // The history fetched on reconnect repeats the hellos: still shown once, and the identity is kept.
   await expectMessages(pages, [...hellos, ...pages.map(({ name }) => `${name}: again from ${name}`)]);
 
-  for (const { name, page } of pages) console.log(`${name} statuses: ${JSON.stringify(await page.evaluate(() => window.statusLog))}`);
+  for (const { name, page } of pages) {
+    console.log(`${name} statuses: ${JSON.stringify(await page.evaluate(() => window.statusLog))}`);
+  }
   check(failedResponses.length === 0, `failed responses: ${failedResponses.join(', ')}`);
   mkdirSync(dirname(cfg.screenshot), { recursive: true });
   await alice.page.screenshot({ path: cfg.screenshot, fullPage: true });

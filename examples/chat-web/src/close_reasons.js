@@ -8,7 +8,10 @@ const SDK_ERRORS = [
   ['Ack message error', "the canister's acknowledgement did not match what was sent"],
   ['Keep alive message was not sent', 'the keep-alive message could not be sent'],
   ['Open timeout expired', 'the canister did not confirm the connection in time'],
-  ['Received close message from canister', 'the canister closed the connection (a missed keep-alive or a lost message)'],
+  [
+    'Received close message from canister',
+    'the canister closed the connection (a missed keep-alive or a lost message)',
+  ],
   ['Error receiving message', 'a message from the gateway failed verification'],
 ];
 
@@ -25,7 +28,8 @@ const POLICY_REASONS = [
 function describeRelayFailure(reason) {
   const relayed = /^ws_(open|message) failed: (\w+)/.exec(reason);
   if (relayed === null) {
-    return reason === 'internal error' ? 'the gateway hit an internal error' : 'the gateway lost contact with the chat canister';
+    if (reason === 'internal error') return 'the gateway hit an internal error';
+    return 'the gateway lost contact with the chat canister'; // its poller failed
   }
   const [, method, outcome] = relayed;
   if (outcome === 'transient') return 'the gateway could not reach the IC';
@@ -33,7 +37,10 @@ function describeRelayFailure(reason) {
   return method === 'open' ? 'the chat canister refused the connection' : 'the canister rejected a message';
 }
 
-const startsWithAny = (text, table, otherwise) => (table.find(([prefix]) => text.startsWith(prefix)) ?? [])[1] ?? otherwise;
+function startsWithAny(text, table, otherwise) {
+  const found = table.find(([prefix]) => text.startsWith(prefix));
+  return found === undefined ? otherwise : found[1];
+}
 
 /**
  * What happened, in words a chat user understands.

@@ -44,8 +44,9 @@ function show(message, ownPrincipal) {
   // Usually the newest: walk back from the end past the messages with a greater id.
   const list = $('messages');
   let next = null;
-  for (let prev = list.lastElementChild; prev && BigInt(prev.dataset.id) > message.id; prev = prev.previousElementSibling) {
+  for (let prev = list.lastElementChild; prev && BigInt(prev.dataset.id) > message.id; ) {
     next = prev;
+    prev = prev.previousElementSibling;
   }
   list.insertBefore(item, next);
   if (next === null) item.scrollIntoView({ block: 'end' });
@@ -107,8 +108,10 @@ class ChatConnection {
     ws.onclose = event => {
       if (ws !== this.ws) return; // an old session's late event
       $('send').disabled = true;
-      const words = describeClose({ code: event.code, reason: event.reason, error: session.error, opened: session.opened });
-      const raw = `${event.code}${event.reason || session.error ? `: ${(event.reason || session.error).slice(0, 200)}` : ''}`;
+      const { code, reason } = event;
+      const words = describeClose({ code, reason, error: session.error, opened: session.opened });
+      const detail = (reason || session.error).slice(0, 200);
+      const raw = detail ? `${code}: ${detail}` : `${code}`;
       this.failures = session.opened && Date.now() - session.openedAt >= HEALTHY_SESSION_MS ? 1 : this.failures + 1;
       if (event.code === 4001) {
         setStatus(`Disconnected: ${words} (${raw}).`, 'closed');
@@ -157,7 +160,8 @@ class ChatConnection {
 }
 
 async function main() {
-  const name = (new URLSearchParams(location.search).get('name') || `guest-${Math.floor(Math.random() * 1000)}`).slice(0, MAX_NAME_LENGTH);
+  const asked = new URLSearchParams(location.search).get('name');
+  const name = (asked || `guest-${Math.floor(Math.random() * 1000)}`).slice(0, MAX_NAME_LENGTH);
   $('name').textContent = name;
   $('text').maxLength = MAX_TEXT_LENGTH - `${name}: `.length;
   const config = await (await fetch('config.json')).json();
