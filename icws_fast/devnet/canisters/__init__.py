@@ -1,7 +1,7 @@
 """The demo canisters the devnet hosts by default, in a fixed order (so their canister ids are stable).
 
 - ``test``: the official ic-websocket-gateway test canister (ping / pong), see :mod:`.pingpong`;
-- ``chat``: broadcasts every message to every connected client, see :mod:`.chat`;
+- ``chat``: broadcasts every message to every connected client and keeps the latest, see :mod:`.chat`;
 - ``firehose``: sends configurable rounds of messages from a timer, for benchmarks, see :mod:`.firehose`.
 """
 
