@@ -6,8 +6,7 @@ Playwright (``playwright-core``, no browser download) drives Debian's Chromium (
 pages must do): two pages chat, a late joiner sees the history, each page marks its own messages; then the gateway
 is drained and started again on the same port, and every page must say why it lost the gateway, reconnect by
 itself and chat again without showing a message twice; a message the canister refuses ends one page's session,
-which says so and reconnects. A screenshot of the first page is saved as
-``artifacts/chat.png``.
+which says so and reconnects. A screenshot of the first page is saved as ``artifacts/chat.png``.
 
 Chromium comes from apt (``apt-get install -y chromium``): the test installs it when it is missing and it runs as
 root with apt-get available (as CI does); otherwise it skips, as it does without ``node``.
