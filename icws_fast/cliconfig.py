@@ -235,9 +235,10 @@ def flag_table(config_type: type[Any]) -> str:
             f"`{usage}`" if usage else "",
             f"`{spec.env}`" if spec.env else "",
             f"`{default}`" if default is not None else "",
-            spec.help.replace("|", "\\|"),
+            spec.help,
         ]
-        rows.append("| " + " | ".join(cells) + " |")
+        # A `|` splits a Markdown table cell even inside backticks (`NAME=MODULE:CLASS|NAME=PATH.wasm`).
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows) + "\n"
 
 
