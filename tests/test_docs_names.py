@@ -2,7 +2,8 @@
 
 Two rules, so the check reads the docs the way a person does:
 
-* anywhere in ``docs/api.md``, ``docs/contracts.md`` and ``docs/architecture.md``, a backticked dotted
+* anywhere in ``docs/api.md``, ``docs/contracts.md``, ``docs/architecture.md`` and the user guides
+  (``gateway.md``, ``client.md``, ``cdk.md``), a backticked dotted
   name that starts at the package (``icws_fast.gateway.server.Gateway``) or at one of its subpackages
   (``protocol.session.GatewaySession.receive``) must resolve;
 * in ``docs/api.md``, under a heading that names a module (``## `icws_fast.ic.cbor` ``), the first
@@ -27,7 +28,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PACKAGE = DOCS.parent / "icws_fast"
-DOC_FILES = ("api.md", "contracts.md", "architecture.md")
+DOC_FILES = ("api.md", "contracts.md", "architecture.md", "gateway.md", "client.md", "cdk.md")
 SUBPACKAGES = ("ic", "protocol", "gateway", "client", "cdk", "devnet", "_ext", "errors", "cliconfig")
 
 _SPAN = re.compile(r"`([^`\n]+)`")
@@ -198,6 +199,8 @@ def test_docs_exist() -> None:
 def test_the_docs_mention_names() -> None:
     # A broken parser would find nothing and pass everything: make sure it finds what the docs hold.
     names = {dotted for _, _, dotted in _names()}
+    assert {doc for doc, _, _ in _names()} == set(DOC_FILES)  # every doc names something the check reads
+    assert "icws_fast.gateway.config.flag_table" in names  # from gateway.md
     assert "icws_fast.client.IcWebSocket.connect" in names
     assert "icws_fast.gateway.config.GatewayConfig" in names
     assert "icws_fast.ic.principal.Principal.from_text" in names

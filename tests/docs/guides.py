@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from icws_fast.devnet.cli import flag_table as devnet_flags
+from icws_fast.gateway.config import flag_table as gateway_flags
+
 REPO: Final = Path(__file__).resolve().parent.parent.parent
 GUIDES: Final = tuple(REPO / name for name in ("README.md", "docs/gateway.md", "docs/client.md", "docs/cdk.md"))
 
@@ -144,9 +147,6 @@ def anchors(document: Path) -> set[str]:
 
 def flag_tables() -> dict[str, Callable[[], str]]:
     """The commands whose flags the guides list, and the function that renders each table."""
-    from icws_fast.devnet.cli import flag_table as devnet_flags  # noqa: PLC0415 - wasmtime: only when asked
-    from icws_fast.gateway.config import flag_table as gateway_flags  # noqa: PLC0415
-
     return {"icws-gateway": gateway_flags, "icws-devnet": devnet_flags}
 
 

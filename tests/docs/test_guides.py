@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from icws_fast import cliconfig
+from icws_fast.devnet.cli import DevnetConfig, _parser
 from icws_fast.gateway.cli import build_parser
 from icws_fast.gateway.config import GatewayConfig
 from tests.docs import guides
@@ -104,8 +105,6 @@ def _parse(name: str, args: list[str], env: dict[str, str], tmp_path: Path) -> N
         config_type: type = GatewayConfig
         parser = build_parser()
     else:
-        from icws_fast.devnet.cli import DevnetConfig, _parser  # noqa: PLC0415 - needs wasmtime
-
         config_type, parser = DevnetConfig, _parser()
     parser.allow_abbrev = False  # a guide spells every flag out (argparse would take `--drain` for --drain-timeout)
     stderr = io.StringIO()
@@ -117,9 +116,7 @@ def _parse(name: str, args: list[str], env: dict[str, str], tmp_path: Path) -> N
             pytest.fail(f"{name} {' '.join(args)}: {stderr.getvalue().strip()}")
 
 
-@pytest.mark.parametrize(
-    "command", [c for c in _commands() if guides.program(c)], ids=lambda c: c.block.where()
-)
+@pytest.mark.parametrize("command", [c for c in _commands() if guides.program(c)], ids=lambda c: c.block.where())
 def test_every_command_line_parses(command: guides.Command, tmp_path: Path) -> None:
     program = guides.program(command)
     assert program is not None
@@ -203,9 +200,7 @@ def stacks(stack_dir: Path) -> Iterator[dict[str | None, tuple[str, str]]]:
 
 
 @pytest.mark.parametrize("block", _marked("run"), ids=_ids(_marked("run")))
-def test_every_runnable_block_runs(
-    block: Block, stacks: dict[str | None, tuple[str, str]], stack_dir: Path
-) -> None:
+def test_every_runnable_block_runs(block: Block, stacks: dict[str | None, tuple[str, str]], stack_dir: Path) -> None:
     assert block.info == "python", f"{block.where()}: only Python blocks run"
     assert GUIDE_IC_URL in block.text, f"{block.where()}: a runnable block talks to {GUIDE_IC_URL}"
     gateway_url, ic_url = stacks[block.mark[1] if block.mark else None]
