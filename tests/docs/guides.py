@@ -22,6 +22,8 @@ from icws_fast.gateway.config import flag_table as gateway_flags
 
 REPO: Final = Path(__file__).resolve().parent.parent.parent
 GUIDES: Final = tuple(REPO / name for name in ("README.md", "docs/gateway.md", "docs/client.md", "docs/cdk.md"))
+# The guides link to these for recipes: their command lines, make targets and links are checked too.
+RECIPES: Final = tuple(REPO / name for name in ("docs/operations.md", "docs/deploy.md", "docs/devnet.md"))
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _TEST_MARK = re.compile(r"^<!-- test: (run|file)(?: (\S+))? -->$")
@@ -30,6 +32,8 @@ _LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6} (.+?)\s*$", re.MULTILINE)
 # `RUST_LOG_FILE=off cmd`, `PYTHONPATH=. cmd`: environment assignments before a command.
 _ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+# A line of an unlabelled block that runs one of our programs (with flags: `icws-gateway ── ...` is a diagram).
+_OUR_COMMAND = re.compile(r"^\s*(?:\S*/)?(?:(?:icws-gateway|icws-devnet)(?:\s+-|\s*$)|make\s+[a-z]|docker run\b)")
 
 
 @dataclass(frozen=True)
@@ -80,10 +84,12 @@ def blocks(guide: Path) -> list[Block]:
 
 def commands(block: Block) -> list[Command]:
     """The commands of a shell block: continuation lines joined, comments dropped, split at ``&&``, ``;``, ``&``."""
-    if block.info not in ("sh", "shell", "bash", "console"):
+    if block.info not in ("sh", "shell", "bash", "console", ""):
         return []
     found = []
     for line in block.text.replace("\\\n", " ").splitlines():
+        if not block.info and not _OUR_COMMAND.match(line):
+            continue  # an unlabelled block may be a diagram: read only the lines that run our programs
         words = shlex.split(line, comments=True)
         current: list[str] = []
         for word in [*words, ";"]:

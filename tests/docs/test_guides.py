@@ -6,6 +6,7 @@
 * Every ``icws-gateway`` / ``icws-devnet`` command line (also as ``docker run``'s image) goes through the real
   parser and configuration checks, with its environment assignments: a typo'd flag or a refused value fails.
 * Every ``make TARGET`` named exists in the Makefile; every relative link resolves, anchors included.
+* The command lines, make targets and links of the recipes the guides link to (operations, deploy, devnet) too.
 * Every flag table equals what the configuration renders today (``python -m tests.docs.guides`` rewrites them).
 """
 
@@ -25,7 +26,7 @@ from icws_fast.devnet.cli import DevnetConfig, _parser
 from icws_fast.gateway.cli import build_parser
 from icws_fast.gateway.config import GatewayConfig
 from tests.docs import guides
-from tests.docs.guides import GUIDES, REPO, Block
+from tests.docs.guides import GUIDES, RECIPES, REPO, Block
 from tests.processes import DevnetProcess, GatewayProcess, child_env
 from tests.tls import self_signed
 
@@ -35,8 +36,11 @@ RUN_TIMEOUT_S = 120
 _TLS_FLAGS = ("--tls-certificate-pem-path", "--tls-certificate-key-pem-path")
 
 
-def _all_blocks() -> list[Block]:
-    return [block for guide in GUIDES for block in guides.blocks(guide)]
+CHECKED = GUIDES + RECIPES
+
+
+def _all_blocks(docs: tuple[Path, ...] = GUIDES) -> list[Block]:
+    return [block for doc in docs for block in guides.blocks(doc)]
 
 
 def _marked(kind: str) -> list[Block]:
@@ -44,7 +48,7 @@ def _marked(kind: str) -> list[Block]:
 
 
 def _commands() -> list[guides.Command]:
-    return [command for block in _all_blocks() for command in guides.commands(block)]
+    return [command for block in _all_blocks(CHECKED) for command in guides.commands(block)]
 
 
 def _ids(items: list[Block]) -> list[str]:
@@ -132,7 +136,7 @@ def test_a_typo_in_a_command_line_fails(tmp_path: Path) -> None:
         _parse("icws-gateway", [], {"RUST_LOG_FILE": "loud"}, tmp_path)
 
 
-@pytest.mark.parametrize("guide", GUIDES, ids=[g.name for g in GUIDES])
+@pytest.mark.parametrize("guide", CHECKED, ids=[g.name for g in CHECKED])
 def test_every_make_target_named_exists(guide: Path) -> None:
     targets = guides.makefile_targets()
     assert {"run", "run-clean", "test"} <= targets
@@ -143,7 +147,7 @@ def test_every_make_target_named_exists(guide: Path) -> None:
 # -- links ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("guide", GUIDES, ids=[g.name for g in GUIDES])
+@pytest.mark.parametrize("guide", CHECKED, ids=[g.name for g in CHECKED])
 def test_every_relative_link_resolves(guide: Path) -> None:
     broken = []
     for target in guides.links(guide):
