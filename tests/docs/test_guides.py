@@ -85,12 +85,16 @@ def test_flag_tables_are_what_the_config_renders(guide: Path) -> None:
 
 
 def test_the_flag_table_check_sees_a_stale_table(tmp_path: Path) -> None:
-    stale = tmp_path / "guide.md"
-    original = (REPO / "docs/gateway.md").read_text(encoding="utf-8")
-    stale.write_text(original.replace("`10000`", "`5000`"), encoding="utf-8")
+    # From the guide with today's table (whether or not the committed one is current), one default changed.
+    current = tmp_path / "current.md"
+    current.write_text((REPO / "docs/gateway.md").read_text(encoding="utf-8"), encoding="utf-8")
+    guides.rewrite_tables(current)
+    expected = current.read_text(encoding="utf-8")
+    stale = tmp_path / "stale.md"
+    stale.write_text(expected.replace("`10000`", "`5000`"), encoding="utf-8")
     assert guides.tables_in(stale)["icws-gateway"] != guides.flag_tables()["icws-gateway"]()
     assert guides.rewrite_tables(stale)
-    assert stale.read_text(encoding="utf-8") == original
+    assert stale.read_text(encoding="utf-8") == expected
 
 
 # -- command lines --------------------------------------------------------------------------------------------
