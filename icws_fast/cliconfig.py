@@ -146,6 +146,9 @@ def build_parser(config_type: type[Any], *, prog: str, description: str) -> argp
         description=description,
         epilog="environment variables:\n" + "\n".join(env_only) if env_only else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # Every flag spelled out, as the Rust gateway's parser wants: `--drain 5` must not quietly mean
+        # --drain-timeout (and a future flag must not change what an abbreviation meant).
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {icws_fast.__version__}")
     for field, spec in _flags(config_type):

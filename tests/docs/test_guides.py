@@ -114,7 +114,6 @@ def _parse(name: str, args: list[str], env: dict[str, str], tmp_path: Path) -> N
         parser = build_parser()
     else:
         config_type, parser = DevnetConfig, _parser()
-    parser.allow_abbrev = False  # a guide spells every flag out (argparse would take `--drain` for --drain-timeout)
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):

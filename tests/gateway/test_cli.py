@@ -152,6 +152,7 @@ BAD_FLAGS = [
     (["--ic-network-url", "http://localhost:port"], "--ic-network-url http://localhost:port: malformed URL"),
     (["--ic-network-url", "http://localhost:0"], "port 0 is out of range (1-65535)"),
     (["--log-format", "xml"], "argument --log-format: invalid choice: 'xml'"),
+    (["--drain", "5"], "unrecognized arguments: --drain 5"),
     (["--log-level", "loud"], "--log-level loud: unknown log level 'loud'"),
     (
         ["--allowed-canister-id", "not-a-principal"],
