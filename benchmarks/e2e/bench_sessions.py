@@ -1,0 +1,354 @@
+"""Sessions mode of the gateway-bound benchmark: many IC WebSocket sessions opened at once, then left idle.
+
+Run (from the repository root)::
+
+    .venv/bin/python -m benchmarks.e2e.bench_sessions --sessions 1000 5000 15000
+    .venv/bin/python -m benchmarks.e2e.bench_sessions --sessions 5000 --compare /path/to/other/tree --json out.json
+
+For each N it starts a replica, a gateway (``icws-gateway``) and ``--client-procs`` client processes, all
+separate child processes, so that each one's CPU and memory are its own. The clients first sign their N
+``ws_open`` envelopes (a fresh Ed25519 identity per session, as an SDK does), then, on one signal, open all N
+sessions at once: WebSocket upgrade, the gateway's handshake message, the signed ``ws_open`` envelope, and the
+canister's first message (the session is open when that arrives). The sessions then stay idle. It prints:
+
+* **opens/s**: N over the time from the signal to the last session open (and the p50/p99 open latency);
+* **CPU per open** of the gateway over the same window (accept, upgrade, envelope checks, the relayed
+  ``ws_open`` call and its certified reply, the poll that brings the first message), and the CPU of the replica
+  and the clients, to show which process was the limit;
+* **RSS per idle session**: the gateway's resident set after the sessions settled, minus before the first
+  connection, over N (and its peak, ``VmHWM``, over the same baseline);
+* **accept-queue overflows**: the kernel's ``ListenOverflows`` and ``ListenDrops`` (``/proc/net/netstat``,
+  counted for the whole network namespace, so other listeners on the machine show up too) before and after.
+
+The replica is the devnet (``icws-devnet``, its ``test`` (ping-pong) canister). ``--compare DIR`` measures, first, the
+gateway whose ``icws_fast`` package is in DIR, then the working tree's, for each N in turn (before/after in one
+run). The soft limit of open files is raised to the hard limit first: the gateway and the clients inherit it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from icws_fast.ic.envelope import build_envelope, call_content
+from icws_fast.ic.identity import Ed25519Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.types import (
+    decode_canister_to_client,
+    decode_handshake,
+    decode_websocket_message,
+    encode_client_request,
+    encode_ws_open_args,
+)
+from tests.processes import Child, DevnetProcess, GatewayProcess, cpu_seconds
+
+_MODULE = "benchmarks.e2e.bench_sessions"
+_CANISTER = "test"  # the devnet's ping-pong demo canister
+_OPEN_TIMEOUT_S = 120.0  # a client gives up on a session not open by then (it counts as failed)
+_SETTLE_S = 3.0  # after the last open, before the gateway's RSS is read: relays and polls finish
+
+
+# -- the client process ----------------------------------------------------------------------------------------
+
+
+class OpeningListener(WSListener):  # type: ignore[misc]
+    """One session: answers the gateway's handshake with its ``ws_open`` frame, waits for the first message."""
+
+    __slots__ = ("done", "gateway", "open_frame", "opened_at", "outcome")
+
+    def __init__(self, open_frame: bytes, gateway: Principal, done: asyncio.Future[None]) -> None:
+        super().__init__()
+        self.open_frame = open_frame
+        self.gateway = gateway
+        self.done = done
+        self.opened_at = 0.0
+        self.outcome = ""  # "open", or why the session failed
+
+    def _finish(self, outcome: str) -> None:
+        if not self.outcome:
+            self.outcome = outcome
+            self.opened_at = time.monotonic()
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.BINARY:
+            payload = frame.get_payload_as_bytes()
+            if not self.open_frame:
+                # The canister's first message: it must be a relayed canister message (not checked further:
+                # certification is the SDK's work, and the first message's content is the canister's).
+                try:
+                    decode_websocket_message(decode_canister_to_client(payload).content)
+                except Exception as exc:
+                    self._finish(f"unreadable first message: {type(exc).__name__}")
+                else:
+                    self._finish("open")
+                return
+            if decode_handshake(payload) != self.gateway:
+                self._finish("handshake names another gateway")
+                return
+            transport.send(WSMsgType.BINARY, self.open_frame)
+            self.open_frame = b""
+        elif frame.msg_type == WSMsgType.CLOSE:
+            self._finish(f"closed by the gateway: {frame.get_close_code()} {frame.get_close_reason() or ''}")
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._finish("disconnected")
+
+
+def _open_frames(canister: Principal, gateway: Principal, count: int) -> list[bytes]:
+    """``count`` ClientRequest frames of ``ws_open``, each signed by a fresh identity with a random client nonce."""
+    frames = []
+    for _ in range(count):
+        identity = Ed25519Identity.generate()
+        arg = encode_ws_open_args(secrets.randbits(63), gateway)
+        content = call_content(identity.sender, canister, "ws_open", arg, nonce=secrets.token_bytes(8))
+        frames.append(encode_client_request(build_envelope(identity, content)))
+    return frames
+
+
+async def _read_line(stream: asyncio.StreamReader, expected: str) -> None:
+    line = (await stream.readline()).decode().strip()
+    if line != expected:
+        raise SystemExit(f"bench_sessions client: expected {expected!r} on stdin, got {line!r}")
+
+
+async def clients(url: str, canister_text: str, gateway_text: str, count: int) -> None:
+    """Child process: sign ``count`` ``ws_open``, print ``ready``; on ``go`` open them all, print the outcome as JSON;
+    hold the sessions idle until ``stop``."""
+    canister, gateway = Principal.from_text(canister_text), Principal.from_text(gateway_text)
+    frames = _open_frames(canister, gateway, count)
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    print("ready", flush=True)
+    await _read_line(stdin, "go")
+    started = time.monotonic()
+    listeners: list[OpeningListener] = []
+    transports: list[WSTransport] = []
+
+    async def one(frame: bytes) -> None:
+        done = loop.create_future()
+        try:
+            transport, listener = await ws_connect(
+                lambda *_: OpeningListener(frame, gateway, done),
+                url,
+                websocket_handshake_timeout=_OPEN_TIMEOUT_S,
+                use_aiofastnet=False,
+            )
+        except Exception as exc:  # the gateway refused or dropped the connection: count it, do not crash
+            failed = OpeningListener(frame, gateway, done)
+            failed._finish(f"connect failed: {type(exc).__name__}: {exc}"[:120])
+            listeners.append(failed)
+            return
+        listeners.append(listener)
+        transports.append(transport)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done, max(0.0, started + _OPEN_TIMEOUT_S - time.monotonic()))
+        listener._finish("no first message in time")
+
+    await asyncio.gather(*(one(frame) for frame in frames))
+    opened = [lst.opened_at - started for lst in listeners if lst.outcome == "open"]
+    failures: dict[str, int] = {}
+    for lst in listeners:
+        if lst.outcome != "open":
+            failures[lst.outcome] = failures.get(lst.outcome, 0) + 1
+    last = max((lst.opened_at for lst in listeners if lst.outcome == "open"), default=started)
+    print(json.dumps({"started": started, "last_open": last, "latencies_s": opened, "failures": failures}), flush=True)
+    await _read_line(stdin, "stop")
+    for transport in transports:
+        transport.disconnect(False)
+
+
+# -- the orchestrator ------------------------------------------------------------------------------------------
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit of open files to the hard limit (children inherit it); the new limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def listen_counters() -> dict[str, int]:
+    """The kernel's ``ListenOverflows`` and ``ListenDrops`` (TcpExt, ``/proc/net/netstat``)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+            return {key: table[key] for key in ("ListenOverflows", "ListenDrops")}
+    raise RuntimeError("/proc/net/netstat has no TcpExt lines")
+
+
+def _status_kib(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no {field_name} line")
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _spawn_clients(url: str, canister: str, gateway: str, count: int) -> Child:
+    command = [sys.executable, "-m", _MODULE, "--client", url, canister, gateway, str(count)]
+    return Child("bench_sessions clients", command, stdin=True)
+
+
+@dataclass
+class Leg:
+    """One measurement: N sessions on one gateway."""
+
+    name: str
+    sessions: int
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, workdir: Path) -> None:
+    """Open ``leg.sessions`` sessions on a fresh replica and gateway (the gateway's code from ``gateway_src``)."""
+    n = leg.sessions
+    env = {"RUST_LOG_FILE": "warn"}
+    if gateway_src is not None:
+        env["PYTHONPATH"] = str(gateway_src)
+    limits = ["--max-clients", str(n + 100), "--max-clients-per-ip", str(n + 100), *args.gateway_arg]
+    with contextlib.ExitStack() as children:
+        replica = children.enter_context(DevnetProcess(address="127.0.0.1:0", round_ms=args.round_ms))
+        canister = replica.info["canisters"][_CANISTER]
+        gateway = GatewayProcess(replica.url, workdir / "data", extra_args=limits, env=env)
+        children.enter_context(gateway)
+        workers = [
+            children.enter_context(_spawn_clients(gateway.url, canister, gateway.principal, count))
+            for count in _split(n, args.client_procs)
+        ]
+        for worker in workers:
+            await worker.wait_for_line_async("ready", timeout=600)
+        await asyncio.sleep(1.0)  # the gateway settles after start-up
+        pids = {"gateway": gateway.pid, "replica": replica.pid} | {f"clients{i}": w.pid for i, w in enumerate(workers)}
+        rss0 = _status_kib(gateway.pid, "VmRSS")
+        listen0 = listen_counters()
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        t0 = time.monotonic()
+        for worker in workers:
+            worker.send_line("go")
+        results = [json.loads(await w.wait_for_line_async("{", timeout=_OPEN_TIMEOUT_S + 60)) for w in workers]
+        cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        t1 = time.monotonic()
+        await asyncio.sleep(_SETTLE_S)
+        rss1 = _status_kib(gateway.pid, "VmRSS")
+        hwm = _status_kib(gateway.pid, "VmHWM")
+        listen1 = listen_counters()
+        connected = await gateway.metric("clients_connected")
+        for worker in workers:
+            worker.send_line("stop")
+        # Nothing is measured after this: no drain (n ws_close calls would only slow the run down).
+        gateway.stop(9)
+    latencies = sorted(lat for r in results for lat in r["latencies_s"])
+    failures: dict[str, int] = {}
+    for r in results:
+        for reason, count in r["failures"].items():
+            failures[reason] = failures.get(reason, 0) + count
+    opened = len(latencies)
+    window = max(r["last_open"] for r in results) - t0
+    cpu = {name: cpu1[name] - cpu0[name] for name in pids}
+    leg.figures = {
+        "sessions": n,
+        "opened": opened,
+        "failures": failures,
+        "gateway_clients_connected": connected,
+        "open_seconds": window,
+        "opens_per_s": opened / window if window > 0 else float("nan"),
+        "open_latency_p50_s": latencies[len(latencies) // 2] if latencies else float("nan"),
+        "open_latency_p99_s": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+        "gateway_cpu_us_per_open": cpu["gateway"] * 1e6 / max(opened, 1),
+        "cpu_share_during_opens": {name: seconds / (t1 - t0) for name, seconds in cpu.items()},
+        "gateway_rss_before_mib": rss0 / 1024,
+        "gateway_rss_after_mib": rss1 / 1024,
+        "rss_kib_per_session": (rss1 - rss0) / max(opened, 1),
+        "peak_rss_kib_per_session": (hwm - rss0) / max(opened, 1),
+        "listen_overflows": listen1["ListenOverflows"] - listen0["ListenOverflows"],
+        "listen_drops": listen1["ListenDrops"] - listen0["ListenDrops"],
+    }
+
+
+def report(leg: Leg) -> None:
+    f = leg.figures
+    shares = ", ".join(f"{name} {share * 100:.0f}%" for name, share in f["cpu_share_during_opens"].items())
+    print(f"[{leg.name}] {f['sessions']} sessions")
+    print(
+        f"  opened {f['opened']} in {f['open_seconds']:.2f} s: {f['opens_per_s']:.0f} opens/s; open latency "
+        f"p50 {f['open_latency_p50_s'] * 1000:.0f} ms, p99 {f['open_latency_p99_s'] * 1000:.0f} ms"
+    )
+    if f["failures"]:
+        print(f"  FAILED: {f['failures']}")
+    print(f"  gateway CPU per open {f['gateway_cpu_us_per_open']:.0f} µs; CPU during the opens (one core = 100%): {shares}")
+    print(
+        f"  gateway RSS {f['gateway_rss_before_mib']:.1f} -> {f['gateway_rss_after_mib']:.1f} MiB: "
+        f"{f['rss_kib_per_session']:.2f} KiB per idle session (peak {f['peak_rss_kib_per_session']:.2f} KiB); "
+        f"gateway says {f['gateway_clients_connected']:.0f} clients connected"
+    )
+    print(f"  accept queue: ListenOverflows +{f['listen_overflows']}, ListenDrops +{f['listen_drops']}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    limit = raise_fd_limit()
+    if max(args.sessions) + 1000 > limit:
+        raise SystemExit(f"{max(args.sessions)} sessions need more open files than the hard limit {limit}")
+    sources: list[tuple[str, Path | None]] = [("gateway", None)]
+    if args.compare is not None:
+        sources.insert(0, (f"gateway from {args.compare}", args.compare))
+    legs = []
+    for n in args.sessions:
+        for name, src in sources:
+            leg = Leg(name, n)
+            with tempfile.TemporaryDirectory() as tmp:
+                await run_leg(args, leg, src, Path(tmp))
+            report(leg)
+            legs.append(leg)
+    if args.json is not None:
+        args.json.write_text(json.dumps([{"gateway": leg.name, **leg.figures} for leg in legs], indent=2))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, nargs="+", default=[1000, 5000, 15000], help="session counts to measure")
+    p.add_argument("--client-procs", type=int, default=2, help="client processes the sessions are spread over")
+    p.add_argument("--round-ms", type=float, default=50, help="the devnet's round length, in ms")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        help="an extra icws-gateway argument (repeat; e.g. --gateway-arg=--ping-interval --gateway-arg=0)",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        help="also measure, first, the gateway whose icws_fast package is in this directory (before/after runs)",
+    )
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        url, canister, gateway, count = sys.argv[2:6]
+        uvloop.run(clients(url, canister, gateway, int(count)))
+    else:
+        uvloop.run(main(parse_args()))
