@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import resource
 import secrets
-import statistics
 import sys
 import tempfile
 import time
@@ -141,6 +141,7 @@ async def clients(url: str, canister_text: str, gateway_text: str, count: int) -
     started = time.monotonic()
     listeners: list[OpeningListener] = []
     transports: list[WSTransport] = []
+    connect_failures: list[str] = []
 
     async def one(frame: bytes) -> None:
         done = loop.create_future()
@@ -151,10 +152,11 @@ async def clients(url: str, canister_text: str, gateway_text: str, count: int) -
                 websocket_handshake_timeout=_OPEN_TIMEOUT_S,
                 use_aiofastnet=False,
             )
-        except Exception as exc:  # the gateway refused or dropped the connection: count it, do not crash
-            failed = OpeningListener(frame, gateway, done)
-            failed._finish(f"connect failed: {type(exc).__name__}: {exc}"[:120])
-            listeners.append(failed)
+        except Exception as exc:  # the gateway refused the connection: count it, do not crash
+            connect_failures.append(f"connect failed: {type(exc).__name__}: {exc}"[:120])
+            return
+        if listener is None:  # picows: the connection went away before the upgrade completed
+            connect_failures.append("disconnected during the WebSocket upgrade")
             return
         listeners.append(listener)
         transports.append(transport)
@@ -164,10 +166,8 @@ async def clients(url: str, canister_text: str, gateway_text: str, count: int) -
 
     await asyncio.gather(*(one(frame) for frame in frames))
     opened = [lst.opened_at - started for lst in listeners if lst.outcome == "open"]
-    failures: dict[str, int] = {}
-    for lst in listeners:
-        if lst.outcome != "open":
-            failures[lst.outcome] = failures.get(lst.outcome, 0) + 1
+    failures = collections.Counter(connect_failures)
+    failures.update(lst.outcome for lst in listeners if lst.outcome != "open")
     last = max((lst.opened_at for lst in listeners if lst.outcome == "open"), default=started)
     print(json.dumps({"started": started, "last_open": last, "latencies_s": opened, "failures": failures}), flush=True)
     await _read_line(stdin, "stop")
@@ -296,7 +296,7 @@ def report(leg: Leg) -> None:
     )
     if f["failures"]:
         print(f"  FAILED: {f['failures']}")
-    print(f"  gateway CPU per open {f['gateway_cpu_us_per_open']:.0f} µs; CPU during the opens (one core = 100%): {shares}")
+    print(f"  gateway CPU per open {f['gateway_cpu_us_per_open']:.0f} µs; CPU in the opens (1 core = 100%): {shares}")
     print(
         f"  gateway RSS {f['gateway_rss_before_mib']:.1f} -> {f['gateway_rss_after_mib']:.1f} MiB: "
         f"{f['rss_kib_per_session']:.2f} KiB per idle session (peak {f['peak_rss_kib_per_session']:.2f} KiB); "

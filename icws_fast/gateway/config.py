@@ -35,6 +35,13 @@ from icws_fast.protocol.retry import DEFAULT_BACKOFF, WS_CLOSE_WINDOW_S, Backoff
 __all__ = ["GatewayConfig", "flag_table"]
 
 
+# picows never makes a read buffer smaller than this.
+MIN_READ_BUFFER_SIZE = 2048
+READ_BUFFER_SIZE = 2048
+# The most Linux accepts by default (net.core.somaxconn since 5.4); asyncio's default is 100.
+LISTEN_BACKLOG = 4096
+
+
 def _parse_ms(text: str) -> float:
     """A flag in whole milliseconds, as the Rust gateway takes it, to seconds."""
     return parse_int(text) / 1000
@@ -149,6 +156,30 @@ class GatewayConfig:
         parse=parse_int,
     )
     """Bytes written to a client but not yet sent, beyond which the client is closed as a slow consumer."""
+
+    read_buffer_size: int = flag(
+        READ_BUFFER_SIZE,
+        "--read-buffer-size",
+        "initial read buffer of each connection, in bytes (grows for larger frames)",
+        metavar="BYTES",
+        parse=parse_int,
+    )
+    """Bytes of the read buffer each connection starts with (picows's ``read_buffer_init_size``, at least 2048).
+
+    Idle sessions cost little beyond this buffer, so it is small: a client's upgrade request and envelopes fit,
+    and a larger frame doubles the buffer until it fits (it stays that size for the connection's lifetime)."""
+
+    listen_backlog: int = flag(
+        LISTEN_BACKLOG,
+        "--listen-backlog",
+        "connections the kernel queues for the gateway to accept (capped by net.core.somaxconn)",
+        metavar="N",
+        parse=parse_int,
+    )
+    """Established connections the kernel holds for the gateway to accept (``listen(2)``'s backlog).
+
+    A burst of new connections beyond it is dropped by the kernel and retried by the clients' TCP a second or
+    more later. Linux silently caps it at ``net.core.somaxconn`` (4096 by default since Linux 5.4)."""
 
     max_pending_relays: int = 32
     """Envelopes a client may have waiting to be relayed to the IC before it is closed for flooding."""
@@ -272,6 +303,8 @@ class GatewayConfig:
             check_positive(name, getattr(self, name), "the limit")
         check_positive("max_message_size", self.max_message_size, "the size")
         check_positive("max_send_buffer", self.max_send_buffer, "the size")
+        check_at_least("read_buffer_size", self.read_buffer_size, MIN_READ_BUFFER_SIZE, "the read buffer")
+        check_positive("listen_backlog", self.listen_backlog, "the backlog")
         for name in ("handshake_timeout_s", "open_timeout_s", "close_timeout_s", "ready_check_interval_s"):
             check_positive(name, getattr(self, name), "the timeout")
         check_at_least("ping_interval_s", self.ping_interval_s, 0, "the ping interval")

@@ -37,10 +37,35 @@ from icws_fast.protocol.retry import Retry
 from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args, route_key, truncate_reason
 
 log = logging.getLogger(__name__)
+# Connections the keep-alive sweep visits between two yields to the loop (~1 ms of work).
+_SWEEP_SLICE = 2000
 
 
 class ClientConnection(WSListener):
-    """One client WebSocket: feeds frames to its session and carries out the session's actions."""
+    """One client WebSocket: feeds frames to its session and carries out the session's actions.
+
+    A gateway holds thousands of idle connections, so one costs as little as it can: slots, no per-connection
+    dict, and what only some connections need (the relay queue and its task, the ``ws_open`` timer, a tracing
+    span) allocated when needed and dropped when done.
+    """
+
+    __slots__ = (
+        "_close_code",
+        "_close_reason",
+        "_counted",
+        "_opened",
+        "_pinged_at",
+        "_relay_task",
+        "_relays",
+        "_timer",
+        "connected_at",
+        "gateway",
+        "last_heard",
+        "peer_ip",
+        "session",
+        "trace_span",
+        "transport",
+    )
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -49,9 +74,13 @@ class ClientConnection(WSListener):
         self.transport: WSTransport | None = None
         self.session: proto.GatewaySession | None = None
         self.connected_at = 0.0
+        # Loop time of the last frame from the client, and of the ping sent since (None: none unanswered).
+        self.last_heard = 0.0
+        self._pinged_at: float | None = None
         self._opened = False
         self._counted = False
-        self._relays: collections.deque[proto.Relay] = collections.deque()
+        # Envelopes waiting to be relayed, and the task relaying them; None while there are none.
+        self._relays: collections.deque[proto.Relay] | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.trace_span: TraceSpan = NO_SPAN
@@ -64,7 +93,7 @@ class ClientConnection(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         gw = self.gateway
         self.transport = transport
-        self.connected_at = gw.loop.time()
+        self.connected_at = self.last_heard = gw.loop.time()
         refusal = gw.admit(self)
         if refusal is not None:
             gw.metrics.errors.labels("connection_refused").inc()
@@ -86,6 +115,7 @@ class ClientConnection(WSListener):
         session = self.session
         if session is None:
             return
+        self.last_heard = self.gateway.loop.time()
         msg_type = frame.msg_type
         if msg_type is WSMsgType.BINARY and frame.fin:
             self._apply(session.receive(frame.get_payload_as_bytes(), now_ns=time.time_ns()))
@@ -99,16 +129,20 @@ class ClientConnection(WSListener):
             if not transport.is_close_frame_sent:
                 transport.send_close(frame.get_close_code())
             transport.disconnect()
+        elif msg_type is WSMsgType.PING:
+            # Answered here rather than by picows, which would not show it: a client that pings is not silent.
+            transport.send_pong(frame.get_payload_as_bytes())
         elif msg_type in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
             self._apply(session.close(proto.CLOSE_UNSUPPORTED_DATA, "fragmented messages are not supported"))
-        # PING is answered by picows itself; PONG needs nothing.
+        # A PONG needs nothing beyond last_heard.
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         gw = self.gateway
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._relays.clear()
+        if self._relays is not None:
+            self._relays.clear()
         if self._counted:
             self._counted = False
             gw.metrics.clients_connected.dec()
@@ -165,8 +199,24 @@ class ClientConnection(WSListener):
             session.delivered()
             self.gateway.metrics.connection_opening_time.observe(self.gateway.loop.time() - self.connected_at)
 
+    def keep_alive(self, now: float, interval: float) -> None:
+        """Ping a client silent for ``interval`` seconds; close one whose pong is ``interval`` seconds late."""
+        transport = self.transport
+        if transport is None or transport.is_close_frame_sent or transport.is_disconnected:
+            return
+        pinged_at = self._pinged_at
+        if pinged_at is not None and self.last_heard < pinged_at:
+            if now - pinged_at >= interval:
+                self.gateway.metrics.errors.labels("ping_timeout").inc()
+                self.close(proto.CLOSE_GOING_AWAY, f"no pong within {interval:g} s of a ping")
+        elif now - self.last_heard >= interval:
+            transport.send_ping()
+            self._pinged_at = now
+        else:
+            self._pinged_at = None
+
     def close(self, code: int, reason: str) -> None:
-        """Close from the gateway's side (drain, canister failure)."""
+        """Close from the gateway's side (drain, canister failure, no pong)."""
         if self.session is not None:
             self._apply(self.session.close(code, reason))
         elif self.transport is not None:
@@ -186,9 +236,10 @@ class ClientConnection(WSListener):
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                self.trace_span.set_attributes(
-                    {"canister_id": action.canister_id.to_text(), "client_key": str(action.client_key)}
-                )
+                if self.trace_span is not NO_SPAN:  # the texts cost a few allocations per session: only if traced
+                    self.trace_span.set_attributes(
+                        {"canister_id": action.canister_id.to_text(), "client_key": str(action.client_key)}
+                    )
                 if not gw.register(action.canister_id, action.client_key, self):
                     gw.metrics.errors.labels("duplicate_client_key").inc()
                     assert self.session is not None
@@ -213,11 +264,13 @@ class ClientConnection(WSListener):
     def _queue_relay(self, relay: proto.Relay) -> None:
         if self.session is None or self.session.state is proto.SessionState.CLOSED:
             return  # closed by an earlier action of the same batch (a refused registration)
-        if len(self._relays) >= self.gateway.config.max_pending_relays:
-            assert self.session is not None
+        relays = self._relays
+        if relays is None:
+            relays = self._relays = collections.deque()
+        elif len(relays) >= self.gateway.config.max_pending_relays:
             self._apply(self.session.close(proto.CLOSE_POLICY_VIOLATION, "too many requests waiting for the IC"))
             return
-        self._relays.append(relay)
+        relays.append(relay)
         if self._relay_task is None:
             self._relay_task = self.gateway.loop.create_task(self._run_relays(), context=span_context(self.trace_span))
 
@@ -242,6 +295,7 @@ class ClientConnection(WSListener):
                 self._apply(session.relay_result(relay, outcome))
         finally:
             self._relay_task = None
+            self._relays = None  # an idle session keeps no queue
 
     async def _relay_until_verdict(self, relay: proto.Relay) -> RelayOutcome:
         """Relay ``relay``, resubmitting the same bytes after transient failures until the IC gives a verdict,
@@ -309,6 +363,7 @@ class Gateway:
         self._accepting = False
         self._ic_reachable = False
         self._ic_watch: asyncio.Task[None] | None = None
+        self._keep_alive_task: asyncio.Task[None] | None = None
         self.port = 0
         self.metrics_port = 0
         # The root key polled batches are certified against: the config's, else the agent's (set by start()).
@@ -332,10 +387,14 @@ class Gateway:
             ssl=cfg.ssl_context(),
             websocket_handshake_timeout=cfg.handshake_timeout_s,
             max_frame_size=cfg.max_message_size,
-            enable_auto_ping=cfg.ping_interval_s > 0,
-            auto_ping_idle_timeout=max(cfg.ping_interval_s, 0.001),
-            auto_ping_reply_timeout=max(cfg.ping_interval_s, 0.001),
-            logger_name=logging.getLogger("icws_fast.gateway.ws"),
+            # Pings are the gateway's (see _keep_alive): picows's would cost every connection a task.
+            enable_auto_ping=False,
+            enable_auto_pong=False,
+            # An adapter, not a Logger: picows makes a child Logger per connection of a Logger (never freed
+            # from its parent's cache... and a few hundred bytes each), but uses an adapter as it is.
+            logger_name=logging.LoggerAdapter(logging.getLogger("icws_fast.gateway.ws")),
+            read_buffer_init_size=cfg.read_buffer_size,
+            backlog=cfg.listen_backlog,
             use_aiofastnet=False,
             reuse_port=cfg.reuse_port,
         )
@@ -345,6 +404,8 @@ class Gateway:
             await self._health.start(cfg.metrics_host, cfg.metrics_port, path=cfg.metrics_socket)
             self.metrics_port = self._health.port
             self._ic_watch = self.loop.create_task(self._watch_ic())
+        if cfg.ping_interval_s > 0:
+            self._keep_alive_task = self.loop.create_task(self._keep_alive(cfg.ping_interval_s))
         self._accepting = True
         log.info("gateway %s listening on %s:%d", self.principal, cfg.host, self.port)
 
@@ -374,6 +435,21 @@ class Gateway:
         return float(
             sum(c.transport.underlying_transport.get_write_buffer_size() for c in self.connections if c.transport)
         )
+
+    async def _keep_alive(self, interval: float) -> None:
+        """Ping the clients silent for ``interval`` seconds and close those whose pong is as late.
+
+        One sweep over the connections every quarter ``interval`` (so a ping or a close comes at most a quarter
+        late) instead of a timer or task per connection, which would cost each idle session about 2 KiB. The
+        sweep yields every ``_SWEEP_SLICE`` connections, so it never holds the loop up for long.
+        """
+        while True:
+            await asyncio.sleep(interval / 4)
+            now = self.loop.time()
+            for i, conn in enumerate(list(self.connections)):
+                conn.keep_alive(now, interval)
+                if i % _SWEEP_SLICE == _SWEEP_SLICE - 1:
+                    await asyncio.sleep(0)
 
     def _listener_for(self, request: WSUpgradeRequest) -> WSListener | None:
         return ClientConnection(self)
@@ -586,6 +662,8 @@ class Gateway:
             task.cancel()
         if self._ic_watch is not None:
             self._ic_watch.cancel()
+        if self._keep_alive_task is not None:
+            self._keep_alive_task.cancel()
         if self._health is not None:
             await self._health.stop()
         if self._server is not None:
