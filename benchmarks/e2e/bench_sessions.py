@@ -53,6 +53,7 @@ from icws_fast.protocol.types import (
     encode_client_request,
     encode_ws_open_args,
 )
+from benchmarks.e2e.bench_gateway import Profiler
 from tests.processes import Child, DevnetProcess, GatewayProcess, cpu_seconds
 
 _MODULE = "benchmarks.e2e.bench_sessions"
@@ -243,6 +244,8 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         rss0 = _status_kib(gateway.pid, "VmRSS")
         listen0 = listen_counters()
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        profiler = Profiler(args.profile and args.profile / f"{leg.name.replace(' ', '_').replace('/', '_')}-{n}", 10)
+        profiler.start({"gateway": gateway.pid, "replica": replica.pid})
         t0 = time.monotonic()
         for worker in workers:
             worker.send_line("go")
@@ -258,6 +261,7 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
             worker.send_line("stop")
         # Nothing is measured after this: no drain (n ws_close calls would only slow the run down).
         gateway.stop(9)
+    profiler.report()
     latencies = sorted(lat for r in results for lat in r["latencies_s"])
     failures: dict[str, int] = {}
     for r in results:
@@ -336,6 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="an extra icws-gateway argument (repeat; e.g. --gateway-arg=--ping-interval --gateway-arg=0)",
     )
+    p.add_argument("--profile", type=Path, help="sample the gateway and the replica with py-spy for 10 s from the go")
     p.add_argument(
         "--compare",
         type=Path,
