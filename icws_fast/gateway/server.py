@@ -207,7 +207,6 @@ class ClientConnection(WSListener):
         pinged_at = self._pinged_at
         if pinged_at is not None and self.last_heard < pinged_at:
             if now - pinged_at >= interval:
-                self.gateway.metrics.errors.labels("ping_timeout").inc()
                 self.close(proto.CLOSE_GOING_AWAY, f"no pong within {interval:g} s of a ping")
         elif now - self.last_heard >= interval:
             transport.send_ping()

@@ -85,7 +85,7 @@ async def test_a_client_that_does_not_answer_is_closed_with_1001(gateway: Gatewa
     assert await watcher.next_event() == "close"
     assert watcher.closed == (s.CLOSE_GOING_AWAY, f"no pong within {INTERVAL_S:g} s of a ping")
     assert watcher.pings == 1
-    assert gateway.metrics.errors.labels("ping_timeout")._value.get() == 1
+    assert gateway.metrics.closed_connections.labels(str(s.CLOSE_GOING_AWAY))._value.get() == 1
 
 
 async def test_a_client_ping_is_answered_with_its_payload_and_counts_as_activity(gateway: Gateway) -> None:
