@@ -184,6 +184,13 @@ class GatewayConfig:
     max_pending_relays: int = 32
     """Envelopes a client may have waiting to be relayed to the IC before it is closed for flooding."""
 
+    max_concurrent_calls: int = 64
+    """Calls to the IC made for clients (relayed envelopes, ``ws_close``) in flight at once; more wait their turn.
+
+    Fewer than the agent's connections (100), so that polls always find one: a burst of thousands of ``ws_open``
+    would otherwise queue every poll behind it, and each new session would wait for the whole burst to be
+    relayed before its first message is polled."""
+
     handshake_timeout_s: float = flag(
         5.0, "--handshake-timeout", "seconds for the HTTP upgrade", metavar="S", parse=parse_float, show=_show_seconds
     )
@@ -299,7 +306,13 @@ class GatewayConfig:
         check_positive("polling_interval_s", self.polling_interval_s, "the polling interval")
         check_positive("poll_timeout_s", self.poll_timeout_s, "the poll timeout")
         check_positive("workers", self.workers, "the number of workers")
-        for name in ("poll_pipeline_depth", "max_clients", "max_clients_per_ip", "max_pending_relays"):
+        for name in (
+            "poll_pipeline_depth",
+            "max_clients",
+            "max_clients_per_ip",
+            "max_pending_relays",
+            "max_concurrent_calls",
+        ):
             check_positive(name, getattr(self, name), "the limit")
         check_positive("max_message_size", self.max_message_size, "the size")
         check_positive("max_send_buffer", self.max_send_buffer, "the size")

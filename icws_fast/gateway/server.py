@@ -7,7 +7,8 @@ callback without a task. A connection gets at most one task, and only while it h
 envelopes to relay (they must reach the IC one at a time, in order). Canister messages are
 written straight into the client's transport by the canister's poller; the transport's
 write buffer is the per-client send queue, and a client whose buffer grows past
-``max_send_buffer`` is closed as a slow consumer instead of growing the gateway's memory.
+``max_send_buffer`` is closed as a slow consumer instead of growing the gateway's memory. An idle
+connection owns no task and no timer: one sweep over all connections pings the silent ones.
 """
 
 from __future__ import annotations
@@ -357,6 +358,8 @@ class Gateway:
         self._routes: dict[Principal, dict[bytes, Recipient]] = {}  # by canister, then by client route key
         self._pollers: dict[Principal, tuple[CanisterPoller, asyncio.Task[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Relays and ws_close calls in flight at once (see GatewayConfig.max_concurrent_calls).
+        self._client_calls = asyncio.Semaphore(config.max_concurrent_calls)
         self._server: asyncio.Server | None = None
         self._health: HealthServer | None = None
         self._accepting = False
@@ -581,9 +584,10 @@ class Gateway:
         label = relay.canister_id.to_text()
         error: IcwsError | None = None
         try:
-            with span("relay", canister_id=label, method="ws_open" if relay.is_open else "ws_message"):
-                reply = await self.agent.submit_signed(relay.canister_id, relay.envelope, relay.envelope_bytes)
-                decode_unit_result(reply)
+            async with self._client_calls:
+                with span("relay", canister_id=label, method="ws_open" if relay.is_open else "ws_message"):
+                    reply = await self.agent.submit_signed(relay.canister_id, relay.envelope, relay.envelope_bytes)
+                    decode_unit_result(reply)
         except IcwsError as exc:
             error = exc
         outcome = relay_outcome(error)
@@ -625,8 +629,10 @@ class Gateway:
         """One ``ws_close`` call (a fresh envelope: the window outlasts any one envelope's expiry), typed."""
         error: IcwsError | None = None
         try:
-            with span("ws_close", canister_id=canister_id.to_text()):
-                decode_unit_result(await self.agent.call(canister_id, "ws_close", encode_ws_close_args(client_key)))
+            async with self._client_calls:
+                with span("ws_close", canister_id=canister_id.to_text()):
+                    arg = encode_ws_close_args(client_key)
+                    decode_unit_result(await self.agent.call(canister_id, "ws_close", arg))
         except IcwsError as exc:
             error = exc
         return relay_outcome(error)
