@@ -43,6 +43,7 @@ from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from benchmarks.e2e.bench_gateway import Profiler
 from icws_fast.ic.envelope import build_envelope, call_content
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
@@ -53,7 +54,6 @@ from icws_fast.protocol.types import (
     encode_client_request,
     encode_ws_open_args,
 )
-from benchmarks.e2e.bench_gateway import Profiler
 from tests.processes import Child, DevnetProcess, GatewayProcess, cpu_seconds
 
 _MODULE = "benchmarks.e2e.bench_sessions"
