@@ -27,6 +27,7 @@ relay's :class:`~icws_fast.protocol.relay.RelayOutcome` comes back typed.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -158,6 +159,12 @@ def envelope_span_pure(data: bytes) -> tuple[int, int]:
 envelope_span = _ext.twin("_fanout", envelope_span_pure)
 
 
+@functools.lru_cache(maxsize=8)
+def _handshake_frame(gateway_principal: Principal) -> bytes:
+    """The handshake message of a gateway: the same bytes for every connection, so encoded once."""
+    return encode_handshake(gateway_principal)
+
+
 class GatewaySession:
     """One client connection as the gateway sees it (sans-IO)."""
 
@@ -198,7 +205,7 @@ class GatewaySession:
 
     def handshake(self) -> list[Action]:
         """What to send as soon as the WebSocket is up: the GatewayHandshakeMessage."""
-        return [SendToClient(encode_handshake(self.gateway_principal))]
+        return [SendToClient(_handshake_frame(self.gateway_principal))]
 
     def receive(self, data: bytes, *, binary: bool = True, now_ns: int | None = None) -> list[Action]:
         """Actions for one complete client message (``binary`` false: it came as a text frame).
