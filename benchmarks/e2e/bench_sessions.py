@@ -78,7 +78,7 @@ class OpeningListener(WSListener):  # type: ignore[misc]
         self.opened_at = 0.0
         self.outcome = ""  # "open", or why the session failed
 
-    def _finish(self, outcome: str) -> None:
+    def finish(self, outcome: str) -> None:
         if not self.outcome:
             self.outcome = outcome
             self.opened_at = time.monotonic()
@@ -94,22 +94,22 @@ class OpeningListener(WSListener):  # type: ignore[misc]
                 try:
                     decode_websocket_message(decode_canister_to_client(payload).content)
                 except Exception as exc:
-                    self._finish(f"unreadable first message: {type(exc).__name__}")
+                    self.finish(f"unreadable first message: {type(exc).__name__}")
                 else:
-                    self._finish("open")
+                    self.finish("open")
                 return
             if decode_handshake(payload) != self.gateway:
-                self._finish("handshake names another gateway")
+                self.finish("handshake names another gateway")
                 return
             transport.send(WSMsgType.BINARY, self.open_frame)
             self.open_frame = b""
         elif frame.msg_type == WSMsgType.CLOSE:
-            self._finish(f"closed by the gateway: {frame.get_close_code()} {frame.get_close_reason() or ''}")
+            self.finish(f"closed by the gateway: {frame.get_close_code()} {frame.get_close_reason() or ''}")
             transport.send_close(WSCloseCode.OK)
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._finish("disconnected")
+        self.finish("disconnected")
 
 
 def _open_frames(canister: Principal, gateway: Principal, count: int) -> list[bytes]:
@@ -163,7 +163,7 @@ async def clients(url: str, canister_text: str, gateway_text: str, count: int) -
         transports.append(transport)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done, max(0.0, started + _OPEN_TIMEOUT_S - time.monotonic()))
-        listener._finish("no first message in time")
+        listener.finish("no first message in time")
 
     await asyncio.gather(*(one(frame) for frame in frames))
     opened = [lst.opened_at - started for lst in listeners if lst.outcome == "open"]

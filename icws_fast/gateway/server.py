@@ -46,8 +46,8 @@ class ClientConnection(WSListener):
     """One client WebSocket: feeds frames to its session and carries out the session's actions.
 
     A gateway holds thousands of idle connections, so one costs as little as it can: slots, no per-connection
-    dict, and what only some connections need (the relay queue and its task, the ``ws_open`` timer, a tracing
-    span) allocated when needed and dropped when done.
+    dict, what only some connections need (the relay queue and its task, a tracing span) made when needed and
+    dropped when done, and the ``ws_open`` timer dropped once ``ws_open`` has come.
     """
 
     __slots__ = (
@@ -392,8 +392,8 @@ class Gateway:
             # Pings are the gateway's (see _keep_alive): picows's would cost every connection a task.
             enable_auto_ping=False,
             enable_auto_pong=False,
-            # An adapter, not a Logger: picows makes a child Logger per connection of a Logger (never freed
-            # from its parent's cache... and a few hundred bytes each), but uses an adapter as it is.
+            # An adapter, not a Logger: given a Logger, picows makes a child Logger for every connection (a few
+            # hundred bytes each, kept for the connection's life); an adapter it uses as it is.
             logger_name=logging.LoggerAdapter(logging.getLogger("icws_fast.gateway.ws")),
             read_buffer_init_size=cfg.read_buffer_size,
             backlog=cfg.listen_backlog,
