@@ -204,7 +204,10 @@ class GatewayConfig:
         parse=parse_float,
         show=_show_seconds,
     )
-    """Seconds a connected client has to send its ``ws_open`` envelope."""
+    """Seconds a connected client has to send its ``ws_open`` envelope.
+
+    Checked, with the pings, by one sweep over the connections every quarter of the shorter of this and
+    ``ping_interval_s``: a late client is closed up to that quarter later."""
 
     close_timeout_s: float = 2.0
     """Seconds the gateway waits for a client to answer a close frame before it drops the connection."""
@@ -217,7 +220,9 @@ class GatewayConfig:
         parse=parse_float,
         show=_show_seconds,
     )
-    """Seconds of silence from a client after which it is pinged (and closed if the pong is as late); 0: never."""
+    """Seconds of silence from a client after which it is pinged (and closed if the pong is as late); 0: never.
+
+    Checked by the sweep of ``open_timeout_s``: a ping or a close comes up to one sweep period late."""
 
     drain_timeout_s: float = flag(
         10.0,

@@ -7,8 +7,9 @@ callback without a task. A connection gets at most one task, and only while it h
 envelopes to relay (they must reach the IC one at a time, in order). Canister messages are
 written straight into the client's transport by the canister's poller; the transport's
 write buffer is the per-client send queue, and a client whose buffer grows past
-``max_send_buffer`` is closed as a slow consumer instead of growing the gateway's memory. An idle
-connection owns no task and no timer: one sweep over all connections pings the silent ones.
+``max_send_buffer`` is closed as a slow consumer instead of growing the gateway's memory. A
+connection owns no timer and, while idle, no task: one sweep over all connections closes those whose
+``ws_open`` is late and pings the silent ones.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from icws_fast.protocol.retry import Retry
 from icws_fast.protocol.types import ClientKey, decode_unit_result, encode_ws_close_args, route_key, truncate_reason
 
 log = logging.getLogger(__name__)
-# Connections the keep-alive sweep visits between two yields to the loop (~1 ms of work).
+# Connections the timer sweep visits between two yields to the loop (~1 ms of work).
 _SWEEP_SLICE = 2000
 
 
@@ -46,8 +47,8 @@ class ClientConnection(WSListener):
     """One client WebSocket: feeds frames to its session and carries out the session's actions.
 
     A gateway holds thousands of idle connections, so one costs as little as it can: slots, no per-connection
-    dict, what only some connections need (the relay queue and its task, a tracing span) made when needed and
-    dropped when done, and the ``ws_open`` timer dropped once ``ws_open`` has come.
+    dict, no timer, and what only some connections need (the relay queue and its task, a tracing span) made
+    when needed and dropped when done.
     """
 
     __slots__ = (
@@ -58,7 +59,6 @@ class ClientConnection(WSListener):
         "_pinged_at",
         "_relay_task",
         "_relays",
-        "_timer",
         "connected_at",
         "gateway",
         "last_heard",
@@ -83,7 +83,6 @@ class ClientConnection(WSListener):
         # Envelopes waiting to be relayed, and the task relaying them; None while there are none.
         self._relays: collections.deque[proto.Relay] | None = None
         self._relay_task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self.trace_span: TraceSpan = NO_SPAN
         # How the session ended, for its one log line: the first close frame sent or received.
         self._close_code: int | None = None
@@ -109,7 +108,6 @@ class ClientConnection(WSListener):
             open_timeout_s=gw.config.open_timeout_s,
             allowed_canisters=gw.config.allowed_canisters,
         )
-        self._timer = gw.loop.call_later(gw.config.open_timeout_s, self._on_open_timeout)
         self._apply(self.session.handshake())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -139,9 +137,6 @@ class ClientConnection(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         gw = self.gateway
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._relays is not None:
             self._relays.clear()
         if self._counted:
@@ -200,11 +195,21 @@ class ClientConnection(WSListener):
             session.delivered()
             self.gateway.metrics.connection_opening_time.observe(self.gateway.loop.time() - self.connected_at)
 
-    def keep_alive(self, now: float, interval: float) -> None:
-        """Ping a client silent for ``interval`` seconds; close one whose pong is ``interval`` seconds late."""
+    def check_timers(self, now: float, ping_interval: float) -> None:
+        """What the gateway's sweep asks of each connection: close one whose ``ws_open`` is late; ping a client
+        silent for ``ping_interval`` seconds (0: never), close one whose pong is ``ping_interval`` seconds late."""
         transport = self.transport
-        if transport is None or transport.is_close_frame_sent or transport.is_disconnected:
+        session = self.session
+        if transport is None or session is None or transport.is_close_frame_sent or transport.is_disconnected:
             return
+        if session.state is proto.SessionState.INIT:
+            self._apply(session.tick(now))
+        if ping_interval > 0:
+            self._keep_alive(transport, now, ping_interval)
+
+    def _keep_alive(self, transport: WSTransport, now: float, interval: float) -> None:
+        if transport.is_close_frame_sent:
+            return  # closed by the open timeout just now
         pinged_at = self._pinged_at
         if pinged_at is not None and self.last_heard < pinged_at:
             if now - pinged_at >= interval:
@@ -233,9 +238,6 @@ class ClientConnection(WSListener):
             elif isinstance(action, proto.Relay):
                 self._queue_relay(action)
             elif isinstance(action, proto.Register):
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
                 if self.trace_span is not NO_SPAN:  # the texts cost a few allocations per session: only if traced
                     self.trace_span.set_attributes(
                         {"canister_id": action.canister_id.to_text(), "client_key": str(action.client_key)}
@@ -320,11 +322,6 @@ class ClientConnection(WSListener):
     def _client_key(self) -> ClientKey | None:
         return None if self.session is None else self.session.client_key
 
-    def _on_open_timeout(self) -> None:
-        self._timer = None
-        if self.session is not None:
-            self._apply(self.session.tick(self.gateway.loop.time()))
-
     def _send_close(self, code: int, reason: str) -> None:
         """Send a close frame and make sure the transport goes away even if the client never answers."""
         transport = self.transport
@@ -365,7 +362,7 @@ class Gateway:
         self._accepting = False
         self._ic_reachable = False
         self._ic_watch: asyncio.Task[None] | None = None
-        self._keep_alive_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self.port = 0
         self.metrics_port = 0
         # The root key polled batches are certified against: the config's, else the agent's (set by start()).
@@ -389,7 +386,7 @@ class Gateway:
             ssl=cfg.ssl_context(),
             websocket_handshake_timeout=cfg.handshake_timeout_s,
             max_frame_size=cfg.max_message_size,
-            # Pings are the gateway's (see _keep_alive): picows's would cost every connection a task.
+            # Pings are the gateway's (see _sweep): picows's would cost every connection a task.
             enable_auto_ping=False,
             enable_auto_pong=False,
             # An adapter, not a Logger: given a Logger, picows makes a child Logger for every connection (a few
@@ -406,8 +403,7 @@ class Gateway:
             await self._health.start(cfg.metrics_host, cfg.metrics_port, path=cfg.metrics_socket)
             self.metrics_port = self._health.port
             self._ic_watch = self.loop.create_task(self._watch_ic())
-        if cfg.ping_interval_s > 0:
-            self._keep_alive_task = self.loop.create_task(self._keep_alive(cfg.ping_interval_s))
+        self._sweep_task = self.loop.create_task(self._sweep())
         self._accepting = True
         log.info("gateway %s listening on %s:%d", self.principal, cfg.host, self.port)
 
@@ -438,18 +434,22 @@ class Gateway:
             sum(c.transport.underlying_transport.get_write_buffer_size() for c in self.connections if c.transport)
         )
 
-    async def _keep_alive(self, interval: float) -> None:
-        """Ping the clients silent for ``interval`` seconds and close those whose pong is as late.
+    async def _sweep(self) -> None:
+        """Close the connections whose ``ws_open`` is late, ping the silent ones, close those whose pong is late.
 
-        One sweep over the connections every quarter ``interval`` (so a ping or a close comes at most a quarter
-        late) instead of a timer or task per connection, which would cost each idle session about 2 KiB. The
-        sweep yields every ``_SWEEP_SLICE`` connections, so it never holds the loop up for long.
+        One sweep over the connections every quarter of the shorter of ``open_timeout_s`` and ``ping_interval_s``
+        (so a close or a ping comes at most that much late), instead of a timer or a task per connection, which
+        would cost each session about 2 KiB and a timer's set-up and cancel. It yields every ``_SWEEP_SLICE``
+        connections, so it never holds the loop up for long.
         """
+        cfg = self.config
+        ping_interval = cfg.ping_interval_s
+        period = min(cfg.open_timeout_s, ping_interval if ping_interval > 0 else cfg.open_timeout_s) / 4
         while True:
-            await asyncio.sleep(interval / 4)
+            await asyncio.sleep(period)
             now = self.loop.time()
             for i, conn in enumerate(list(self.connections)):
-                conn.keep_alive(now, interval)
+                conn.check_timers(now, ping_interval)
                 if i % _SWEEP_SLICE == _SWEEP_SLICE - 1:
                     await asyncio.sleep(0)
 
@@ -667,8 +667,8 @@ class Gateway:
             task.cancel()
         if self._ic_watch is not None:
             self._ic_watch.cancel()
-        if self._keep_alive_task is not None:
-            self._keep_alive_task.cancel()
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
         if self._health is not None:
             await self._health.stop()
         if self._server is not None:

@@ -1,7 +1,8 @@
 """The gateway's keep-alive: a silent client is pinged, one that does not answer is closed, pings are answered.
 
-One sweep over the connections does this for all of them (no timer or task per connection), so these tests
-drive real clients through a gateway with a short ``ping_interval_s`` and watch the frames on the wire.
+One sweep over the connections does this for all of them (no timer or task per connection), and closes those
+whose ``ws_open`` is late, so these tests drive real clients through a gateway with a short ``ping_interval_s``
+and watch the frames on the wire.
 """
 
 from __future__ import annotations
@@ -109,5 +110,16 @@ async def test_no_pings_when_the_interval_is_0() -> None:
             await watcher.next_event(timeout=5 * INTERVAL_S)
         assert watcher.pings == 0 and not transport.is_disconnected
         transport.disconnect()
+    finally:
+        await gw.drain()
+
+
+async def test_a_late_ws_open_is_closed_by_the_sweep_even_without_pings() -> None:
+    gw = await start_offline_gateway(ping_interval_s=0, open_timeout_s=INTERVAL_S)
+    try:
+        _, watcher = await connect(gw)
+        assert await watcher.next_event() == "close"
+        assert watcher.closed == (s.CLOSE_POLICY_VIOLATION, "no ws_open message in time")
+        assert watcher.pings == 0
     finally:
         await gw.drain()
