@@ -169,6 +169,14 @@ async def _reports(clients: Sequence[Child], out: Path, tag: str) -> tuple[list[
     return paths, faults
 
 
+async def _expect(clients: Sequence[Child], counts: Path) -> None:
+    """Have every client process record, expecting the messages per client in ``counts``; before the stream."""
+    for child in clients:
+        child.send_line(f"expect {counts}")
+    for child in clients:
+        await child.wait_for_line_async("expecting", SETUP_TIMEOUT_S)
+
+
 async def _await_done(clients: Sequence[Child], timeout: float) -> list[str]:
     """Wait until every client process has all its messages; notes for those that did not within ``timeout``."""
     notes = []
@@ -195,8 +203,8 @@ class Run:
 
     def _stream_messages(self, rate: float) -> int:
         args = self.args
-        if rate:
-            return int(rate * (args.warmup + args.seconds))
+        if rate:  # a little more than the window: the last messages arrive after their release
+            return int(rate * (args.warmup + args.seconds + 0.5))
         return int(args.messages or args.expect_rate * (args.warmup + args.seconds + 0.5))
 
     async def gateway_leg(
@@ -239,8 +247,7 @@ class Run:
             counts = out / "counts.json"
             replica.send_line(f"precompute {counts}")
             stream = json.loads((await replica.wait_for_line_async("stream ready", SETUP_TIMEOUT_S)).split(" ", 2)[2])
-            for child in clients:
-                child.send_line(f"expect {counts}")
+            await _expect(clients, counts)
             pids = {"gateway": gateway.pid, "replica": replica.pid} | {
                 f"clients{i}": c.pid for i, c in enumerate(clients)
             }
@@ -283,8 +290,7 @@ class Run:
             for child in clients:
                 await child.wait_for_line_async("ready", SETUP_TIMEOUT_S)
             await bare.wait_for_line_async("ready", SETUP_TIMEOUT_S)
-            for child in clients:
-                child.send_line(f"expect {dump / 'bare_counts.json'}")
+            await _expect(clients, dump / "bare_counts.json")
             pids = {"bare": bare.pid} | {f"clients{i}": c.pid for i, c in enumerate(clients)}
             with CpuTimeline(pids) as timeline:
                 start = time.monotonic()

@@ -5,8 +5,9 @@ CANISTER COUNT``. It opens COUNT real IC WebSocket sessions through the gateway 
 ``ws_open``, the canister's OpenMessage: :class:`tests.gateway.gw_rawclient.RawClient`), prints ``ready``, and
 then takes commands on stdin:
 
-* ``expect FILE``: the messages each client key should get (``{"<principal>_<nonce>": count}``, the synthetic
-  replica's counts); ``done`` is printed once every client has them all;
+* ``expect FILE``: record from now on; the messages each client key should get (``{"<principal>_<nonce>":
+  count}``, the synthetic replica's counts). Prints ``expecting`` (only then may the stream start), and
+  ``done`` once every client has them all;
 * ``bare URL``: the same clients (same keys) connect to a bare server, each announcing its key in a first
   text frame; prints ``ready`` when all are connected. The bare server repeats the stream in passes, each
   starting with a text frame ``pass``, after which a client expects its sequence numbers from the start again;
@@ -245,6 +246,7 @@ async def main(url: str, canister: str, count: int) -> None:
         if command == "expect":
             clients.expect(load_counts(Path(rest)))
             waiter = asyncio.create_task(announce_done(clients.recorder))
+            print("expecting", flush=True)
         elif command == "bare":
             await clients.connect_bare(rest)
             print("ready", flush=True)
