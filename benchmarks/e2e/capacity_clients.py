@@ -109,7 +109,9 @@ class CapacityListener(RawListener):
         try:
             if not data.startswith(_KEY_HEAD):
                 raise ValueError("not a CanisterToClientMessage")
-            _, length, pos = cbor.read_head(data, len(_KEY_HEAD))
+            major, length, pos = cbor.read_head(data, len(_KEY_HEAD))
+            if major != 3 or length < _NONCE_DIGITS:
+                raise ValueError("no message key")
             key_end = pos + length
             nonce = int(data[key_end - _NONCE_DIGITS : key_end])
             if not data.startswith(_CONTENT_LABEL, key_end):
