@@ -16,12 +16,22 @@ from pathlib import Path
 import pytest
 
 from benchmarks.e2e.capacity_clients import CapacityListener, Recorder
+from benchmarks.e2e.synthetic_replica import Stream, SyntheticReplica
 from icws_fast.gateway.fanout import batch_suffix, encode_frames
-from icws_fast.ic.identity import Ed25519Identity
-from icws_fast.protocol.types import ClientKey, WebsocketMessage, encode_websocket_message, message_key
+from icws_fast.ic.envelope import build_envelope, call_content
+from icws_fast.ic.identity import Ed25519Identity, Identity
+from icws_fast.ic.principal import Principal
+from icws_fast.protocol.types import (
+    ClientKey,
+    WebsocketMessage,
+    encode_get_messages_args,
+    encode_websocket_message,
+    message_key,
+)
 from tests.processes import REPO
 
-GATEWAY = Ed25519Identity.from_seed(b"\x01" * 32).sender
+GATEWAY_IDENTITY = Ed25519Identity.from_seed(b"\x01" * 32)
+GATEWAY = GATEWAY_IDENTITY.sender
 MINE = ClientKey(Ed25519Identity.from_seed(b"\x02" * 32).sender, 7)
 OTHER = ClientKey(Ed25519Identity.from_seed(b"\x03" * 32).sender, 7)
 
@@ -63,6 +73,47 @@ def test_scan_counts_gaps_duplicates_misroutes_and_garbage() -> None:
     assert (recorder.gaps, recorder.duplicates, recorder.misroutes, recorder.unreadable) == (2, 1, 1, 1)
     assert list(recorder.nonces) == [10, 13]
     assert not recorder.done.is_set()
+
+
+def poll(identity: Identity, nonce: int, method: str = "ws_get_messages") -> bytes:
+    """A signed ``ws_get_messages`` query envelope, as the gateway's agent posts it."""
+    canister = Principal.from_text("rwlgt-iiaaa-aaaaa-aaaaa-cai")
+    content = call_content(identity.sender, canister, method, encode_get_messages_args(nonce), request_type="query")
+    return build_envelope(identity, content)
+
+
+def stream(rate: float = 0.0) -> Stream:
+    """Three precomputed replies of 50 messages from nonce 100, not released yet."""
+    return Stream(GATEWAY.bytes, 100, 50, b"empty", bodies=[b"r0", b"r1", b"r2"], counts=[50] * 3, rate=rate)
+
+
+def test_replica_fast_path_answers_the_gateways_polls_on_the_grid_once_released() -> None:
+    answer = SyntheticReplica._stream_answer
+    released = stream()
+    assert answer(released, poll(GATEWAY_IDENTITY, 150)) == b"empty"  # before go
+    released.go = time.monotonic()
+    assert [answer(released, poll(GATEWAY_IDENTITY, n)) for n in (100, 150, 200, 250)] == [
+        b"r0",
+        b"r1",
+        b"r2",
+        b"empty",
+    ]
+    assert [index for index, _ in released.writes] == [0, 1, 2]
+    # Anything else is the devnet's to answer: nonces off the grid or before the stream, other senders, methods.
+    assert answer(released, poll(GATEWAY_IDENTITY, 120)) is None
+    assert answer(released, poll(GATEWAY_IDENTITY, 50)) is None
+    assert answer(released, poll(Ed25519Identity.generate(), 100)) is None
+    assert answer(released, poll(GATEWAY_IDENTITY, 100, method="other")) is None
+    paced = stream(rate=1.0)  # one message a second: the second reply is due 50 s after go
+    paced.go = time.monotonic()
+    assert [answer(paced, poll(GATEWAY_IDENTITY, n)) for n in (100, 150)] == [b"r0", b"empty"]
+
+
+@pytest.mark.parametrize("body", [b"", b"\xff", b"\xd9\xd9\xf7\xa1\x67content\x01", b"\x9f" * 10_000, b"\xa0"])
+def test_replica_fast_path_leaves_malformed_queries_to_the_devnet(body: bytes) -> None:
+    released = stream()
+    released.go = time.monotonic()
+    assert SyntheticReplica._stream_answer(released, body) is None
 
 
 @pytest.mark.slow
