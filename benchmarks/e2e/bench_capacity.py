@@ -55,6 +55,11 @@ BURST: Final = 10
 PATTERNS: Final = {"round-robin": 1, "bursty": BURST}
 #: Generous bounds for the slow steps (1 000 sessions to open, a long stream to precompute).
 SETUP_TIMEOUT_S: Final = 600.0
+#: The gateway's --max-send-buffer here: 16 times its default, so that a client process that a busy machine
+#: leaves unscheduled for a while is not closed as a slow consumer (which would end the run with messages missing).
+MAX_SEND_BUFFER: Final = 64 * 1024 * 1024
+#: The slowest delivery a saturated leg waits for before it counts the messages not yet read as missing.
+MIN_RATE: Final = 5000.0
 _QUANTILES: Final = {"p50": 0.5, "p99": 0.99, "p999": 0.999}
 
 
@@ -234,7 +239,7 @@ class Run:
         info = json.loads(await replica.wait_for_line_async("{"))
         env = {"RUST_LOG_FILE": "warn"} | ({"PYTHONPATH": str(src)} if src is not None else {})
         flags = ["--polling-interval", str(args.polling_interval), "--max-clients-per-ip", str(point.clients + 10)]
-        flags += ["--poll-pipeline-depth", str(args.pipeline)]
+        flags += ["--poll-pipeline-depth", str(args.pipeline), "--max-send-buffer", str(args.max_send_buffer)]
         gateway = GatewayProcess(info["url"], self.workdir / "data", extra_args=flags, env=env)
         await gateway.start_async()
         try:
@@ -257,7 +262,7 @@ class Run:
                 go = float((await replica.wait_for_line_async("go ")).split()[1])
                 await asyncio.sleep(max(0.0, go + args.warmup - time.monotonic()))
                 profiler.start({"gateway": gateway.pid})
-                drain = stream["messages"] / max(rate, 2000.0) + 60
+                drain = stream["messages"] / (rate or MIN_RATE) + 30
                 leg.notes += await _await_done(clients, drain)
             profiler.report()
             paths, leg.faults = await _reports(clients, out, "gateway")
@@ -295,7 +300,7 @@ class Run:
             with CpuTimeline(pids) as timeline:
                 start = time.monotonic()
                 bare.send_line("go")
-                leg.notes += await _await_done(clients, int(words[5]) * args.bare_passes / 2000 + 60)
+                leg.notes += await _await_done(clients, int(words[5]) * args.bare_passes / MIN_RATE + 30)
             paths, leg.faults = await _reports(clients, dump, "bare")
         records = Records.load(paths)
         end = records.times[-1] if records.times else start
@@ -398,14 +403,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pattern", type=lambda t: t.split(","), default=list(PATTERNS), help="round-robin,bursty")
     p.add_argument("--half-load", action="store_true", help="also measure the latency at half the saturated rate")
     p.add_argument("--quick", action="store_true", help="K=100, 100 B, round robin, short: the CI ratio guard")
-    p.add_argument("--seconds", type=float, default=5.0, help="measurement window")
-    p.add_argument("--warmup", type=float, default=1.5, help="seconds from the stream's release to the window")
+    p.add_argument("--seconds", type=float, default=4.0, help="measurement window")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds from the stream's release to the window")
     p.add_argument("--messages", type=int, default=0, help="messages in the stream (default: --expect-rate x time)")
     p.add_argument("--expect-rate", type=float, default=50_000, help="msgs/s the stream is sized for")
     p.add_argument("--round-messages", type=int, default=2000, help="messages per replica round (certificate)")
     p.add_argument("--client-procs", type=int, default=1, help="client processes")
     p.add_argument("--polling-interval", type=int, default=2, help="the gateway's --polling-interval, ms")
     p.add_argument("--pipeline", type=int, default=3, help="the gateway's --poll-pipeline-depth")
+    p.add_argument(
+        "--max-send-buffer",
+        type=int,
+        default=MAX_SEND_BUFFER,
+        help="the gateway's --max-send-buffer: a client process starved by a busy machine must not be closed",
+    )
     p.add_argument("--bare-memory-mb", type=float, default=200, help="frames the bare server holds, MB")
     p.add_argument("--bare-passes", type=int, default=5, help="times the bare server writes them")
     p.add_argument("--json", type=Path, help="write every figure to this file")
