@@ -3,23 +3,26 @@
 Run: ``.venv/bin/python -m benchmarks.e2e.synthetic_replica --gateway-principal P [options]`` (a separate
 process; :mod:`benchmarks.e2e.bench_capacity` drives it). It is the devnet (:mod:`icws_fast.devnet`) hosting
 one :class:`~benchmarks.e2e.stream_canister.StreamCanister`, served by the devnet's own HTTP handlers
-(status with the root key, v2/v3/v4 calls, v2/v3 queries and read_state), plus one fast path:
+(status with the root key, v2/v3/v4 calls, v2/v3 queries and read_state), plus one fast path. It prints
+a JSON line (``url``, ``root_key``, ``canister``, ``pid``), then takes commands on stdin:
 
 * **Live phase.** Clients open their sessions through the gateway: their signed ``ws_open`` calls execute in
   the devnet's rounds and get certified replies; the gateway polls the OpenMessages live.
-* **Precompute** (stdin ``precompute``). The canister produces the stream in rounds of ``--round-messages``
+* **Precompute** (stdin ``precompute FILE``). The canister produces the stream in rounds of ``--round-messages``
   messages (the CDK's ``send``: its message encoding, certified map and sequence numbers); each round is
   certified once (a BLS signature, as a replica round), and then every ``ws_get_messages`` reply of the
   gateway's queue that the round completes is asked from the canister as a query (the CDK's witness, the
   round's data certificate, Candid) and kept as the bytes of the HTTP answer. A reply is taken while more
   messages follow it (``is_end_of_queue`` false, as for a canister with a backlog), the last one at the end.
-  Prints ``stream ready {json}`` (first nonce, messages, replies, the file of per-client message counts).
+  Writes the messages per client key to FILE (``{"<principal>_<nonce>": count}``) and prints ``stream ready
+  {json}`` (first nonce, messages, replies, clients, reply bytes, seconds taken).
 * **Stream** (stdin ``go``). A query of the gateway for a nonce on the replies' grid is answered from the
   precomputed bytes: one CBOR decode of the envelope, one lookup. Before ``go``, or before its release time
   when ``--rate`` limits the stream, such a query gets the CDK's empty reply (the canister has not sent those
   messages yet). The monotonic time each stream reply is written is recorded (``time.monotonic`` is one clock
   for all processes on Linux), so the gateway's added latency is measurable at the clients. Other queries
-  (other senders, nonces off the grid or before the stream) go to the live canister.
+  (other senders, nonces before the stream or off the grid, which a gateway never asks since every reply
+  but the last holds ``--batch`` messages) go to the live canister.
 * ``dump DIR`` writes ``DIR/stream.bin`` (the replies' Candid bytes, each after a 4-byte big-endian length:
   what a bare server needs to write the gateway's exact frames) and ``DIR/replica.json`` (first nonce, batch
   size, per-reply message counts, the write times, the CPU this process used since ``go``), then prints
