@@ -219,6 +219,8 @@ class Run:
         args, point = self.args, self.point
         out = Path(tempfile.mkdtemp(dir=self.workdir))
         leg = Leg(name, offered_rate=rate)
+        if rate:
+            leg.notes.append(f"stream released at {rate:.0f} msgs/s")
         replica = stack.enter_context(
             spawn_role(
                 _REPLICA,
@@ -409,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--expect-rate", type=float, default=50_000, help="msgs/s the stream is sized for")
     p.add_argument("--round-messages", type=int, default=2000, help="messages per replica round (certificate)")
     p.add_argument("--client-procs", type=int, default=1, help="client processes")
-    p.add_argument("--polling-interval", type=int, default=2, help="the gateway's --polling-interval, ms")
+    p.add_argument("--polling-interval", type=int, default=1, help="the gateway's --polling-interval, ms")
     p.add_argument("--pipeline", type=int, default=3, help="the gateway's --poll-pipeline-depth")
     p.add_argument(
         "--max-send-buffer",
