@@ -1,16 +1,18 @@
 """The bare server of the capacity benchmark: picows writing exactly the gateway's frames, and nothing else.
 
-Run by :mod:`benchmarks.e2e.bench_capacity` as ``python -m benchmarks.e2e.bare_server DIR CLIENTS
-MEMORY_MB PASSES``. ``DIR`` holds the synthetic replica's dump (``stream.bin``). Before it listens, it turns the
-stream's first replies (as many as fit in ``MEMORY_MB`` of frames) into what the gateway writes: per reply,
-per client in the order of their first message, :func:`icws_fast.gateway.fanout.encode_frames` of that
-client's messages with the reply's :func:`~icws_fast.gateway.fanout.batch_suffix`, one buffer. It writes
-``DIR/bare_counts.json`` (messages per client key over all passes), prints ``port N``, waits for ``CLIENTS``
-connections, each naming its client key in a first text frame, prints ``ready``; on ``go`` (stdin) it writes
-the buffers ``PASSES`` times, each pass after a text frame ``pass`` to every client (their sequence numbers
-start again), with one ``write`` per buffer on the socket, as the gateway does, and a yield to the loop after
-each reply, as the gateway yields between two batches. A client whose socket has more than
-:data:`HIGH_WATER` bytes unsent is waited for (the gateway would close it). It prints ``sent`` at the end.
+Run by :mod:`benchmarks.e2e.bench_capacity` as ``python -m benchmarks.e2e.bare_server DIR CLIENTS MEMORY_MB PASSES
+RATE``. ``DIR`` holds the synthetic replica's dump (``stream.bin``). Before it listens, it turns the stream's first
+replies (as many as fit in ``MEMORY_MB`` of frames) into what the gateway writes: per reply, per client in the
+order of their first message, :func:`icws_fast.gateway.fanout.encode_frames` of that client's messages with the
+reply's :func:`~icws_fast.gateway.fanout.batch_suffix`, one buffer. It writes ``DIR/bare_counts.json`` (messages
+per client key over all passes), prints ``port N``, waits for ``CLIENTS`` connections, each naming its client key
+in a first text frame, prints ``ready``; on ``go`` (stdin) it writes the buffers ``PASSES`` times, each pass after
+a text frame ``pass`` to every client (their sequence numbers start again), with one ``write`` per buffer on the
+socket, as the gateway does, and a yield to the loop after each reply, as the gateway yields between two batches.
+``RATE`` (messages/s, 0: as fast as it can) paces the replies: at the gateway's rate the clients read the same way
+they read the gateway's frames (as fast as it can, the bare server outruns the clients, and its writes pile up and
+leave in fewer, larger ``send`` calls). A client whose socket has more than :data:`HIGH_WATER` bytes unsent is
+waited for (the gateway would close it). It prints ``sent`` at the end.
 """
 
 from __future__ import annotations
@@ -88,21 +90,24 @@ class BareServer:
 
         return Announced()
 
-    async def send(self, passes: int) -> None:
+    async def send(self, passes: int, rate: float) -> None:
         transports = self.transports
         sockets = {key: transport.underlying_transport for key, transport in transports.items()}
         marker = PASS_MARKER.encode()
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0
         for _ in range(passes):
             for transport in transports.values():
                 transport.send(WSMsgType.TEXT, marker)
             for batch in self.batches:
-                for client, frames, _ in batch:
+                for client, frames, count in batch:
                     socket = sockets[client]
                     # Polled: neither picows nor uvloop has an awaitable "drained" for a transport.
                     while socket.get_write_buffer_size() > HIGH_WATER:  # noqa: ASYNC110
                         await asyncio.sleep(0.001)
                     socket.write(frames)
-                await asyncio.sleep(0)
+                    sent += count
+                await asyncio.sleep(max(0.0, start + sent / rate - loop.time()) if rate else 0)
 
     def counts(self, passes: int) -> dict[str, int]:
         counts: Counter[str] = Counter()
@@ -112,7 +117,7 @@ class BareServer:
         return dict(counts)
 
 
-async def main(out: Path, clients: int, memory_mb: float, passes: int) -> None:
+async def main(out: Path, clients: int, memory_mb: float, passes: int, rate: float) -> None:
     server = BareServer(load_batches(out / "stream.bin", int(memory_mb * 2**20)), clients)
     (out / "bare_counts.json").write_text(json.dumps(server.counts(passes)))
     listening = await ws_create_server(lambda _: server.listener(), "127.0.0.1", 0, use_aiofastnet=False)
@@ -122,7 +127,7 @@ async def main(out: Path, clients: int, memory_mb: float, passes: int) -> None:
     print("ready", flush=True)
     async for line in stdin_lines():
         if line == "go":
-            await server.send(passes)
+            await server.send(passes, rate)
             print("sent", flush=True)
         else:
             print(f"unknown command {line!r}: go", file=sys.stderr, flush=True)
@@ -131,4 +136,4 @@ async def main(out: Path, clients: int, memory_mb: float, passes: int) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    uvloop.run(main(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])))
+    uvloop.run(main(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])))

@@ -286,11 +286,12 @@ class Run:
         replica.stop()
         return leg, clients, out
 
-    async def bare_leg(self, clients: list[Child], dump: Path) -> Leg:
-        """The bare server writing the gateway's frames of ``dump``'s stream to the same clients."""
-        args, leg = self.args, Leg("bare server")
+    async def bare_leg(self, clients: list[Child], dump: Path, rate: float) -> Leg:
+        """The bare server writing the gateway's frames of ``dump``'s stream to the same clients at ``rate``."""
+        args, leg = self.args, Leg("bare server", offered_rate=rate)
         passes = str(args.bare_passes)
-        with spawn_role(_BARE, str(dump), str(self.point.clients), str(args.bare_memory_mb), passes) as bare:
+        argv = [str(dump), str(self.point.clients), str(args.bare_memory_mb), passes, str(rate)]
+        with spawn_role(_BARE, *argv) as bare:
             words = (await bare.wait_for_line_async("port ", SETUP_TIMEOUT_S)).split()
             for child in clients:
                 child.send_line(f"bare ws://127.0.0.1:{words[1]}")
@@ -307,7 +308,8 @@ class Run:
         records = Records.load(paths)
         end = records.times[-1] if records.times else start
         _summarise(leg, records, timeline, "bare", start=start, end=end, wanted=end - start)
-        leg.notes.append(f"{words[3]} replies ({words[5]} messages) written {passes} times")
+        paced = f"at {rate:.0f} msgs/s" if rate else "as fast as it can"
+        leg.notes.append(f"{words[3]} replies ({words[5]} messages) written {passes} times, {paced}")
         return leg
 
 
@@ -356,7 +358,7 @@ async def measure_point(args: argparse.Namespace, point: Point) -> dict[str, Any
             leg, clients, dump = await run.gateway_leg(stack, name, src)
             saturated.append(leg)
         legs += saturated
-        bare = await run.bare_leg(clients, dump)
+        bare = await run.bare_leg(clients, dump, saturated[-1].msgs_per_s if args.bare_rate == "gateway" else 0.0)
         legs.append(bare)
         for leg in saturated:
             ratios[leg.name] = _ratio(leg, bare)
@@ -408,7 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=4.0, help="measurement window")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds from the stream's release to the window")
     p.add_argument("--messages", type=int, default=0, help="messages in the stream (default: --expect-rate x time)")
-    p.add_argument("--expect-rate", type=float, default=50_000, help="msgs/s the stream is sized for")
+    p.add_argument("--expect-rate", type=float, default=80_000, help="msgs/s the stream is sized for")
     p.add_argument("--round-messages", type=int, default=2000, help="messages per replica round (certificate)")
     p.add_argument("--client-procs", type=int, default=1, help="client processes")
     p.add_argument("--polling-interval", type=int, default=1, help="the gateway's --polling-interval, ms")
@@ -421,14 +423,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--bare-memory-mb", type=float, default=200, help="frames the bare server holds, MB")
     p.add_argument("--bare-passes", type=int, default=5, help="times the bare server writes them")
+    p.add_argument(
+        "--bare-rate",
+        choices=("gateway", "max"),
+        default="gateway",
+        help="the bare server writes at the rate the gateway delivered (the clients read alike) or as fast as it can",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--profile", type=Path, help="directory for a py-spy profile of the gateway")
     p.add_argument("--compare", type=Path, help="also measure, first, the gateway whose icws_fast is in this directory")
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.payload, args.pattern = [100], [100], ["round-robin"]
-        args.seconds, args.warmup = 3.0, 1.0
-        args.messages, args.bare_memory_mb, args.bare_passes = 120_000, 100, 3
+        args.seconds, args.warmup = 2.0, 0.5
+        args.messages, args.bare_memory_mb, args.bare_passes = 250_000, 100, 6
     unknown = set(args.pattern) - set(PATTERNS)
     if unknown:
         p.error(f"unknown pattern(s) {', '.join(sorted(unknown))}: choose among {', '.join(PATTERNS)}")
