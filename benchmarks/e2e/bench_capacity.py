@@ -314,12 +314,13 @@ class Run:
 
 
 def _ratio(gateway: Leg, bare: Leg) -> dict[str, float]:
+    """CPU per message, gateway / bare; and msgs/s when the bare server ran as fast as it could."""
     if not (gateway.messages and bare.messages):
         return {}
-    return {
-        "cpu_per_msg": gateway.cpu_us_per_msg / bare.cpu_us_per_msg,
-        "msgs_per_s": gateway.msgs_per_s / bare.msgs_per_s,
-    }
+    ratio = {"cpu_per_msg": gateway.cpu_us_per_msg / bare.cpu_us_per_msg}
+    if not bare.offered_rate:
+        ratio["msgs_per_s"] = gateway.msgs_per_s / bare.msgs_per_s
+    return ratio
 
 
 def _print_point(point: Point, legs: list[Leg], ratios: dict[str, dict[str, float]]) -> None:
@@ -336,7 +337,8 @@ def _print_point(point: Point, legs: list[Leg], ratios: dict[str, dict[str, floa
         )
     for name, ratio in ratios.items():
         if ratio:
-            print(f"  {name} / bare: CPU per message {ratio['cpu_per_msg']:.2f}x, msgs/s {ratio['msgs_per_s']:.2f}x")
+            rate = f", msgs/s {ratio['msgs_per_s']:.2f}x" if "msgs_per_s" in ratio else ""
+            print(f"  {name} / bare: CPU per message {ratio['cpu_per_msg']:.2f}x{rate}")
     for leg in legs:
         others = ", ".join(f"{n} {s * 100:.0f}%" for n, s in leg.cpu_share.items())
         faults = ", ".join(f"{n} {v}" for n, v in leg.faults.items())
