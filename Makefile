@@ -18,12 +18,19 @@ FUZZ_JOBS ?= 2
 FUZZ_TARGETS ?=
 # make soak: seconds of load (make test runs the same test for 10 s).
 SOAK_SECONDS ?= 60
+# Benchmark results (pytest-benchmark JSON and the ratio guard's inputs); CI keeps them (see .ci/run).
+BENCH_DIR := artifacts/bench
+# The ratio guard's run (make bench-guard, part of make test): every twin pair for ~0.3 s a side. Ratios of medians
+# hold at that length; absolute times gate nothing. make floors recalibrates from FLOORS_RUNS such runs.
+GUARD_BENCH := ICWS_FAST_REQUIRE_EXT=1 nice -n 5 $(PY) -m pytest benchmarks -m twin --benchmark-only --benchmark-enable \
+	-q -p no:cacheprovider --benchmark-max-time=0.3 --benchmark-min-rounds=5
+FLOORS_RUNS ?= 8
 # `make run WASM_CANISTERS="mo=path/to/canister.wasm" WASM_INIT_ARG="mo=(50 : nat64, 300_000 : nat64)"` also
 # serves canister modules (space-separated NAME=PATH.wasm) next to the demo canisters; see docs/devnet.md.
 WASM_CANISTERS ?=
 WASM_INIT_ARG ?=
 
-.PHONY: run run-clean dev test ext lint typecheck pytest pytest-pure bench bench-e2e interop-deps fuzz soak clean
+.PHONY: run run-clean dev test ext lint typecheck pytest pytest-pure bench bench-guard floors interop-deps fuzz soak clean
 
 $(RUN_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -68,7 +75,7 @@ pytest: ext $(TEST_STAMP) interop-deps
 pytest-pure: ext $(TEST_STAMP)
 	ICWS_FAST_PURE=1 $(PY) -m pytest -q -m "not slow and not interop"
 
-test: lint typecheck pytest pytest-pure
+test: lint typecheck pytest pytest-pure bench-guard
 
 # Coverage-guided fuzzing of every parser a peer can reach; crashing inputs land in fuzz/regressions/.
 fuzz: ext $(TEST_STAMP)
@@ -79,8 +86,24 @@ fuzz: ext $(TEST_STAMP)
 soak: ext $(TEST_STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q -s tests/faults/test_load.py -k test_soak
 
+# Every benchmark (absolute times, for people), then the ratio guard on that run.
 bench: ext $(TEST_STAMP)
-	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest benchmarks --benchmark-only --benchmark-enable -q
+	mkdir -p $(BENCH_DIR)
+	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest benchmarks --benchmark-only --benchmark-enable -q \
+		--benchmark-json=$(BENCH_DIR)/bench.json
+	$(PY) -m benchmarks.floors check --results $(BENCH_DIR)/bench.json --capacity $(BENCH_DIR)/capacity.json
+
+# The ratio guard: compiled/pure speed-ups (and gateway/bare) against benchmarks/floors.json.
+bench-guard: ext $(TEST_STAMP)
+	mkdir -p $(BENCH_DIR)
+	$(GUARD_BENCH) --benchmark-json=$(BENCH_DIR)/guard.json
+	$(PY) -m benchmarks.floors check --results $(BENCH_DIR)/guard.json --capacity $(BENCH_DIR)/guard-capacity.json
+
+# New floors: FLOORS_RUNS guard runs; each floor at their median, its noise allowance from their spread.
+floors: ext $(TEST_STAMP)
+	rm -rf $(BENCH_DIR)/floors && mkdir -p $(BENCH_DIR)/floors
+	for run in $$(seq $(FLOORS_RUNS)); do $(GUARD_BENCH) --benchmark-json=$(BENCH_DIR)/floors/guard-$$run.json || exit 1; done
+	$(PY) -m benchmarks.floors calibrate $(BENCH_DIR)/floors/guard-*.json --write
 
 clean:
 	rm -rf build $(VENV) icws_fast/_ext/*.c icws_fast/_ext/*.so .pytest_cache .mypy_cache .ruff_cache
