@@ -213,12 +213,12 @@ def twin_run(results: Any, source: Path) -> TwinRun:
     return TwinRun(speedups, twins, one_sided, mispaired)
 
 
-def compiled_twins(ext_dir: Path = EXT_DIR) -> list[str]:
-    """Every compiled twin, ``"<module>.<name>"``: the public ``def`` s of ``ext_dir/*.pyx`` (the functions
+def compiled_twins() -> list[str]:
+    """Every compiled twin, ``"<module>.<name>"``: the public ``def`` s of ``EXT_DIR/*.pyx`` (the functions
     ``icws_fast._ext.twin`` binds; ``tests/test_ext_stubs.py`` holds the two lists equal)."""
     return sorted(
         f"{pyx.stem}.{name}"
-        for pyx in ext_dir.glob("*.pyx")
+        for pyx in EXT_DIR.glob("*.pyx")
         for name in re.findall(r"^def ([a-z]\w*)\(", pyx.read_text(), re.MULTILINE)
     )
 
@@ -244,24 +244,15 @@ def _judge(kind: str, name: str, value: float, floor: Floor) -> Row:
     return Row(kind, name, value, floor, BELOW, f"{drop:.0%} below its floor, {floor.noise:.0%} allowed")
 
 
-def check(floors: Floors, run: TwinRun, capacity: Any | None, twins: Sequence[str]) -> tuple[list[Row], list[str]]:
-    """The table rows and the failures (each a sentence) of ``run`` and ``capacity`` (None: not measured)."""
-    rows: list[Row] = []
-    problems: list[str] = []
+def structure_problems(floors: Floors, run: TwinRun, twins: Sequence[str]) -> list[str]:
+    """What makes ``run`` unfit to guard ``twins`` whatever its times: a pure run, a compiled side that runs the
+    pure twin, a twin no pair with a floor benchmarks (floors without a pair are MISSING rows of :func:`check`)."""
+    problems = []
     if not run.speedups and run.one_sided and set(run.one_sided.values()) == {"pure"}:
         problems.append(
             "the run has no compiled benchmark: it ran pure (ICWS_FAST_PURE=1, or the extensions are not built);"
             " run `make ext` and the guard with ICWS_FAST_REQUIRE_EXT=1"
         )
-    for pair, floor in sorted(floors.speedups.items()):
-        if pair in run.speedups:
-            rows.append(_judge("speed-up", pair, run.speedups[pair], floor))
-        else:
-            side = run.one_sided.get(pair)
-            detail = f"only its {side} side ran" if side else "not in the results: renamed, removed or deselected?"
-            rows.append(Row("speed-up", pair, None, floor, MISSING, detail))
-    for pair in sorted(set(run.speedups) - set(floors.speedups)):
-        rows.append(Row("speed-up", pair, run.speedups[pair], None, NO_FLOOR, "unguarded: add its floor"))
     for pair, called in sorted(run.mispaired.items()):
         problems.append(
             f"{pair}: its compiled side calls the pure {', '.join(called)}: the pair does not compare the twins"
@@ -273,14 +264,32 @@ def check(floors: Floors, run: TwinRun, capacity: Any | None, twins: Sequence[st
         for twin in twins
         if twin not in guarded
     ]
+    return problems
+
+
+def check(floors: Floors, run: TwinRun, capacity: Any | None, twins: Sequence[str]) -> tuple[list[Row], list[str]]:
+    """The table rows and the failures (each a sentence) of ``run`` and ``capacity`` (None: not measured)."""
+    rows: list[Row] = []
+    for pair, floor in sorted(floors.speedups.items()):
+        if pair in run.speedups:
+            rows.append(_judge("speed-up", pair, run.speedups[pair], floor))
+        else:
+            side = run.one_sided.get(pair)
+            detail = f"only its {side} side ran" if side else "not in the results: renamed, removed or deselected?"
+            rows.append(Row("speed-up", pair, None, floor, MISSING, detail))
+    for pair in sorted(set(run.speedups) - set(floors.speedups)):
+        rows.append(Row("speed-up", pair, run.speedups[pair], None, NO_FLOOR, "unguarded: add its floor"))
     for name, floor in sorted(floors.capacity.items()):
         if capacity is None:
             rows.append(Row("capacity", name, None, floor, SKIPPED, "no capacity results"))
             continue
         try:
             rows.append(_judge("capacity", name, capacity_ratio(capacity, floor), floor))
-        except (KeyError, ValueError) as exc:
-            rows.append(Row("capacity", name, None, floor, MISSING, f"capacity results lack {exc}"))
+        except KeyError as exc:
+            rows.append(Row("capacity", name, None, floor, MISSING, f"the capacity results lack {exc.args[0]}"))
+        except ValueError as exc:
+            rows.append(Row("capacity", name, None, floor, MISSING, f"in the capacity results, {exc}"))
+    problems = structure_problems(floors, run, twins)
     problems += [f"{row.kind} {row.name}: {row.status}, {row.detail}" for row in rows if row.status in FAILING]
     return rows, problems
 
