@@ -73,10 +73,11 @@ class Floor:
 
 @dataclass(frozen=True)
 class CapacityFloor(Floor):
-    """A capacity floor: its ratio is the value at JSON pointer ``numerator`` over the one at ``denominator``."""
+    """A capacity floor: its ratio is ``numerator`` over ``denominator``, each a JSON pointer into the capacity
+    results or a number (``1`` over the pointer to a gateway/bare cost ratio: the bare/gateway one)."""
 
-    numerator: str
-    denominator: str
+    numerator: str | float
+    denominator: str | float
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,15 @@ def parse_floors(doc: Any, source: Path) -> Floors:
         where = f"{source}: capacity[{name!r}]"
         fields = _floor_fields(entry, where)
         for field in ("numerator", "denominator"):
-            pointer = entry.get(field)
-            if not isinstance(pointer, str) or not pointer.startswith("/"):
-                raise GuardError(f"{where}: '{field}' must be a JSON pointer such as '/bare/cpu_us_per_msg'")
-            fields[field] = pointer
+            operand = entry.get(field)
+            if isinstance(operand, int | float) and not isinstance(operand, bool) and operand > 0:
+                operand = float(operand)
+            elif not isinstance(operand, str) or not operand.startswith("/"):
+                raise GuardError(
+                    f"{where}: '{field}' must be a JSON pointer such as '/points/0/ratios/gateway/cpu_per_msg'"
+                    f" or a positive number, not {operand!r}"
+                )
+            fields[field] = operand
         capacity[name] = CapacityFloor(**fields)
     return Floors(str(doc.get("about", "")), speedups, capacity)
 
@@ -225,11 +231,13 @@ def compiled_twins() -> list[str]:
 
 def capacity_ratio(doc: Any, floor: CapacityFloor) -> float:
     """``floor``'s ratio in the capacity results ``doc``; a KeyError or ValueError saying what is wrong."""
-    numerator, denominator = resolve(doc, floor.numerator), resolve(doc, floor.denominator)
-    for pointer, value in ((floor.numerator, numerator), (floor.denominator, denominator)):
+    values = []
+    for operand in (floor.numerator, floor.denominator):
+        value = resolve(doc, operand) if isinstance(operand, str) else operand
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"{pointer} is {value!r}, not a positive number")
-    return float(numerator) / float(denominator)
+            raise ValueError(f"{operand} is {value!r}, not a positive number")
+        values.append(float(value))
+    return values[0] / values[1]
 
 
 # --- checking ----------------------------------------------------------------------------------------------------

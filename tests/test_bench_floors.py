@@ -295,3 +295,11 @@ def test_every_compiled_twin_has_a_guarded_benchmark_pair(tmp_path: Path) -> Non
     run = floors.twin_run(json.loads(results.read_text()), results)
     assert floors.structure_problems(committed, run, floors.compiled_twins()) == []
     assert sorted(set(committed.speedups) - set(run.speedups)) == []  # every floor's pair ran, both sides
+
+
+def test_a_capacity_ratio_can_invert_a_cost_ratio() -> None:
+    entry = {"numerator": 1, "denominator": "/points/0/ratios/gateway/cpu_per_msg", **_floor(0.3, 0.2)}
+    floor = floors.parse_floors({"capacity": {"bare/gateway": entry}}, Path("floors.json")).capacity["bare/gateway"]
+    assert floors.capacity_ratio({"points": [{"ratios": {"gateway": {"cpu_per_msg": 2.5}}}]}, floor) == 0.4
+    with pytest.raises(ValueError, match="/points/0/ratios/gateway/cpu_per_msg is 0, not a positive number"):
+        floors.capacity_ratio({"points": [{"ratios": {"gateway": {"cpu_per_msg": 0}}}]}, floor)
