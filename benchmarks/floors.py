@@ -29,7 +29,7 @@ import re
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -229,15 +229,19 @@ def compiled_twins() -> list[str]:
     )
 
 
-def capacity_ratio(doc: Any, floor: CapacityFloor) -> float:
-    """``floor``'s ratio in the capacity results ``doc``; a KeyError or ValueError saying what is wrong."""
-    values = []
-    for operand in (floor.numerator, floor.denominator):
-        value = resolve(doc, operand) if isinstance(operand, str) else operand
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"{operand} is {value!r}, not a positive number")
-        values.append(float(value))
-    return values[0] / values[1]
+def capacity_ratio(docs: Sequence[Any], floor: CapacityFloor) -> float:
+    """``floor``'s ratio in the capacity results ``docs`` (one per quick run: the median of theirs);
+    a KeyError or ValueError saying what is wrong."""
+    ratios = []
+    for doc in docs:
+        values = []
+        for operand in (floor.numerator, floor.denominator):
+            value = resolve(doc, operand) if isinstance(operand, str) else operand
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{operand} is {value!r}, not a positive number")
+            values.append(float(value))
+        ratios.append(values[0] / values[1])
+    return statistics.median(ratios)
 
 
 # --- checking ----------------------------------------------------------------------------------------------------
@@ -275,8 +279,9 @@ def structure_problems(floors: Floors, run: TwinRun, twins: Sequence[str]) -> li
     return problems
 
 
-def check(floors: Floors, run: TwinRun, capacity: Any | None, twins: Sequence[str]) -> tuple[list[Row], list[str]]:
-    """The table rows and the failures (each a sentence) of ``run`` and ``capacity`` (None: not measured)."""
+def check(floors: Floors, run: TwinRun, capacity: Sequence[Any], twins: Sequence[str]) -> tuple[list[Row], list[str]]:
+    """The table rows and the failures (each a sentence) of ``run`` and the ``capacity`` results of the quick
+    runs that go with it (none: not measured)."""
     rows: list[Row] = []
     for pair, floor in sorted(floors.speedups.items()):
         if pair in run.speedups:
@@ -288,11 +293,12 @@ def check(floors: Floors, run: TwinRun, capacity: Any | None, twins: Sequence[st
     for pair in sorted(set(run.speedups) - set(floors.speedups)):
         rows.append(Row("speed-up", pair, run.speedups[pair], None, NO_FLOOR, "unguarded: add its floor"))
     for name, floor in sorted(floors.capacity.items()):
-        if capacity is None:
+        if not capacity:
             rows.append(Row("capacity", name, None, floor, SKIPPED, "no capacity results"))
             continue
         try:
-            rows.append(_judge("capacity", name, capacity_ratio(capacity, floor), floor))
+            row = _judge("capacity", name, capacity_ratio(capacity, floor), floor)
+            rows.append(row if len(capacity) == 1 else replace(row, detail=f"median of {len(capacity)} runs"))
         except KeyError as exc:
             rows.append(Row("capacity", name, None, floor, MISSING, f"the capacity results lack {exc.args[0]}"))
         except ValueError as exc:
@@ -339,9 +345,10 @@ def _load_note(docs: Sequence[Any]) -> str:
     return f", 1-min load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
 
 
-def calibrate(runs: Sequence[Path], capacity_runs: Sequence[Path], previous: Floors) -> dict[str, Any]:
+def calibrate(runs: Sequence[Path], capacity_runs: Sequence[Sequence[Path]], previous: Floors) -> dict[str, Any]:
     """A new ``floors.json`` document: every pair the ``runs`` all measured, and the ``previous`` capacity floors
-    measured again in ``capacity_runs`` (kept unchanged when there are none)."""
+    measured again in ``capacity_runs`` (kept unchanged when there are none). Each item of ``capacity_runs`` is
+    one sample, the median of its quick runs, as the guard takes it."""
     docs = [read_json(path, "benchmark results") for path in runs]
     parsed = [twin_run(doc, path) for doc, path in zip(docs, runs, strict=True)]
     pairs = set.intersection(*(set(run.speedups) for run in parsed)) if parsed else set()
@@ -352,13 +359,15 @@ def calibrate(runs: Sequence[Path], capacity_runs: Sequence[Path], previous: Flo
         f"{_load_note(docs)})"
     )
     speedups = {pair: _calibrated([run.speedups[pair] for run in parsed], micro_note) for pair in sorted(pairs)}
-    capacity_docs = [read_json(path, "capacity results") for path in capacity_runs]
+    capacity_docs = [[read_json(path, "capacity results") for path in sample] for sample in capacity_runs]
     capacity: dict[str, Any] = {}
     for name, floor in previous.capacity.items():
         entry: dict[str, Any] = {"numerator": floor.numerator, "denominator": floor.denominator}
         if capacity_docs:
-            values = [capacity_ratio(doc, floor) for doc in capacity_docs]
-            entry.update(_calibrated(values, f"capacity quick run, `make floors` on {day}"))
+            values = [capacity_ratio(sample, floor) for sample in capacity_docs]
+            runs_per_sample = "/".join(sorted({str(len(sample)) for sample in capacity_docs}))
+            note = f"median of {runs_per_sample} capacity quick runs, `make floors` on {day}"
+            entry.update(_calibrated(values, note))
         else:
             entry.update(floor=floor.floor, noise=floor.noise, measured=floor.measured, note=floor.note)
         capacity[name] = entry
@@ -384,10 +393,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check_cmd = commands.add_parser("check", help="check one run against the floors")
     check_cmd.add_argument("--results", type=Path, required=True, help="pytest-benchmark --benchmark-json output")
-    check_cmd.add_argument("--capacity", type=Path, help="capacity quick-run JSON (skipped, saying so, when absent)")
+    check_cmd.add_argument(
+        "--capacity",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="capacity quick-run JSONs (the median counts; absent: skipped)",
+    )
     calibrate_cmd = commands.add_parser("calibrate", help="new floors from several runs")
     calibrate_cmd.add_argument("runs", type=Path, nargs="+", help="pytest-benchmark --benchmark-json outputs")
-    calibrate_cmd.add_argument("--capacity", type=Path, nargs="*", default=[], help="capacity quick-run JSONs")
+    calibrate_cmd.add_argument(
+        "--capacity", type=Path, nargs="+", action="append", default=[], help="one sample: capacity quick-run JSONs"
+    )
     calibrate_cmd.add_argument("--write", action="store_true", help="write the floors file (default: print it)")
     args = parser.parse_args(argv)
     try:
@@ -406,16 +423,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(text, end="")
             return 0
         run = twin_run(read_json(args.results, "benchmark results"), args.results)
-        capacity = None
-        if args.capacity is not None and args.capacity.exists():
-            capacity = read_json(args.capacity, "capacity results")
+        capacity = [read_json(path, "capacity results") for path in args.capacity if path.exists()]
         rows, problems = check(previous, run, capacity, compiled_twins())
     except GuardError as exc:
         print(f"ratio guard: {exc}", file=sys.stderr)
         return 2
     print(render(rows))
-    if capacity is None:
-        where = args.capacity or "(no --capacity given)"
+    if not capacity:
+        where = " ".join(map(str, args.capacity)) or "(no --capacity given)"
         print(
             f"gateway/bare capacity ratios skipped: no capacity results at {where}"
             " (the gateway-bound quick run of benchmarks/e2e writes them)"

@@ -79,7 +79,7 @@ def _main(tmp_path: Path, run: Any, capacity: Any = None, floor_doc: Any = FLOOR
     return floors.main([*args, *extra])
 
 
-def _check(run: dict[str, Any], twins: list[str], capacity: Any = None) -> tuple[list[floors.Row], list[str]]:
+def _check(run: dict[str, Any], twins: list[str], capacity: Any = ()) -> tuple[list[floors.Row], list[str]]:
     parsed = floors.parse_floors(FLOORS, Path("floors.json"))
     return floors.check(parsed, floors.twin_run(run, Path("run.json")), capacity, twins)
 
@@ -224,12 +224,14 @@ def test_calibrate_sets_floor_at_the_median_and_noise_from_the_spread(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     runs = [_write(tmp_path, f"run{i}.json", _run({DECODE: r, SPLICE: 4.0})) for i, r in enumerate((9, 10, 11, 8.5))]
+    # Two samples of three quick runs each (as the guard takes them): medians 0.5 and 0.4 (gateway 10 and 12.5 us).
     capacity = [
-        _write(tmp_path, f"cap{i}.json", {"bare": {"cpu_us": 5}, "gateway": {"cpu_us": g}})
-        for i, g in enumerate((10, 10, 10))
+        str(_write(tmp_path, f"cap{i}.json", {"bare": {"cpu_us": 5}, "gateway": {"cpu_us": g}}))
+        for i, g in enumerate((10, 10, 30, 12.5, 12.5, 5))
     ]
     floor_path = _write(tmp_path, "floors.json", FLOORS)
-    argv = ["--floors", str(floor_path), "calibrate", *map(str, runs), "--capacity", *map(str, capacity), "--write"]
+    argv = ["--floors", str(floor_path), "calibrate", *map(str, runs), "--write"]
+    argv += ["--capacity", *capacity[:3], "--capacity", *capacity[3:]]
     assert floors.main(argv) == 0
     written = json.loads(floor_path.read_text())
     decode = written["speedups"][DECODE]
@@ -238,7 +240,9 @@ def test_calibrate_sets_floor_at_the_median_and_noise_from_the_spread(
     assert "4 runs gave 8.50-11.00" in decode["note"] and "1-min load 1.5-1.5" in decode["note"]
     assert written["speedups"][SPLICE]["noise"] == floors.MIN_NOISE  # no spread: the minimum allowance
     cap = written["capacity"]["bare/gateway CPU per message"]
-    assert (cap["numerator"], cap["floor"], cap["noise"]) == ("/bare/cpu_us", 0.5, floors.MIN_NOISE)
+    # Median of the samples 0.45, the lower one 11.1 % below it: 22.3 % allowance, rounded up.
+    assert (cap["numerator"], cap["floor"], cap["noise"]) == ("/bare/cpu_us", 0.45, 0.23)
+    assert cap["note"].startswith("median of 3 capacity quick runs")
     assert written["about"] == "test floors"
     assert f"lowered: {DECODE}: 10.0 -> 9.5" in capsys.readouterr().err
 
@@ -300,6 +304,20 @@ def test_every_compiled_twin_has_a_guarded_benchmark_pair(tmp_path: Path) -> Non
 def test_a_capacity_ratio_can_invert_a_cost_ratio() -> None:
     entry = {"numerator": 1, "denominator": "/points/0/ratios/gateway/cpu_per_msg", **_floor(0.3, 0.2)}
     floor = floors.parse_floors({"capacity": {"bare/gateway": entry}}, Path("floors.json")).capacity["bare/gateway"]
-    assert floors.capacity_ratio({"points": [{"ratios": {"gateway": {"cpu_per_msg": 2.5}}}]}, floor) == 0.4
+    assert floors.capacity_ratio([{"points": [{"ratios": {"gateway": {"cpu_per_msg": 2.5}}}]}], floor) == 0.4
     with pytest.raises(ValueError, match="/points/0/ratios/gateway/cpu_per_msg is 0, not a positive number"):
-        floors.capacity_ratio({"points": [{"ratios": {"gateway": {"cpu_per_msg": 0}}}]}, floor)
+        floors.capacity_ratio([{"points": [{"ratios": {"gateway": {"cpu_per_msg": 0}}}]}], floor)
+
+
+def test_the_capacity_ratio_of_several_quick_runs_is_their_median(
+    fake_ext: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [
+        str(_write(tmp_path, f"cap{i}.json", {"bare": {"cpu_us": 5}, "gateway": {"cpu_us": g}}))
+        for i, g in enumerate((8, 40, 9))  # 0.625, 0.125 (a run disturbed), 0.556
+    ]
+    status = _main(tmp_path, _run({DECODE: 12.0, SPLICE: 4.0}, TWINS), None, FLOORS, "--capacity", *paths)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    row = next(line for line in out.splitlines() if "bare/gateway CPU per message" in line)
+    assert row.split()[:2] == ["ok", "0.56"] and row.endswith("(median of 3 runs)")
