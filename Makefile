@@ -25,6 +25,13 @@ BENCH_DIR := artifacts/bench
 GUARD_BENCH := ICWS_FAST_REQUIRE_EXT=1 nice -n 5 $(PY) -m pytest benchmarks -m twin --benchmark-only --benchmark-enable \
 	-q -p no:cacheprovider --benchmark-max-time=0.3 --benchmark-min-rounds=5
 FLOORS_RUNS ?= 8
+# The gateway-bound quick run (benchmarks/e2e/bench_capacity.py --quick, ~15 s): the guard takes the median of the
+# gateway/bare ratios of CAPACITY_RUNS such runs. $(call capacity_runs,PREFIX) writes PREFIX-1.json, PREFIX-2.json...
+CAPACITY_RUNS ?= 3
+CAPACITY_QUICK := ICWS_FAST_REQUIRE_EXT=1 nice -n 5 $(PY) -m benchmarks.e2e.bench_capacity --quick
+capacity_runs = rm -f $(1)-*.json; $(if $(wildcard benchmarks/e2e/bench_capacity.py),\
+	for quick in $$(seq $(CAPACITY_RUNS)); do $(CAPACITY_QUICK) --json $(1)-$$quick.json || exit 1; done,\
+	echo "no benchmarks/e2e/bench_capacity.py yet: no gateway-bound quick run")
 # `make run WASM_CANISTERS="mo=path/to/canister.wasm" WASM_INIT_ARG="mo=(50 : nat64, 300_000 : nat64)"` also
 # serves canister modules (space-separated NAME=PATH.wasm) next to the demo canisters; see docs/devnet.md.
 WASM_CANISTERS ?=
@@ -86,24 +93,30 @@ fuzz: ext $(TEST_STAMP)
 soak: ext $(TEST_STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q -s tests/faults/test_load.py -k test_soak
 
-# Every benchmark (absolute times, for people), then the ratio guard on that run.
+# Every benchmark (absolute times, for people) and the gateway-bound quick runs, then the ratio guard on them.
 bench: ext $(TEST_STAMP)
 	mkdir -p $(BENCH_DIR)
 	ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest benchmarks --benchmark-only --benchmark-enable -q \
 		--benchmark-json=$(BENCH_DIR)/bench.json
-	$(PY) -m benchmarks.floors check --results $(BENCH_DIR)/bench.json --capacity $(BENCH_DIR)/capacity.json
+	$(call capacity_runs,$(BENCH_DIR)/capacity)
+	$(PY) -m benchmarks.floors check --results $(BENCH_DIR)/bench.json --capacity $(BENCH_DIR)/capacity-*.json
 
-# The ratio guard: compiled/pure speed-ups (and gateway/bare) against benchmarks/floors.json.
+# The ratio guard: compiled/pure speed-ups and gateway/bare against benchmarks/floors.json.
 bench-guard: ext $(TEST_STAMP)
 	mkdir -p $(BENCH_DIR)
 	$(GUARD_BENCH) --benchmark-json=$(BENCH_DIR)/guard.json
-	$(PY) -m benchmarks.floors check --results $(BENCH_DIR)/guard.json --capacity $(BENCH_DIR)/guard-capacity.json
+	$(call capacity_runs,$(BENCH_DIR)/guard-capacity)
+	$(PY) -m benchmarks.floors check --results $(BENCH_DIR)/guard.json --capacity $(BENCH_DIR)/guard-capacity-*.json
 
-# New floors: FLOORS_RUNS guard runs; each floor at their median, its noise allowance from their spread.
+# New floors from FLOORS_RUNS guard runs: each floor at their median, its noise allowance from their spread.
 floors: ext $(TEST_STAMP)
 	rm -rf $(BENCH_DIR)/floors && mkdir -p $(BENCH_DIR)/floors
-	for run in $$(seq $(FLOORS_RUNS)); do $(GUARD_BENCH) --benchmark-json=$(BENCH_DIR)/floors/guard-$$run.json || exit 1; done
-	$(PY) -m benchmarks.floors calibrate $(BENCH_DIR)/floors/guard-*.json --write
+	for run in $$(seq $(FLOORS_RUNS)); do \
+		$(GUARD_BENCH) --benchmark-json=$(BENCH_DIR)/floors/guard-$$run.json || exit 1; \
+		$(call capacity_runs,$(BENCH_DIR)/floors/capacity-$$run); \
+	done
+	$(PY) -m benchmarks.floors calibrate $(BENCH_DIR)/floors/guard-*.json --write \
+		$$(for run in $$(seq $(FLOORS_RUNS)); do echo --capacity $(BENCH_DIR)/floors/capacity-$$run-*.json; done)
 
 clean:
 	rm -rf build $(VENV) icws_fast/_ext/*.c icws_fast/_ext/*.so .pytest_cache .mypy_cache .ruff_cache

@@ -325,17 +325,23 @@ def render(rows: Iterable[Row]) -> str:
 # --- calibrating -------------------------------------------------------------------------------------------------
 
 
-def _calibrated(values: Sequence[float], note: str) -> dict[str, Any]:
-    """A floor at the median of ``values`` with the noise allowance their spread calls for."""
+def _calibrated(name: str, values: Sequence[float], note: str, unit: str = "runs") -> dict[str, Any]:
+    """A floor at the median of ``values`` with the noise allowance their spread calls for; a GuardError when
+    that allowance would reach 100 % (the ratio cannot be guarded as it is measured)."""
     median = statistics.median(values)
     drop = (median - min(values)) / median
     noise = math.ceil(max(MIN_NOISE, NOISE_FACTOR * drop) * 100) / 100
     spread = f"{min(values):.2f}-{max(values):.2f}"
+    if noise >= 1:
+        raise GuardError(
+            f"{name}: {len(values)} {unit} gave {spread}, a drop of {drop:.0%} below their median: too noisy to"
+            " guard; measure it longer (or calibrate on a quieter machine)"
+        )
     return {
         "floor": round(median, 2),
         "noise": noise,
         "measured": round(median, 3),
-        "note": f"{note}; {len(values)} runs gave {spread} (largest drop below the median {drop:.1%})",
+        "note": f"{note}; {len(values)} {unit} gave {spread} (largest drop below the median {drop:.1%})",
     }
 
 
@@ -358,7 +364,7 @@ def calibrate(runs: Sequence[Path], capacity_runs: Sequence[Sequence[Path]], pre
         f"pure/compiled median, `make floors` on {day} (pytest-benchmark max_time {'/'.join(map(str, max_times))} s"
         f"{_load_note(docs)})"
     )
-    speedups = {pair: _calibrated([run.speedups[pair] for run in parsed], micro_note) for pair in sorted(pairs)}
+    speedups = {pair: _calibrated(pair, [run.speedups[pair] for run in parsed], micro_note) for pair in sorted(pairs)}
     capacity_docs = [[read_json(path, "capacity results") for path in sample] for sample in capacity_runs]
     capacity: dict[str, Any] = {}
     for name, floor in previous.capacity.items():
@@ -367,7 +373,7 @@ def calibrate(runs: Sequence[Path], capacity_runs: Sequence[Sequence[Path]], pre
             values = [capacity_ratio(sample, floor) for sample in capacity_docs]
             runs_per_sample = "/".join(sorted({str(len(sample)) for sample in capacity_docs}))
             note = f"median of {runs_per_sample} capacity quick runs, `make floors` on {day}"
-            entry.update(_calibrated(values, note))
+            entry.update(_calibrated(name, values, note, "samples"))
         else:
             entry.update(floor=floor.floor, noise=floor.noise, measured=floor.measured, note=floor.note)
         capacity[name] = entry

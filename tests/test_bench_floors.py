@@ -321,3 +321,13 @@ def test_the_capacity_ratio_of_several_quick_runs_is_their_median(
     assert status == 0, out
     row = next(line for line in out.splitlines() if "bare/gateway CPU per message" in line)
     assert row.split()[:2] == ["ok", "0.56"] and row.endswith("(median of 3 runs)")
+
+
+def test_calibrate_refuses_a_ratio_too_noisy_to_guard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = [_write(tmp_path, f"run{i}.json", _run({DECODE: r, SPLICE: 4.0})) for i, r in enumerate((10, 10, 4))]
+    floor_path = _write(tmp_path, "floors.json", FLOORS)
+    before = floor_path.read_text()
+    assert floors.main(["--floors", str(floor_path), "calibrate", *map(str, runs), "--write"]) == 2
+    err = capsys.readouterr().err
+    assert f"{DECODE}: 3 runs gave 4.00-10.00, a drop of 60% below their median: too noisy to guard" in err
+    assert floor_path.read_text() == before
