@@ -6,17 +6,19 @@ does much less. Two kinds are guarded, both "higher is better":
 * **compiled speed-ups**: pure median / compiled median of each twin pair of a pytest-benchmark run
   (``--benchmark-json``; ``benchmarks/conftest.py`` marks the pairs, keyed like
   ``test_cbor.py::test_decode[signed call envelope]``);
-* **capacity ratios**: two figures of the gateway-bound benchmark's JSON (``benchmarks/e2e``), e.g. the bare
-  server's CPU per message over the gateway's, each named by a JSON pointer (RFC 6901) in its floor.
+* **capacity ratios**: figures of the gateway-bound quick run's JSON (``benchmarks/e2e/bench_capacity.py
+  --quick --json``), each floor naming its numerator and denominator by JSON pointer (RFC 6901) or as a number,
+  e.g. 1 / (gateway CPU per message / the bare picows server's); with several quick runs, their median.
 
 A ratio fails when it is below its floor by more than its noise allowance (``floor * (1 - noise)``); so does a
-floor with no result in the run, and a compiled twin (a public function of ``icws_fast/_ext/*.pyx``) that no
-guarded pair benchmarks. Capacity floors are skipped, saying so, when no capacity results are given.
+floor with no result in the run, a pair whose compiled side runs the pure twin, a run with no compiled side, and
+a compiled twin (a public function of ``icws_fast/_ext/*.pyx``) that no guarded pair benchmarks. Capacity floors
+are skipped, saying so, when no capacity results are given.
 
-Check: ``python -m benchmarks.floors check --results RUN.json [--capacity CAPACITY.json]`` (``make bench-guard``).
+Check: ``python -m benchmarks.floors check --results RUN.json [--capacity QUICK1.json ...]`` (``make bench-guard``).
 Recalibrate from several runs (the noise is their observed spread):
-``python -m benchmarks.floors calibrate RUN1.json RUN2.json ... [--capacity CAP1.json ...] --write``
-(``make floors``); it prints every floor it lowers.
+``python -m benchmarks.floors calibrate RUN1.json RUN2.json ... [--capacity QUICK.json ... --capacity ...] --write``
+(``make floors``; each ``--capacity`` is one sample); it prints every floor it lowers or drops.
 """
 
 from __future__ import annotations
@@ -195,15 +197,15 @@ def twin_run(results: Any, source: Path) -> TwinRun:
         raise GuardError(f"{source} is not a pytest-benchmark JSON file (--benchmark-json): no 'benchmarks' list")
     sides: dict[str, dict[str, tuple[float, set[str]]]] = {}
     for bench in benchmarks:
-        info = bench.get("extra_info", {}) if isinstance(bench, dict) else {}
-        impl, pair = info.get("impl"), info.get("pair")
-        if impl not in ("pure", "compiled") or not isinstance(pair, str):
+        info = bench.get("extra_info") if isinstance(bench, dict) else None
+        if not isinstance(info, dict) or info.get("impl") not in ("pure", "compiled"):
             continue  # not a twin benchmark
+        impl, pair, called = info["impl"], str(info.get("pair")), info.get("twins", [])
         try:
             median = float(bench["stats"]["median"])
         except (KeyError, TypeError, ValueError):
             raise GuardError(f"{source}: benchmark {bench.get('fullname', pair)!r} has no stats.median") from None
-        sides.setdefault(pair, {})[impl] = (median, set(info.get("twins", [])))
+        sides.setdefault(pair, {})[impl] = (median, set(called) if isinstance(called, list) else set())
     speedups, twins, one_sided, mispaired = {}, {}, {}, {}
     for pair, found in sides.items():
         if len(found) == 1:
@@ -298,7 +300,8 @@ def check(floors: Floors, run: TwinRun, capacity: Sequence[Any], twins: Sequence
             continue
         try:
             row = _judge("capacity", name, capacity_ratio(capacity, floor), floor)
-            rows.append(row if len(capacity) == 1 else replace(row, detail=f"median of {len(capacity)} runs"))
+            median = f"median of {len(capacity)} runs" if len(capacity) > 1 else ""
+            rows.append(replace(row, detail=", ".join(part for part in (row.detail, median) if part)))
         except KeyError as exc:
             rows.append(Row("capacity", name, None, floor, MISSING, f"the capacity results lack {exc.args[0]}"))
         except ValueError as exc:

@@ -321,6 +321,8 @@ def test_the_capacity_ratio_of_several_quick_runs_is_their_median(
     assert status == 0, out
     row = next(line for line in out.splitlines() if "bare/gateway CPU per message" in line)
     assert row.split()[:2] == ["ok", "0.56"] and row.endswith("(median of 3 runs)")
+    assert _main(tmp_path, _run({DECODE: 12.0, SPLICE: 4.0}, TWINS), None, FLOORS, "--capacity", *paths[:2]) == 1
+    assert "BELOW FLOOR, 25% below its floor, 20% allowed, median of 2 runs" in capsys.readouterr().out
 
 
 def test_calibrate_refuses_a_ratio_too_noisy_to_guard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
