@@ -29,6 +29,7 @@ FLOORS_RUNS ?= 8
 # gateway/bare ratios of CAPACITY_RUNS such runs. $(call capacity_runs,PREFIX) writes PREFIX-1.json, PREFIX-2.json...
 CAPACITY_RUNS ?= 3
 CAPACITY_QUICK := ICWS_FAST_REQUIRE_EXT=1 nice -n 5 $(PY) -m benchmarks.e2e.bench_capacity --quick
+GUARD_CHECK = $(PY) -m benchmarks.floors check --capacity $(BENCH_DIR)/guard-capacity-*.json
 capacity_runs = rm -f $(1)-*.json; $(if $(wildcard benchmarks/e2e/bench_capacity.py),\
 	for quick in $$(seq $(CAPACITY_RUNS)); do $(CAPACITY_QUICK) --json $(1)-$$quick.json || exit 1; done,\
 	echo "no benchmarks/e2e/bench_capacity.py yet: no gateway-bound quick run")
@@ -101,12 +102,18 @@ bench: ext $(TEST_STAMP)
 	$(call capacity_runs,$(BENCH_DIR)/capacity)
 	$(PY) -m benchmarks.floors check --results $(BENCH_DIR)/bench.json --capacity $(BENCH_DIR)/capacity-*.json
 
-# The ratio guard: compiled/pure speed-ups and gateway/bare against benchmarks/floors.json.
+# The ratio guard: compiled/pure speed-ups and gateway/bare against benchmarks/floors.json. A speed-up below its floor
+# is measured again (guard-2.json) and fails only if no run reaches it: another job can slow one run down.
 bench-guard: ext $(TEST_STAMP)
 	mkdir -p $(BENCH_DIR)
+	rm -f $(BENCH_DIR)/guard-2.json
 	$(GUARD_BENCH) --benchmark-json=$(BENCH_DIR)/guard.json
 	$(call capacity_runs,$(BENCH_DIR)/guard-capacity)
-	$(PY) -m benchmarks.floors check --results $(BENCH_DIR)/guard.json --capacity $(BENCH_DIR)/guard-capacity-*.json
+	$(GUARD_CHECK) --results $(BENCH_DIR)/guard.json; status=$$?; if [ $$status -eq 1 ]; then \
+		echo "ratio guard: measuring the twin pairs again to confirm"; \
+		$(GUARD_BENCH) --benchmark-json=$(BENCH_DIR)/guard-2.json && \
+		$(GUARD_CHECK) --results $(BENCH_DIR)/guard.json $(BENCH_DIR)/guard-2.json; \
+	else exit $$status; fi
 
 # New floors from FLOORS_RUNS guard runs: each floor at their median, its noise allowance from their spread.
 floors: ext $(TEST_STAMP)
@@ -115,8 +122,8 @@ floors: ext $(TEST_STAMP)
 		$(GUARD_BENCH) --benchmark-json=$(BENCH_DIR)/floors/guard-$$run.json || exit 1; \
 		$(call capacity_runs,$(BENCH_DIR)/floors/capacity-$$run); \
 	done
-	$(PY) -m benchmarks.floors calibrate $(BENCH_DIR)/floors/guard-*.json --write \
-		$$(for run in $$(seq $(FLOORS_RUNS)); do echo --capacity $(BENCH_DIR)/floors/capacity-$$run-*.json; done)
+	$(PY) -m benchmarks.floors calibrate $(BENCH_DIR)/floors/guard-*.json --write $$(for run in $$(seq $(FLOORS_RUNS)); \
+		do ls $(BENCH_DIR)/floors/capacity-$$run-*.json >/dev/null 2>&1 && echo --capacity $(BENCH_DIR)/floors/capacity-$$run-*.json; done)
 
 clean:
 	rm -rf build $(VENV) icws_fast/_ext/*.c icws_fast/_ext/*.so .pytest_cache .mypy_cache .ruff_cache

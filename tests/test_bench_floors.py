@@ -1,6 +1,6 @@
 """The ratio guard (``benchmarks/floors.py``): its verdicts on made-up runs, and the real twin benchmarks' coverage.
 
-The made-up runs are pytest-benchmark JSON documents with chosen medians, so every verdict is known in advance;
+The made-up runs are pytest-benchmark JSON documents with chosen times, so every verdict is known in advance;
 no test here times anything.
 """
 
@@ -25,16 +25,17 @@ DECODE = "test_cbor.py::test_decode[signed call envelope]"
 SPLICE = "test_fanout.py::test_splice"
 
 
-def _bench(pair: str, impl: str, median: float, twins: list[str]) -> dict[str, Any]:
+def _bench(pair: str, impl: str, time: float, twins: list[str]) -> dict[str, Any]:
+    # The guard reads the fastest round (stats.min); a median twice as long shows it does not read that.
     return {
         "fullname": f"benchmarks/{pair}[{impl}]",
         "extra_info": {"impl": impl, "pair": pair, "twins": twins if impl == "pure" else []},
-        "stats": {"median": median, "min": median},
+        "stats": {"min": time, "median": time * (2 if impl == "pure" else 1)},
     }
 
 
 def _run(speedups: dict[str, float], twins: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """A pytest-benchmark document whose pairs have these pure/compiled ratios (compiled median 1 µs)."""
+    """A pytest-benchmark document whose pairs have these pure/compiled ratios (compiled time 1 µs)."""
     twins = twins or {}
     benchmarks = []
     for pair, ratio in speedups.items():
@@ -115,6 +116,20 @@ def test_a_drop_within_the_noise_allowance_passes(
     assert out.count(floors.WITHIN_NOISE) == 2
     assert _main(tmp_path, _run({DECODE: 8.01, SPLICE: 3.59}, TWINS)) == 1  # 10.25 % under: beyond it
     assert f"{SPLICE}: BELOW FLOOR" in capsys.readouterr().out
+
+
+def test_a_ratio_fails_only_when_no_run_reaches_its_floor(
+    fake_ext: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    floor_path = str(_write(tmp_path, "floors.json", FLOORS))
+    slowed = str(_write(tmp_path, "slowed.json", _run({DECODE: 6.0, SPLICE: 4.0}, TWINS)))
+    again = str(_write(tmp_path, "again.json", _run({DECODE: 11.0, SPLICE: 3.0}, TWINS)))
+    assert floors.main(["--floors", floor_path, "check", "--results", slowed, again]) == 0
+    rows = {line.split("  ")[-1].strip(): line.split()[1] for line in capsys.readouterr().out.splitlines()[1:3]}
+    assert rows == {f"speed-up {DECODE}": "11.00", f"speed-up {SPLICE}": "4.00"}  # each pair's best run
+    still = str(_write(tmp_path, "still.json", _run({DECODE: 7.0, SPLICE: 4.0}, TWINS)))
+    assert floors.main(["--floors", floor_path, "check", "--results", slowed, still]) == 1
+    assert f"speed-up {DECODE}: BELOW FLOOR, 30% below its floor" in capsys.readouterr().out
 
 
 def test_a_floor_with_no_benchmark_in_the_run_fails(
