@@ -58,7 +58,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list[Any], o
     """Drop every round's time from ``--benchmark-json`` unless ``--benchmark-save-data`` asks for them.
 
     pytest-benchmark writes them all to that file (tens of MB for the fast benchmarks); the statistics stay,
-    and the guard uses only medians.
+    and the guard uses only those.
     """
     if not config.getoption("benchmark_save_data"):
         for bench in output_json["benchmarks"]:
