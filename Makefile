@@ -20,7 +20,7 @@ FUZZ_TARGETS ?=
 SOAK_SECONDS ?= 60
 # Benchmark results (pytest-benchmark JSON and the ratio guard's inputs); CI keeps them (see .ci/run).
 BENCH_DIR := artifacts/bench
-# The ratio guard's run (make bench-guard, part of make test): every twin pair for ~0.3 s a side. Ratios of medians
+# The ratio guard's run (make bench-guard, part of make test): every twin pair for ~0.3 s a side. The ratios
 # hold at that length; absolute times gate nothing. make floors recalibrates from FLOORS_RUNS such runs.
 GUARD_BENCH := ICWS_FAST_REQUIRE_EXT=1 nice -n 5 $(PY) -m pytest benchmarks -m twin --benchmark-only --benchmark-enable \
 	-q -p no:cacheprovider --benchmark-max-time=0.3 --benchmark-min-rounds=5
