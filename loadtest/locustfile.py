@@ -1,94 +1,57 @@
-"""Locust load test of an IC WebSocket gateway, with the blocking client (``SyncIcWebSocket``) under gevent.
-
-Every simulated user opens its own connection (a fresh Ed25519 identity) to the ``test`` canister, then
-echoes messages: each ``echo`` sends ``{text, timestamp}`` and waits for the canister's verified answer, so
-the response time Locust reports is the full round trip client -> gateway -> canister -> gateway -> client,
-including certificate verification. Opening is reported as ``connect``.
+"""Locust campaign against an IC WebSocket gateway, with the verifying blocking client (``SyncIcWebSocket``).
 
     ICWS_GATEWAY_URL=ws://127.0.0.1:8080 ICWS_IC_URL=http://127.0.0.1:4943 \\
-        locust -f loadtest/locustfile.py --headless -u 100 -r 20 -t 1m
+        locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 1m
 
-``ICWS_CANISTER_ID`` names the canister; without it the devnet's ``/_devnet/canisters`` is asked for ``test``.
+Scenarios (``icws_load.users``): ``EchoUser``, ``ChurnUser``, ``IdleUser`` (the ``test`` canister), ``ChatUser``
+(``chat``) and ``FirehoseUser`` (``firehose``); all of them, weighted, unless some are named on the command line
+or picked with ``--tags``/``--class-picker``. Targets come from ``ICWS_GATEWAY_URL``, ``ICWS_IC_URL``,
+``ICWS_CANISTER_ID`` (and ``ICWS_CHAT_CANISTER_ID``, ``ICWS_FIREHOSE_CANISTER_ID``, ``ICWS_IDENTITY_PEM``): see
+``icws_load.targets``. Thresholds (``--max-error-rate``, ``--max-p99``) set the exit code: ``icws_load.thresholds``.
+
+Locust monkey-patches the standard library with gevent before this file is imported, and the blocking client
+uses only a socket, ``select``, a reader thread and ``threading`` locks: all cooperative under gevent, so
+thousands of verifying connections share one process.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-import urllib.request
-from functools import cache
+import logging
 from typing import Any
 
-from locust import User, between, task
+from locust import events
+from locust.env import Environment
+from locust.runners import WorkerRunner
 
-from icws_fast.client import SyncIcWebSocket, fetch_root_key
-from icws_fast.errors import IcwsError
+from icws_load import targets, thresholds
+from icws_load.users import ChatUser, ChurnUser, EchoUser, FirehoseUser, IdleUser
 
-GATEWAY_URL = os.environ.get("ICWS_GATEWAY_URL", "ws://127.0.0.1:8080")
-IC_URL = os.environ.get("ICWS_IC_URL", "http://127.0.0.1:4943")
-RECV_TIMEOUT_S = float(os.environ.get("ICWS_RECV_TIMEOUT_S", "30"))
+__all__ = ["ChatUser", "ChurnUser", "EchoUser", "FirehoseUser", "IdleUser", "thresholds"]
 
-
-@cache
-def canister_id() -> str:
-    """The target canister: ``ICWS_CANISTER_ID``, else the devnet's ``test`` canister."""
-    configured = os.environ.get("ICWS_CANISTER_ID")
-    if configured:
-        return configured
-    with urllib.request.urlopen(f"{IC_URL}/_devnet/canisters", timeout=10) as response:
-        return str(json.load(response)["canisters"]["test"])
+log = logging.getLogger("icws_load")
 
 
-@cache
-def root_key() -> bytes:
-    """The replica's root key, read once per worker process instead of once per user."""
-    return fetch_root_key(IC_URL)
+def _drives_firehose(environment: Environment) -> bool:
+    # Only one process sets the rate: the master, the --processes parent, or a local run.
+    return (
+        targets.FIREHOSE_CONFIGURE
+        and not isinstance(environment.runner, WorkerRunner)
+        and FirehoseUser in environment.user_classes
+    )
 
 
-class IcWebSocketUser(User):
-    """One client connection that echoes messages through the gateway."""
-
-    wait_time = between(0.5, 1.5)
-
-    def on_start(self) -> None:
-        self.ws: SyncIcWebSocket | None = None
-        start = time.perf_counter()
-        try:
-            self.ws = SyncIcWebSocket.connect(GATEWAY_URL, canister_id(), IC_URL, root_key_der=root_key())
-            greeting = self.ws.recv(timeout=RECV_TIMEOUT_S)  # the test canister greets every client
-        except (IcwsError, TimeoutError, OSError) as exc:
-            self._report("connect", start, exc)
-            self.stop()
-            return
-        self._report("connect", start, None, greeting)
-
-    @task
-    def echo(self) -> None:
-        if self.ws is None:
-            return
-        start = time.perf_counter()
-        text = f"hello {time.time_ns()}"
-        try:
-            self.ws.send({"text": text, "timestamp": time.time_ns()})
-            answer = self.ws.recv(timeout=RECV_TIMEOUT_S)
-            error = None if answer["text"] == text + " ping" else AssertionError(f"unexpected answer {answer!r}")
-        except (IcwsError, TimeoutError) as exc:
-            self._report("echo", start, exc)
-            self.stop()
-            return
-        self._report("echo", start, error, answer)
-
-    def on_stop(self) -> None:
-        if self.ws is not None:
-            self.ws.close()
-
-    def _report(self, name: str, start: float, exception: BaseException | None, value: Any = None) -> None:
-        self.environment.events.request.fire(
-            request_type="icws",
-            name=name,
-            response_time=(time.perf_counter() - start) * 1000,
-            response_length=len(value["text"]) if value else 0,
-            exception=exception,
-            context={},
+@events.test_start.add_listener
+def _start_firehose(environment: Environment, **_: Any) -> None:
+    if _drives_firehose(environment):
+        targets.configure_firehose(targets.FIREHOSE_MESSAGES_PER_ROUND)
+        log.info(
+            "firehose: %d messages every %d ms to each subscriber",
+            targets.FIREHOSE_MESSAGES_PER_ROUND,
+            targets.FIREHOSE_INTERVAL_MS,
         )
+
+
+@events.test_stop.add_listener
+def _stop_firehose(environment: Environment, **_: Any) -> None:
+    if _drives_firehose(environment):
+        targets.configure_firehose(0)

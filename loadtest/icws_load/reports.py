@@ -1,0 +1,164 @@
+"""The campaign's samples in Locust's stats, and the connection that produces them.
+
+HTTP-style timings miss most of what goes wrong with a WebSocket, so every sample is a Locust request with a
+request type saying what it measures; they all land in the console table, ``--csv`` and ``--html`` reports:
+
+- ``icws``: operations, timed — ``open`` (TCP, upgrade, handshake and the canister's OpenMessage), ``echo``
+  (send until the verified answer), ``chat`` (send until one's own broadcast comes back), ``close``, ``idle``
+  (one untimed check of a long-lived session); a wait for a message that times out fails the operation named
+  after what was awaited (``greeting``, ``echo``, ``chat``, ``firehose``);
+- ``latency``: one sample per received message, the time from the canister's ``timestamp`` (its clock when it
+  sent the message; the devnet's clock is the host's) until the verified message reached the user;
+- ``violation``: failures only, one per connection that the client closed because of it — ``sequence gap``
+  (a message out of sequence: lost, duplicated or reordered), ``verification failure`` (certificate, tree or
+  content did not verify), ``ack timeout`` (the canister acknowledged no message within the ack interval), and
+  ``connection lost`` (any other close the user did not ask for, with its code and reason).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+from locust.env import Environment
+
+from icws_fast.client import ConnectionClosed, SyncIcWebSocket
+from icws_fast.errors import CertificateError, HashTreeError, IcwsError, SignatureError
+from icws_fast.protocol.client import REASON_ACK_TIMEOUT
+
+from icws_load import targets
+
+OPERATION: Final = "icws"
+LATENCY: Final = "latency"
+VIOLATION: Final = "violation"
+
+
+def report(
+    environment: Environment,
+    request_type: str,
+    name: str,
+    response_time_ms: float,
+    exception: BaseException | None = None,
+    length: int = 0,
+) -> None:
+    """One sample in Locust's stats (a failure when ``exception`` is set)."""
+    environment.events.request.fire(
+        request_type=request_type,
+        name=name,
+        response_time=response_time_ms,
+        response_length=length,
+        exception=exception,
+        context={},
+    )
+
+
+def violation_name(error: IcwsError | None, reason: str) -> str:
+    """The ``violation`` a close the user did not ask for counts as."""
+    if isinstance(error, (CertificateError, HashTreeError, SignatureError)):
+        return "verification failure"
+    # The sans-IO client raises a plain ProtocolError for an out-of-sequence message; its text is the only mark.
+    if error is not None and "sequence number" in str(error):
+        return "sequence gap"
+    if reason == REASON_ACK_TIMEOUT:
+        return "ack timeout"
+    return "connection lost"
+
+
+class Session:
+    """One verifying connection of one user (``SyncIcWebSocket``), reporting its open, messages and closes."""
+
+    def __init__(self, environment: Environment, canister: str) -> None:
+        self.environment = environment
+        self.canister = canister
+        self.ws: SyncIcWebSocket | None = None
+        #: Wall-clock time of the open: messages stamped earlier (a chat's history) give no latency sample.
+        self.opened_ns = 0
+        self._closing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.ws is not None and self.ws.is_open
+
+    def open(self) -> bool:
+        """Connect; reports ``open`` (a failure when it does not open) and returns whether it did."""
+        self._closing = False
+        self.ws = None  # a close of the previous connection must not be read as one of this one
+        start = time.perf_counter()
+        self.opened_ns = time.time_ns()
+        try:
+            self.ws = SyncIcWebSocket.connect(
+                targets.GATEWAY_URL,
+                targets.canister_id(self.canister),
+                targets.IC_URL,
+                targets.identity(),
+                root_key_der=targets.root_key(),
+                on_close=self._on_close,
+            )
+        except IcwsError as exc:
+            self.ws = None
+            report(self.environment, OPERATION, "open", _elapsed_ms(start), exc)
+            return False
+        report(self.environment, OPERATION, "open", _elapsed_ms(start))
+        return True
+
+    def recv(self, name: str, timeout_s: float = targets.RECV_TIMEOUT_S) -> dict[str, Any] | None:
+        """The next message (an ``AppMessage``), reported as a ``latency`` sample under ``name``.
+
+        None when none came within ``timeout_s`` (reported as a failed ``name`` operation) or the connection
+        closed (already reported by the close).
+        """
+        if self.ws is None:
+            return None
+        start = time.perf_counter()
+        try:
+            value: dict[str, Any] = self.ws.recv(timeout=timeout_s)
+        except TimeoutError as exc:
+            report(self.environment, OPERATION, name, _elapsed_ms(start), exc)
+            return None
+        except ConnectionClosed:
+            return None
+        now_ns = time.time_ns()
+        if value["timestamp"] >= self.opened_ns:
+            # A remote clock a little ahead of this host would give negative times: they count as zero.
+            latency_ms = max(0.0, (now_ns - value["timestamp"]) / 1e6)
+            report(self.environment, LATENCY, name, latency_ms, length=len(value["text"]))
+        return value
+
+    def send(self, text: str) -> bool:
+        """Send an ``AppMessage``; False when the connection has closed meanwhile (the close was reported)."""
+        if self.ws is None:
+            return False
+        try:
+            self.ws.send({"text": text, "timestamp": time.time_ns()})
+        except ConnectionClosed:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close (code 1000); reports ``close`` when the connection was open."""
+        ws, self.ws = self.ws, None
+        if ws is None:
+            return
+        self._closing = True
+        was_open = ws.is_open
+        start = time.perf_counter()
+        ws.close()
+        if was_open:
+            report(self.environment, OPERATION, "close", _elapsed_ms(start))
+
+    def _on_close(self, code: int, reason: str) -> None:
+        # Runs on the client's reader (a greenlet under Locust) for every close, ours included.
+        if self._closing or self.ws is None:
+            return  # asked for, or during the open (reported as a failed open)
+        error = self.ws.error
+        report(
+            self.environment,
+            VIOLATION,
+            violation_name(error, reason),
+            0.0,
+            ConnectionClosed(code, f"{reason}: {error}" if error else reason),
+        )
+
+
+def _elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
