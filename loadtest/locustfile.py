@@ -30,6 +30,19 @@ __all__ = ["ChatUser", "ChurnUser", "EchoUser", "FirehoseUser", "IdleUser", "thr
 
 log = logging.getLogger("icws_load")
 
+TAGS = "echo, churn, idle, stream (chat and firehose), chat, firehose"
+
+
+@events.init.add_listener
+def _drop_untagged_users(environment: Environment, **_: Any) -> None:
+    # --tags filters tasks, not users: a scenario left without a task would fail at every spawn, so it goes.
+    # Locust filters just before the test starts, after a master has planned its dispatch: filter now
+    # (the later filtering gives the same result).
+    environment._filter_tasks_by_tags()
+    environment.user_classes[:] = [user for user in environment.user_classes if user.tasks]
+    if not environment.user_classes:
+        raise SystemExit(f"no scenario has a task with the tags given; the scenarios' tags: {TAGS}")
+
 
 def _drives_firehose(environment: Environment) -> bool:
     # Only one process sets the rate: the master, the --processes parent, or a local run.
