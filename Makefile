@@ -36,8 +36,13 @@ capacity_runs = rm -f $(1)-*.json; \
 # serves canister modules (space-separated NAME=PATH.wasm) next to the demo canisters; see docs/devnet.md.
 WASM_CANISTERS ?=
 WASM_INIT_ARG ?=
+# make load: a Locust campaign (the weighted mix of loadtest/locustfile.py) against the `make run` stack;
+# LOAD_ARGS adds Locust options (scenario class names, --tags, --max-p99 ...); reports go to build/load/.
+LOAD_SECONDS ?= 30
+LOAD_USERS ?= 20
+LOAD_ARGS ?=
 
-.PHONY: run run-clean dev test ext lint typecheck pytest pytest-pure bench bench-guard floors interop-deps fuzz soak clean
+.PHONY: run run-clean dev test ext lint typecheck pytest pytest-pure bench bench-guard floors interop-deps fuzz soak load clean
 
 $(RUN_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +97,16 @@ fuzz: ext $(TEST_STAMP)
 # delivered, msgs/s and the gateway's RSS, and fails on a lost, duplicated or reordered message.
 soak: ext $(TEST_STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) ICWS_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q -s tests/faults/test_load.py -k test_soak
+
+# Needs `make run` in another terminal; prints Locust's tables and the campaign summary, fails (status 1) on
+# a threshold missed, and says so when the stack is not running.
+load: ext
+	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('locust') is None)" \
+		|| $(PY) -m pip install --quiet -e '.[load]'
+	@mkdir -p build/load
+	ICWS_GATEWAY_URL=ws://$(GATEWAY_ADDRESS) ICWS_IC_URL=http://$(DEVNET_ADDRESS) $(VENV)/bin/locust \
+		-f loadtest/locustfile.py --headless --only-summary -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_SECONDS)s \
+		--csv build/load/campaign --html build/load/campaign.html $(LOAD_ARGS)
 
 # Every benchmark (absolute times, for people) and the gateway-bound quick runs, then the ratio guard on them.
 bench: ext $(TEST_STAMP)

@@ -34,6 +34,20 @@ TAGS = "echo, churn, idle, stream (chat and firehose), chat, firehose"
 
 
 @events.init.add_listener
+def _check_targets(environment: Environment, **_: Any) -> None:
+    # Without this every user would fail on its own, in a wall of tracebacks, before the summary says why.
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    down = targets.unreachable()
+    if down:
+        raise SystemExit(
+            f"nothing accepts connections at the {' nor the '.join(down)}: is the stack running? Locally, start it "
+            "with `make run` in another terminal (same GATEWAY_ADDRESS and DEVNET_ADDRESS); otherwise check "
+            "ICWS_GATEWAY_URL and ICWS_IC_URL."
+        )
+
+
+@events.init.add_listener
 def _drop_untagged_users(environment: Environment, **_: Any) -> None:
     # --tags filters tasks, not users: a scenario left without a task would fail at every spawn, so it goes.
     # Locust filters just before the test starts, after a master has planned its dispatch: filter now

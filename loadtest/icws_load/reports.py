@@ -7,8 +7,9 @@ request type saying what it measures; they all land in the console table, ``--cs
   (send until the verified answer), ``chat`` (send until one's own broadcast comes back), ``close``, ``idle``
   (one untimed check of a long-lived session); a wait for a message that times out fails the operation named
   after what was awaited (``greeting``, ``echo``, ``chat``, ``firehose``);
-- ``latency``: one sample per received message, the time from the canister's ``timestamp`` (its clock when it
-  sent the message; the devnet's clock is the host's) until the verified message reached the user;
+- ``latency``: one sample per received message, named after the canister (``test``, ``chat``, ``firehose``):
+  the time from the canister's ``timestamp`` (its clock when it sent the message; the devnet's clock is the
+  host's) until the verified message reached the user;
 - ``violation``: failures only, one per connection that the client closed because of it — ``sequence gap``
   (a message out of sequence: lost, duplicated or reordered), ``verification failure`` (certificate, tree or
   content did not verify), ``ack timeout`` (the canister acknowledged no message within the ack interval), and
@@ -17,6 +18,7 @@ request type saying what it measures; they all land in the console table, ``--cs
 
 from __future__ import annotations
 
+import queue
 import time
 from typing import Any, Final
 
@@ -25,7 +27,6 @@ from locust.env import Environment
 from icws_fast.client import ConnectionClosed, SyncIcWebSocket
 from icws_fast.errors import CertificateError, HashTreeError, IcwsError, SignatureError
 from icws_fast.protocol.client import REASON_ACK_TIMEOUT
-
 from icws_load import targets
 
 OPERATION: Final = "icws"
@@ -38,6 +39,7 @@ def report(
     request_type: str,
     name: str,
     response_time_ms: float,
+    *,
     exception: BaseException | None = None,
     length: int = 0,
 ) -> None:
@@ -65,7 +67,11 @@ def violation_name(error: IcwsError | None, reason: str) -> str:
 
 
 class Session:
-    """One verifying connection of one user (``SyncIcWebSocket``), reporting its open, messages and closes."""
+    """One verifying connection of one user (``SyncIcWebSocket``), reporting its open, messages and closes.
+
+    Messages are taken as the client delivers them (``on_message``) and queued here, so a message's latency is
+    measured when it arrived, not when the user got round to reading it.
+    """
 
     def __init__(self, environment: Environment, canister: str) -> None:
         self.environment = environment
@@ -74,6 +80,8 @@ class Session:
         #: Wall-clock time of the open: messages stamped earlier (a chat's history) give no latency sample.
         self.opened_ns = 0
         self._closing = False
+        # The messages not read yet; None once the connection closed (put back by each reader, for the next).
+        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
     @property
     def is_open(self) -> bool:
@@ -83,6 +91,7 @@ class Session:
         """Connect; reports ``open`` (a failure when it does not open) and returns whether it did."""
         self._closing = False
         self.ws = None  # a close of the previous connection must not be read as one of this one
+        self._inbox = queue.Queue()
         start = time.perf_counter()
         self.opened_ns = time.time_ns()
         try:
@@ -92,36 +101,36 @@ class Session:
                 targets.IC_URL,
                 targets.identity(),
                 root_key_der=targets.root_key(),
+                on_message=self._on_message,
                 on_close=self._on_close,
             )
         except IcwsError as exc:
             self.ws = None
-            report(self.environment, OPERATION, "open", _elapsed_ms(start), exc)
+            report(self.environment, OPERATION, "open", elapsed_ms(start), exception=exc)
             return False
-        report(self.environment, OPERATION, "open", _elapsed_ms(start))
+        report(self.environment, OPERATION, "open", elapsed_ms(start))
         return True
 
-    def recv(self, name: str, timeout_s: float = targets.RECV_TIMEOUT_S) -> dict[str, Any] | None:
-        """The next message (an ``AppMessage``), reported as a ``latency`` sample under ``name``.
+    def recv(
+        self, name: str, timeout_s: float = targets.RECV_TIMEOUT_S, *, expected: bool = True
+    ) -> dict[str, Any] | None:
+        """The next message (an ``AppMessage``); ``name`` is what is awaited (``echo``, ``chat``...).
 
-        None when none came within ``timeout_s`` (reported as a failed ``name`` operation) or the connection
-        closed (already reported by the close).
+        None when none came within ``timeout_s`` (reported as a failed ``name`` operation when the message was
+        ``expected``) or the connection closed (already reported by the close).
         """
         if self.ws is None:
             return None
         start = time.perf_counter()
         try:
-            value: dict[str, Any] = self.ws.recv(timeout=timeout_s)
-        except TimeoutError as exc:
-            report(self.environment, OPERATION, name, _elapsed_ms(start), exc)
+            value = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            if expected:
+                error = TimeoutError(f"no {name} message within {timeout_s:g} s")
+                report(self.environment, OPERATION, name, elapsed_ms(start), exception=error)
             return None
-        except ConnectionClosed:
-            return None
-        now_ns = time.time_ns()
-        if value["timestamp"] >= self.opened_ns:
-            # A remote clock a little ahead of this host would give negative times: they count as zero.
-            latency_ms = max(0.0, (now_ns - value["timestamp"]) / 1e6)
-            report(self.environment, LATENCY, name, latency_ms, length=len(value["text"]))
+        if value is None:
+            self._inbox.put(None)
         return value
 
     def send(self, text: str) -> bool:
@@ -144,10 +153,19 @@ class Session:
         start = time.perf_counter()
         ws.close()
         if was_open:
-            report(self.environment, OPERATION, "close", _elapsed_ms(start))
+            report(self.environment, OPERATION, "close", elapsed_ms(start))
+
+    def _on_message(self, value: dict[str, Any]) -> None:
+        # Runs on the client's reader (a greenlet under Locust) as each verified message arrives.
+        if value["timestamp"] >= self.opened_ns:
+            # A remote clock a little ahead of this host would give negative times: they count as zero.
+            latency_ms = max(0.0, (time.time_ns() - value["timestamp"]) / 1e6)
+            report(self.environment, LATENCY, self.canister, latency_ms, length=len(value["text"]))
+        self._inbox.put(value)
 
     def _on_close(self, code: int, reason: str) -> None:
-        # Runs on the client's reader (a greenlet under Locust) for every close, ours included.
+        # Runs on the client's reader for every close, ours included.
+        self._inbox.put(None)
         if self._closing or self.ws is None:
             return  # asked for, or during the open (reported as a failed open)
         error = self.ws.error
@@ -156,9 +174,10 @@ class Session:
             VIOLATION,
             violation_name(error, reason),
             0.0,
-            ConnectionClosed(code, f"{reason}: {error}" if error else reason),
+            exception=ConnectionClosed(code, f"{reason}: {error}" if error else reason),
         )
 
 
-def _elapsed_ms(start: float) -> float:
+def elapsed_ms(start: float) -> float:
+    """Milliseconds since ``start`` (a ``time.perf_counter()`` reading)."""
     return (time.perf_counter() - start) * 1000

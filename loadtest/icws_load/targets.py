@@ -40,7 +40,11 @@ FIREHOSE_PAYLOAD_SIZE: Final = int(os.environ.get("ICWS_FIREHOSE_PAYLOAD_SIZE", 
 FIREHOSE_CONFIGURE: Final = os.environ.get("ICWS_FIREHOSE_CONFIGURE", "1") != "0"
 
 #: The environment variable naming each canister's id, by the name the devnet gives it.
-_CANISTER_ENV: Final = {"test": "ICWS_CANISTER_ID", "chat": "ICWS_CHAT_CANISTER_ID", "firehose": "ICWS_FIREHOSE_CANISTER_ID"}
+_CANISTER_ENV: Final = {
+    "test": "ICWS_CANISTER_ID",
+    "chat": "ICWS_CHAT_CANISTER_ID",
+    "firehose": "ICWS_FIREHOSE_CANISTER_ID",
+}
 _FIREHOSE_CONFIG: Final = candid.parse_args(
     "(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })"
 )

@@ -115,11 +115,27 @@ def _check_options(environment: Environment, **_: Any) -> None:
         parse_p99_limits(environment.parsed_options.max_p99)
 
 
+#: The summary of the judged campaign, printed at the very end, after Locust's own tables.
+_summary: list[str] = []
+
+
 @events.quitting.add_listener
 def _judge(environment: Environment, **_: Any) -> None:
-    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner) or runner is None or environment.parsed_options is None:
         return
     options = environment.parsed_options
     passed, lines = verdict(environment.stats, options.max_error_rate, parse_p99_limits(options.max_p99))
-    print("\n".join(["", "icws campaign summary", *lines]), flush=True)  # noqa: T201 - the summary is the output
+    if runner.exceptions:
+        # Setting the exit code below overrides Locust's own failure for a crashed user: carry it over.
+        crashes = sum(each["count"] for each in runner.exceptions.values())
+        lines[-1] = ("FAIL: " if passed else lines[-1] + "; ") + f"{crashes} exceptions in users (see the report above)"
+        passed = False
+    _summary[:] = ["", "icws campaign summary", *lines]
     environment.process_exit_code = 0 if passed else 1
+
+
+@events.quit.add_listener
+def _print_summary(**_: Any) -> None:
+    if _summary:
+        print("\n".join(_summary), flush=True)

@@ -61,7 +61,7 @@ def count(rows: dict[str, dict[str, str]], metric: str) -> int:
 
 # What each scenario must have measured: one metric an operation of it produces, one a message produces.
 SCENARIOS = {
-    "EchoUser": ["icws/open", "icws/echo", "latency/echo"],
+    "EchoUser": ["icws/open", "icws/echo", "latency/test"],
     "ChurnUser": ["icws/open", "icws/echo", "icws/close"],
     "IdleUser": ["icws/open", "icws/idle"],
     "ChatUser": ["icws/open", "icws/chat", "latency/chat"],
@@ -121,7 +121,9 @@ def test_master_and_workers_on_loopback(stack: dict[str, str], tmp_path: Path) -
     )  # fmt: skip
     with master:
         workers = [
-            locust(stack, "EchoUser", "--worker", "--master-host", "127.0.0.1", "--master-port", str(port), name=f"w{n}")
+            locust(
+                stack, "EchoUser", "--worker", "--master-host", "127.0.0.1", "--master-port", str(port), name=f"w{n}"
+            )
             for n in range(2)
         ]
         try:
