@@ -78,7 +78,7 @@ def verdict(stats: RequestStats, max_error_rate: float, limits: list[P99Limit]) 
             if not ok:
                 failed.append(f"{metric} p99 {p99} ms > {limit.max_ms:g} ms")
         p50 = entry.get_response_time_percentile(0.5) if entry.num_requests else 0
-        lines.append(f"{metric:<32} {entry.num_requests:>8} {entry.num_failures:>6} {p50:>8} {p99:>8}  {mark}")
+        lines.append(f"{metric:<32} {entry.num_requests:>8} {entry.num_failures:>6} {p50:>8} {p99:>8}  {mark}".rstrip())
     lines += [f"(no samples for {each.request_type}/{each.name}: not judged)" for each in limits if each not in judged]
     error_rate = failures / operations if operations else 0.0
     if operations == 0:

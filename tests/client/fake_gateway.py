@@ -25,7 +25,9 @@ from icws_fast.protocol.types import ClientKey, CloseMessageReason
 from tests.client.icws_sim import OTHER_SK, ROOT_KEY_DER, SimCanister
 from tests.tls import self_signed
 
-MODES = ("echo", "ack", "silent", "no_open", "bad_cert", "close_by_app", "text_frame", "drop", "flood", "too_big")
+MODES = (
+    "echo", "ack", "silent", "no_open", "bad_cert", "gap", "close_by_app", "text_frame", "drop", "flood", "too_big"
+)  # fmt: skip
 FLOOD = 60  # messages the "flood" mode sends after the greeting
 TOO_BIG = MAX_MESSAGE_SIZE + 1  # the size of the frame the "too_big" mode sends after the greeting
 
@@ -112,6 +114,9 @@ class FakeGateway:
                         await relay(
                             [canister.app(key, {"text": "forged", "timestamp": now}, now)], signing_key=OTHER_SK
                         )
+                    elif self.mode == "gap":  # a certified message that skips a sequence number
+                        skipped = canister.sequence[key] + 2
+                        await relay([canister.app(key, {"text": "late", "timestamp": now}, now, sequence_num=skipped)])
                     elif self.mode == "close_by_app":
                         await relay([canister.close(key, CloseMessageReason.ClosedByApplication, now)])
                     elif self.mode == "text_frame":

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.client.fake_gateway import FakeGateway
+from tests.client.icws_sim import CANISTER_ID
 from tests.processes import REPO, Child, DevnetProcess, GatewayProcess, console_script, free_port
 
 pytestmark = pytest.mark.slow
@@ -95,6 +97,26 @@ def test_a_malformed_threshold_stops_before_the_run(stack: dict[str, str]) -> No
     assert status != 0
     assert "'icws/open<100' is not TYPE/NAME=MILLISECONDS" in output, output
     assert "campaign summary" not in output
+
+
+@pytest.mark.parametrize(
+    ("mode", "violation"),
+    [("gap", "sequence gap"), ("bad_cert", "verification failure"), ("drop", "connection lost")],
+)
+def test_a_violation_is_counted_and_fails_the_run(tmp_path: Path, mode: str, violation: str) -> None:
+    # A fake gateway misbehaves right after each connection's greeting: the idle user sees it at once.
+    with FakeGateway(mode) as gateway:
+        env = {
+            "ICWS_GATEWAY_URL": gateway.url,
+            "ICWS_IC_URL": gateway.ic_url,
+            "ICWS_CANISTER_ID": str(CANISTER_ID),
+            "ICWS_IDLE_CHECK_S": "0.5",
+        }
+        status, output = run(env, "IdleUser", "-u", "1", "-r", "1", "-t", f"{RUN_S}s", "--csv", str(tmp_path / "run"))
+    assert status == 1, output
+    rows = stats(tmp_path / "run")
+    assert int(rows[f"violation/{violation}"]["Failure Count"]) >= 1, output
+    assert "FAIL: error rate " in output, output
 
 
 def test_processes_aggregate_every_worker(stack: dict[str, str], tmp_path: Path) -> None:
