@@ -30,11 +30,14 @@ class _SessionUser(User):
 
     abstract = True
     canister: ClassVar[str]
+    #: False for a user whose task opens the connection itself.
+    open_on_start: ClassVar[bool] = True
 
     def on_start(self) -> None:
         self.session = Session(self.environment, self.canister)
         self._counter = itertools.count()
-        self.ensure_open()
+        if self.open_on_start:
+            self.ensure_open()
 
     def on_stop(self) -> None:
         self.session.close()
@@ -99,10 +102,7 @@ class ChurnUser(_EchoSession):
 
     weight = 1
     wait_time = between(0.5, 1.5)
-
-    def on_start(self) -> None:
-        self.session = Session(self.environment, self.canister)
-        self._counter = itertools.count()
+    open_on_start = False
 
     @tag("churn")
     @task
