@@ -80,6 +80,8 @@ class Session:
         #: Wall-clock time of the open: messages stamped earlier (a chat's history) give no latency sample.
         self.opened_ns = 0
         self._closing = False
+        # A close the reader saw before connect() returned an open connection: (code, reason).
+        self._lost_during_open: tuple[int, str] | None = None
         # The messages not read yet; None once the connection closed (put back by each reader, for the next).
         self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
@@ -91,6 +93,7 @@ class Session:
         """Connect; reports ``open`` (a failure when it does not open) and returns whether it did."""
         self._closing = False
         self.ws = None  # a close of the previous connection must not be read as one of this one
+        self._lost_during_open = None
         self._inbox = queue.Queue()
         start = time.perf_counter()
         self.opened_ns = time.time_ns()
@@ -109,6 +112,8 @@ class Session:
             report(self.environment, OPERATION, "open", elapsed_ms(start), exception=exc)
             return False
         report(self.environment, OPERATION, "open", elapsed_ms(start))
+        if self._lost_during_open is not None:
+            self._report_lost(self.ws, *self._lost_during_open)
         return True
 
     def recv(
@@ -166,15 +171,23 @@ class Session:
     def _on_close(self, code: int, reason: str) -> None:
         # Runs on the client's reader for every close, ours included.
         self._inbox.put(None)
-        if self._closing or self.ws is None:
-            return  # asked for, or during the open (reported as a failed open)
-        error = self.ws.error
+        if self._closing:
+            return
+        if self.ws is None:
+            # Still inside connect(): the connection may have opened and closed at once (the greeting and a
+            # close frame in one read). open() reports it once connect() returns; a failed open is its own report.
+            self._lost_during_open = (code, reason)
+            return
+        self._report_lost(self.ws, code, reason)
+
+    def _report_lost(self, ws: SyncIcWebSocket, code: int, reason: str) -> None:
+        """A close the user did not ask for: one ``violation`` sample, classified by what closed it."""
         report(
             self.environment,
             VIOLATION,
-            violation_name(error, reason),
+            violation_name(ws.error, reason),
             0.0,
-            exception=ConnectionClosed(code, f"{reason}: {error}" if error else reason),
+            exception=ConnectionClosed(code, f"{reason}: {ws.error}" if ws.error else reason),
         )
 
 
