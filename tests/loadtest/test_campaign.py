@@ -86,6 +86,17 @@ def test_scenario_passes_its_thresholds(stack: dict[str, str], tmp_path: Path, s
     assert not any(metric.startswith("violation/") for metric in rows), output
 
 
+def test_tags_pick_the_scenarios(stack: dict[str, str], tmp_path: Path) -> None:
+    status, output = run(
+        stack, "--tags", "stream", "-u", "2", "-r", "2", "-t", f"{RUN_S}s", "--csv", str(tmp_path / "run")
+    )
+    assert status == 0, output
+    rows = stats(tmp_path / "run")
+    assert count(rows, "latency/chat") > 0 and count(rows, "latency/firehose") > 0, output
+    # The echo canister's scenarios have no "stream" task: none of them ran.
+    assert count(rows, "latency/test") == 0 and count(rows, "icws/echo") == 0, output
+
+
 def test_an_impossible_threshold_fails_the_run_and_names_the_metric(stack: dict[str, str]) -> None:
     status, output = run(stack, "EchoUser", "-u", "1", "-r", "1", "-t", f"{RUN_S}s", "--max-p99", "icws/open=0.001")
     assert status == 1, output
