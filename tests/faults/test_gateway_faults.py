@@ -220,16 +220,32 @@ async def test_a_batch_that_fails_verification_is_polled_again(stack: Stack) -> 
 
 async def test_a_reordered_batch_is_never_delivered(stack: Stack) -> None:
     rule = stack.proxy.fault("reorder", endpoint="query", method="ws_get_messages", count=1)
-    # Concurrent pushes to one client land in one round, so some poll answers several of its messages at once
-    # (reversed, they reach that client out of order).
+    # Polls fail while the canister queues four messages for one client, so the first poll after answers them
+    # in one batch, which the proxy reverses. One push after the other: each is executed before the next is
+    # sent, so the canister queues them in the order expected (concurrent calls have no set order).
     target = stack.clients[0]
-    for round_ in range(20):
-        await asyncio.gather(*(push(stack.direct, stack.canister, target, f"burst {round_}.{i}") for i in range(4)))
-        if rule.applied:
-            break
-    assert rule.applied == 1
+    await stack.proxy.refuse_connections()
+    for i in range(4):
+        await push(stack.direct, stack.canister, target, f"held {i}")
+    await stack.proxy.accept_connections()
+    assert await wait_for(lambda: rule.applied == 1)
     await settle(stack.clients, timeout_s=10.0)
     assert stack.metric("errors_total", kind="poll_nonce_gap") >= 1
+
+
+async def test_overlapping_pushes_to_one_client_are_refused(stack: Stack) -> None:
+    # The canister may execute concurrent calls in either order: the harness cannot know which to expect.
+    target, other = stack.clients[:2]
+    first, second, elsewhere = await asyncio.gather(
+        push(stack.direct, stack.canister, target, "first"),
+        push(stack.direct, stack.canister, target, "second"),
+        push(stack.direct, stack.canister, other, "elsewhere"),
+        return_exceptions=True,
+    )
+    assert (first, elsewhere) == (None, None)
+    assert isinstance(second, RuntimeError)
+    assert str(second).startswith("push 'second' to c0 while another push to it is under way")
+    await settle(stack.clients)  # "first" and "elsewhere" arrive, "second" was never sent
 
 
 async def test_a_stale_batch_is_never_delivered(stack: Stack) -> None:

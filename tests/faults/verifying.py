@@ -50,6 +50,7 @@ class VerifyingClient:
         self.expected: dict[str, list[str]] = {"echo": ["ping"], "push": []}
         self.received: list[str] = []
         self._sent = 0
+        self.pushing = False  # a push to this client is under way (see push)
         self._reader = asyncio.create_task(self._read(), name=f"verifying client {name}")
 
     @classmethod
@@ -113,10 +114,25 @@ class VerifyingClient:
 
 
 async def push(agent: Agent, canister: Principal, client: VerifyingClient, text: str) -> None:
-    """Have the canister send ``text`` to ``client`` (its ``send`` update, called straight on the devnet)."""
-    client.expected["push"].append(text)
-    arg = candid.encode(_SEND_ARGS, [client.principal, encode_app_message(text, time.time_ns())])
-    assert candid.decode(await agent.call(canister, "send", arg), _UNIT_RESULT) == [{"Ok": None}]
+    """Have the canister send ``text`` to ``client`` (its ``send`` update, called straight on the devnet).
+
+    Pushes to one client must not overlap (pushes to different clients may): ``text`` is expected after the
+    client's earlier pushes, which holds only if the canister executed them first. Concurrent calls have no set
+    order, on the IC as on the devnet (which executes them in the order their HTTP requests happen to arrive),
+    so an overlapping push raises :class:`RuntimeError` instead of guessing.
+    """
+    if client.pushing:
+        raise RuntimeError(
+            f"push {text!r} to {client.name} while another push to it is under way: the canister may execute "
+            "them in either order; await each push to one client before the next"
+        )
+    client.pushing = True
+    try:
+        client.expected["push"].append(text)
+        arg = candid.encode(_SEND_ARGS, [client.principal, encode_app_message(text, time.time_ns())])
+        assert candid.decode(await agent.call(canister, "send", arg), _UNIT_RESULT) == [{"Ok": None}]
+    finally:
+        client.pushing = False
 
 
 async def wait_for(condition: Callable[[], object], timeout_s: float = 10.0) -> bool:
