@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.e2e.capacity_clients import read_records
-from benchmarks.e2e.workers import CpuTimeline, Profiler, spawn_role, split
+from benchmarks.e2e.workers import KERNEL, CpuTimeline, Profiler, spawn_role, split
 from icws_fast.ic.identity import Ed25519Identity
 from tests.processes import Child, ChildProcessFailed, GatewayProcess
 
@@ -83,6 +83,7 @@ class Leg:
     msgs_per_s: float = 0.0
     mb_per_s: float = 0.0
     cpu_us_per_msg: float = 0.0
+    kernel_us_per_msg: float = 0.0  # of cpu_us_per_msg, the system time (socket writes and reads)
     cpu_share: dict[str, float] = field(default_factory=dict)  # process -> share of one core
     rss_mb: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p99, p999 (gateway legs)
@@ -156,6 +157,7 @@ def _summarise(
     leg.mb_per_s = sum(records.sizes[lo:hi]) / leg.seconds / 1e6
     leg.cpu_share = {name: timeline.cpu(name, start, end) / leg.seconds for name in timeline.pids}
     leg.cpu_us_per_msg = timeline.cpu(server, start, end) * 1e6 / leg.messages
+    leg.kernel_us_per_msg = timeline.cpu(server + KERNEL, start, end) * 1e6 / leg.messages
     leg.rss_mb = timeline.max_rss(server, start, end) / 2**20
 
 
@@ -342,7 +344,8 @@ def _print_point(point: Point, legs: list[Leg], ratios: dict[str, dict[str, floa
     for leg in legs:
         others = ", ".join(f"{n} {s * 100:.0f}%" for n, s in leg.cpu_share.items())
         faults = ", ".join(f"{n} {v}" for n, v in leg.faults.items())
-        print(f"  [{leg.name}] CPU: {others}; faults: {faults}")
+        split_ = f"user {leg.cpu_us_per_msg - leg.kernel_us_per_msg:.1f} + kernel {leg.kernel_us_per_msg:.1f} µs/msg"
+        print(f"  [{leg.name}] CPU: {others} ({split_}); faults: {faults}")
         for note in leg.notes:
             print(f"    {note}")
 

@@ -17,8 +17,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Final
 
-from tests.processes import Child, cpu_seconds
+from tests.processes import Child, cpu_times
 
 BIN = Path(sys.executable).parent
 
@@ -69,6 +70,10 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+#: Suffix of a process's name that makes :meth:`CpuTimeline.cpu` give its system (kernel) time alone.
+KERNEL: Final = " kernel"
+
+
 class CpuTimeline:
     """The CPU seconds and RSS of some processes, sampled every ``interval`` s by a thread (``with`` runs it).
 
@@ -89,9 +94,11 @@ class CpuTimeline:
         rss: dict[str, int] = {}
         for name, pid in self.pids.items():
             try:
-                cpu[name] = cpu_seconds(pid)
+                user, system = cpu_times(pid)
+                cpu[name], cpu[name + KERNEL] = user + system, system
             except OSError:
-                cpu[name] = self.samples[-1][1][name] if self.samples else 0.0
+                for key in (name, name + KERNEL):
+                    cpu[key] = self.samples[-1][1][key] if self.samples else 0.0
             rss[name] = rss_bytes(pid)
         self.samples.append((time.monotonic(), cpu, rss))
 
@@ -117,7 +124,8 @@ class CpuTimeline:
         return samples[0][1][name] if t < samples[0][0] else samples[-1][1][name]
 
     def cpu(self, name: str, start: float, end: float) -> float:
-        """CPU seconds process ``name`` used between the monotonic times ``start`` and ``end``."""
+        """CPU seconds process ``name`` used between the monotonic times ``start`` and ``end``; of them, those spent
+        in the kernel (system time) for ``name + KERNEL``."""
         return self._at(name, end) - self._at(name, start)
 
     def max_rss(self, name: str, start: float, end: float) -> int:
