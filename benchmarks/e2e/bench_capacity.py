@@ -24,7 +24,9 @@ misroutes, unreadable frames, messages missing at the end. Any fault fails the r
 
 ``--json PATH`` writes every figure; ``--compare DIR`` measures first the gateway whose ``icws_fast`` package is
 in DIR (another checkout), then this tree's, in the same run; ``--profile DIR`` samples the gateway with py-spy
-during the window.
+during the window. ``--workers 1 2`` measures the gateway with ``--workers 1`` and ``--workers 2`` in turn
+(``--repeat 3``: three times, interleaved); a leg's gateway CPU is then the supervisor's and its workers' together
+(also printed without the supervisor), and the sessions each worker holds are read from its ``/metrics``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any, Final
 
 from benchmarks.e2e.capacity_clients import read_records
 from benchmarks.e2e.workers import KERNEL, CpuTimeline, Profiler, spawn_role, split
+from icws_fast.gateway.identity import key_file
 from icws_fast.ic.identity import Ed25519Identity
 from tests.processes import Child, ChildProcessFailed, GatewayProcess
 
@@ -90,6 +93,9 @@ class Leg:
     faults: dict[str, int] = field(default_factory=dict)
     offered_rate: float = 0.0  # msgs/s the replica released at (0: all at once)
     notes: list[str] = field(default_factory=list)
+    workers: int = 1  # the gateway's --workers (gateway legs)
+    workers_cpu_us_per_msg: float = 0.0  # with workers: the workers' CPU alone, without the supervisor's
+    sessions_by_worker: dict[str, int] = field(default_factory=dict)  # with workers: clients_connected by worker
 
 
 @dataclass
@@ -122,7 +128,9 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def _added_latency(records: Records, lo: int, hi: int, replica: dict[str, Any]) -> list[float]:
-    """ms from the replica's write of each message's reply to its read, for the messages ``lo:hi``."""
+    """ms from the replica's write of each message's reply to its read, for the messages ``lo:hi``.
+
+    ``replica`` is the record of the one gateway queue they all came through (its nonces are the queue's)."""
     writes: dict[int, list[float]] = {}
     for index, t in replica["writes"]:
         writes.setdefault(index, []).append(t)
@@ -138,9 +146,18 @@ def _added_latency(records: Records, lo: int, hi: int, replica: dict[str, Any]) 
 
 
 def _summarise(
-    leg: Leg, records: Records, timeline: CpuTimeline, server: str, *, start: float, end: float, wanted: float
+    leg: Leg,
+    records: Records,
+    timeline: CpuTimeline,
+    servers: Sequence[str],
+    *,
+    start: float,
+    end: float,
+    wanted: float,
 ) -> None:
-    """Fill ``leg``'s rates, CPU and RSS from the messages read between ``start`` and ``end``."""
+    """Fill ``leg``'s rates, CPU and RSS from the messages read between ``start`` and ``end``.
+
+    ``servers`` are the server's processes (a supervisor and its workers): their CPU is summed, their RSS too."""
     last = records.times[-1] if records.times else start
     if end > last:
         leg.notes.append(f"the stream ran out {end - last:.2f} s before the window's end: window shortened")
@@ -156,9 +173,9 @@ def _summarise(
     leg.msgs_per_s = leg.messages / leg.seconds
     leg.mb_per_s = sum(records.sizes[lo:hi]) / leg.seconds / 1e6
     leg.cpu_share = {name: timeline.cpu(name, start, end) / leg.seconds for name in timeline.pids}
-    leg.cpu_us_per_msg = timeline.cpu(server, start, end) * 1e6 / leg.messages
-    leg.kernel_us_per_msg = timeline.cpu(server + KERNEL, start, end) * 1e6 / leg.messages
-    leg.rss_mb = timeline.max_rss(server, start, end) / 2**20
+    leg.cpu_us_per_msg = sum(timeline.cpu(name, start, end) for name in servers) * 1e6 / leg.messages
+    leg.kernel_us_per_msg = sum(timeline.cpu(name + KERNEL, start, end) for name in servers) * 1e6 / leg.messages
+    leg.rss_mb = sum(timeline.max_rss(name, start, end) for name in servers) / 2**20
 
 
 async def _reports(clients: Sequence[Child], out: Path, tag: str) -> tuple[list[Path], dict[str, int]]:
@@ -203,10 +220,15 @@ class Run:
         self.args = args
         self.point = point
         self.workdir = workdir
-        self.identity = Ed25519Identity.generate()
         data = workdir / "data"
         data.mkdir()
-        (data / "key_pair").write_bytes(self.identity.to_der())
+        # One identity per worker of the largest --workers (worker 0's is a single gateway's): the replica must
+        # know every principal that will poll it before the gateway starts.
+        self.principals = []
+        for worker in range(max(args.workers)):
+            identity = Ed25519Identity.generate()
+            key_file(data, worker).write_bytes(identity.to_der())
+            self.principals.append(identity.sender.to_text())
 
     def _stream_messages(self, rate: float) -> int:
         args = self.args
@@ -215,19 +237,20 @@ class Run:
         return int(args.messages or args.expect_rate * (args.warmup + args.seconds + 0.5))
 
     async def gateway_leg(
-        self, stack: contextlib.ExitStack, name: str, src: Path | None, rate: float = 0.0
+        self, stack: contextlib.ExitStack, name: str, src: Path | None, workers: int, rate: float = 0.0
     ) -> tuple[Leg, list[Child], Path]:
-        """Stream through a gateway (the one in ``src``, else this tree's); the leg, its clients, its dump dir."""
+        """Stream through a gateway (the one in ``src``, else this tree's) of ``workers`` workers; the leg, its
+        clients, its dump dir."""
         args, point = self.args, self.point
         out = Path(tempfile.mkdtemp(dir=self.workdir))
-        leg = Leg(name, offered_rate=rate)
+        leg = Leg(name, offered_rate=rate, workers=workers)
         if rate:
             leg.notes.append(f"stream released at {rate:.0f} msgs/s")
+        principals = self.principals[:workers]
         replica = stack.enter_context(
             spawn_role(
                 _REPLICA,
-                "--gateway-principal",
-                self.identity.sender.to_text(),
+                *(arg for principal in principals for arg in ("--gateway-principal", principal)),
                 "--messages",
                 str(self._stream_messages(rate)),
                 "--payload",
@@ -244,20 +267,26 @@ class Run:
         env = {"RUST_LOG_FILE": "warn"} | ({"PYTHONPATH": str(src)} if src is not None else {})
         flags = ["--polling-interval", str(args.polling_interval), "--max-clients-per-ip", str(point.clients + 10)]
         flags += ["--poll-pipeline-depth", str(args.pipeline), "--max-send-buffer", str(args.max_send_buffer)]
-        gateway = GatewayProcess(info["url"], self.workdir / "data", extra_args=flags, env=env)
+        gateway = GatewayProcess(info["url"], self.workdir / "data", extra_args=flags, env=env, workers=workers)
         await gateway.start_async()
         try:
+            if gateway.principals != principals:
+                raise RuntimeError(f"the gateway's principals {gateway.principals} are not the replica's {principals}")
             clients = [
                 stack.enter_context(spawn_role(_CLIENTS, gateway.url, info["canister"], str(count)))
                 for count in split(point.clients, args.client_procs)
             ]
             for child in clients:
                 await child.wait_for_line_async("ready", SETUP_TIMEOUT_S)
+            if gateway.worker_pids:
+                sessions = await gateway.by_worker("clients_connected")
+                leg.sessions_by_worker = {worker: int(n) for worker, n in sorted(sessions.items())}
             counts = out / "counts.json"
             replica.send_line(f"precompute {counts}")
             stream = json.loads((await replica.wait_for_line_async("stream ready", SETUP_TIMEOUT_S)).split(" ", 2)[2])
             await _expect(clients, counts)
-            pids = {"gateway": gateway.pid, "replica": replica.pid} | {
+            workers_pids = {f"worker{i}": pid for i, pid in enumerate(gateway.worker_pids)}
+            pids = {"gateway": gateway.pid, **workers_pids, "replica": replica.pid} | {
                 f"clients{i}": c.pid for i, c in enumerate(clients)
             }
             profiler = Profiler(args.profile, args.seconds)
@@ -265,7 +294,7 @@ class Run:
                 replica.send_line("go")
                 go = float((await replica.wait_for_line_async("go ")).split()[1])
                 await asyncio.sleep(max(0.0, go + args.warmup - time.monotonic()))
-                profiler.start({"gateway": gateway.pid})
+                profiler.start({"gateway": gateway.pid})  # with workers, the supervisor
                 drain = stream["messages"] / (rate or MIN_RATE) + 30
                 leg.notes += await _await_done(clients, drain)
             profiler.report()
@@ -277,9 +306,17 @@ class Run:
         replica_record = json.loads((out / "replica.json").read_text())
         records = Records.load(paths)
         start = go + args.warmup
-        _summarise(leg, records, timeline, "gateway", start=start, end=start + args.seconds, wanted=args.seconds)
+        servers = ["gateway", *workers_pids]
+        _summarise(leg, records, timeline, servers, start=start, end=start + args.seconds, wanted=args.seconds)
+        if workers_pids and leg.messages:
+            leg.workers_cpu_us_per_msg = sum(timeline.cpu(w, start, start + leg.seconds) for w in workers_pids)
+            leg.workers_cpu_us_per_msg *= 1e6 / leg.messages
         lo, hi = records.window(start, start + leg.seconds)
-        leg.latency_ms = _percentiles(_added_latency(records, lo, hi, replica_record))
+        (queue, *more) = replica_record["streams"]
+        if more:  # the clients' records do not say which queue (worker) a message came through
+            leg.notes.append("added latency not measured with several workers")
+        else:
+            leg.latency_ms = _percentiles(_added_latency(records, lo, hi, queue))
         leg.notes.append(
             f"stream {stream['messages']} messages in {stream['replies']} replies, precomputed in "
             f"{stream['seconds']:.1f} s; replica CPU since go {replica_record['cpu_since_go_s']:.2f} s, "
@@ -309,7 +346,7 @@ class Run:
             paths, leg.faults = await _reports(clients, dump, "bare")
         records = Records.load(paths)
         end = records.times[-1] if records.times else start
-        _summarise(leg, records, timeline, "bare", start=start, end=end, wanted=end - start)
+        _summarise(leg, records, timeline, ["bare"], start=start, end=end, wanted=end - start)
         paced = f"at {rate:.0f} msgs/s" if rate else "as fast as it can"
         leg.notes.append(f"{words[3]} replies ({words[5]} messages) written {passes} times, {paced}")
         return leg
@@ -331,11 +368,11 @@ def _print_point(point: Point, legs: list[Leg], ratios: dict[str, dict[str, floa
         f"  {'':34} {'msgs/s':>9} {'MB/s':>7} {'CPU µs/msg':>11} {'CPU':>6} {'RSS MB':>7}  added latency p50/p99/p99.9"
     )
     for leg in legs:
-        server = "gateway" if "bare" not in leg.name else "bare"
         latency = "/".join(f"{leg.latency_ms[q]:.2f}" for q in ("p50", "p99", "p999")) if leg.latency_ms else "-"
+        share = leg.cpu_us_per_msg * leg.msgs_per_s / 1e6  # the server's processes together
         print(
             f"  {leg.name:34} {leg.msgs_per_s:9.0f} {leg.mb_per_s:7.1f} {leg.cpu_us_per_msg:11.1f} "
-            f"{leg.cpu_share.get(server, 0) * 100:5.0f}% {leg.rss_mb:7.0f}  {latency} ms"
+            f"{share * 100:5.0f}% {leg.rss_mb:7.0f}  {latency} ms"
         )
     for name, ratio in ratios.items():
         if ratio:
@@ -346,6 +383,13 @@ def _print_point(point: Point, legs: list[Leg], ratios: dict[str, dict[str, floa
         faults = ", ".join(f"{n} {v}" for n, v in leg.faults.items())
         split_ = f"user {leg.cpu_us_per_msg - leg.kernel_us_per_msg:.1f} + kernel {leg.kernel_us_per_msg:.1f} µs/msg"
         print(f"  [{leg.name}] CPU: {others} ({split_}); faults: {faults}")
+        if leg.sessions_by_worker:
+            mean = sum(leg.sessions_by_worker.values()) / len(leg.sessions_by_worker)
+            spread = max(abs(n - mean) for n in leg.sessions_by_worker.values()) / mean if mean else 0.0
+            print(
+                f"    workers' CPU alone {leg.workers_cpu_us_per_msg:.1f} µs/msg; sessions by worker "
+                f"{leg.sessions_by_worker}: at most {spread * 100:.0f}% from the mean"
+            )
         for note in leg.notes:
             print(f"    {note}")
 
@@ -353,14 +397,18 @@ def _print_point(point: Point, legs: list[Leg], ratios: dict[str, dict[str, floa
 async def measure_point(args: argparse.Namespace, point: Point) -> dict[str, Any]:
     legs: list[Leg] = []
     ratios: dict[str, dict[str, float]] = {}
-    gateways: list[tuple[str, Path | None]] = [("gateway", None)]
-    if args.compare is not None:
-        gateways.insert(0, (f"gateway from {args.compare}", args.compare))
+    gateways: list[tuple[str, Path | None, int]] = []
+    for repeat in range(args.repeat):
+        for workers in args.workers:
+            suffix = ("" if args.workers == [1] else f", --workers {workers}") + (f" #{repeat + 1}" if repeat else "")
+            if args.compare is not None:
+                gateways.append((f"gateway from {args.compare}{suffix}", args.compare, workers))
+            gateways.append((f"gateway{suffix}", None, workers))
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         run = Run(args, point, Path(tmp))
         saturated: list[Leg] = []
-        for name, src in gateways:
-            leg, clients, dump = await run.gateway_leg(stack, name, src)
+        for name, src, workers in gateways:
+            leg, clients, dump = await run.gateway_leg(stack, name, src, workers)
             saturated.append(leg)
         legs += saturated
         bare = await run.bare_leg(clients, dump, saturated[-1].msgs_per_s if args.bare_rate == "gateway" else 0.0)
@@ -368,8 +416,9 @@ async def measure_point(args: argparse.Namespace, point: Point) -> dict[str, Any
         for leg in saturated:
             ratios[leg.name] = _ratio(leg, bare)
         if args.half_load:
-            for (name, src), leg in zip(gateways, saturated, strict=True):
-                half, _, _ = await run.gateway_leg(stack, f"{name} at half load", src, rate=leg.msgs_per_s / 2)
+            for (name, src, workers), leg in zip(gateways, saturated, strict=True):
+                rate = leg.msgs_per_s / 2
+                half, _, _ = await run.gateway_leg(stack, f"{name} at half load", src, workers, rate=rate)
                 legs.append(half)
     _print_point(point, legs, ratios)
     return {"point": asdict(point), "legs": [asdict(leg) for leg in legs], "ratios": ratios}
@@ -437,7 +486,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--profile", type=Path, help="directory for a py-spy profile of the gateway")
     p.add_argument("--compare", type=Path, help="also measure, first, the gateway whose icws_fast is in this directory")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="the gateway's --workers; several values (1 2): one gateway leg each, in turn",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="measure the gateway legs this many times, interleaved")
     args = p.parse_args(argv)
+    if min(args.workers) < 1 or args.repeat < 1:
+        p.error("--workers and --repeat take numbers of at least 1")
     if args.quick:
         args.clients, args.payload, args.pattern = [100], [100], ["round-robin"]
         args.seconds, args.warmup = 2.0, 0.5

@@ -1,47 +1,51 @@
 """A replica that is never the gateway's limit: a precomputed, honestly certified ``ws_get_messages`` stream.
 
 Run: ``.venv/bin/python -m benchmarks.e2e.synthetic_replica --gateway-principal P [options]`` (a separate
-process; :mod:`benchmarks.e2e.bench_capacity` drives it). It is the devnet (:mod:`icws_fast.devnet`) hosting
-one :class:`~benchmarks.e2e.stream_canister.StreamCanister`, served by the devnet's own HTTP handlers
-(status with the root key, v2/v3/v4 calls, v2/v3 queries and read_state), plus one fast path. It prints
-a JSON line (``url``, ``root_key``, ``canister``, ``pid``), then takes commands on stdin:
+process, :mod:`benchmarks.e2e.bench_capacity` drives it; ``--gateway-principal`` once per gateway worker, since
+the CDK keeps one queue per gateway principal). It is the devnet (:mod:`icws_fast.devnet`) hosting one
+:class:`~benchmarks.e2e.stream_canister.StreamCanister`, served by the devnet's own HTTP handlers (status with
+the root key, v2/v3/v4 calls, v2/v3 queries and read_state), plus one fast path. It prints a JSON line (``url``,
+``root_key``, ``canister``, ``pid``), then takes commands on stdin:
 
-* **Live phase.** Clients open their sessions through the gateway: their signed ``ws_open`` calls execute in
-  the devnet's rounds and get certified replies; the gateway polls the OpenMessages live.
+* **Live phase.** Clients open their sessions through the gateway: their signed ``ws_open`` calls execute in the
+  devnet's rounds and get certified replies; the gateway polls the OpenMessages live.
 * **Precompute** (stdin ``precompute FILE``). The canister produces the stream in rounds of ``--round-messages``
   messages (the CDK's ``send``: its message encoding, certified map and sequence numbers); each round is
-  certified once (a BLS signature, as a replica round), and then every ``ws_get_messages`` reply of the
-  gateway's queue that the round completes is asked from the canister as a query (the CDK's witness, the
-  round's data certificate, Candid) and kept as the bytes of the HTTP answer. A reply is taken while more
-  messages follow it (``is_end_of_queue`` false, as for a canister with a backlog), the last one at the end.
-  Writes the messages per client key to FILE (``{"<principal>_<nonce>": count}``) and prints ``stream ready
-  {json}`` (first nonce, messages, replies, clients, reply bytes, seconds taken).
+  certified once (a BLS signature, as a replica round), and then every ``ws_get_messages`` reply of each
+  gateway's queue (the clients that opened through that gateway) that the round completes is asked from the
+  canister as a query (the CDK's witness, the round's data certificate, Candid) and kept as the bytes of the HTTP
+  answer. A reply is taken while more messages follow it (``is_end_of_queue`` false, as for a canister with a
+  backlog), the last one at the end. Writes the messages per client key to FILE (``{"<principal>_<nonce>":
+  count}``) and prints ``stream ready {json}`` (first nonce, messages, replies, clients, reply bytes, seconds
+  taken).
 * **Stream** (stdin ``go``). A query of the gateway for a nonce on the replies' grid is answered from the
-  precomputed bytes: one CBOR decode of the envelope, one lookup. Before ``go``, or before its release time
-  when ``--rate`` limits the stream, such a query gets the CDK's empty reply (the canister has not sent those
-  messages yet). The monotonic time each stream reply is written is recorded (``time.monotonic`` is one clock
-  for all processes on Linux), so the gateway's added latency is measurable at the clients. Other queries
-  (other senders, nonces before the stream or off the grid, which a gateway never asks since every reply
+  precomputed bytes of the sender's queue: one CBOR decode of the envelope, two lookups. Before ``go``, or before
+  its release time when ``--rate`` limits the stream, such a query gets the CDK's empty reply (the canister has
+  not sent those messages yet). The monotonic time each stream reply is written is recorded (``time.monotonic``
+  is one clock for all processes on Linux), so the gateway's added latency is measurable at the clients. Other
+  queries (other senders, nonces before the stream or off the grid, which a gateway never asks since every reply
   but the last holds ``--batch`` messages) go to the live canister.
-* ``dump DIR`` writes ``DIR/stream.bin`` (the replies' Candid bytes, each after a 4-byte big-endian length:
-  what a bare server needs to write the gateway's exact frames) and ``DIR/replica.json`` (first nonce, batch
-  size, per-reply message counts, the write times, the CPU this process used since ``go``), then prints
-  ``dumped``.
+* ``dump DIR`` writes ``DIR/stream.bin`` (the replies' Candid bytes, each after a 4-byte big-endian length, the
+  queues' replies interleaved: what a bare server needs to write the gateway's exact frames) and
+  ``DIR/replica.json`` (per queue: first nonce, batch size, per-reply message counts, the write times; the CPU
+  this process used since ``go``), then prints ``dumped``.
 
-The query fast path neither checks the envelope's signature nor signs the answer: the gateway's agent checks
-no node signatures on a local replica, and a replica's cost is not what the benchmark measures. Everything
-else (calls, read_state, status, every malformed request) is the devnet's, with its checks and errors.
+The query fast path neither checks the envelope's signature nor signs the answer: the gateway's agent checks no
+node signatures on a local replica, and a replica's cost is not what the benchmark measures. Everything else
+(calls, read_state, status, every malformed request) is the devnet's, with its checks and errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -126,14 +130,14 @@ def _response(reply: bytes) -> bytes:
 class SyntheticReplica:
     """The devnet's replica and HTTP interface with the stream's fast path; see the module docstring."""
 
-    def __init__(self, address: str, gateway: Principal, options: StreamOptions, round_ms: float) -> None:
+    def __init__(self, address: str, gateways: Sequence[Principal], options: StreamOptions, round_ms: float) -> None:
         self.devnet = Devnet(address, canisters={CANISTER_NAME: StreamCanister})
         self.replica = self.devnet.replica
         self.canister_id = self.devnet.canister_ids[CANISTER_NAME]
-        self.gateway = gateway
+        self.gateways = list(gateways)
         self.options = options
         self.round_s = round_ms / 1000
-        self.stream: Stream | None = None
+        self.streams: dict[bytes, Stream] = {}  # by gateway principal: one queue each
         self.live_queries = 0
         self._cpu_at_go = 0.0
         self._runner: web.AppRunner | None = None
@@ -167,9 +171,9 @@ class SyntheticReplica:
 
     @web.middleware
     async def _fast_query(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        stream = self.stream
-        if stream is not None and request.method == "POST" and request.path.endswith("/query"):
-            answer = self._stream_answer(stream, await request.read())
+        streams = self.streams
+        if streams and request.method == "POST" and request.path.endswith("/query"):
+            answer = self._stream_answer(streams, await request.read())
             if answer is not None:
                 return web.Response(body=answer, content_type=CBOR_CONTENT_TYPE)
             self.live_queries += 1
@@ -177,13 +181,14 @@ class SyntheticReplica:
         return response
 
     @staticmethod
-    def _stream_answer(stream: Stream, body: bytes) -> bytes | None:
-        """The stream's answer to a query envelope, or None for any other query (the devnet answers it)."""
+    def _stream_answer(streams: Mapping[bytes, Stream], body: bytes) -> bytes | None:
+        """The answer from the sender's stream to a query envelope, or None for any other query (the devnet's)."""
         try:
             content = cbor.decode(body)["content"]
             arg = content["arg"]
+            stream = streams.get(content["sender"])
             if (
-                content["sender"] != stream.gateway
+                stream is None
                 or content["method_name"] != "ws_get_messages"
                 or content["request_type"] != "query"
                 or arg[:-8] != _ARGS_PREFIX
@@ -195,8 +200,9 @@ class SyntheticReplica:
 
     # -- precompute ----------------------------------------------------------------------------------------
 
-    def _query(self, nonce: int) -> bytes:
-        return self.replica.query(self.canister_id, "ws_get_messages", encode_get_messages_args(nonce), self.gateway)
+    def _query(self, gateway: Principal, nonce: int) -> bytes:
+        args = encode_get_messages_args(nonce)
+        return self.replica.query(self.canister_id, "ws_get_messages", args, gateway)
 
     def _produce(self, count: int) -> None:
         opts = self.options
@@ -219,75 +225,96 @@ class SyntheticReplica:
         instance = self.replica.hosts[self.canister_id].instance
         assert isinstance(instance, StreamCanister)
         clients = len(instance.websocket.connected_clients())
-        first = self._first_nonce()
-        stream = Stream(self.gateway.bytes, first, opts.batch, _response(self._query(MAX_NAT64)), rate=opts.rate)
-        # From now on the gateway's polls of the stream are answered from it (empty until ``go``), never live.
-        self.stream = stream
+        streams = {
+            gateway: Stream(
+                gateway.bytes,
+                self._first_nonce(gateway),
+                opts.batch,
+                _response(self._query(gateway, MAX_NAT64)),
+                rate=opts.rate,
+            )
+            for gateway in self.gateways
+        }
+        # From now on the gateways' polls of the stream are answered from it (empty until ``go``), never live.
+        self.streams = {stream.gateway: stream for stream in streams.values()}
+        nonces = {gateway: stream.first_nonce for gateway, stream in streams.items()}
         per_client: Counter[str] = Counter()
-        produced = first
-        end = first + opts.messages
-        nonce = first
+        produced = 0
         started = time.perf_counter()
-        while nonce < end:
-            count = min(opts.round_messages, end - produced)
-            if count:
-                self._produce(count)
-                produced += count
-            # Take the replies this round completes while more messages follow them (a backlog), all at the end.
-            while nonce < end and (nonce + opts.batch < produced or produced == end):
-                reply = self._query(nonce)
-                batch = decode_get_messages_result(reply)
-                if len(batch.messages) != min(opts.batch, end - nonce):
-                    raise RuntimeError(f"reply from nonce {nonce} holds {len(batch.messages)} messages")
-                per_client.update(str(m.client_key) for m in batch.messages)
-                stream.replies.append(reply)
-                stream.bodies.append(_response(reply))
-                stream.counts.append(len(batch.messages))
-                nonce += len(batch.messages)
+        while produced < opts.messages:
+            count = min(opts.round_messages, opts.messages - produced)
+            self._produce(count)
+            produced += count
+            last = produced == opts.messages
+            # Take the full replies this round completes while more messages follow them (a backlog); all at the end.
+            for gateway, stream in streams.items():
+                while True:
+                    batch = decode_get_messages_result(reply := self._query(gateway, nonces[gateway]))
+                    full = len(batch.messages) == opts.batch and not batch.is_end_of_queue
+                    if not batch.messages or not (last or full):
+                        break
+                    per_client.update(str(m.client_key) for m in batch.messages)
+                    stream.replies.append(reply)
+                    stream.bodies.append(_response(reply))
+                    stream.counts.append(len(batch.messages))
+                    nonces[gateway] += len(batch.messages)
             await asyncio.sleep(0)  # answer the gateway's polls (empty) and the live calls meanwhile
+        taken = sum(sum(stream.counts) for stream in streams.values())
+        if taken != opts.messages:
+            raise RuntimeError(f"the gateways' queues hold {taken} messages, not the {opts.messages} produced")
         _write_json(counts_path, per_client)
         return {
-            "first_nonce": first,
+            "first_nonce": {gateway.to_text(): stream.first_nonce for gateway, stream in streams.items()},
             "messages": opts.messages,
-            "replies": len(stream.bodies),
+            "replies": sum(len(stream.bodies) for stream in streams.values()),
             "clients": clients,
-            "reply_bytes": sum(map(len, stream.replies)),
+            "reply_bytes": sum(len(reply) for stream in streams.values() for reply in stream.replies),
             "seconds": time.perf_counter() - started,
             "counts": str(counts_path),
         }
 
-    def _first_nonce(self) -> int:
-        """The gateway's next outgoing nonce: where the stream starts (past the OpenMessages)."""
-        batch = decode_get_messages_result(self._query(0))
+    def _first_nonce(self, gateway: Principal) -> int:
+        """``gateway``'s next outgoing nonce: where its stream starts (past the OpenMessages)."""
+        batch = decode_get_messages_result(self._query(gateway, 0))
         nonce = 0
         while batch.messages:
             nonce += len(batch.messages)
-            batch = decode_get_messages_result(self._query(nonce))
+            batch = decode_get_messages_result(self._query(gateway, nonce))
         return nonce
 
     def go(self) -> float:
         """Release the stream (at ``--rate`` from now on, if set); the monotonic time of the release."""
-        if self.stream is None:
+        if not self.streams:
             raise RuntimeError("go before precompute")
         self._cpu_at_go = time.process_time()
-        self.stream.go = time.monotonic()
-        return self.stream.go
+        now = time.monotonic()
+        for stream in self.streams.values():
+            stream.go = now
+        return now
 
     def dump(self, out: Path) -> None:
         """Write ``stream.bin`` and ``replica.json`` into ``out`` (see the module docstring)."""
-        stream = self.stream
-        if stream is None:
+        streams = list(self.streams.values())
+        if not streams:
             raise RuntimeError("dump before precompute")
         with (out / "stream.bin").open("wb") as f:
-            for reply in stream.replies:
-                f.write(len(reply).to_bytes(4, "big"))
-                f.write(reply)
+            # Interleaved, as the gateways' workers deliver them; each client's messages stay in their order.
+            for reply in itertools.chain.from_iterable(itertools.zip_longest(*(s.replies for s in streams))):
+                if reply is not None:
+                    f.write(len(reply).to_bytes(4, "big"))
+                    f.write(reply)
         record = {
-            "first_nonce": stream.first_nonce,
-            "batch": stream.batch,
-            "counts": stream.counts,
-            "writes": stream.writes,
-            "empty_answers": stream.empties,
+            "streams": [
+                {
+                    "gateway": Principal(s.gateway).to_text(),
+                    "first_nonce": s.first_nonce,
+                    "batch": s.batch,
+                    "counts": s.counts,
+                    "writes": s.writes,
+                }
+                for s in streams
+            ],
+            "empty_answers": sum(s.empties for s in streams),
             "live_queries": self.live_queries,
             "cpu_since_go_s": time.process_time() - self._cpu_at_go,
         }
@@ -303,7 +330,8 @@ async def serve(args: argparse.Namespace) -> None:
         batch=args.batch,
         round_messages=args.round_messages,
     )
-    server = SyntheticReplica(args.address, Principal.from_text(args.gateway_principal), options, args.round_ms)
+    gateways = [Principal.from_text(text) for text in args.gateway_principal]
+    server = SyntheticReplica(args.address, gateways, options, args.round_ms)
     await server.start()
     info = {**server.devnet.info(), "canister": server.canister_id.to_text(), "pid": os.getpid()}
     print(json.dumps(info), flush=True)
@@ -326,7 +354,12 @@ async def serve(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", default="127.0.0.1:0", help="host:port to serve on (port 0: any)")
-    p.add_argument("--gateway-principal", required=True, help="the principal of the gateway that polls the stream")
+    p.add_argument(
+        "--gateway-principal",
+        required=True,
+        action="append",
+        help="the principal of a gateway (worker) that polls the stream; once per gateway",
+    )
     p.add_argument("--messages", type=int, default=100_000, help="messages in the stream")
     p.add_argument("--payload", type=int, default=100, help="bytes of each message's payload")
     p.add_argument("--burst", type=int, default=1, help="messages in a row to the same client (1: round robin)")

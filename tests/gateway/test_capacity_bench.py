@@ -82,14 +82,24 @@ def poll(identity: Identity, nonce: int, method: str = "ws_get_messages") -> byt
     return build_envelope(identity, content)
 
 
-def stream(rate: float = 0.0) -> Stream:
-    """Three precomputed replies of 50 messages from nonce 100, not released yet."""
-    return Stream(GATEWAY.bytes, 100, 50, b"empty", bodies=[b"r0", b"r1", b"r2"], counts=[50] * 3, rate=rate)
+def stream(
+    rate: float = 0.0, gateway: Principal = GATEWAY, replies: tuple[bytes, ...] = (b"r0", b"r1", b"r2")
+) -> Stream:
+    """Precomputed replies of 50 messages from nonce 100 of ``gateway``'s queue, not released yet."""
+    return Stream(gateway.bytes, 100, 50, b"empty", bodies=list(replies), counts=[50] * len(replies), rate=rate)
+
+
+def streams(*queues: Stream) -> dict[bytes, Stream]:
+    """The replica's streams: by gateway principal."""
+    return {queue.gateway: queue for queue in queues}
 
 
 def test_replica_fast_path_answers_the_gateways_polls_on_the_grid_once_released() -> None:
-    answer = SyntheticReplica._stream_answer
     released = stream()
+
+    def answer(queue: Stream, body: bytes) -> bytes | None:
+        return SyntheticReplica._stream_answer(streams(queue), body)
+
     assert answer(released, poll(GATEWAY_IDENTITY, 150)) == b"empty"  # before go
     released.go = time.monotonic()
     assert [answer(released, poll(GATEWAY_IDENTITY, n)) for n in (100, 150, 200, 250)] == [
@@ -109,11 +119,23 @@ def test_replica_fast_path_answers_the_gateways_polls_on_the_grid_once_released(
     assert [answer(paced, poll(GATEWAY_IDENTITY, n)) for n in (100, 150)] == [b"r0", b"empty"]
 
 
+def test_replica_fast_path_answers_each_gateway_from_its_own_queue() -> None:
+    other_identity = Ed25519Identity.from_seed(b"\x02" * 32)
+    mine, other = stream(), stream(gateway=other_identity.sender, replies=(b"o0",))
+    queues = streams(mine, other)
+    mine.go = other.go = time.monotonic()
+    assert SyntheticReplica._stream_answer(queues, poll(GATEWAY_IDENTITY, 150)) == b"r1"
+    assert SyntheticReplica._stream_answer(queues, poll(other_identity, 100)) == b"o0"
+    assert SyntheticReplica._stream_answer(queues, poll(other_identity, 150)) == b"empty"  # past its queue's end
+    assert [index for index, _ in mine.writes] == [1]
+    assert [index for index, _ in other.writes] == [0]
+
+
 @pytest.mark.parametrize("body", [b"", b"\xff", b"\xd9\xd9\xf7\xa1\x67content\x01", b"\x9f" * 10_000, b"\xa0"])
 def test_replica_fast_path_leaves_malformed_queries_to_the_devnet(body: bytes) -> None:
     released = stream()
     released.go = time.monotonic()
-    assert SyntheticReplica._stream_answer(released, body) is None
+    assert SyntheticReplica._stream_answer(streams(released), body) is None
 
 
 @pytest.mark.slow
@@ -132,3 +154,25 @@ def test_quick_run_delivers_every_message_once_to_its_client(tmp_path: Path) -> 
         assert {name: value for name, value in leg["faults"].items() if value} == {}, leg
     assert legs["gateway"]["latency_ms"]["p50"] > 0
     assert point["ratios"]["gateway"]["cpu_per_msg"] > 0
+
+
+@pytest.mark.slow
+def test_run_with_two_workers_delivers_every_message_once_to_its_client(tmp_path: Path) -> None:
+    out = tmp_path / "capacity.json"
+    command = [sys.executable, "-m", "benchmarks.e2e.bench_capacity", "--json", str(out), "--workers", "2"]
+    command += ["--clients", "40", "--payload", "100", "--pattern", "round-robin", "--seconds", "1", "--warmup", "0.2"]
+    command += ["--messages", "100000", "--bare-memory-mb", "20", "--bare-passes", "2"]
+    done = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (point,) = json.loads(out.read_text())["points"]
+    legs = {leg["name"]: leg for leg in point["legs"]}
+    assert set(legs) == {"gateway, --workers 2", "bare server"}
+    gateway = legs["gateway, --workers 2"]
+    for leg in legs.values():
+        assert leg["messages"] > 0, leg
+        assert {name: value for name, value in leg["faults"].items() if value} == {}, leg
+    # Both workers held sessions and both polled their own queue: the stream reached the clients of each.
+    assert set(gateway["sessions_by_worker"]) == {"0", "1"}, gateway
+    assert sum(gateway["sessions_by_worker"].values()) == 40, gateway
+    assert all(gateway["sessions_by_worker"].values()), gateway
+    assert 0 < gateway["workers_cpu_us_per_msg"] <= gateway["cpu_us_per_msg"], gateway
