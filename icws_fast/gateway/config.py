@@ -40,6 +40,9 @@ MIN_READ_BUFFER_SIZE = 2048
 READ_BUFFER_SIZE = 2048
 # The most Linux accepts by default (net.core.somaxconn since 5.4); asyncio's default is 100.
 LISTEN_BACKLOG = 4096
+# Connections the agent keeps beyond max_concurrent_calls, for polls (up to the pipeline depth per canister) and
+# the readiness check.
+POLL_CONNECTIONS = 64
 
 
 def _parse_ms(text: str) -> float:
@@ -184,12 +187,19 @@ class GatewayConfig:
     max_pending_relays: int = 32
     """Envelopes a client may have waiting to be relayed to the IC before it is closed for flooding."""
 
-    max_concurrent_calls: int = 64
+    max_concurrent_calls: int = flag(
+        500,
+        "--max-concurrent-calls",
+        "calls to the IC made for clients (relayed envelopes, ws_close) in flight at once",
+        metavar="N",
+        parse=parse_int,
+    )
     """Calls to the IC made for clients (relayed envelopes, ``ws_close``) in flight at once; more wait their turn.
 
-    Fewer than the agent's connections (100), so that polls always find one: a burst of thousands of ``ws_open``
-    would otherwise queue every poll behind it, and each new session would wait for the whole burst to be
-    relayed before its first message is polled."""
+    A call holds one HTTP/1.1 connection until the IC has certified it (a second or two on mainnet, a round on a
+    local replica), so this bounds the relays per second to about ``N`` / call latency: size it for the relay rate
+    you expect (500 / 1.5 s ≈ 330 relays/s). The agent keeps :data:`POLL_CONNECTIONS` connections more than this,
+    so that polls always find one: a burst of thousands of ``ws_open`` never queues the polls behind it."""
 
     handshake_timeout_s: float = flag(
         5.0, "--handshake-timeout", "seconds for the HTTP upgrade", metavar="S", parse=parse_float, show=_show_seconds

@@ -25,7 +25,7 @@ from typing import Any
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from icws_fast.errors import AgentError, IcwsError
-from icws_fast.gateway.config import GatewayConfig
+from icws_fast.gateway.config import POLL_CONNECTIONS, GatewayConfig
 from icws_fast.gateway.forwarded import client_address
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
 from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
@@ -346,7 +346,11 @@ class Gateway:
         self.config = config
         self.identity = identity
         self.principal: Principal = identity.sender
-        self.agent = agent if agent is not None else Agent(config.ic_url, identity)
+        self.agent = (
+            agent
+            if agent is not None
+            else Agent(config.ic_url, identity, max_connections=config.max_concurrent_calls + POLL_CONNECTIONS)
+        )
         self.metrics = GatewayMetrics()
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()

@@ -141,6 +141,7 @@ BAD_FLAGS = [
     (["--max-message-size", "0"], "--max-message-size 0: the size must be positive, got 0"),
     (["--max-send-buffer", "-1"], "--max-send-buffer -1: the size must be positive, got -1"),
     (["--max-clients", "0"], "--max-clients 0: the limit must be positive, got 0"),
+    (["--max-concurrent-calls", "0"], "--max-concurrent-calls 0: the limit must be positive, got 0"),
     (["--handshake-timeout", "0"], "--handshake-timeout 0: the timeout must be positive, got 0.0"),
     (["--ping-interval", "-1"], "--ping-interval -1: the ping interval must be at least 0, got -1.0"),
     (
