@@ -54,7 +54,7 @@ from aiohttp import web
 
 from benchmarks.e2e.stream_canister import PRODUCE_ARGS, PRODUCER, StreamCanister
 from benchmarks.e2e.workers import stdin_lines
-from icws_fast.devnet.server import CBOR_CONTENT_TYPE, Devnet, build_app
+from icws_fast.devnet.server import CBOR_CONTENT_TYPE, LISTEN_BACKLOG, Devnet, build_app
 from icws_fast.errors import IcwsError
 from icws_fast.ic import candid, cbor
 from icws_fast.ic.principal import Principal
@@ -149,7 +149,7 @@ class SyntheticReplica:
         app.middlewares.insert(0, self._fast_query)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.devnet.host, self.devnet.port)
+        site = web.TCPSite(self._runner, self.devnet.host, self.devnet.port, backlog=LISTEN_BACKLOG)
         await site.start()
         self.devnet.port = int(self._runner.addresses[0][1])
         self._rounds = asyncio.create_task(self._run_rounds())

@@ -48,6 +48,9 @@ from icws_fast.ic.principal import Principal
 
 log = logging.getLogger(__name__)
 
+# Connections the kernel queues for the devnet to accept (capped by net.core.somaxconn).
+LISTEN_BACKLOG: Final = 4096
+
 CBOR_CONTENT_TYPE: Final = "application/cbor"
 IMPL_VERSION: Final = "icws-devnet-0.1.0"
 # What the replica reports in /api/v2/status (agents ignore it; the spec no longer versions the API this way).
@@ -531,7 +534,9 @@ class Devnet:
             return
         runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        # A gateway opens up to --max-concurrent-calls connections at once in a burst of opens; aiohttp's default
+        # backlog (128) would drop their SYNs (each retried a second later).
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except BaseException:
