@@ -176,4 +176,6 @@ def test_run_with_two_workers_delivers_every_message_once_to_its_client(tmp_path
     assert set(gateway["sessions_by_worker"]) == {"0", "1"}, gateway
     assert sum(gateway["sessions_by_worker"].values()) == 40, gateway
     assert all(gateway["sessions_by_worker"].values()), gateway
-    assert 0 < gateway["workers_cpu_us_per_msg"] <= gateway["cpu_us_per_msg"], gateway
+    # The workers' CPU is a part of the total (the supervisor's share may be zero in a 1 s window, and the two sums
+    # add the same numbers in different orders: allow for rounding).
+    assert 0 < gateway["workers_cpu_us_per_msg"] <= gateway["cpu_us_per_msg"] * (1 + 1e-9), gateway
