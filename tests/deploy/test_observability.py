@@ -3,19 +3,23 @@
 Debian's ``prometheus`` package (``prometheus`` and ``promtool``; ``.ci/run`` installs it) runs on loopback and
 scrapes an ``icws-gateway`` process in front of an ``icws-devnet`` process, every second, while a short load
 runs: verifying clients exchanging messages with the ``test`` canister, and one client of the ``firehose``
-canister that stops reading until the gateway closes it as a slow consumer. Then every query of the dashboard
-(its variables substituted the way Grafana does) and every alert expression (without its threshold) must return
-series through the HTTP API: a misspelt metric or label returns none. ``promtool`` checks the rules and runs
+canister that stops reading until the gateway closes it as a slow consumer. A second Prometheus scrapes an
+``icws-gateway --workers 2`` whose worker 1 is killed and restarted, for what only a supervisor exports
+(``worker_restarts_total``). Then every query of the dashboard (its variables substituted the way Grafana does)
+and every alert expression (without its threshold) must return series through the HTTP API, from the supervisor
+when it names a supervisor's metric: a misspelt metric or label returns none. ``promtool`` checks the rules and runs
 their unit tests (``deploy/prometheus/alerts_test.yml``), which must fire every alert.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.parse
@@ -29,6 +33,7 @@ import aiohttp
 import pytest
 import yaml
 
+from icws_fast.gateway.supervisor import SupervisorMetrics
 from icws_fast.ic import candid
 from icws_fast.ic.agent import Agent
 from tests.faults.verifying import VerifyingClient, push, settle
@@ -43,6 +48,10 @@ JOB: Final = "icws-gateway"
 SCRAPE_INTERVAL_S: Final = 1
 #: What ``$__rate_interval`` becomes: the whole load falls within it.
 RATE_WINDOW: Final = "1m"
+#: What only the supervisor of ``--workers`` exports (its counters as queries name them).
+SUPERVISOR_METRICS: Final = frozenset(
+    family.name + ("_total" if family.type == "counter" else "") for family in SupervisorMetrics().registry.collect()
+)
 VERIFYING_CLIENTS: Final = 4
 MESSAGES_PER_CLIENT: Final = 5
 #: The gateway's --max-send-buffer: small, so that a client that stops reading is closed within a few rounds.
@@ -204,40 +213,89 @@ class Scraped:
         return expr
 
 
+@contextlib.contextmanager
+def _prometheus(tmp: Path, instance: str) -> Iterator[Scraped]:
+    """A Prometheus on loopback, with the alert rules, scraping ``instance`` every second as job ``icws-gateway``,
+    once it has scraped it once."""
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": "1s"},
+                "rule_files": [str(ALERTS)],
+                "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [instance]}]}],
+            }
+        )
+    )
+    address = f"127.0.0.1:{free_port()}"
+    command = [
+        tool("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address={address}",
+        "--log.level=warn",
+    ]
+    with Child("prometheus", command) as child:
+        scraped = Scraped(f"http://{address}/api/v1", instance, [])
+        _wait_until_scraping(child, scraped)
+        yield scraped
+
+
 @pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
-    prometheus = tool("prometheus")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetProcess]:
+    tool("prometheus")  # before starting anything
+    with DevnetProcess(state_dir=tmp_path_factory.mktemp("devnet")) as devnet:
+        yield devnet
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory, devnet: DevnetProcess) -> Iterator[Scraped]:
+    """One gateway (no ``--workers``) scraped through a load."""
     tmp = tmp_path_factory.mktemp("observability")
-    with DevnetProcess(state_dir=tmp / "devnet") as devnet:
-        gateway = GatewayProcess(devnet.url, tmp / "gateway", extra_args=["--max-send-buffer", str(MAX_SEND_BUFFER)])
-        with gateway:
-            instance = gateway.metrics_url.split("://", 1)[1]
-            config = tmp / "prometheus.yml"
-            config.write_text(
-                yaml.safe_dump(
-                    {
-                        "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": "1s"},
-                        "rule_files": [str(ALERTS)],
-                        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [instance]}]}],
-                    }
-                )
-            )
-            address = f"127.0.0.1:{free_port()}"
-            command = [
-                prometheus,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address={address}",
-                "--log.level=warn",
-            ]
-            with Child("prometheus", command) as child:
-                scraped = Scraped(f"http://{address}/api/v1", instance, [])
-                _wait_until_scraping(child, scraped)
-                started = time.time()
-                asyncio.run(_load(devnet, gateway))
-                scraped.canisters = sorted({str(devnet.canister_ids[name]) for name in ("test", "firehose")})
-                _wait_for_a_scrape_after(scraped, started, time.time())
-                yield scraped
+    gateway = GatewayProcess(devnet.url, tmp / "gateway", extra_args=["--max-send-buffer", str(MAX_SEND_BUFFER)])
+    with gateway, _prometheus(tmp, gateway.metrics_url.split("://", 1)[1]) as scraped:
+        started = time.time()
+        asyncio.run(_load(devnet, gateway))
+        scraped.canisters = sorted({str(devnet.canister_ids[name]) for name in ("test", "firehose")})
+        _wait_for_a_scrape_after(scraped, started, time.time())
+        yield scraped
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory: pytest.TempPathFactory, devnet: DevnetProcess) -> Iterator[Scraped]:
+    """A supervisor of two workers (``--workers 2``) scraped before and after worker 1 is killed and restarted,
+    for what only a supervisor exports."""
+    tmp = tmp_path_factory.mktemp("supervised")
+    with (
+        GatewayProcess(devnet.url, tmp / "gateway", workers=2) as gateway,
+        _prometheus(tmp, gateway.metrics_url.split("://", 1)[1]) as scraped,
+    ):
+        # The counter at zero first, as Prometheus must see it for increase() to count the restart.
+        _wait_for_query(scraped, f'worker_restarts_total{{job="{JOB}", worker="1"}} == 0')
+        killed = time.time()
+        os.kill(gateway.worker_pids[1], signal.SIGKILL)
+        assert gateway.worker_started() == 1
+        # Ready again, as every rule must then find a healthy gateway (IcwsGatewayNotReady pends on a 0).
+        _wait_for_query(scraped, f'gateway_ready{{job="{JOB}", worker="1"}} == 1', timeout_s=30.0)
+        _wait_for_a_scrape_after(scraped, killed, time.time())
+        yield scraped
+
+
+def _wait_for_query(scraped: Scraped, expr: str, timeout_s: float = 15.0) -> None:
+    """Until ``expr`` returns a series."""
+    deadline = time.monotonic() + timeout_s
+    while not scraped.query(expr):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{expr} returned no series within {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+def prometheus_for(expr: str, request: pytest.FixtureRequest) -> Scraped:
+    """The Prometheus that can answer ``expr``: the supervisor's when it names a metric only a supervisor
+    exports, else the single gateway's (which saw the load)."""
+    only_supervised = any(re.search(rf"\b{name}\b", expr) for name in SUPERVISOR_METRICS)
+    scraped: Scraped = request.getfixturevalue("supervised" if only_supervised else "scraped")
+    return scraped
 
 
 def _wait_until_scraping(child: Child, scraped: Scraped, timeout_s: float = 30.0) -> None:
@@ -308,7 +366,8 @@ async def _wait_for_sample(gateway: GatewayProcess, line: str, timeout_s: float 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("where", "expr"), dashboard_targets(), ids=[where for where, _ in dashboard_targets()])
-def test_every_dashboard_query_returns_data(scraped: Scraped, where: str, expr: str) -> None:
+def test_every_dashboard_query_returns_data(request: pytest.FixtureRequest, where: str, expr: str) -> None:
+    scraped = prometheus_for(expr, request)
     query = scraped.substitute(expr)
     assert scraped.query(query), f"the panel query {where} returned no series: {query}"
 
@@ -328,18 +387,35 @@ def test_the_dashboard_variables_list_what_the_load_used(scraped: Scraped) -> No
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
-def test_every_alert_expression_returns_data(scraped: Scraped, rule: dict[str, Any]) -> None:
+def test_every_alert_expression_returns_data(request: pytest.FixtureRequest, rule: dict[str, Any]) -> None:
     query = without_threshold(rule["expr"])
-    assert scraped.query(query), f"{rule['alert']}: {query} returned no series"
+    assert prometheus_for(query, request).query(query), f"{rule['alert']}: {query} returned no series"
 
 
 @pytest.mark.slow
-def test_prometheus_evaluates_every_rule_without_error(scraped: Scraped) -> None:
+@pytest.mark.parametrize("which", ["scraped", "supervised"])
+def test_prometheus_evaluates_every_rule_without_error(request: pytest.FixtureRequest, which: str) -> None:
+    scraped: Scraped = request.getfixturevalue(which)
     rules = [rule for group in scraped.get("rules")["groups"] for rule in group["rules"]]
     assert {rule["name"] for rule in rules} == {rule["alert"] for rule in alert_rules()}
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
+        # One restart is no crash loop: quiet too.
         assert rule["state"] == "inactive", f"{rule['name']} is {rule['state']} after a healthy load"
+
+
+@pytest.mark.slow
+def test_the_killed_worker_shows_in_the_restart_alert_and_panel(supervised: Scraped) -> None:
+    rule = next(rule for rule in alert_rules() if rule["alert"] == "IcwsWorkerCrashLooping")
+    counted = {
+        series["metric"]["worker"]: float(series["value"][1])
+        for series in supervised.query(without_threshold(rule["expr"]))
+    }
+    assert counted.keys() == {"0", "1"} and counted["0"] == 0 and counted["1"] >= 1, counted
+    assert supervised.value(f'worker_restarts_total{{job="{JOB}", worker="1"}}') == 1
+    panel = next(expr for where, expr in dashboard_targets() if where.startswith("Worker restarts /"))
+    shown = {s["metric"]["worker"]: float(s["value"][1]) for s in supervised.query(supervised.substitute(panel))}
+    assert shown["1"] > 0 and shown["0"] == 0, shown
 
 
 @pytest.mark.slow
