@@ -88,6 +88,22 @@ class ProtocolError(IcwsError):
     """A peer broke the IC WebSocket protocol (bad message, sequence number, state)."""
 
 
+class SequenceError(ProtocolError):
+    """A canister message came out of sequence: after a gap (messages lost), or a duplicate or reordered one.
+
+    ``expected`` is the sequence number the client waited for, ``received`` the one that came.
+    """
+
+    def __init__(self, expected: int, received: int) -> None:
+        self.expected = expected
+        self.received = received
+        if received > expected:
+            what = f"{received - expected} message{'s' if received - expected > 1 else ''} lost"
+        else:
+            what = "a duplicate, or out of order"
+        super().__init__(f"received sequence number {received}, expected {expected} ({what})")
+
+
 class ProtocolDecodeError(ProtocolError, DecodeError):
     """A message of the IC WebSocket protocol is malformed (bad CBOR or Candid, wrong shape or field type)."""
 

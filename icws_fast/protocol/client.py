@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from icws_fast.errors import CandidError, IcwsError, InternalError, ProtocolError
+from icws_fast.errors import CandidError, IcwsError, InternalError, ProtocolError, SequenceError
 from icws_fast.ic import candid
 from icws_fast.ic.certificate import MAX_CERTIFICATE_AGE_NS
 from icws_fast.ic.envelope import build_envelope, call_content, default_ingress_expiry
@@ -295,9 +295,7 @@ class ClientProtocol:
         if message.client_key != self.client_key:
             raise ProtocolError(f"message {incoming.key!r} is addressed to another client: {message.client_key}")
         if message.sequence_num != self._incoming_sequence_num:
-            raise ProtocolError(
-                f"received sequence number {message.sequence_num}, expected {self._incoming_sequence_num}"
-            )
+            raise SequenceError(self._incoming_sequence_num, message.sequence_num)
         self._incoming_sequence_num += 1
         if message.is_service_message:
             try:

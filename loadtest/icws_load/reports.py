@@ -25,7 +25,7 @@ from typing import Any, Final
 from locust.env import Environment
 
 from icws_fast.client import ConnectionClosed, SyncIcWebSocket
-from icws_fast.errors import CertificateError, HashTreeError, IcwsError, SignatureError
+from icws_fast.errors import CertificateError, HashTreeError, IcwsError, SequenceError, SignatureError
 from icws_fast.protocol.client import REASON_ACK_TIMEOUT
 from icws_load import targets
 
@@ -58,8 +58,7 @@ def violation_name(error: IcwsError | None, reason: str) -> str:
     """The ``violation`` a close the user did not ask for counts as."""
     if isinstance(error, (CertificateError, HashTreeError, SignatureError)):
         return "verification failure"
-    # The sans-IO client raises a plain ProtocolError for an out-of-sequence message; its text is the only mark.
-    if error is not None and "sequence number" in str(error):
+    if isinstance(error, SequenceError):
         return "sequence gap"
     if reason == REASON_ACK_TIMEOUT:
         return "ack timeout"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from icws_fast.errors import CandidError, CertificateError, IcwsError, ProtocolError
+from icws_fast.errors import CandidError, CertificateError, IcwsError, ProtocolError, SequenceError
 from icws_fast.ic import bls, candid
 from icws_fast.ic.certificate import (
     REASON_INVALID_SIGNATURE,
@@ -299,19 +299,30 @@ def _cert_and_tree(frame: bytes) -> tuple[bytes, bytes]:
 # ---- sequence numbers and service messages ----------------------------------------------------------------
 
 
-def test_out_of_order_sequence_number() -> None:
+def test_a_gap_in_sequence_numbers_is_a_sequence_error() -> None:
     s = Session()
-    s.canister.sequence[s.key] += 1  # the canister skips number 2
-    error = assert_failed(s.deliver([_app(s)], T0), REASON_RECEIVE_ERROR, ProtocolError)
-    assert "expected 2" in str(error)
+    s.canister.sequence[s.key] += 2  # the canister skips numbers 2 and 3
+    error = assert_failed(s.deliver([_app(s)], T0), REASON_RECEIVE_ERROR, SequenceError)
+    assert isinstance(error, SequenceError) and (error.expected, error.received) == (2, 4)
+    assert str(error) == "received sequence number 4, expected 2 (2 messages lost)"
 
 
-def test_duplicate_message_is_rejected() -> None:
+def test_duplicate_message_is_a_sequence_error() -> None:
     s = Session()
     (frame,) = s.canister.relay([_app(s)], cert_time_ns=T0)
     assert isinstance(s.client.receive_frame(frame, T0)[0], MessageReceived)
-    error = assert_failed(s.client.receive_frame(frame, T0), REASON_RECEIVE_ERROR, ProtocolError)
-    assert "received sequence number 2, expected 3" in str(error)
+    error = assert_failed(s.client.receive_frame(frame, T0), REASON_RECEIVE_ERROR, SequenceError)
+    assert isinstance(error, SequenceError) and (error.expected, error.received) == (3, 2)
+    assert str(error) == "received sequence number 2, expected 3 (a duplicate, or out of order)"
+
+
+def test_reordered_messages_are_a_sequence_error() -> None:
+    s = Session()
+    (second,), (third,) = (s.canister.relay([_app(s)], cert_time_ns=T0) for _ in range(2))
+    error = assert_failed(s.client.receive_frame(third, T0), REASON_RECEIVE_ERROR, SequenceError)
+    assert isinstance(error, SequenceError) and (error.expected, error.received) == (2, 3)
+    assert str(error) == "received sequence number 3, expected 2 (1 message lost)"
+    assert s.client.receive_frame(second, T0) == []  # closed: nothing more is delivered
 
 
 def test_message_for_another_client_is_rejected() -> None:
