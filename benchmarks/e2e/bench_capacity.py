@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.e2e.capacity_clients import read_records
-from benchmarks.e2e.workers import KERNEL, CpuTimeline, Profiler, spawn_role, split
+from benchmarks.e2e.workers import KERNEL, CpuTimeline, Profiler, profile_dir, spawn_role, split
 from icws_fast.gateway.identity import key_file
 from icws_fast.ic.identity import Ed25519Identity
 from tests.processes import Child, ChildProcessFailed, GatewayProcess
@@ -484,7 +484,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the bare server writes at the rate the gateway delivered (the clients read alike) or as fast as it can",
     )
     p.add_argument("--json", type=Path, help="write every figure to this file")
-    p.add_argument("--profile", type=Path, help="directory for a py-spy profile of the gateway")
+    p.add_argument("--profile", type=profile_dir, help="directory for a py-spy profile of the gateway")
     p.add_argument("--compare", type=Path, help="also measure, first, the gateway whose icws_fast is in this directory")
     p.add_argument(
         "--workers",

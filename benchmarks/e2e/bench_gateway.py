@@ -37,7 +37,7 @@ from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
 
-from benchmarks.e2e.workers import Profiler, read_line, split, stdin_reader
+from benchmarks.e2e.workers import Profiler, profile_dir, read_line, split, stdin_reader
 from icws_fast.devnet.server import DEFAULT_ROUND_MS
 from icws_fast.errors import RejectError
 from icws_fast.ic import candid, cbor
@@ -444,7 +444,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--polling-interval", type=int, default=100, help="gateway polling interval, ms")
     p.add_argument("--pipeline", type=int, default=3, help="the gateway's --poll-pipeline-depth")
     p.add_argument("--raw-messages", type=int, default=2000, help="frames per client in the raw broadcast")
-    p.add_argument("--profile", type=Path, help="directory for py-spy profiles of the gateway and the devnet")
+    p.add_argument("--profile", type=profile_dir, help="directory for py-spy profiles of the gateway and the devnet")
     p.add_argument(
         "--workers",
         type=int,

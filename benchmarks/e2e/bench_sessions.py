@@ -43,7 +43,7 @@ from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from benchmarks.e2e.bench_gateway import Profiler
+from benchmarks.e2e.workers import Profiler, profile_dir
 from icws_fast.ic.envelope import build_envelope, call_content
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
@@ -340,7 +340,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="an extra icws-gateway argument (repeat; e.g. --gateway-arg=--ping-interval --gateway-arg=0)",
     )
-    p.add_argument("--profile", type=Path, help="sample the gateway and the replica with py-spy for 10 s from the go")
+    p.add_argument(
+        "--profile", type=profile_dir, help="sample the gateway and the replica with py-spy for 10 s from the go"
+    )
     p.add_argument(
         "--compare",
         type=Path,

@@ -7,9 +7,11 @@ is its own (read from ``/proc``). A worker reads commands from stdin, one a line
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import itertools
+import os
 import shutil
 import subprocess
 import sys
@@ -131,6 +133,23 @@ class CpuTimeline:
     def max_rss(self, name: str, start: float, end: float) -> int:
         """The largest RSS of process ``name`` sampled between ``start`` and ``end`` (bytes)."""
         return max((rss[name] for t, _, rss in self.samples if start <= t <= end), default=0)
+
+
+def profile_dir(text: str) -> Path:
+    """The ``type`` of ``--profile DIR``: DIR if it is a directory, or one that can be made there.
+
+    Checked while parsing the arguments, so that a wrong DIR is an argument error before the processes start, not
+    a traceback after the benchmark ran."""
+    path = Path(text)
+    existing = next(p for p in (path, *path.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is)"
+        raise argparse.ArgumentTypeError(
+            f"{text} is a file{where}, not a directory: give a directory for the profiles (it is made if missing)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {existing}: give a directory you may write in")
+    return path
 
 
 class Profiler:
