@@ -13,6 +13,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from icws_fast import cliconfig
 from icws_fast.cliconfig import (
@@ -63,6 +64,37 @@ def _parse_workers(text: str) -> int:
     if text == "auto":
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return parse_int(text)
+
+
+_OTLP_FORMS = "give http://HOST:PORT (plaintext), https://HOST[:PORT] (TLS) or HOST:PORT, e.g. http://127.0.0.1:4317"
+
+
+def _otlp_endpoint_problem(endpoint: str) -> str | None:
+    """What makes ``endpoint`` an address the OTLP/gRPC exporter cannot dial; None when it can.
+
+    The exporter keeps only ``HOST:PORT`` of a URL (the scheme chooses TLS), and gRPC gives a target without a
+    port 443, which no plaintext collector listens on; the Rust gateway's exporter (tonic) needs a scheme too,
+    but ``HOST:PORT`` has always worked here, so it stays. A path would be dropped: gRPC has none (``/v1/traces``
+    is OTLP/HTTP's, served on another port, 4318)."""
+    if any(char.isspace() for char in endpoint):
+        return "it contains white space"
+    scheme, separator, _ = endpoint.partition("://")
+    if separator and scheme.lower() not in ("http", "https"):
+        return f"{scheme}:// is not a scheme of OTLP/gRPC"
+    try:
+        parts = urlsplit(endpoint if separator else f"//{endpoint}")
+        port = parts.port
+    except ValueError:  # a port that is not a number, or beyond 65535
+        return "the port is not a number from 1 to 65535"
+    if not parts.hostname:
+        return "it names no host"
+    if port == 0:
+        return "the port is not a number from 1 to 65535"
+    if port is None and scheme.lower() != "https":
+        return "it names no port (a collector listens for OTLP/gRPC on 4317 unless told otherwise)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "an OTLP/gRPC endpoint has no path or query (/v1/traces is OTLP/HTTP's, usually on port 4318)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -119,9 +151,13 @@ class GatewayConfig:
     """Private key (PEM) of ``tls_certificate_pem_path``."""
 
     opentelemetry_collector_endpoint: str | None = flag(
-        None, "--opentelemetry-collector-endpoint", "OTLP gRPC endpoint to export traces to", metavar="URL"
+        None,
+        "--opentelemetry-collector-endpoint",
+        "OTLP/gRPC collector to export traces to: http://HOST:PORT, https://HOST[:PORT] (TLS) or HOST:PORT",
+        metavar="URL",
     )
-    """OTLP/gRPC collector the command exports spans to (e.g. ``http://127.0.0.1:4317``); None: no tracing."""
+    """OTLP/gRPC collector the command exports spans to (e.g. ``http://127.0.0.1:4317``); None or empty (as in the
+    Rust gateway): no tracing."""
 
     max_clients: int = flag(10_000, "--max-clients", "connections accepted at once", metavar="N", parse=parse_int)
     """Open connections beyond which new ones are refused (close code 1013, try again later)."""
@@ -316,6 +352,10 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         check_http_url("ic_url", self.ic_url)
+        if self.opentelemetry_collector_endpoint:
+            problem = _otlp_endpoint_problem(self.opentelemetry_collector_endpoint)
+            if problem is not None:
+                raise ConfigError("opentelemetry_collector_endpoint", f"{problem}; {_OTLP_FORMS}")
         check_port("port", self.port)
         check_port("metrics_port", self.metrics_port)
         check_positive("polling_interval_s", self.polling_interval_s, "the polling interval")

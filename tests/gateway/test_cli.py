@@ -152,6 +152,31 @@ BAD_FLAGS = [
     (["--ic-network-url", "http://"], "--ic-network-url http://: expected an http:// or https:// URL with a host"),
     (["--ic-network-url", "http://localhost:port"], "--ic-network-url http://localhost:port: malformed URL"),
     (["--ic-network-url", "http://localhost:0"], "port 0 is out of range (1-65535)"),
+    (
+        ["--opentelemetry-collector-endpoint", "otel-collector"],
+        "--opentelemetry-collector-endpoint otel-collector: it names no port (a collector listens for OTLP/gRPC on"
+        " 4317 unless told otherwise); give http://HOST:PORT (plaintext), https://HOST[:PORT] (TLS) or HOST:PORT,"
+        " e.g. http://127.0.0.1:4317",
+    ),
+    (
+        ["--opentelemetry-collector-endpoint", "http://otel-collector"],
+        "--opentelemetry-collector-endpoint http://otel-collector: it names no port",
+    ),
+    (
+        ["--opentelemetry-collector-endpoint", "grpc://otel-collector:4317"],
+        "--opentelemetry-collector-endpoint grpc://otel-collector:4317: grpc:// is not a scheme of OTLP/gRPC",
+    ),
+    (["--opentelemetry-collector-endpoint", "http://:4317"], "http://:4317: it names no host; give http://HOST:PORT"),
+    (
+        ["--opentelemetry-collector-endpoint", "http://otel-collector:431700"],
+        "--opentelemetry-collector-endpoint http://otel-collector:431700: the port is not a number from 1 to 65535",
+    ),
+    (["--opentelemetry-collector-endpoint", "otel-collector:0"], "otel-collector:0: the port is not a number from 1"),
+    (
+        ["--opentelemetry-collector-endpoint", "http://otel-collector:4318/v1/traces"],
+        "http://otel-collector:4318/v1/traces: an OTLP/gRPC endpoint has no path or query",
+    ),
+    (["--opentelemetry-collector-endpoint", "http://otel collector:4317"], "it contains white space"),
     (["--log-format", "xml"], "argument --log-format: invalid choice: 'xml'"),
     (["--drain", "5"], "unrecognized arguments: --drain 5"),
     (["--log-level", "loud"], "--log-level loud: unknown log level 'loud'"),
@@ -173,6 +198,24 @@ BAD_FLAGS = [
         " and its key (--tls-certificate-key-pem-path)",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:4317",
+        "http://otel-collector:4317/",
+        "HTTP://[::1]:4317",
+        "https://otel.example.com",
+        "https://otel.example.com:4317",
+        "otel-collector:4317",
+        "[::1]:4317",
+        "",  # no tracing, as in the Rust gateway
+    ],
+)
+def test_the_collector_endpoints_the_exporter_can_dial_are_taken(endpoint):
+    config = config_from_argv(GatewayConfig, build_parser(), ["--opentelemetry-collector-endpoint", endpoint])
+    assert config.opentelemetry_collector_endpoint == endpoint
 
 
 @pytest.mark.parametrize(("argv", "message"), BAD_FLAGS, ids=[" ".join(argv) for argv, _ in BAD_FLAGS])
@@ -225,6 +268,7 @@ def _run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--gateway-address", "127.0.0.1:99999"], "--gateway-address 127.0.0.1:99999: port 99999 is out of range"),
         (["--max-send-buffer", "0"], "--max-send-buffer 0: the size must be positive, got 0"),
         (["--ic-network-url", "ws://127.0.0.1:4943"], "expected an http:// or https:// URL with a host"),
+        (["--opentelemetry-collector-endpoint", "127.0.0.1"], "it names no port"),
     ],
 )
 def test_the_command_exits_2_without_a_traceback(argv, message, tmp_path):

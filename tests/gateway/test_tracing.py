@@ -21,6 +21,7 @@ import pytest
 from icws_fast.client import IcWebSocket
 from icws_fast.devnet import Devnet
 from icws_fast.gateway import tracing
+from icws_fast.gateway.config import GatewayConfig
 from icws_fast.gateway.server import Gateway
 from tests.gateway.gw_harness import start_gateway
 from tests.processes import GatewayProcess, free_port
@@ -158,6 +159,18 @@ async def test_an_unreachable_collector_does_not_hold_up_the_gateway(devnet):
     await asyncio.to_thread(tracing.shutdown_tracing, 1.0)
     with tracing.span("after_shutdown") as after:
         assert after is tracing.NO_SPAN
+
+
+@pytest.mark.parametrize("form", ["http://127.0.0.1:{port}", "http://127.0.0.1:{port}/", "127.0.0.1:{port}"])
+@pytest.mark.usefixtures("_tracing_off")
+def test_every_plaintext_form_the_flag_takes_reaches_the_collector(collector, form):
+    endpoint = form.format(port=collector.port)
+    GatewayConfig(opentelemetry_collector_endpoint=endpoint)  # the flag's check takes it
+    tracing.setup_tracing(endpoint, "aaaaa-aa")
+    with tracing.span("probe", canister_id="aaaaa-aa"):
+        pass
+    tracing.shutdown_tracing()
+    assert len(collector.named("probe")) == 1
 
 
 def test_spans_cost_nothing_while_tracing_is_off():
