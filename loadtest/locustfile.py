@@ -22,6 +22,7 @@ from typing import Any
 from locust import events
 from locust.env import Environment
 from locust.runners import WorkerRunner
+from locust.user.task import filter_tasks_by_tags
 
 from icws_load import targets, thresholds
 from icws_load.users import ChatUser, ChurnUser, EchoUser, FirehoseUser, IdleUser
@@ -47,12 +48,25 @@ def _check_targets(environment: Environment, **_: Any) -> None:
         )
 
 
+def _tag_set(given: list[str] | None, option: list[str] | None) -> set[str] | None:
+    """Tags as Locust reads them: the environment's own, else the command line's; None: no filter."""
+    if given is not None:
+        return set(given)
+    return set(option) if option else None
+
+
 @events.init.add_listener
 def _drop_untagged_users(environment: Environment, **_: Any) -> None:
     # --tags filters tasks, not users: a scenario left without a task would fail at every spawn, so it goes.
-    # Locust filters just before the test starts, after a master has planned its dispatch: filter now
-    # (the later filtering gives the same result).
-    environment._filter_tasks_by_tags()
+    # Locust filters just before the test starts, after a master has planned its dispatch: filter now, with
+    # the function Locust filters with (its second pass changes nothing). Not with Environment's own
+    # (private) method: it marks the environment filtered, so a worker, whose command line has no --tags,
+    # would never apply the tags its master sends at the start.
+    options = environment.parsed_options
+    tags = _tag_set(environment.tags, getattr(options, "tags", None))
+    exclude_tags = _tag_set(environment.exclude_tags, getattr(options, "exclude_tags", None))
+    for user in environment.user_classes:
+        filter_tasks_by_tags(user, tags, exclude_tags)
     environment.user_classes[:] = [user for user in environment.user_classes if user.tasks]
     if not environment.user_classes:
         raise SystemExit(f"no scenario has a task with the tags given; the scenarios' tags: {TAGS}")
