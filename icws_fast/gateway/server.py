@@ -95,6 +95,10 @@ class ClientConnection(WSListener):
         self.transport = transport
         self.connected_at = self.last_heard = gw.loop.time()
         refusal = gw.admit(self)
+        # picows keeps the upgrade's request and response for the connection's life; their headers (2 KiB a
+        # connection from a bare client, more from a browser) are read by nothing after admit().
+        transport.request.headers.clear()
+        transport.response.headers.clear()
         if refusal is not None:
             gw.metrics.errors.labels("connection_refused").inc()
             self._send_close(proto.CLOSE_TRY_AGAIN_LATER, refusal)
