@@ -19,7 +19,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
@@ -29,6 +29,7 @@ from icws_fast.gateway.config import POLL_CONNECTIONS, GatewayConfig
 from icws_fast.gateway.forwarded import client_address
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
 from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
+from icws_fast.gateway.slots import CallSlots
 from icws_fast.gateway.tracing import NO_SPAN, TraceSpan, span, span_context, start_span
 from icws_fast.ic.agent import Agent
 from icws_fast.ic.identity import Identity
@@ -59,6 +60,7 @@ class ClientConnection(WSListener):
         "_pinged_at",
         "_relay_task",
         "_relays",
+        "_waiting",
         "connected_at",
         "gateway",
         "last_heard",
@@ -80,9 +82,12 @@ class ClientConnection(WSListener):
         self._pinged_at: float | None = None
         self._opened = False
         self._counted = False
-        # Envelopes waiting to be relayed, and the task relaying them; None while there are none.
-        self._relays: collections.deque[proto.Relay] | None = None
+        # Envelopes waiting to be relayed (a list: there is seldom more than one, and a deque costs 600 bytes), and
+        # the task relaying them; None while there are none. Until a call slot is free there is no task: the
+        # connection waits in the gateway's queue of calls (_waiting).
+        self._relays: list[proto.Relay] | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._waiting = False
         self.trace_span: TraceSpan = NO_SPAN
         # How the session ended, for its one log line: the first close frame sent or received.
         self._close_code: int | None = None
@@ -141,8 +146,10 @@ class ClientConnection(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         gw = self.gateway
-        if self._relays is not None:
-            self._relays.clear()
+        if self._relays:
+            # What is not yet on its way to the IC is dropped. A connection still waiting for a call slot keeps its
+            # first envelope, as a task would have taken it already: it goes out, and the ws_close after it.
+            del self._relays[1 if self._waiting else 0 :]
         if self._counted:
             self._counted = False
             gw.metrics.clients_connected.dec()
@@ -255,7 +262,7 @@ class ClientConnection(WSListener):
             elif isinstance(action, proto.Close):
                 self._send_close(action.code, action.reason)
             elif isinstance(action, proto.Unregister):
-                gw.unregister(action.canister_id, action.client_key, self, after=self._relay_task)
+                gw.unregister(action.canister_id, action.client_key, self, after=self._relay_in_flight())
             elif isinstance(action, proto.ReportError):
                 gw.metrics.errors.labels("session_internal_error").inc()
                 key = self.session.client_key if self.session is not None else None
@@ -272,20 +279,51 @@ class ClientConnection(WSListener):
             return  # closed by an earlier action of the same batch (a refused registration)
         relays = self._relays
         if relays is None:
-            relays = self._relays = collections.deque()
+            relays = self._relays = []
         elif len(relays) >= self.gateway.config.max_pending_relays:
             self._apply(self.session.close(proto.CLOSE_POLICY_VIOLATION, "too many requests waiting for the IC"))
             return
         relays.append(relay)
-        if self._relay_task is None:
-            self._relay_task = self.gateway.loop.create_task(self._run_relays(), context=span_context(self.trace_span))
+        if self._relay_task is None and not self._waiting:
+            self._waiting = True
+            self.gateway.call_slots.start_or_queue(self._start_relays)
 
-    async def _run_relays(self) -> None:
-        """Relay queued envelopes one at a time: a later call must not overtake an earlier one."""
+    def _start_relays(self) -> bool:
+        """The gateway's call slots hand this connection a slot: start the task relaying its envelopes with it.
+
+        False (the slot goes on) when there is nothing left to relay, or the task was started meanwhile.
+        """
+        if not self._waiting:
+            return False  # started by _relay_in_flight
+        self._waiting = False
+        if not self._relays:
+            self._relays = None
+            return False
+        self._relay_task = self.gateway.loop.create_task(
+            self._run_relays(holding_slot=True), context=span_context(self.trace_span)
+        )
+        return True
+
+    def _relay_in_flight(self) -> asyncio.Task[None] | None:
+        """The task relaying this connection's envelopes, which its ``ws_close`` must wait for; a connection
+        still waiting for a call slot gets its task now (it waits for the slot as any other call)."""
+        if self._waiting:
+            self._waiting = False  # its entry in the queue of calls is skipped (see _start_relays)
+            self._relay_task = self.gateway.loop.create_task(
+                self._run_relays(holding_slot=False), context=span_context(self.trace_span)
+            )
+        return self._relay_task
+
+    async def _run_relays(self, *, holding_slot: bool) -> None:
+        """Relay queued envelopes one at a time: a later call must not overtake an earlier one.
+
+        ``holding_slot``: the task was given a call slot, for its first call.
+        """
         try:
             while self._relays:
-                relay = self._relays.popleft()
-                outcome = await self._relay_until_verdict(relay)
+                relay = self._relays.pop(0)
+                outcome = await self._relay_until_verdict(relay, holding_slot=holding_slot)
+                holding_slot = False
                 session = self.session
                 if session is None:
                     continue
@@ -300,19 +338,24 @@ class ClientConnection(WSListener):
                     )
                 self._apply(session.relay_result(relay, outcome))
         finally:
+            if holding_slot:
+                self.gateway.call_slots.give()  # the connection went away before its first call
             self._relay_task = None
             self._relays = None  # an idle session keeps no queue
 
-    async def _relay_until_verdict(self, relay: proto.Relay) -> RelayOutcome:
+    async def _relay_until_verdict(self, relay: proto.Relay, *, holding_slot: bool) -> RelayOutcome:
         """Relay ``relay``, resubmitting the same bytes after transient failures until the IC gives a verdict,
-        the envelope expires, or the session closes (nobody is left to relay for)."""
+        the envelope expires, or the session closes (nobody is left to relay for).
+
+        ``holding_slot``: a call slot is held already, for the first attempt."""
         gw = self.gateway
         loop = gw.loop
         # The envelope's expiry (wall clock) on the loop's clock: the IC refuses the envelope after it.
         expiry = loop.time() + (relay.envelope.ingress_expiry - time.time_ns()) / 1e9
         retry = Retry(expiry, gw.config.retry_backoff)
         while True:
-            outcome = await gw.relay(relay)
+            outcome = await gw.relay(relay, holding_slot=holding_slot)
+            holding_slot = False
             at = retry.next_attempt(outcome, loop.time())
             if at is None:
                 return outcome
@@ -364,7 +407,7 @@ class Gateway:
         self._pollers: dict[Principal, tuple[CanisterPoller, asyncio.Task[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         # Relays and ws_close calls in flight at once (see GatewayConfig.max_concurrent_calls).
-        self._client_calls = asyncio.Semaphore(config.max_concurrent_calls)
+        self.call_slots = CallSlots(config.max_concurrent_calls)
         self._server: asyncio.Server | None = None
         self._health: HealthServer | None = None
         self._accepting = False
@@ -587,12 +630,15 @@ class Gateway:
 
     # calls to the IC ---------------------------------------------------------------------
 
-    async def relay(self, relay: proto.Relay) -> RelayOutcome:
-        """Submit a client's envelope and read the canister's result; the outcome, typed."""
+    async def relay(self, relay: proto.Relay, *, holding_slot: bool = False) -> RelayOutcome:
+        """Submit a client's envelope and read the canister's result; the outcome, typed.
+
+        ``holding_slot``: the caller holds a call slot already, which this call uses and gives back.
+        """
         label = relay.canister_id.to_text()
         error: IcwsError | None = None
         try:
-            async with self._client_calls:
+            async with self._call_slot(holding_slot):
                 with span("relay", canister_id=label, method="ws_open" if relay.is_open else "ws_message"):
                     reply = await self.agent.submit_signed(relay.canister_id, relay.envelope, relay.envelope_bytes)
                     decode_unit_result(reply)
@@ -637,13 +683,23 @@ class Gateway:
         """One ``ws_close`` call (a fresh envelope: the window outlasts any one envelope's expiry), typed."""
         error: IcwsError | None = None
         try:
-            async with self._client_calls:
+            async with self._call_slot(False):
                 with span("ws_close", canister_id=canister_id.to_text()):
                     arg = encode_ws_close_args(client_key)
                     decode_unit_result(await self.agent.call(canister_id, "ws_close", arg))
         except IcwsError as exc:
             error = exc
         return relay_outcome(error)
+
+    @contextlib.asynccontextmanager
+    async def _call_slot(self, held: bool) -> AsyncIterator[None]:
+        """A call slot for the block: the one ``held`` already, else one waited for."""
+        if not held:
+            await self.call_slots.take()
+        try:
+            yield
+        finally:
+            self.call_slots.give()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
