@@ -17,6 +17,9 @@ canister's first message (the session is open when that arrives). The sessions t
   and the clients, to show which process was the limit;
 * **RSS per idle session**: the gateway's resident set after the sessions settled, minus before the first
   connection, over N (and its peak, ``VmHWM``, over the same baseline);
+* **the stages' timeline**: the seconds from the signal until 1 %, half, and all, of the sessions were connected
+  (upgraded and admitted), had their ``ws_open`` relayed (the IC's verdict back) and had a canister message
+  delivered, from the gateway's ``/metrics`` read every half second;
 * **accept-queue overflows**: the kernel's ``ListenOverflows`` and ``ListenDrops`` (``/proc/net/netstat``,
   counted for the whole network namespace, so other listeners on the machine show up too) before and after.
 
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from benchmarks.e2e.workers import Profiler, profile_dir
@@ -60,6 +64,14 @@ _MODULE = "benchmarks.e2e.bench_sessions"
 _CANISTER = "test"  # the devnet's ping-pong demo canister
 _OPEN_TIMEOUT_S = 120.0  # a client gives up on a session not open by then (it counts as failed)
 _SETTLE_S = 3.0  # after the last open, before the gateway's RSS is read: relays and polls finish
+_SAMPLE_S = 0.5  # how often the gateway's /metrics is read during the opens, for the timeline
+# The stages of an open, as the gateway counts them: the connection upgraded and admitted, its ws_open relayed (the
+# IC's verdict came back), and a canister message written to it (the first one opens the session).
+_STAGES = {
+    "connected": "clients_connected ",
+    "relayed": "relayed_envelopes_to_ic_total{",
+    "delivered": "relayed_messages_to_clients_total{",
+}
 
 
 # -- the client process ----------------------------------------------------------------------------------------
@@ -203,6 +215,29 @@ def _status_kib(pid: int, field_name: str) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no {field_name} line")
 
 
+async def _sample_stages(gateway: GatewayProcess, t0: float, samples: list[tuple[float, dict[str, float]]]) -> None:
+    """Append, every ``_SAMPLE_S``, the seconds since ``t0`` and how many sessions each stage of ``_STAGES`` counts."""
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{gateway.metrics_url}/metrics") as resp:
+                text = await resp.text()
+            counts = dict.fromkeys(_STAGES, 0.0)
+            for line in text.splitlines():
+                for stage, prefix in _STAGES.items():
+                    if line.startswith(prefix):
+                        counts[stage] += float(line.rsplit(" ", 1)[1])
+            samples.append((time.monotonic() - t0, counts))
+            await asyncio.sleep(_SAMPLE_S)
+
+
+def _stage_times(samples: list[tuple[float, dict[str, float]]], n: int) -> dict[str, list[float | None]]:
+    """For each stage, the first sample time at which it counted 1 %, half, and all of the ``n`` sessions."""
+    times: dict[str, list[float | None]] = {}
+    for stage in _STAGES:
+        times[stage] = [next((t for t, c in samples if c[stage] >= n * share), None) for share in (0.01, 0.5, 1.0)]
+    return times
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -244,12 +279,18 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         rss0 = _status_kib(gateway.pid, "VmRSS")
         listen0 = listen_counters()
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        profiler = Profiler(args.profile and args.profile / f"{leg.name.replace(' ', '_').replace('/', '_')}-{n}", 10)
+        profile_dir = args.profile and args.profile / f"{leg.name.replace(' ', '_').replace('/', '_')}-{n}"
+        profiler = Profiler(profile_dir, args.profile_seconds)
         profiler.start({"gateway": gateway.pid, "replica": replica.pid})
         t0 = time.monotonic()
         for worker in workers:
             worker.send_line("go")
-        results = [json.loads(await w.wait_for_line_async("{", timeout=_OPEN_TIMEOUT_S + 60)) for w in workers]
+        samples: list[tuple[float, dict[str, float]]] = []
+        sampler = asyncio.ensure_future(_sample_stages(gateway, t0, samples))
+        try:
+            results = [json.loads(await w.wait_for_line_async("{", timeout=_OPEN_TIMEOUT_S + 60)) for w in workers]
+        finally:
+            sampler.cancel()
         cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t1 = time.monotonic()
         await asyncio.sleep(_SETTLE_S)
@@ -287,6 +328,7 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         "peak_rss_kib_per_session": (hwm - rss0) / max(opened, 1),
         "listen_overflows": listen1["ListenOverflows"] - listen0["ListenOverflows"],
         "listen_drops": listen1["ListenDrops"] - listen0["ListenDrops"],
+        "stage_seconds": _stage_times(samples, n),
     }
 
 
@@ -306,6 +348,11 @@ def report(leg: Leg) -> None:
         f"{f['rss_kib_per_session']:.2f} KiB per idle session (peak {f['peak_rss_kib_per_session']:.2f} KiB); "
         f"gateway says {f['gateway_clients_connected']:.0f} clients connected"
     )
+    stages = ", ".join(
+        f"{stage} " + "/".join("-" if t is None else f"{t:.1f}" for t in times)
+        for stage, times in f["stage_seconds"].items()
+    )
+    print(f"  seconds from the go to 1 %/half/all of the sessions (gateway's /metrics every {_SAMPLE_S} s): {stages}")
     print(f"  accept queue: ListenOverflows +{f['listen_overflows']}, ListenDrops +{f['listen_drops']}")
 
 
@@ -340,9 +387,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="an extra icws-gateway argument (repeat; e.g. --gateway-arg=--ping-interval --gateway-arg=0)",
     )
-    p.add_argument(
-        "--profile", type=profile_dir, help="sample the gateway and the replica with py-spy for 10 s from the go"
-    )
+    p.add_argument("--profile", type=profile_dir, help="sample the gateway and the replica with py-spy from the go")
+    p.add_argument("--profile-seconds", type=float, default=10, help="how long --profile samples (10 s)")
     p.add_argument(
         "--compare",
         type=Path,
