@@ -17,9 +17,9 @@ canister's first message (the session is open when that arrives). The sessions t
   and the clients, to show which process was the limit;
 * **RSS per idle session**: the gateway's resident set after the sessions settled, minus before the first
   connection, over N (and its peak, ``VmHWM``, over the same baseline);
-* **the stages' timeline**: the seconds from the signal until 1 %, half, and all, of the sessions were connected
-  (upgraded and admitted), had their ``ws_open`` relayed (the IC's verdict back) and had a canister message
-  delivered, from the gateway's ``/metrics`` read every half second;
+* with ``--timeline S``, **the stages' timeline**: the seconds from the signal until 1 %, half, and all, of the
+  sessions were connected (upgraded and admitted), had their ``ws_open`` relayed (the IC's verdict back) and had a
+  canister message delivered, from the gateway's ``/metrics`` read every S seconds;
 * **accept-queue overflows**: the kernel's ``ListenOverflows`` and ``ListenDrops`` (``/proc/net/netstat``,
   counted for the whole network namespace, so other listeners on the machine show up too) before and after.
 
@@ -64,7 +64,6 @@ _MODULE = "benchmarks.e2e.bench_sessions"
 _CANISTER = "test"  # the devnet's ping-pong demo canister
 _OPEN_TIMEOUT_S = 120.0  # a client gives up on a session not open by then (it counts as failed)
 _SETTLE_S = 3.0  # after the last open, before the gateway's RSS is read: relays and polls finish
-_SAMPLE_S = 0.5  # how often the gateway's /metrics is read during the opens, for the timeline
 # The stages of an open, as the gateway counts them: the connection upgraded and admitted, its ws_open relayed (the
 # IC's verdict came back), and a canister message written to it (the first one opens the session).
 _STAGES = {
@@ -215,8 +214,10 @@ def _status_kib(pid: int, field_name: str) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no {field_name} line")
 
 
-async def _sample_stages(gateway: GatewayProcess, t0: float, samples: list[tuple[float, dict[str, float]]]) -> None:
-    """Append, every ``_SAMPLE_S``, the seconds since ``t0`` and how many sessions each stage of ``_STAGES`` counts."""
+async def _sample_stages(
+    gateway: GatewayProcess, t0: float, period: float, samples: list[tuple[float, dict[str, float]]]
+) -> None:
+    """Append, every ``period`` seconds, the seconds since ``t0`` and how many sessions each of ``_STAGES`` counts."""
     async with aiohttp.ClientSession() as http:
         while True:
             async with http.get(f"{gateway.metrics_url}/metrics") as resp:
@@ -227,7 +228,7 @@ async def _sample_stages(gateway: GatewayProcess, t0: float, samples: list[tuple
                     if line.startswith(prefix):
                         counts[stage] += float(line.rsplit(" ", 1)[1])
             samples.append((time.monotonic() - t0, counts))
-            await asyncio.sleep(_SAMPLE_S)
+            await asyncio.sleep(period)
 
 
 def _stage_times(samples: list[tuple[float, dict[str, float]]], n: int) -> dict[str, list[float | None]]:
@@ -279,18 +280,19 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         rss0 = _status_kib(gateway.pid, "VmRSS")
         listen0 = listen_counters()
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        profile_dir = args.profile and args.profile / f"{leg.name.replace(' ', '_').replace('/', '_')}-{n}"
-        profiler = Profiler(profile_dir, args.profile_seconds)
+        leg_profile = args.profile and args.profile / f"{leg.name.replace(' ', '_').replace('/', '_')}-{n}"
+        profiler = Profiler(leg_profile, args.profile_seconds)
         profiler.start({"gateway": gateway.pid, "replica": replica.pid})
         t0 = time.monotonic()
         for worker in workers:
             worker.send_line("go")
         samples: list[tuple[float, dict[str, float]]] = []
-        sampler = asyncio.ensure_future(_sample_stages(gateway, t0, samples))
+        sampler = asyncio.ensure_future(_sample_stages(gateway, t0, args.timeline, samples)) if args.timeline else None
         try:
             results = [json.loads(await w.wait_for_line_async("{", timeout=_OPEN_TIMEOUT_S + 60)) for w in workers]
         finally:
-            sampler.cancel()
+            if sampler is not None:
+                sampler.cancel()
         cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t1 = time.monotonic()
         await asyncio.sleep(_SETTLE_S)
@@ -328,7 +330,7 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         "peak_rss_kib_per_session": (hwm - rss0) / max(opened, 1),
         "listen_overflows": listen1["ListenOverflows"] - listen0["ListenOverflows"],
         "listen_drops": listen1["ListenDrops"] - listen0["ListenDrops"],
-        "stage_seconds": _stage_times(samples, n),
+        "stage_seconds": _stage_times(samples, n) if args.timeline else None,
     }
 
 
@@ -348,11 +350,12 @@ def report(leg: Leg) -> None:
         f"{f['rss_kib_per_session']:.2f} KiB per idle session (peak {f['peak_rss_kib_per_session']:.2f} KiB); "
         f"gateway says {f['gateway_clients_connected']:.0f} clients connected"
     )
-    stages = ", ".join(
-        f"{stage} " + "/".join("-" if t is None else f"{t:.1f}" for t in times)
-        for stage, times in f["stage_seconds"].items()
-    )
-    print(f"  seconds from the go to 1 %/half/all of the sessions (gateway's /metrics every {_SAMPLE_S} s): {stages}")
+    if f["stage_seconds"] is not None:
+        stages = ", ".join(
+            f"{stage} " + "/".join("-" if t is None else f"{t:.1f}" for t in times)
+            for stage, times in f["stage_seconds"].items()
+        )
+        print(f"  seconds from the go to 1 %/half/all of the sessions (gateway's /metrics): {stages}")
     print(f"  accept queue: ListenOverflows +{f['listen_overflows']}, ListenDrops +{f['listen_drops']}")
 
 
@@ -386,6 +389,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="an extra icws-gateway argument (repeat; e.g. --gateway-arg=--ping-interval --gateway-arg=0)",
+    )
+    p.add_argument(
+        "--timeline",
+        type=float,
+        default=0,
+        metavar="S",
+        help="read the gateway's /metrics every S seconds during the opens, for the stages' timeline (each read "
+        "costs the gateway a few ms at 10 000 sessions, so it is off by default)",
     )
     p.add_argument("--profile", type=profile_dir, help="sample the gateway and the replica with py-spy from the go")
     p.add_argument("--profile-seconds", type=float, default=10, help="how long --profile samples (10 s)")

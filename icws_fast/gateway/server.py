@@ -19,7 +19,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
@@ -637,13 +637,16 @@ class Gateway:
         """
         label = relay.canister_id.to_text()
         error: IcwsError | None = None
+        if not holding_slot:
+            await self.call_slots.take()
         try:
-            async with self._call_slot(holding_slot):
-                with span("relay", canister_id=label, method="ws_open" if relay.is_open else "ws_message"):
-                    reply = await self.agent.submit_signed(relay.canister_id, relay.envelope, relay.envelope_bytes)
-                    decode_unit_result(reply)
+            with span("relay", canister_id=label, method="ws_open" if relay.is_open else "ws_message"):
+                reply = await self.agent.submit_signed(relay.canister_id, relay.envelope, relay.envelope_bytes)
+                decode_unit_result(reply)
         except IcwsError as exc:
             error = exc
+        finally:
+            self.call_slots.give()
         outcome = relay_outcome(error)
         self.metrics.envelopes_to_ic.labels(label, outcome.status.value).inc()
         return outcome
@@ -682,24 +685,16 @@ class Gateway:
     async def _ws_close_once(self, canister_id: Principal, client_key: ClientKey) -> RelayOutcome:
         """One ``ws_close`` call (a fresh envelope: the window outlasts any one envelope's expiry), typed."""
         error: IcwsError | None = None
+        await self.call_slots.take()
         try:
-            async with self._call_slot(False):
-                with span("ws_close", canister_id=canister_id.to_text()):
-                    arg = encode_ws_close_args(client_key)
-                    decode_unit_result(await self.agent.call(canister_id, "ws_close", arg))
+            with span("ws_close", canister_id=canister_id.to_text()):
+                arg = encode_ws_close_args(client_key)
+                decode_unit_result(await self.agent.call(canister_id, "ws_close", arg))
         except IcwsError as exc:
             error = exc
-        return relay_outcome(error)
-
-    @contextlib.asynccontextmanager
-    async def _call_slot(self, held: bool) -> AsyncIterator[None]:
-        """A call slot for the block: the one ``held`` already, else one waited for."""
-        if not held:
-            await self.call_slots.take()
-        try:
-            yield
         finally:
             self.call_slots.give()
+        return relay_outcome(error)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
