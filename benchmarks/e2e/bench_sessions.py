@@ -20,7 +20,8 @@ canister's first message (the session is open when that arrives). The sessions t
 * with ``--timeline S``, **the stages' timeline**: the seconds from the signal until 1 %, half, and all, of the
   sessions were connected (upgraded and admitted), had their ``ws_open`` relayed (the IC's verdict back) and had a
   canister message delivered, from the gateway's ``/metrics`` read every S seconds;
-* **accept-queue overflows**: the kernel's ``ListenOverflows`` and ``ListenDrops`` (``/proc/net/netstat``,
+* **accept-queue overflows**: the longest accept queue of the gateway's listener seen (``ss``, every 0.1 s) against
+  its backlog, and the kernel's ``ListenOverflows`` and ``ListenDrops`` (``/proc/net/netstat``,
   counted for the whole network namespace, so other listeners on the machine show up too) before and after.
 
 The replica is the devnet (``icws-devnet``, its ``test`` (ping-pong) canister). ``--compare DIR`` measures, first, the
@@ -231,6 +232,23 @@ async def _sample_stages(
             await asyncio.sleep(period)
 
 
+async def _sample_accept_queue(port: int, peak: list[int]) -> None:
+    """Keep in ``peak`` the longest accept queue (and the backlog) of the listener on ``port``, read every 0.1 s.
+
+    The kernel's overflow counters are the whole network namespace's: a busy machine's other listeners show up
+    in them too. ``ss`` reads this one listener's queue (its Recv-Q; Send-Q is the backlog) through netlink."""
+    while True:
+        proc = await asyncio.create_subprocess_exec(
+            "ss", "-Hltn", f"sport = :{port}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await proc.communicate()
+        for line in out.decode().splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[1].isdigit() and fields[2].isdigit():
+                peak[0], peak[1] = max(peak[0], int(fields[1])), int(fields[2])
+        await asyncio.sleep(0.1)
+
+
 def _stage_times(samples: list[tuple[float, dict[str, float]]], n: int) -> dict[str, list[float | None]]:
     """For each stage, the first sample time at which it counted 1 %, half, and all of the ``n`` sessions."""
     times: dict[str, list[float | None]] = {}
@@ -287,11 +305,14 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         for worker in workers:
             worker.send_line("go")
         samples: list[tuple[float, dict[str, float]]] = []
-        sampler = asyncio.ensure_future(_sample_stages(gateway, t0, args.timeline, samples)) if args.timeline else None
+        accept_queue = [0, 0]  # the longest accept queue seen, the backlog
+        samplers = [asyncio.ensure_future(_sample_accept_queue(int(gateway.url.rsplit(":", 1)[1]), accept_queue))]
+        if args.timeline:
+            samplers.append(asyncio.ensure_future(_sample_stages(gateway, t0, args.timeline, samples)))
         try:
             results = [json.loads(await w.wait_for_line_async("{", timeout=_OPEN_TIMEOUT_S + 60)) for w in workers]
         finally:
-            if sampler is not None:
+            for sampler in samplers:
                 sampler.cancel()
         cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t1 = time.monotonic()
@@ -330,6 +351,8 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         "peak_rss_kib_per_session": (hwm - rss0) / max(opened, 1),
         "listen_overflows": listen1["ListenOverflows"] - listen0["ListenOverflows"],
         "listen_drops": listen1["ListenDrops"] - listen0["ListenDrops"],
+        "accept_queue_peak": accept_queue[0],
+        "accept_backlog": accept_queue[1],
         "stage_seconds": _stage_times(samples, n) if args.timeline else None,
     }
 
@@ -356,7 +379,10 @@ def report(leg: Leg) -> None:
             for stage, times in f["stage_seconds"].items()
         )
         print(f"  seconds from the go to 1 %/half/all of the sessions (gateway's /metrics): {stages}")
-    print(f"  accept queue: ListenOverflows +{f['listen_overflows']}, ListenDrops +{f['listen_drops']}")
+    print(
+        f"  gateway's accept queue: at most {f['accept_queue_peak']} of {f['accept_backlog']} (read every 0.1 s); "
+        f"namespace-wide ListenOverflows +{f['listen_overflows']}, ListenDrops +{f['listen_drops']}"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
