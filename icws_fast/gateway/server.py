@@ -4,7 +4,8 @@ Threading model: everything runs on one event loop (uvloop when available). A co
 is a :class:`ClientConnection` (a picows listener) driving a sans-IO
 :class:`~icws_fast.protocol.session.GatewaySession`; frames are handled in the picows
 callback without a task. A connection gets at most one task, and only while it has
-envelopes to relay (they must reach the IC one at a time, in order). Canister messages are
+envelopes to relay (they must reach the IC one at a time, in order) and a call slot to relay
+them with: until then it waits as an entry in the gateway's queue of calls. Canister messages are
 written straight into the client's transport by the canister's poller; the transport's
 write buffer is the per-client send queue, and a client whose buffer grows past
 ``max_send_buffer`` is closed as a slow consumer instead of growing the gateway's memory. A
