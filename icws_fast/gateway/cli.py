@@ -19,7 +19,7 @@ from typing import Any
 from icws_fast import cliconfig
 from icws_fast.errors import AgentTimeout, ConfigError, TransportError
 from icws_fast.gateway.config import GatewayConfig
-from icws_fast.gateway.heap import keep_freed_heap
+from icws_fast.gateway.heap import freeze_startup_heap, keep_freed_heap
 from icws_fast.gateway.identity import key_file, load_or_create_identity
 from icws_fast.gateway.logs import setup_logging
 from icws_fast.gateway.server import Gateway
@@ -61,6 +61,8 @@ async def _serve(config: GatewayConfig, identity: Ed25519Identity, *, worker: in
         with contextlib.suppress(Exception):
             await gateway.agent.close()
         return 1
+    # Before the first client: the start-up objects are out of the full collections' walk (see heap.py).
+    freeze_startup_heap()
     if worker is None:
         scheme = "ws" if config.tls_certificate_pem_path is None else "wss"
         print(

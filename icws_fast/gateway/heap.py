@@ -1,4 +1,6 @@
-"""Keep the C heap the fan-out reuses: glibc must not hand it back to the kernel after every batch.
+"""The gateway process's memory settings: the C heap the fan-out reuses, and the objects the cyclic GC scans.
+
+**The C heap.** glibc must not hand it back to the kernel after every batch.
 
 The fan-out builds one buffer per client per batch (every message carries its batch's certificate and witness
 tree, so tens of kB per client) and frees it as soon as the socket took it. By default glibc returns the top of
@@ -6,11 +8,20 @@ the heap to the kernel whenever more than 128 KiB lie free there (``M_TRIM_THRES
 afresh (``M_MMAP_THRESHOLD``), so the next batch faults the same pages in again: on
 ``benchmarks/e2e/bench_batch.py``, 40 page faults and about 80 µs per 50-message batch, as much as decoding,
 verifying and encoding it. :func:`keep_freed_heap` raises both thresholds for the gateway process.
+
+**The cyclic GC.** A full (generation 2) collection walks every tracked object, and the event loop waits for it.
+Most of a started gateway's objects are its modules, classes and functions (about 48 000: aiohttp, prometheus,
+picows, the agent) and live as long as the process; ``benchmarks/e2e/bench_capacity.py --half-load`` saw full
+collections of 18-33 ms during the stream, each one delaying every message in flight. :func:`freeze_startup_heap`
+moves them out of the collector's reach once started (:func:`gc.freeze`), so a full collection walks only what
+came later (sessions, batches); cycles among the frozen objects are never collected, which for start-up objects
+that stay until exit loses nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 from typing import Final
 
 # mallopt() parameters (glibc's malloc.h).
@@ -36,3 +47,13 @@ def keep_freed_heap() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def freeze_startup_heap() -> int:
+    """Collect, then move every object tracked now out of the cyclic GC's scans (:func:`gc.freeze`); how many.
+
+    Called once the gateway has started: what exists then is code and configuration that lives until exit.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
