@@ -13,14 +13,16 @@ Run (from the repository root): ``.venv/bin/python -m benchmarks.e2e.bench_capac
    for the same replies (``encode_frames``, one buffer per client per reply) to the same K clients (same keys,
    new connections);
 3. with ``--half-load``, the gateway again, the stream released at half the rate it delivered in (1): the
-   latency it adds when it is not saturated.
+   latency it adds when it is not saturated. Its replica certifies a round per ``--round-seconds`` (1 s) of the
+   stream, about as often as the IC certifies a subnet's state; the saturated legs' every ``--round-messages``.
 
 Figures over a window (``--warmup`` s after the release, ``--seconds`` long; the bare server's whole run), from
 ``/proc`` of each process and from the clients' records of every message (nonce, the monotonic time read):
 messages/s and MB/s (WebSocket payload bytes) delivered, CPU µs per message and CPU share of each process,
 the gateway/bare ratios, the latency the gateway adds (the replica wrote the reply → a client read the message:
-one clock, ``time.monotonic``) p50/p99/p99.9, the largest RSS, and faults: sequence gaps, duplicates,
-misroutes, unreadable frames, messages missing at the end. Any fault fails the run (exit status 1).
+one clock, ``time.monotonic``) p50/p99/p99.9, also apart for the messages whose reply carried a new certificate
+(the gateway checks its BLS signature first) and the others, the largest RSS, and faults: sequence gaps,
+duplicates, misroutes, unreadable frames, messages missing at the end. Any fault fails the run (exit status 1).
 
 ``--json PATH`` writes every figure; ``--compare DIR`` measures first the gateway whose ``icws_fast`` package is
 in DIR (another checkout), then this tree's, in the same run; ``--profile DIR`` samples the gateway with py-spy
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.e2e.capacity_clients import read_records
+from benchmarks.e2e.synthetic_replica import DEFAULT_BATCH as BATCH
 from benchmarks.e2e.workers import KERNEL, CpuTimeline, Profiler, profile_dir, spawn_role, split
 from icws_fast.gateway.identity import key_file
 from icws_fast.ic.identity import Ed25519Identity
@@ -90,6 +93,8 @@ class Leg:
     cpu_share: dict[str, float] = field(default_factory=dict)  # process -> share of one core
     rss_mb: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p99, p999 (gateway legs)
+    # "new" (messages whose reply carried a new certificate) and "same": share of the messages, p50, p99, p999
+    latency_by_certificate: dict[str, dict[str, float]] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
     offered_rate: float = 0.0  # msgs/s the replica released at (0: all at once)
     notes: list[str] = field(default_factory=list)
@@ -127,22 +132,35 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {name: values[min(len(values) - 1, int(len(values) * q))] for name, q in _QUANTILES.items()}
 
 
-def _added_latency(records: Records, lo: int, hi: int, replica: dict[str, Any]) -> list[float]:
-    """ms from the replica's write of each message's reply to its read, for the messages ``lo:hi``.
+def _added_latency(records: Records, lo: int, hi: int, replica: dict[str, Any]) -> tuple[list[float], list[bool]]:
+    """ms from the replica's write of each message's reply to its read, for the messages ``lo:hi``; and for each,
+    whether its reply carried a new certificate (the first of a round: the gateway's BLS check).
 
     ``replica`` is the record of the one gateway queue they all came through (its nonces are the queue's)."""
     writes: dict[int, list[float]] = {}
     for index, t in replica["writes"]:
         writes.setdefault(index, []).append(t)
-    first, batch = replica["first_nonce"], replica["batch"]
-    latencies = []
+    first, batch, rounds = replica["first_nonce"], replica["batch"], set(replica["rounds"])
+    latencies, new_certificate = [], []
     for nonce, read in zip(records.nonces[lo:hi], records.times[lo:hi], strict=True):
-        served = writes.get((nonce - first) // batch, [])
+        index = (nonce - first) // batch
+        served = writes.get(index, [])
         # The last write before the read (a poll repeated after a lost answer is written again).
         i = bisect.bisect_right(served, read)
         if i:
             latencies.append((read - served[i - 1]) * 1000)
-    return latencies
+            new_certificate.append(index in rounds)
+    return latencies, new_certificate
+
+
+def _by_certificate(latencies: list[float], new_certificate: list[bool]) -> dict[str, dict[str, float]]:
+    """The added latency's percentiles of the messages whose reply carried a new certificate, and of the others."""
+    split_: dict[str, dict[str, float]] = {}
+    for name, wanted in (("new", True), ("same", False)):
+        chosen = [ms for ms, new in zip(latencies, new_certificate, strict=True) if new == wanted]
+        if chosen:
+            split_[name] = {"share": len(chosen) / len(latencies), **_percentiles(chosen)}
+    return split_
 
 
 def _summarise(
@@ -236,6 +254,14 @@ class Run:
             return int(rate * (args.warmup + args.seconds + 0.5))
         return int(args.messages or args.expect_rate * (args.warmup + args.seconds + 0.5))
 
+    def _round_messages(self, rate: float) -> int:
+        """Messages per certificate: ``--round-seconds`` of a paced stream (as the IC certifies), else
+        ``--round-messages``."""
+        args = self.args
+        if rate and args.round_seconds:
+            return max(BATCH, int(rate * args.round_seconds) // BATCH * BATCH)
+        return int(args.round_messages)
+
     async def gateway_leg(
         self, stack: contextlib.ExitStack, name: str, src: Path | None, workers: int, rate: float = 0.0
     ) -> tuple[Leg, list[Child], Path]:
@@ -245,7 +271,11 @@ class Run:
         out = Path(tempfile.mkdtemp(dir=self.workdir))
         leg = Leg(name, offered_rate=rate, workers=workers)
         if rate:
-            leg.notes.append(f"stream released at {rate:.0f} msgs/s")
+            round_messages = self._round_messages(rate)
+            leg.notes.append(
+                f"stream released at {rate:.0f} msgs/s, a new certificate every {round_messages} messages "
+                f"({round_messages / rate:.2f} s)"
+            )
         principals = self.principals[:workers]
         replica = stack.enter_context(
             spawn_role(
@@ -260,7 +290,7 @@ class Run:
                 "--rate",
                 str(rate),
                 "--round-messages",
-                str(args.round_messages),
+                str(self._round_messages(rate)),
             )
         )
         info = json.loads(await replica.wait_for_line_async("{"))
@@ -316,7 +346,9 @@ class Run:
         if more:  # the clients' records do not say which queue (worker) a message came through
             leg.notes.append("added latency not measured with several workers")
         else:
-            leg.latency_ms = _percentiles(_added_latency(records, lo, hi, queue))
+            latencies, new_certificate = _added_latency(records, lo, hi, queue)
+            leg.latency_by_certificate = _by_certificate(latencies, new_certificate)
+            leg.latency_ms = _percentiles(latencies)
         leg.notes.append(
             f"stream {stream['messages']} messages in {stream['replies']} replies, precomputed in "
             f"{stream['seconds']:.1f} s; replica CPU since go {replica_record['cpu_since_go_s']:.2f} s, "
@@ -389,6 +421,16 @@ def _print_point(point: Point, legs: list[Leg], ratios: dict[str, dict[str, floa
             print(
                 f"    workers' CPU alone {leg.workers_cpu_us_per_msg:.1f} µs/msg; sessions by worker "
                 f"{leg.sessions_by_worker}: at most {spread * 100:.0f}% from the mean"
+            )
+        if leg.latency_by_certificate:
+            print(
+                "    added latency p50/p99/p99.9 "
+                + "; ".join(
+                    f"{name} certificate ({split_['share'] * 100:.1f}% of messages) "
+                    + "/".join(f"{split_[q]:.2f}" for q in ("p50", "p99", "p999"))
+                    + " ms"
+                    for name, split_ in leg.latency_by_certificate.items()
+                )
             )
         for note in leg.notes:
             print(f"    {note}")
@@ -465,7 +507,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds from the stream's release to the window")
     p.add_argument("--messages", type=int, default=0, help="messages in the stream (default: --expect-rate x time)")
     p.add_argument("--expect-rate", type=float, default=80_000, help="msgs/s the stream is sized for")
-    p.add_argument("--round-messages", type=int, default=2000, help="messages per replica round (certificate)")
+    p.add_argument(
+        "--round-messages", type=int, default=2000, help="messages per replica round (certificate), saturated legs"
+    )
+    p.add_argument(
+        "--round-seconds",
+        type=float,
+        default=1.0,
+        help="half-load legs: a round (certificate) per this many seconds of the stream, as the IC certifies a "
+        "subnet's state about once a second; 0: every --round-messages messages",
+    )
     p.add_argument("--client-procs", type=int, default=1, help="client processes")
     p.add_argument("--polling-interval", type=int, default=1, help="the gateway's --polling-interval, ms")
     p.add_argument("--pipeline", type=int, default=3, help="the gateway's --poll-pipeline-depth")

@@ -27,7 +27,8 @@ the root key, v2/v3/v4 calls, v2/v3 queries and read_state), plus one fast path.
   but the last holds ``--batch`` messages) go to the live canister.
 * ``dump DIR`` writes ``DIR/stream.bin`` (the replies' Candid bytes, each after a 4-byte big-endian length, the
   queues' replies interleaved: what a bare server needs to write the gateway's exact frames) and
-  ``DIR/replica.json`` (per queue: first nonce, batch size, per-reply message counts, the write times; the CPU
+  ``DIR/replica.json`` (per queue: first nonce, batch size, per-reply message counts, the replies that carry a new
+  certificate, the write times; the CPU
   this process used since ``go``), then prints ``dumped``.
 
 The query fast path neither checks the envelope's signature nor signs the answer: the gateway's agent checks no
@@ -98,6 +99,7 @@ class Stream:
     bodies: list[bytes] = field(default_factory=list)  # HTTP answers (CBOR query responses)
     replies: list[bytes] = field(default_factory=list)  # their Candid replies
     counts: list[int] = field(default_factory=list)  # messages per reply
+    rounds: list[int] = field(default_factory=list)  # the replies that carry a new certificate (a round's first)
     go: float | None = None  # monotonic time of ``go``; nothing is released before
     rate: float = 0.0
     writes: list[tuple[int, float]] = field(default_factory=list)  # (reply index, monotonic time written)
@@ -248,6 +250,7 @@ class SyntheticReplica:
             last = produced == opts.messages
             # Take the full replies this round completes while more messages follow them (a backlog); all at the end.
             for gateway, stream in streams.items():
+                stream.rounds.append(len(stream.bodies))  # the replies taken now carry this round's certificate
                 while True:
                     batch = decode_get_messages_result(reply := self._query(gateway, nonces[gateway]))
                     full = len(batch.messages) == opts.batch and not batch.is_end_of_queue
@@ -310,6 +313,7 @@ class SyntheticReplica:
                     "first_nonce": s.first_nonce,
                     "batch": s.batch,
                     "counts": s.counts,
+                    "rounds": s.rounds,
                     "writes": s.writes,
                 }
                 for s in streams

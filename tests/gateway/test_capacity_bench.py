@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.e2e.bench_capacity import Records, Run, _added_latency, _by_certificate, parse_args
 from benchmarks.e2e.capacity_clients import CapacityListener, Recorder
 from benchmarks.e2e.synthetic_replica import Stream, SyntheticReplica
 from icws_fast.gateway.fanout import batch_suffix, encode_frames
@@ -138,6 +139,28 @@ def test_replica_fast_path_leaves_malformed_queries_to_the_devnet(body: bytes) -
     assert SyntheticReplica._stream_answer(streams(released), body) is None
 
 
+def test_added_latency_is_read_minus_the_last_write_of_its_reply_split_by_certificate() -> None:
+    # Two rounds of two 50-message replies from nonce 100: replies 0 and 2 carry a new certificate.
+    replica = {"first_nonce": 100, "batch": 50, "rounds": [0, 2], "writes": [[0, 1.0], [1, 2.0], [2, 3.0], [1, 4.0]]}
+    records = Records(nonces=[100, 149, 150, 210, 260], times=[1.001, 1.003, 4.002, 3.004, 9.0], sizes=[1] * 5)
+    latencies, new_certificate = _added_latency(records, 0, 4, replica)
+    # Reply 1 was written twice (a repeated poll): the write before the read counts.
+    assert [round(ms, 6) for ms in latencies] == [1.0, 3.0, 2.0, 4.0]
+    assert new_certificate == [True, True, False, True]
+    split_ = _by_certificate(latencies, new_certificate)
+    assert split_["new"]["share"] == 0.75
+    assert split_["same"] == pytest.approx({"share": 0.25, "p50": 2.0, "p99": 2.0, "p999": 2.0})
+
+
+def test_half_load_rounds_follow_the_ic_pace_unless_asked_for_message_counts(tmp_path: Path) -> None:
+    run = Run(parse_args(["--round-messages", "2000"]), point=None, workdir=tmp_path)  # type: ignore[arg-type]
+    assert run._round_messages(0.0) == 2000  # the saturated legs: --round-messages
+    assert run._round_messages(12_345.0) == 12_300  # a second of the paced stream, in whole replies
+    assert run._round_messages(10.0) == 50  # at least one reply a round
+    run.args = parse_args(["--round-messages", "2000", "--round-seconds", "0"])
+    assert run._round_messages(12_345.0) == 2000
+
+
 @pytest.mark.slow
 def test_quick_run_delivers_every_message_once_to_its_client(tmp_path: Path) -> None:
     out = tmp_path / "capacity.json"
@@ -154,6 +177,10 @@ def test_quick_run_delivers_every_message_once_to_its_client(tmp_path: Path) -> 
         assert leg["cpu_us_per_msg"] > 0, leg
         assert {name: value for name, value in leg["faults"].items() if value} == {}, leg
     assert legs["gateway"]["latency_ms"]["p50"] > 0
+    # A new certificate every 2 000 messages of 50-message replies: one reply in 40 carries one.
+    by_certificate = legs["gateway"]["latency_by_certificate"]
+    assert 0.01 < by_certificate["new"]["share"] < 0.05, by_certificate
+    assert by_certificate["new"]["share"] + by_certificate["same"]["share"] == pytest.approx(1)
     assert point["ratios"]["gateway"]["cpu_per_msg"] > 0
 
 
