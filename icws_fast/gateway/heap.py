@@ -12,11 +12,11 @@ verifying and encoding it. :func:`keep_freed_heap` raises both thresholds for th
 **The cyclic GC.** A full (generation 2) collection walks every tracked object, and the event loop waits for it.
 Most of a started gateway's objects are its modules, classes and functions (about 48 000: aiohttp, prometheus,
 picows, the agent) and live as long as the process; ``benchmarks/e2e/bench_capacity.py --half-load`` saw full
-collections of 18-33 ms during the stream, each one delaying every message in flight. :func:`freeze_startup_heap`
+collections of 24-99 ms during the stream, each one delaying every message in flight. :func:`freeze_startup_heap`
 moves them out of the collector's reach once started (:func:`gc.freeze`), so a full collection walks only what
-came later (sessions, batches: with 1 000 sessions a full collection still took 18-25 ms); cycles among the
-frozen objects are never collected, which for start-up objects that stay until exit loses nothing (and is why
-sessions are not frozen: those that close would leak their cycles).
+came later (sessions, batches: with 1 000 sessions one still took 18-26 ms, against 30-52 ms unfrozen). Cycles
+among frozen objects are never collected, which for start-up objects that stay until exit loses nothing (and is
+why sessions are not frozen: those that close would leak their cycles).
 """
 
 from __future__ import annotations
