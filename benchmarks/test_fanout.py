@@ -1,7 +1,8 @@
 """Fan-out encoding: one batch of 50 messages (1 KiB content, a realistic cert and tree) as WebSocket frames.
 
 Compares the spliced encoding (pure and compiled) with encoding each message map generically,
-which is what a gateway does that copies cert and tree into every message.
+which is what a gateway does that copies cert and tree into every message; and hands the batch out
+(``deliver_shares``, pure and compiled) to 50 recipients, one message each (K=100, round robin) and to 5.
 """
 
 from __future__ import annotations
@@ -50,3 +51,29 @@ def _payloads(frames: bytes) -> list[bytes]:
 def test_splice(benchmark, impl):
     frames = benchmark(_frames, impl)
     assert _payloads(frames) == _generic()
+
+
+class _Sink:
+    """A recipient that drops its frames: the socket write is not the fan-out's."""
+
+    __slots__ = ()
+
+    def deliver(self, frames: bytes, count: int) -> None:
+        pass
+
+
+def _shares(recipients: int) -> dict[_Sink, tuple[list[bytes], list[bytes]]]:
+    shares: dict[_Sink, tuple[list[bytes], list[bytes]]] = {}
+    sinks = [_Sink() for _ in range(recipients)]
+    for i, (key, content) in enumerate(zip(KEYS, CONTENTS, strict=True)):
+        keys, contents = shares.setdefault(sinks[i % recipients], ([], []))
+        keys.append(key)
+        contents.append(content)
+    return shares
+
+
+@pytest.mark.parametrize("recipients", [5, 50])
+@pytest.mark.parametrize("impl", twins.implementations(fanout, "batch_suffix", "deliver_shares"))
+def test_deliver_shares(benchmark, impl, recipients):
+    sent, _ = benchmark(impl.deliver_shares, _shares(recipients), impl.batch_suffix(CERT, TREE))
+    assert sent == len(KEYS)

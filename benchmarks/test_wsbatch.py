@@ -1,6 +1,7 @@
 """``ws_get_messages`` reply: pure vs compiled ``decode_polled_batch`` (the gateway decodes one per poll),
-``decode_get_messages_result`` (the same reply as named tuples, for everyone else) and ``check_messages`` (the
-content hash of each message against its certified one, once per batch).
+``decode_get_messages_result`` (the same reply as named tuples, for everyone else), ``check_messages`` (the
+content hash of each message against its certified one, once per batch) and ``route_shares`` (the poller's
+routing of the batch to its clients with those checks, once per batch).
 
 Workloads: a full batch of 50 messages (the CDK's default ``max_number_of_returned_messages``) as the CDK returns
 it: keys ``<gateway>_<20-digit nonce>``, each content a CBOR ``WebsocketMessage`` carrying a 100-byte app message,
@@ -22,7 +23,7 @@ import pytest
 
 from icws_fast.ic import hashtree
 from icws_fast.ic.principal import Principal
-from icws_fast.protocol import certified
+from icws_fast.protocol import certified, poller
 from icws_fast.protocol import types as t
 from tests import twins
 
@@ -67,7 +68,7 @@ def _print_ratios(request: pytest.FixtureRequest) -> Iterator[None]:
     if reporter is None or capture is None:
         return
     with capture.global_and_fixture_disabled():  # module teardown output is captured otherwise
-        for name in (*FUNCTIONS, "check_messages"):
+        for name in (*FUNCTIONS, "check_messages", "route_shares"):
             for workload, data in WORKLOADS.items():
                 pure, fast = MEDIANS.get(("pure", name, workload)), MEDIANS.get(("compiled", name, workload))
                 if pure and fast:
@@ -90,6 +91,22 @@ def test_check_messages(benchmark: Any, impl: str, workload: str) -> None:
     benchmark(CHECKS[impl], hashes, polled.keys, polled.contents)
     if benchmark.stats is not None:
         MEDIANS[(impl, "check_messages", workload)] = benchmark.stats.stats.median
+
+
+_route = twins.twin(poller, "route_shares")
+ROUTES = {"pure": _route.pure} | ({"compiled": _route.compiled} if _route.compiled is not None else {})
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("impl", list(ROUTES))
+def test_route_shares(benchmark: Any, impl: str, workload: str) -> None:
+    polled = t.decode_polled_batch_pure(WORKLOADS[workload])
+    hashes = {key: hashlib.sha256(content).digest() for key, content in zip(polled.keys, polled.contents, strict=True)}
+    routes = {route: object() for route in polled.route_keys}  # every client connected
+    shares, _ = benchmark(ROUTES[impl], routes, polled.route_keys, polled.keys, polled.contents, hashes)
+    assert sum(len(keys) for keys, _ in shares.values()) == BATCH_SIZE
+    if benchmark.stats is not None:
+        MEDIANS[(impl, "route_shares", workload)] = benchmark.stats.stats.median
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS))

@@ -28,6 +28,7 @@ OWNERS = (
     "icws_fast.protocol.types",
     "icws_fast.protocol.certified",
     "icws_fast.protocol.session",
+    "icws_fast.protocol.poller",
     "icws_fast.gateway.fanout",
 )
 for _owner in OWNERS:

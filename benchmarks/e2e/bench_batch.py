@@ -27,11 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: Clients the batch is shared out to (``--clients``): 5 gives 10 messages per client, 50 one each (as at K=100, round
+#: robin, where every recipient's costs are paid per message).
 CLIENTS = 5
 ROUNDS = 400
 
 
-async def capture() -> dict[str, Any]:
+async def capture(n_clients: int, in_a_row: int) -> dict[str, Any]:
     """One full ``ws_get_messages`` reply, and what is needed to route and check it."""
     from icws_fast.devnet import Devnet
     from icws_fast.ic import candid
@@ -47,26 +49,35 @@ async def capture() -> dict[str, Any]:
     async with Devnet(address="127.0.0.1:0") as dn:
         canister = dn.canister_ids["firehose"]
         gateway = Ed25519Identity.generate()
-        clients = []
+
+        async def open_client() -> tuple[str, int]:
+            identity, nonce = Ed25519Identity.generate(), secrets.randbits(63)
+            async with Agent(dn.url, identity, root_key=dn.root_key_der) as agent:
+                reply = await agent.call(canister, "ws_open", encode_ws_open_args(nonce, gateway.sender))
+                decode_unit_result(reply)
+            return identity.sender.to_text(), nonce
+
         async with Agent(dn.url, gateway, root_key=dn.root_key_der) as gateway_agent:
-            for _ in range(CLIENTS):
-                identity, nonce = Ed25519Identity.generate(), secrets.randbits(63)
-                async with Agent(dn.url, identity, root_key=dn.root_key_der) as agent:
-                    reply = await agent.call(canister, "ws_open", encode_ws_open_args(nonce, gateway.sender))
-                    decode_unit_result(reply)
-                clients.append((identity.sender.to_text(), nonce))
+            # At once: each call waits for a devnet round.
+            clients = await asyncio.gather(*(open_client() for _ in range(n_clients)))
             config_type = candid.parse_args(
                 "(record { messages_per_round : nat32; payload_size : nat32; interval_ms : nat64 })"
             )
-            config = {"messages_per_round": 20, "payload_size": 100, "interval_ms": 100}
+            config = {"messages_per_round": in_a_row, "payload_size": 100, "interval_ms": 100}
             await gateway_agent.call(canister, "configure", candid.encode(config_type, [config]))
             # Start past the OpenMessages: a batch of application messages, as under load.
             while True:
                 await asyncio.sleep(0.2)
-                reply = await gateway_agent.query(canister, "ws_get_messages", encode_get_messages_args(CLIENTS))
+                reply = await gateway_agent.query(canister, "ws_get_messages", encode_get_messages_args(n_clients))
                 if len(decode_get_messages_result(reply).messages) == 50:
                     break
-    return {"root_key": dn.root_key_der.hex(), "canister": canister.to_text(), "clients": clients, "reply": reply.hex()}
+    return {
+        "root_key": dn.root_key_der.hex(),
+        "canister": canister.to_text(),
+        "clients": clients,
+        "reply": reply.hex(),
+        "captured_ns": time.time_ns(),
+    }
 
 
 def measure(path: Path) -> dict[str, float]:
@@ -85,6 +96,7 @@ def measure(path: Path) -> dict[str, float]:
         keep_freed_heap()  # as the icws-gateway process does
     record = json.loads(path.read_text())
     reply = bytes.fromhex(record["reply"])
+    captured_ns = record["captured_ns"]
 
     class Sink:
         def deliver(self, *args: Any) -> None:
@@ -120,9 +132,11 @@ def measure(path: Path) -> dict[str, float]:
             # Each batch brings its own witness tree (only the certificate is shared within a replica round):
             # forget the last one, which the verifier keeps for a client reading one batch frame by frame.
             state.verifier._last_tree = None
-        state.expected, state.synced, state.in_flight = 0, False, []
+        # A reply at the end of the queue makes the poller wait for the polling interval: not here.
+        state.expected, state.synced, state.in_flight, state.wake_at = 0, False, [], 0.0
         state.polls(0.0)
-        step = state.on_reply(0, reply, 0.0, time.time_ns())
+        # The wall clock of the capture: a reply kept in a file (--reply) outlives its certificate's 5 minutes.
+        step = state.on_reply(0, reply, 0.0, captured_ns)
         poller._apply(step)
         return sum(len(keys) for keys, _ in step.shares.values())
 
@@ -163,16 +177,27 @@ def _measure_in(src: Path | None, path: Path) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", type=Path, help="also time the gateway whose icws_fast package is in this directory")
+    p.add_argument(
+        "--clients", type=int, default=CLIENTS, help="clients the batch is shared out to (default %(default)s)"
+    )
+    p.add_argument(
+        "--in-a-row", type=int, default=20, help="messages in a row to one client (default %(default)s; 1: round robin)"
+    )
+    p.add_argument(
+        "--reply", type=Path, help="the captured reply: read from this file, or captured into it when it is missing"
+    )
     p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure is not None:
         print(json.dumps(measure(args.measure)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "reply.json"
-        path.write_text(json.dumps(asyncio.run(capture())))
+        path = args.reply or Path(tmp) / "reply.json"
+        if not path.exists():
+            path.write_text(json.dumps(asyncio.run(capture(args.clients, args.in_a_row))))
         legs = ([(str(args.compare), args.compare)] if args.compare else []) + [("working tree", None)]
-        print(f"one 50-message batch for {CLIENTS} clients; CPU µs per batch (best of 5)")
+        clients = len(json.loads(path.read_text())["clients"])
+        print(f"one 50-message batch for {clients} clients; CPU µs per batch (best of 5)")
         print(f"{'gateway':40} {'known cert':>11} {'new cert':>11} {'unverified':>11}")
         for name, src in legs:
             r = _measure_in(src, path)

@@ -1,6 +1,6 @@
 # cython: language_level=3
-"""Compiled twins of :func:`icws_fast.protocol.types.decode_get_messages_result` and ``decode_polled_batch``, and
-of :func:`icws_fast.protocol.certified.check_messages`.
+"""Compiled twins of :func:`icws_fast.protocol.types.decode_get_messages_result` and ``decode_polled_batch``, of
+:func:`icws_fast.protocol.certified.check_messages` and of :func:`icws_fast.protocol.poller.route_shares`.
 
 The gateway decodes one ``ws_get_messages`` reply per poll, with ``decode_polled_batch``: flat lists of each
 message's route key (the client key's bytes, a slice of the reply), key and content, and the nonces read from the
@@ -31,7 +31,9 @@ at least ``MIN_MESSAGE_SIZE`` bytes an element, and the value nests only five le
 
 ``check_messages`` hashes each content with ``_hashtree``'s SHA-256 and compares it with the certified hash; it
 answers only when every message holds (and its arguments are exact dicts, lists and bytes): any other call is
-the pure function's, which raises the canonical error.
+the pure function's, which raises the canonical error. ``route_shares`` does the poller's routing and those checks
+in one pass over the batch, on the same terms: a message that fails its check, or arguments of other types, hand
+the whole call to the pure function (nothing was handed out yet: the result is only returned).
 
 In ``decode_get_messages_result``, messages that name the same client key, in one reply or in later ones, share
 one ``ClientKey`` (and ``Principal``) object: both are immutable, and the same clients are polled over and over.
@@ -54,7 +56,7 @@ from icws_fast.ic.leb128 import decode_leb128, decode_sleb128
 from icws_fast.ic.principal import MAX_LENGTH as PRINCIPAL_MAX_LENGTH
 from icws_fast.ic.principal import Principal
 
-__all__ = ["check_messages", "decode_get_messages_result", "decode_polled_batch"]
+__all__ = ["check_messages", "decode_get_messages_result", "decode_polled_batch", "route_shares"]
 
 
 # How a recognised header types the ``is_end_of_queue`` field of the Ok record.
@@ -498,6 +500,19 @@ def decode_polled_batch(data):
     return decode(data, True)
 
 
+cdef inline bint certified_content(dict hashes, object key, object content):
+    """Whether ``hashes[key]`` is the SHA-256 of ``content`` (exact bytes both; anything else is False)."""
+    cdef uint8_t digest[32]
+    cdef PyObject *certified
+    if not (PyBytes_CheckExact(key) and PyBytes_CheckExact(content)):
+        return False
+    certified = PyDict_GetItem(hashes, key)
+    if certified is NULL or not PyBytes_CheckExact(<object>certified) or PyBytes_GET_SIZE(<object>certified) != 32:
+        return False
+    sha256(PyBytes_AS_STRING(content), <size_t>PyBytes_GET_SIZE(content), NULL, 0, NULL, 0, digest)
+    return memcmp(digest, PyBytes_AS_STRING(<object>certified), 32) == 0
+
+
 cdef object _check_messages_pure = None
 
 
@@ -505,10 +520,7 @@ def check_messages(hashes, keys, contents):
     """Raise unless ``hashes`` certifies each ``(keys[i], contents[i])``: same results and errors as the pure
     :func:`icws_fast.protocol.certified.check_messages` (see the module docstring)."""
     global _check_messages_pure
-    cdef uint8_t digest[32]
     cdef Py_ssize_t i, n
-    cdef PyObject *certified
-    cdef object key, content
     if _check_messages_pure is None:
         from icws_fast.protocol.certified import check_messages_pure
 
@@ -519,14 +531,56 @@ def check_messages(hashes, keys, contents):
     if PyList_GET_SIZE(contents) != n:
         return _check_messages_pure(hashes, keys, contents)
     for i in range(n):
-        key = <object>PyList_GET_ITEM(keys, i)
-        content = <object>PyList_GET_ITEM(contents, i)
-        if not (PyBytes_CheckExact(key) and PyBytes_CheckExact(content)):
-            return _check_messages_pure(hashes, keys, contents)
-        certified = PyDict_GetItem(hashes, key)
-        if certified is NULL or not PyBytes_CheckExact(<object>certified) or PyBytes_GET_SIZE(<object>certified) != 32:
-            return _check_messages_pure(hashes, keys, contents)
-        sha256(PyBytes_AS_STRING(content), <size_t>PyBytes_GET_SIZE(content), NULL, 0, NULL, 0, digest)
-        if memcmp(digest, PyBytes_AS_STRING(<object>certified), 32) != 0:
+        if not certified_content(hashes, <object>PyList_GET_ITEM(keys, i), <object>PyList_GET_ITEM(contents, i)):
             return _check_messages_pure(hashes, keys, contents)
     return None
+
+
+cdef object _route_shares_pure = None
+
+
+def route_shares(routes, route_keys, keys, contents, hashes):
+    """Share out one batch's messages to their recipients, checking each one handed out: same results and errors
+    as the pure :func:`icws_fast.protocol.poller.route_shares` (see the module docstring)."""
+    global _route_shares_pure
+    cdef Py_ssize_t i, n
+    cdef PyObject *found
+    cdef object route, recipient, key, content
+    cdef tuple share
+    cdef dict shares = {}
+    cdef list reached = []
+    if _route_shares_pure is None:
+        from icws_fast.protocol.poller import route_shares_pure
+
+        _route_shares_pure = route_shares_pure
+    if not (
+        PyDict_CheckExact(routes) and PyList_CheckExact(route_keys) and PyList_CheckExact(keys)
+        and PyList_CheckExact(contents) and (hashes is None or PyDict_CheckExact(hashes))
+    ):
+        return _route_shares_pure(routes, route_keys, keys, contents, hashes)
+    n = PyList_GET_SIZE(route_keys)
+    if PyList_GET_SIZE(keys) != n or PyList_GET_SIZE(contents) != n:
+        return _route_shares_pure(routes, route_keys, keys, contents, hashes)
+    for i in range(n):
+        # Bounds-checked indexing: a recipient's __hash__ is Python code that may, in principle, shrink the lists.
+        route = (<list>route_keys)[i]
+        if not PyBytes_CheckExact(route):  # bytes hash without running Python code
+            return _route_shares_pure(routes, route_keys, keys, contents, hashes)
+        found = PyDict_GetItem(<dict>routes, route)
+        if found is NULL:
+            continue
+        recipient = <object>found
+        key = (<list>keys)[i]
+        content = (<list>contents)[i]
+        if hashes is not None and not certified_content(<dict>hashes, key, content):
+            return _route_shares_pure(routes, route_keys, keys, contents, hashes)
+        found = PyDict_GetItem(shares, recipient)
+        if found is NULL:
+            share = ([], [])
+            PyDict_SetItem(shares, recipient, share)
+            PyList_Append(reached, route)
+        else:
+            share = <tuple>found
+        PyList_Append(<list>share[0], key)
+        PyList_Append(<list>share[1], content)
+    return shares, reached

@@ -9,14 +9,16 @@ entries are encoded once per batch (:func:`batch_suffix`) and each message is on
 ``bytes.join`` of a constant prefix, the key, the content and that suffix.
 :func:`encode_frames` goes one step further and returns the WebSocket frames of all
 the messages a batch holds for one client as one buffer, so the gateway writes a
-client's share of a batch with one call (one ``send`` syscall) instead of one per message.
+client's share of a batch with one call (one ``send`` syscall) instead of one per message;
+:func:`deliver_shares` does that for every recipient of a batch in one call.
 The same compiled module also holds the twin of
 :func:`icws_fast.protocol.session.envelope_span`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from icws_fast import _ext
 from icws_fast.ic.cbor import write_head
@@ -66,7 +68,38 @@ def encode_frames_pure(keys: Sequence[bytes], contents: Sequence[bytes], suffix:
     return b"".join(parts)
 
 
+class Recipient(Protocol):
+    """A client connection the poller delivers to."""
+
+    def deliver(self, frames: bytes, count: int) -> None:
+        """Send ``count`` CanisterToClientMessages, its share of one batch, as WebSocket frames (never blocks).
+
+        ``frames`` are complete binary frames (:func:`encode_frames`), written to the socket as they are. A
+        recipient gets one call per batch, and judges there whether its client keeps up (the backlog left from the
+        earlier batches), since one batch may legitimately be larger than any per-client limit.
+        """
+
+
+def deliver_shares_pure(
+    shares: Mapping[Recipient, tuple[Sequence[bytes], Sequence[bytes]]], suffix: bytes
+) -> tuple[int, int]:
+    """Hand each recipient its share ``(keys, contents)`` of one batch as frames (:func:`encode_frames`, ``suffix``
+    the batch's :func:`batch_suffix`), with one :meth:`Recipient.deliver` call each, in the order of ``shares``.
+
+    Returns the messages and the frame bytes handed out.
+    """
+    sent = 0
+    sent_bytes = 0
+    for recipient, (keys, contents) in shares.items():
+        frames = encode_frames_pure(keys, contents, suffix)
+        recipient.deliver(frames, len(keys))
+        sent += len(keys)
+        sent_bytes += len(frames)
+    return sent, sent_bytes
+
+
 # The compiled twins (icws_fast/_ext/_fanout.pyx) take over unless ICWS_FAST_PURE=1.
 batch_suffix = _ext.twin("_fanout", batch_suffix_pure)
 encode_message = _ext.twin("_fanout", encode_message_pure)
 encode_frames = _ext.twin("_fanout", encode_frames_pure)
+deliver_shares = _ext.twin("_fanout", deliver_shares_pure)

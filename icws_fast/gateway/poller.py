@@ -18,6 +18,7 @@ from typing import Protocol, Unpack
 
 from icws_fast.errors import IcwsError
 from icws_fast.gateway import fanout
+from icws_fast.gateway.fanout import Recipient
 from icws_fast.gateway.metrics import GatewayMetrics
 from icws_fast.gateway.tracing import span
 from icws_fast.ic.principal import Principal
@@ -32,19 +33,6 @@ class PollingAgent(Protocol):
     """What the poller needs from :class:`icws_fast.ic.agent.Agent`."""
 
     async def query(self, canister_id: Principal, method: str, arg: bytes) -> bytes: ...
-
-
-class Recipient(Protocol):
-    """A client connection the poller delivers to."""
-
-    def deliver(self, frames: bytes, count: int) -> None:
-        """Send ``count`` CanisterToClientMessages, its share of one batch, as WebSocket frames (never blocks).
-
-        ``frames`` are complete binary frames (:func:`icws_fast.gateway.fanout.encode_frames`), written to the
-        socket as they are. A recipient gets one call per batch, and judges there whether its client keeps
-        up (the backlog left from the earlier batches), since one batch may legitimately be larger than any
-        per-client limit.
-        """
 
 
 def _consume(task: asyncio.Task[bytes]) -> None:
@@ -168,14 +156,7 @@ class CanisterPoller:
             self._deliver(step)
 
     def _deliver(self, step: Step[Recipient]) -> None:
-        suffix = fanout.batch_suffix(step.cert, step.tree)
-        sent = 0
-        sent_bytes = 0
-        for recipient, (keys, contents) in step.shares.items():
-            frames = fanout.encode_frames(keys, contents, suffix)
-            recipient.deliver(frames, len(keys))
-            sent += len(keys)
-            sent_bytes += len(frames)
+        sent, sent_bytes = fanout.deliver_shares(step.shares, fanout.batch_suffix(step.cert, step.tree))
         # Once per batch, not per recipient.
         self._messages_out.inc(sent)
         self._bytes_out.inc(sent_bytes)

@@ -27,9 +27,10 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSU
 
 from icws_fast.errors import AgentError, IcwsError
 from icws_fast.gateway.config import POLL_CONNECTIONS, GatewayConfig
+from icws_fast.gateway.fanout import Recipient
 from icws_fast.gateway.forwarded import client_address
 from icws_fast.gateway.metrics import GatewayMetrics, HealthServer
-from icws_fast.gateway.poller import CanisterFailure, CanisterPoller, Recipient
+from icws_fast.gateway.poller import CanisterFailure, CanisterPoller
 from icws_fast.gateway.slots import CallSlots
 from icws_fast.gateway.tracing import NO_SPAN, TraceSpan, span, span_context, start_span
 from icws_fast.ic.agent import Agent

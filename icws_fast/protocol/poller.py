@@ -51,10 +51,11 @@ Resynchronisation, when the canister's queue really moved (certified by the subn
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypedDict, TypeVar
 
+from icws_fast import _ext
 from icws_fast.errors import (
     AgentTimeout,
     CertificateError,
@@ -65,7 +66,7 @@ from icws_fast.errors import (
     RejectError,
 )
 from icws_fast.ic.principal import Principal
-from icws_fast.protocol.certified import BatchVerifier, check_messages
+from icws_fast.protocol.certified import BatchVerifier, check_messages_pure
 from icws_fast.protocol.relay import RETRYABLE_REJECT_CODES
 from icws_fast.protocol.types import PolledBatch, decode_polled_batch
 
@@ -389,22 +390,7 @@ class PollState(Generic[R]):
         self, batch: PolledBatch, hashes: Mapping[bytes, bytes] | None
     ) -> dict[R, tuple[list[bytes], list[bytes]]]:
         """Each routed recipient's (keys, contents) in batch order; raises unless every one of them is certified."""
-        routes = self.routes
-        shares: dict[R, tuple[list[bytes], list[bytes]]] = {}
-        reached: list[bytes] = []  # the route keys of the recipients
-        for route, key, content in zip(batch.route_keys, batch.keys, batch.contents, strict=True):
-            recipient = routes.get(route)
-            if recipient is None:
-                continue
-            share = shares.get(recipient)
-            if share is None:
-                share = shares[recipient] = ([], [])
-                reached.append(route)
-            share[0].append(key)
-            share[1].append(content)
-        if hashes is not None:
-            for keys, contents in shares.values():
-                check_messages(hashes, keys, contents)
+        shares, reached = route_shares(self.routes, batch.route_keys, batch.keys, batch.contents, hashes)
         joined = self._joined
         if joined:  # a client whose first message is here no longer waits for it
             for route in reached:
@@ -442,6 +428,44 @@ class PollState(Generic[R]):
         if not batch.is_end_of_queue and batch.last_nonce + 1 < self.expected:
             self._probe = batch.last_nonce + 1  # the client's message may lie further on: read on
         return Step()
+
+
+def route_shares_pure(
+    routes: Mapping[bytes, R],
+    route_keys: Sequence[bytes],
+    keys: Sequence[bytes],
+    contents: Sequence[bytes],
+    hashes: Mapping[bytes, bytes] | None,
+) -> tuple[dict[R, tuple[list[bytes], list[bytes]]], list[bytes]]:
+    """Share out the messages ``(route_keys[i], keys[i], contents[i])`` of one batch to their recipients.
+
+    ``routes`` maps a route key to its recipient; a message whose route key has none is left out. The result:
+    each recipient's (keys, contents) in batch order, and the route keys that reached a recipient (the first of
+    each, in the order of the recipients). Raises :class:`~icws_fast.errors.CertificateError` unless ``hashes``
+    (a :meth:`~icws_fast.protocol.certified.BatchVerifier.verify` result; None: no checks) certifies every
+    message that reached a recipient, as :func:`~icws_fast.protocol.certified.check_messages` does each share.
+    """
+    shares: dict[R, tuple[list[bytes], list[bytes]]] = {}
+    reached: list[bytes] = []
+    for route, key, content in zip(route_keys, keys, contents, strict=True):
+        recipient = routes.get(route)
+        if recipient is None:
+            continue
+        share = shares.get(recipient)
+        if share is None:
+            share = shares[recipient] = ([], [])
+            reached.append(route)
+        share[0].append(key)
+        share[1].append(content)
+    if hashes is not None:
+        for share_keys, share_contents in shares.values():
+            check_messages_pure(hashes, share_keys, share_contents)
+    return shares, reached
+
+
+# The compiled twin (icws_fast/_ext/_wsbatch.pyx: the routing, the content hashes and the shares in one pass
+# without the interpreter) takes over unless ICWS_FAST_PURE=1.
+route_shares = _ext.twin("_wsbatch", route_shares_pure)
 
 
 def _certifies(hashes: Mapping[bytes, bytes] | None, key: bytes, nonce: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import pytest
 
 from icws_fast.gateway import fanout
@@ -93,3 +95,83 @@ def test_non_bytes_are_a_type_error(impl, bad):
         impl.encode_frames([b"k"], [bad], b"")
     with pytest.raises(TypeError):
         impl.batch_suffix(bad, b"")
+
+
+class Recorder:
+    """A recipient that keeps what it is handed (and, when told, fails or changes the shares while handed)."""
+
+    def __init__(self, log: list[tuple[str, bytes, int]], name: str, action=None) -> None:
+        self.log, self.name, self.action = log, name, action
+
+    def deliver(self, frames: bytes, count: int) -> None:
+        self.log.append((self.name, frames, count))
+        if self.action is not None:
+            self.action()
+
+
+def _delivered(deliver_shares, make_shares, suffix):
+    """What ``deliver_shares`` returned or raised, and what each recipient was handed (by name)."""
+    log: list[tuple[str, bytes, int]] = []
+    result = twins.outcome(deliver_shares, make_shares(log), suffix)
+    if result[:2] == ("raised", TypeError):
+        result = result[:2]  # the encode_frames twins word a type error each their own way (see above)
+    return result, log
+
+
+def _share_cases():
+    keys = [f"gw_{i:020d}".encode() for i in range(6)]
+    contents = [bytes([i]) * (i * 50) for i in range(6)]
+
+    def plain(log):
+        return {Recorder(log, "a"): (keys[:3], contents[:3]), Recorder(log, "b"): (keys[3:4], contents[3:4])}
+
+    def empty_share(log):
+        return {Recorder(log, "a"): ([], []), Recorder(log, "b"): (tuple(keys), tuple(contents))}
+
+    def fails(log):
+        def boom():
+            raise ConnectionError("gone")
+
+        return {Recorder(log, "a"): (keys[:1], contents[:1]), Recorder(log, "b", boom): (keys[1:2], contents[1:2])}
+
+    def grows(log):
+        shares = {}
+        shares[Recorder(log, "a", lambda: shares.setdefault(Recorder(log, "c"), ([], [])))] = (keys[:1], contents[:1])
+        shares[Recorder(log, "b")] = (keys[1:2], contents[1:2])
+        return shares
+
+    def uneven(log):
+        return {Recorder(log, "a"): (keys[:1], contents[:1]), Recorder(log, "b"): (keys[:2], contents[:1])}
+
+    def not_bytes(log):
+        return {Recorder(log, "a"): (keys[:1], contents[:1]), Recorder(log, "b"): (["text"], [b"x"])}
+
+    def not_a_pair(log):
+        return {Recorder(log, "a"): (keys[:1], contents[:1], b"extra")}
+
+    def proxy(log):
+        return MappingProxyType(plain(log))
+
+    return [plain, empty_share, fails, grows, uneven, not_bytes, not_a_pair, proxy, lambda log: {}]
+
+
+@pytest.mark.parametrize("make_shares", _share_cases())
+def test_deliver_shares_twins_agree(make_shares):
+    suffix = fanout.batch_suffix_pure(b"C" * 300, b"T" * 200)
+    compiled = twins.compiled(fanout, "deliver_shares")
+    expected, handed = _delivered(fanout.deliver_shares_pure, make_shares, suffix)
+    assert _delivered(compiled, make_shares, suffix) == (expected, handed)
+
+
+@pytest.mark.parametrize("impl", twins.implementations(fanout, "deliver_shares", "encode_frames"))
+def test_deliver_shares_hands_each_recipient_its_frames(impl):
+    log: list[tuple[str, bytes, int]] = []
+    keys = [f"gw_{i:020d}".encode() for i in range(5)]
+    contents = [b"x" * i for i in range(5)]
+    suffix = fanout.batch_suffix_pure(b"CERT", b"TREE")
+    shares = {Recorder(log, "a"): (keys[:2], contents[:2]), Recorder(log, "b"): (keys[2:], contents[2:])}
+    sent, sent_bytes = impl.deliver_shares(shares, suffix)
+    assert [(name, count) for name, _, count in log] == [("a", 2), ("b", 3)]
+    assert log[0][1] == impl.encode_frames(keys[:2], contents[:2], suffix)
+    assert log[1][1] == impl.encode_frames(keys[2:], contents[2:], suffix)
+    assert (sent, sent_bytes) == (5, len(log[0][1]) + len(log[1][1]))
