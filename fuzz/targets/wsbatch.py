@@ -3,7 +3,8 @@
 Input: the Candid reply as a canister (or a replica in between) sends it, read as the gateway's poller reads
 it (``decode_polled_batch``: route keys, keys and their nonces) and as named tuples
 (``decode_get_messages_result``, whose keys then go through ``parse_message_nonce``). The polled messages are
-then checked (``check_messages``) against hashes that certify every other one.
+then checked (``check_messages``) against hashes that certify every other one, and routed to some of their clients
+with those checks (``route_shares``, ``protocol.poller``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from icws_fast import _ext
 from icws_fast.errors import IcwsError, ProtocolDecodeError
 from icws_fast.ic import candid
 from icws_fast.protocol.certified import check_messages_pure
+from icws_fast.protocol.poller import route_shares_pure
 from icws_fast.protocol.types import (
     CanisterOutputCertifiedMessages,
     CanisterOutputMessage,
@@ -36,6 +38,7 @@ _COMPILED = _ext.compiled("_wsbatch")
 _DECODE = _COMPILED.decode_get_messages_result if _COMPILED else None
 _POLLED = _COMPILED.decode_polled_batch if _COMPILED else None
 _CHECK = _COMPILED.check_messages if _COMPILED else None
+_ROUTE = _COMPILED.route_shares if _COMPILED else None
 # The reply of a CDK before 0.3.1: no is_end_of_queue.
 _OLD_RESULT = candid.parse_args(
     "(variant { Ok : record { messages : vec record { client_key : record { client_principal : principal;"
@@ -50,6 +53,12 @@ def one_input(data: bytes) -> None:
             key: hashlib.sha256(content).digest() if i % 2 else b"\x00" * 32
             for i, (key, content) in enumerate(zip(polled.keys, polled.contents, strict=True))
         }
+        # Every other client connected (recipients are small ints here), without checks and with them.
+        routes = {route: i % 3 for i, route in enumerate(polled.route_keys[::2])}
+        args = (routes, polled.route_keys, polled.keys, polled.contents)
+        twins("route_shares", route_shares_pure, _ROUTE, *args, None)
+        with contextlib.suppress(IcwsError):  # a message of a connected client that is not certified
+            twins("route_shares", route_shares_pure, _ROUTE, *args, hashes)
         for start in (1, 0):  # the certified messages, then the others (an error ends the loop)
             keys, contents = polled.keys[start::2], polled.contents[start::2]
             twins("check_messages", check_messages_pure, _CHECK, hashes, keys, contents)
