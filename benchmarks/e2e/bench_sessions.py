@@ -20,6 +20,9 @@ canister's first message (the session is open when that arrives). The sessions t
 * with ``--timeline S``, **the stages' timeline**: the seconds from the signal until 1 %, half, and all, of the
   sessions were connected (upgraded and admitted), had their ``ws_open`` relayed (the IC's verdict back) and had a
   canister message delivered, from the gateway's ``/metrics`` read every S seconds;
+* **the gateway's GC** from the signal to the settled sessions: collections per generation and their pauses (wall
+  time: the loop waits), the longest pause and those of 10 ms or more, and the objects the collector tracks per
+  session and frozen, from a probe loaded into the gateway (``gcprobe/sitecustomize.py``, read on ``SIGUSR2``);
 * **accept-queue overflows**: the longest accept queue of the gateway's listener seen (``ss``, every 0.1 s) against
   its backlog, and the kernel's ``ListenOverflows`` and ``ListenDrops`` (``/proc/net/netstat``,
   counted for the whole network namespace, so other listeners on the machine show up too) before and after.
@@ -36,8 +39,10 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 import resource
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -65,6 +70,8 @@ _MODULE = "benchmarks.e2e.bench_sessions"
 _CANISTER = "test"  # the devnet's ping-pong demo canister
 _OPEN_TIMEOUT_S = 120.0  # a client gives up on a session not open by then (it counts as failed)
 _SETTLE_S = 3.0  # after the last open, before the gateway's RSS is read: relays and polls finish
+# The GC probe (a sitecustomize) put in front of the gateway's own PYTHONPATH: see gcprobe/sitecustomize.py.
+GC_PROBE_DIR = Path(__file__).with_name("gcprobe")
 # The stages of an open, as the gateway counts them: the connection upgraded and admitted, its ws_open relayed (the
 # IC's verdict came back), and a canister message written to it (the first one opens the session).
 _STAGES = {
@@ -257,6 +264,49 @@ def _stage_times(samples: list[tuple[float, dict[str, float]]], n: int) -> dict[
     return times
 
 
+def _read_gc_probe(pid: int, out: Path, timeout: float) -> dict[str, Any]:
+    out.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while not out.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the GC probe of process {pid} wrote nothing to {out} within {timeout:g} s")
+        time.sleep(0.05)
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+async def read_gc_probe(pid: int, out: Path, timeout: float = 60) -> dict[str, Any]:
+    """What the GC probe of process ``pid`` says now (it writes ``out`` on SIGUSR2; listing what it tracks takes a
+    while with hundreds of thousands of objects)."""
+    return await asyncio.to_thread(_read_gc_probe, pid, out, timeout)
+
+
+def gc_figures(before: dict[str, Any], after: dict[str, Any], sessions: int) -> dict[str, Any]:
+    """The collections between two probe reports (per generation: how many, total and longest pause), the longest
+    pause and those of 10 ms or more among them, and the tracked objects added per session."""
+    gens = [
+        {
+            "collections": a["collections"] - b["collections"],
+            "total_s": a["total_s"] - b["total_s"],
+            "max_s": a["max_s"],  # since start; the probe's own start-up collections are short
+        }
+        for b, a in zip(before["generations"], after["generations"], strict=True)
+    ]
+    long_pauses = after["long_pauses"][len(before["long_pauses"]) :]
+    return {
+        "generations": gens,
+        "total_s": sum(g["total_s"] for g in gens),
+        "max_s": max((p["seconds"] for p in long_pauses), default=max(g["max_s"] for g in gens)),
+        "long_pauses_s": [p["seconds"] for p in long_pauses],
+        "tracked_before": before["tracked"],
+        "tracked_after": after["tracked"],
+        "frozen_after": after["frozen"],
+        "tracked_per_session": (after["tracked"] - before["tracked"]) / max(sessions, 1),
+        "top_types": after["top_types"],
+    }
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -278,9 +328,9 @@ class Leg:
 async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, workdir: Path) -> None:
     """Open ``leg.sessions`` sessions on a fresh replica and gateway (the gateway's code from ``gateway_src``)."""
     n = leg.sessions
-    env = {"RUST_LOG_FILE": "warn"}
-    if gateway_src is not None:
-        env["PYTHONPATH"] = str(gateway_src)
+    probe_out = workdir / "gc-probe.json"
+    paths = [GC_PROBE_DIR] if gateway_src is None else [GC_PROBE_DIR, gateway_src]
+    env = {"RUST_LOG_FILE": "warn", "ICWS_GC_PROBE": str(probe_out), "PYTHONPATH": os.pathsep.join(map(str, paths))}
     limits = ["--max-clients", str(n + 100), "--max-clients-per-ip", str(n + 100), *args.gateway_arg]
     with contextlib.ExitStack() as children:
         replica = children.enter_context(DevnetProcess(address="127.0.0.1:0", round_ms=args.round_ms))
@@ -295,6 +345,7 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
             await worker.wait_for_line_async("ready", timeout=600)
         await asyncio.sleep(1.0)  # the gateway settles after start-up
         pids = {"gateway": gateway.pid, "replica": replica.pid} | {f"clients{i}": w.pid for i, w in enumerate(workers)}
+        gc0 = await read_gc_probe(gateway.pid, probe_out)
         rss0 = _status_kib(gateway.pid, "VmRSS")
         listen0 = listen_counters()
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -319,6 +370,7 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         await asyncio.sleep(_SETTLE_S)
         rss1 = _status_kib(gateway.pid, "VmRSS")
         hwm = _status_kib(gateway.pid, "VmHWM")
+        gc1 = await read_gc_probe(gateway.pid, probe_out)
         listen1 = listen_counters()
         connected = await gateway.metric("clients_connected")
         for worker in workers:
@@ -354,6 +406,7 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
         "accept_queue_peak": accept_queue[0],
         "accept_backlog": accept_queue[1],
         "stage_seconds": _stage_times(samples, n) if args.timeline else None,
+        "gc": gc_figures(gc0, gc1, opened),
     }
 
 
@@ -379,6 +432,20 @@ def report(leg: Leg) -> None:
             for stage, times in f["stage_seconds"].items()
         )
         print(f"  seconds from the go to 1 %/half/all of the sessions (gateway's /metrics): {stages}")
+    g = f["gc"]
+    per_gen = ", ".join(
+        f"gen{i} {x['collections']} ({x['total_s'] * 1000:.0f} ms)" for i, x in enumerate(g["generations"])
+    )
+    print(
+        f"  gateway GC from the go to the settled sessions: {per_gen}; {g['total_s'] * 1000:.0f} ms in all, longest"
+        f" pause {g['max_s'] * 1000:.1f} ms, {len(g['long_pauses_s'])} of 10 ms or more"
+        f" ({', '.join(f'{p * 1000:.0f}' for p in g['long_pauses_s']) or '-'} ms)"
+    )
+    print(
+        f"  GC-tracked objects {g['tracked_before']} -> {g['tracked_after']} ({g['tracked_per_session']:.1f} per"
+        f" session; {g['frozen_after']} frozen); most tracked: "
+        + ", ".join(f"{name} {count}" for name, count in g["top_types"][:6])
+    )
     print(
         f"  gateway's accept queue: at most {f['accept_queue_peak']} of {f['accept_backlog']} (read every 0.1 s); "
         f"namespace-wide ListenOverflows +{f['listen_overflows']}, ListenDrops +{f['listen_drops']}"
