@@ -48,7 +48,17 @@ from typing import Any, Final
 
 from benchmarks.e2e.capacity_clients import read_records
 from benchmarks.e2e.synthetic_replica import DEFAULT_BATCH as BATCH
-from benchmarks.e2e.workers import KERNEL, CpuTimeline, Profiler, profile_dir, spawn_role, split
+from benchmarks.e2e.workers import (
+    KERNEL,
+    CpuTimeline,
+    Profiler,
+    gc_figures,
+    gc_probe_env,
+    profile_dir,
+    read_gc_probe,
+    spawn_role,
+    split,
+)
 from icws_fast.gateway.identity import key_file
 from icws_fast.ic.identity import Ed25519Identity
 from tests.processes import Child, ChildProcessFailed, GatewayProcess
@@ -294,7 +304,8 @@ class Run:
             )
         )
         info = json.loads(await replica.wait_for_line_async("{"))
-        env = {"RUST_LOG_FILE": "warn"} | ({"PYTHONPATH": str(src)} if src is not None else {})
+        probe_out = out / "gc-probe.json"
+        env = {"RUST_LOG_FILE": "warn"} | gc_probe_env(probe_out, src)
         flags = ["--polling-interval", str(args.polling_interval), "--max-clients-per-ip", str(point.clients + 10)]
         flags += ["--poll-pipeline-depth", str(args.pipeline), "--max-send-buffer", str(args.max_send_buffer)]
         gateway = GatewayProcess(info["url"], self.workdir / "data", extra_args=flags, env=env, workers=workers)
@@ -320,6 +331,8 @@ class Run:
                 f"clients{i}": c.pid for i, c in enumerate(clients)
             }
             profiler = Profiler(args.profile, args.seconds)
+            # With workers the probe is in each worker and the supervisor, and only the supervisor's pid is known.
+            gc0 = None if workers_pids else await read_gc_probe(gateway.pid, probe_out)
             with CpuTimeline(pids) as timeline:
                 replica.send_line("go")
                 go = float((await replica.wait_for_line_async("go ")).split()[1])
@@ -328,6 +341,7 @@ class Run:
                 drain = stream["messages"] / (rate or MIN_RATE) + 30
                 leg.notes += await _await_done(clients, drain)
             profiler.report()
+            gc1 = None if gc0 is None else await read_gc_probe(gateway.pid, probe_out)
             paths, leg.faults = await _reports(clients, out, "gateway")
             replica.send_line(f"dump {out}")
             await replica.wait_for_line_async("dumped", SETUP_TIMEOUT_S)
@@ -341,6 +355,8 @@ class Run:
         if workers_pids and leg.messages:
             leg.workers_cpu_us_per_msg = sum(timeline.cpu(w, start, start + leg.seconds) for w in workers_pids)
             leg.workers_cpu_us_per_msg *= 1e6 / leg.messages
+        if gc0 is not None and gc1 is not None:
+            leg.notes.append(_gc_note(gc_figures(gc0, gc1, point.clients, (start, start + leg.seconds))))
         lo, hi = records.window(start, start + leg.seconds)
         (queue, *more) = replica_record["streams"]
         if more:  # the clients' records do not say which queue (worker) a message came through
@@ -434,6 +450,15 @@ def _print_point(point: Point, legs: list[Leg], ratios: dict[str, dict[str, floa
             )
         for note in leg.notes:
             print(f"    {note}")
+
+
+def _gc_note(gc: dict[str, Any]) -> str:
+    per_gen = ", ".join(
+        f"gen{i} {g['collections']} ({g['total_s'] * 1000:.0f} ms, longest {g['max_s'] * 1000:.1f})"
+        for i, g in enumerate(gc["generations"])
+    )
+    pauses = ", ".join(f"{p * 1000:.0f}" for p in gc["long_pauses_s"]) or "none"
+    return f"gateway GC from the go (longest: since start-up): {per_gen}; pauses of 10 ms+ in the window: {pauses}"
 
 
 async def measure_point(args: argparse.Namespace, point: Point) -> dict[str, Any]:

@@ -39,10 +39,8 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import resource
 import secrets
-import signal
 import sys
 import tempfile
 import time
@@ -53,7 +51,7 @@ from typing import Any
 import aiohttp
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from benchmarks.e2e.workers import Profiler, profile_dir
+from benchmarks.e2e.workers import Profiler, gc_figures, gc_probe_env, profile_dir, read_gc_probe
 from icws_fast.ic.envelope import build_envelope, call_content
 from icws_fast.ic.identity import Ed25519Identity
 from icws_fast.ic.principal import Principal
@@ -70,8 +68,6 @@ _MODULE = "benchmarks.e2e.bench_sessions"
 _CANISTER = "test"  # the devnet's ping-pong demo canister
 _OPEN_TIMEOUT_S = 120.0  # a client gives up on a session not open by then (it counts as failed)
 _SETTLE_S = 3.0  # after the last open, before the gateway's RSS is read: relays and polls finish
-# The GC probe (a sitecustomize) put in front of the gateway's own PYTHONPATH: see gcprobe/sitecustomize.py.
-GC_PROBE_DIR = Path(__file__).with_name("gcprobe")
 # The stages of an open, as the gateway counts them: the connection upgraded and admitted, its ws_open relayed (the
 # IC's verdict came back), and a canister message written to it (the first one opens the session).
 _STAGES = {
@@ -264,49 +260,6 @@ def _stage_times(samples: list[tuple[float, dict[str, float]]], n: int) -> dict[
     return times
 
 
-def _read_gc_probe(pid: int, out: Path, timeout: float) -> dict[str, Any]:
-    out.unlink(missing_ok=True)
-    os.kill(pid, signal.SIGUSR2)
-    deadline = time.monotonic() + timeout
-    while not out.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the GC probe of process {pid} wrote nothing to {out} within {timeout:g} s")
-        time.sleep(0.05)
-    report: dict[str, Any] = json.loads(out.read_text())
-    return report
-
-
-async def read_gc_probe(pid: int, out: Path, timeout: float = 60) -> dict[str, Any]:
-    """What the GC probe of process ``pid`` says now (it writes ``out`` on SIGUSR2; listing what it tracks takes a
-    while with hundreds of thousands of objects)."""
-    return await asyncio.to_thread(_read_gc_probe, pid, out, timeout)
-
-
-def gc_figures(before: dict[str, Any], after: dict[str, Any], sessions: int) -> dict[str, Any]:
-    """The collections between two probe reports (per generation: how many, total and longest pause), the longest
-    pause and those of 10 ms or more among them, and the tracked objects added per session."""
-    gens = [
-        {
-            "collections": a["collections"] - b["collections"],
-            "total_s": a["total_s"] - b["total_s"],
-            "max_s": a["max_s"],  # since start; the probe's own start-up collections are short
-        }
-        for b, a in zip(before["generations"], after["generations"], strict=True)
-    ]
-    long_pauses = after["long_pauses"][len(before["long_pauses"]) :]
-    return {
-        "generations": gens,
-        "total_s": sum(g["total_s"] for g in gens),
-        "max_s": max((p["seconds"] for p in long_pauses), default=max(g["max_s"] for g in gens)),
-        "long_pauses_s": [p["seconds"] for p in long_pauses],
-        "tracked_before": before["tracked"],
-        "tracked_after": after["tracked"],
-        "frozen_after": after["frozen"],
-        "tracked_per_session": (after["tracked"] - before["tracked"]) / max(sessions, 1),
-        "top_types": after["top_types"],
-    }
-
-
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -329,8 +282,7 @@ async def run_leg(args: argparse.Namespace, leg: Leg, gateway_src: Path | None, 
     """Open ``leg.sessions`` sessions on a fresh replica and gateway (the gateway's code from ``gateway_src``)."""
     n = leg.sessions
     probe_out = workdir / "gc-probe.json"
-    paths = [GC_PROBE_DIR] if gateway_src is None else [GC_PROBE_DIR, gateway_src]
-    env = {"RUST_LOG_FILE": "warn", "ICWS_GC_PROBE": str(probe_out), "PYTHONPATH": os.pathsep.join(map(str, paths))}
+    env = {"RUST_LOG_FILE": "warn"} | gc_probe_env(probe_out, gateway_src)
     limits = ["--max-clients", str(n + 100), "--max-clients-per-ip", str(n + 100), *args.gateway_arg]
     with contextlib.ExitStack() as children:
         replica = children.enter_context(DevnetProcess(address="127.0.0.1:0", round_ms=args.round_ms))

@@ -11,19 +11,23 @@ import argparse
 import asyncio
 import collections
 import itertools
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from tests.processes import Child, cpu_times
 
 BIN = Path(sys.executable).parent
+# The GC probe (a sitecustomize) put in front of a gateway's own PYTHONPATH: see gcprobe/sitecustomize.py.
+GC_PROBE_DIR = Path(__file__).with_name("gcprobe")
 
 
 async def stdin_reader() -> asyncio.StreamReader:
@@ -186,3 +190,58 @@ class Profiler:
             for leaf, samples in self_time.most_common(15):
                 print(f"  {samples / max(total, 1) * 100:5.1f}%  {leaf}")
         self.procs.clear()
+
+
+def _read_gc_probe(pid: int, out: Path, timeout: float) -> dict[str, Any]:
+    out.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while not out.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the GC probe of process {pid} wrote nothing to {out} within {timeout:g} s")
+        time.sleep(0.05)
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+async def read_gc_probe(pid: int, out: Path, timeout: float = 60) -> dict[str, Any]:
+    """What the GC probe of process ``pid`` says now (it writes ``out`` on SIGUSR2; listing what it tracks takes a
+    while with hundreds of thousands of objects)."""
+    return await asyncio.to_thread(_read_gc_probe, pid, out, timeout)
+
+
+def gc_probe_env(out: Path, src: Path | None) -> dict[str, str]:
+    """The environment that loads the GC probe into a gateway (whose ``icws_fast`` is in ``src``, else this tree's)
+    and has it write to ``out``."""
+    paths = [GC_PROBE_DIR] if src is None else [GC_PROBE_DIR, src]
+    return {"ICWS_GC_PROBE": str(out), "PYTHONPATH": os.pathsep.join(map(str, paths))}
+
+
+def gc_figures(
+    before: dict[str, Any], after: dict[str, Any], sessions: int, window: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """The collections between two probe reports (per generation: how many, total and longest pause), the longest
+    pause and those of 10 ms or more among them (those that began in ``window``, monotonic times, if given), and
+    the tracked objects added per session."""
+    gens = [
+        {
+            "collections": a["collections"] - b["collections"],
+            "total_s": a["total_s"] - b["total_s"],
+            "max_s": a["max_s"],  # since start; the probe's own start-up collections are short
+        }
+        for b, a in zip(before["generations"], after["generations"], strict=True)
+    ]
+    long_pauses = after["long_pauses"][len(before["long_pauses"]) :]
+    if window is not None:
+        long_pauses = [p for p in long_pauses if window[0] <= p["at"] < window[1]]
+    return {
+        "generations": gens,
+        "total_s": sum(g["total_s"] for g in gens),
+        "max_s": max((p["seconds"] for p in long_pauses), default=max(g["max_s"] for g in gens)),
+        "long_pauses_s": [p["seconds"] for p in long_pauses],
+        "tracked_before": before["tracked"],
+        "tracked_after": after["tracked"],
+        "frozen_after": after["frozen"],
+        "tracked_per_session": (after["tracked"] - before["tracked"]) / max(sessions, 1),
+        "top_types": after["top_types"],
+    }
