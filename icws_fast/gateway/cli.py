@@ -19,7 +19,7 @@ from typing import Any
 from icws_fast import cliconfig
 from icws_fast.errors import AgentTimeout, ConfigError, TransportError
 from icws_fast.gateway.config import GatewayConfig
-from icws_fast.gateway.heap import freeze_startup_heap, keep_freed_heap
+from icws_fast.gateway.heap import audit_periodically, keep_freed_heap, start_gc_policy
 from icws_fast.gateway.identity import key_file, load_or_create_identity
 from icws_fast.gateway.logs import setup_logging
 from icws_fast.gateway.server import Gateway
@@ -61,8 +61,10 @@ async def _serve(config: GatewayConfig, identity: Ed25519Identity, *, worker: in
         with contextlib.suppress(Exception):
             await gateway.agent.close()
         return 1
-    # Before the first client: the start-up objects are out of the full collections' walk (see heap.py).
-    freeze_startup_heap()
+    # Before the first client: the start-up objects are out of the full collections' walk, and so will be what
+    # outlives each full collection; an audit now and then finds the cycles formed among them (see heap.py).
+    start_gc_policy()
+    audit = loop.create_task(audit_periodically())
     if worker is None:
         scheme = "ws" if config.tls_certificate_pem_path is None else "wss"
         print(
@@ -72,6 +74,7 @@ async def _serve(config: GatewayConfig, identity: Ed25519Identity, *, worker: in
         )
     await stop.wait()
     log.info("signal received: draining")
+    audit.cancel()
     await gateway.drain()
     return 0
 
