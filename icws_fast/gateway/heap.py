@@ -35,8 +35,8 @@ that includes an object frozen while it was alive is never collected, until :fun
 pause CPython's policy had every few thousand sessions, here once an hour) and freezes the survivors again. A
 session closed leaves no cycle (``tests/gateway/test_heap.py`` checks it, graceful and abrupt closes, through a
 gateway process): what is left to the audit are the rare cycles other code makes around long-lived objects (an
-exception kept in a frame, a closed HTTP connection to the replica and its parser's bound methods), which
-otherwise would build up over months.
+exception kept in a frame, say; the agent's HTTP connections drop their parser when they close for this
+reason, ``tests/ic/test_http.py``), which otherwise would build up over months.
 """
 
 from __future__ import annotations

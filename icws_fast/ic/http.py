@@ -164,6 +164,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        # The parser holds this protocol for its callbacks: a cycle the gateway's GC policy would keep (frozen)
+        # until its hourly audit. Nothing parses after the connection is lost (asyncio calls no data_received).
+        del self._parser
         self.reusable = False
         self._client.forget(self)
         waiter, self._waiter = self._waiter, None

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import ssl
 import struct
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +170,32 @@ async def test_connection_close_is_honoured() -> None:
         assert await client.request("GET", "/", None, 5) == (200, b"answer")
         assert server.accepted == 2
         assert [seen.connection for seen in server.seen] == [0, 1]
+        await client.close()
+
+
+async def test_a_closed_connection_leaves_no_cycle() -> None:
+    # Refcounting alone frees a connection once the server closed it (the gateway freezes what survives a full
+    # collection, so a cycle would wait for its hourly audit: see icws_fast/gateway/heap.py).
+    server = ScriptedServer()
+    async with running(server) as url:
+        client = client_for(url)
+        assert await client.request("GET", "/", None, 5) == (200, b"answer")
+        (conn,) = client._idle
+        gone = weakref.ref(conn)
+        del conn
+        gc.disable()
+        try:
+            for writer in server.writers:
+                writer.close()
+            for _ in range(100):
+                if not client._idle:
+                    break
+                await asyncio.sleep(0.01)
+            assert not client._idle
+            await asyncio.sleep(0)  # let the loop drop the closed transport
+            assert gone() is None, "a closed connection is still alive without the cyclic GC"
+        finally:
+            gc.enable()
         await client.close()
 
 
