@@ -44,11 +44,13 @@ FLOORS = ROOT / "benchmarks" / "floors.json"
 EXT_DIR = ROOT / "icws_fast" / "_ext"
 
 # Calibration: a ratio may fall this many times the largest drop below the median seen over the calibration runs
-# (a few runs show less than the tail), and never less than MIN_NOISE (a ratio that hardly moved in a few runs
-# still moves with the machine's load: runs after a calibration at load 5-10 came 9 % below a floor whose own
-# runs had strayed 5 %).
+# (a few runs show less than the tail), and never less than MIN_NOISE: a ratio that hardly moved in back-to-back
+# runs still moves between machines' states. Fresh-clone CI runs of unchanged code on 2026-12-02 put
+# test_lookup_vector_trees 35-38 % below a floor whose 8 calibration runs had strayed 4 % (its compiled side's
+# fastest round 54 µs in one run, 85 µs in the next), and five more pairs 19-25 % below, in both the run and its
+# re-measure. A twin whose compiled side runs the pure code fails on its own check, whatever the allowance.
 NOISE_FACTOR = 2.0
-MIN_NOISE = 0.15
+MIN_NOISE = 0.40
 
 # The statistic of each side of a twin pair (pytest-benchmark's stats): its fastest round.
 STAT = "min"
