@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from icws_fast.devnet import Devnet
 from icws_fast.gateway.server import Gateway
@@ -28,7 +28,10 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 
         await asyncio.sleep(0.01)
 
 
-async def test_a_burst_of_opens_is_relayed_a_few_at_a_time_while_polls_go_on(devnet: Devnet) -> None:
+@contextlib.asynccontextmanager
+async def burst_of_opens(devnet: Devnet) -> AsyncIterator[tuple[FaultProxy, list[Awaitable[object]]]]:
+    """CLIENTS sessions opening at once through a gateway capped at CAP calls, each ws_open held HOLD_S by the
+    proxy, until CAP of them reached the replica; yields the proxy and the opens (the test awaits them)."""
     canister = devnet.canister_ids["test"]
     async with FaultProxy(devnet.url) as proxy:
         proxy.fault("delay", endpoint="call", method="ws_open", delay_s=HOLD_S)
@@ -37,21 +40,22 @@ async def test_a_burst_of_opens_is_relayed_a_few_at_a_time_while_polls_go_on(dev
             url = f"ws://127.0.0.1:{gateway.port}"
             clients = [await RawClient.connect(url) for _ in range(CLIENTS)]
             opening: list[Awaitable[object]] = [asyncio.ensure_future(c.open(canister, timeout=60)) for c in clients]
-
-            def opens() -> int:
-                return proxy.seen[("call", "ws_open")]
-
-            await wait_until(lambda: opens() == CAP, f"{CAP} ws_open calls reach the replica")
-            polls = proxy.seen[("query", "ws_get_messages")]
-            # While those are held, no further ws_open goes out, and the poller keeps polling beside them.
-            await wait_until(lambda: proxy.seen[("query", "ws_get_messages")] > polls + 3, "the poller polls again")
-            assert opens() == CAP
-            await asyncio.gather(*opening)  # every session opens in the end, CAP at a time
-            assert opens() == CLIENTS
+            await wait_until(lambda: proxy.seen[("call", "ws_open")] == CAP, f"{CAP} ws_open calls reach the replica")
+            yield proxy, opening
             for client in clients:
                 client.close()
         finally:
             await gateway.drain()
+
+
+async def test_a_burst_of_opens_is_relayed_a_few_at_a_time_while_polls_go_on(devnet: Devnet) -> None:
+    async with burst_of_opens(devnet) as (proxy, opening):
+        polls = proxy.seen[("query", "ws_get_messages")]
+        # While those are held, no further ws_open goes out, and the poller keeps polling beside them.
+        await wait_until(lambda: proxy.seen[("query", "ws_get_messages")] > polls + 3, "the poller polls again")
+        assert proxy.seen[("call", "ws_open")] == CAP
+        await asyncio.gather(*opening)  # every session opens in the end, CAP at a time
+        assert proxy.seen[("call", "ws_open")] == CLIENTS
 
 
 def ws_closes(gateway: Gateway, outcome: str) -> float:
@@ -65,23 +69,11 @@ def relay_tasks() -> int:
 
 async def test_sessions_waiting_for_a_call_slot_hold_no_task(devnet: Devnet) -> None:
     """Thousands of sessions open at once: those waiting for a slot cost a queue entry, not a parked task."""
-    canister = devnet.canister_ids["test"]
-    async with FaultProxy(devnet.url) as proxy:
-        proxy.fault("delay", endpoint="call", method="ws_open", delay_s=HOLD_S)
-        gateway = await start_gateway(proxy.url, agent_root_key=devnet.root_key_der, max_concurrent_calls=CAP)
-        try:
-            url = f"ws://127.0.0.1:{gateway.port}"
-            clients = [await RawClient.connect(url) for _ in range(CLIENTS)]
-            opening = [asyncio.ensure_future(c.open(canister, timeout=60)) for c in clients]
-            await wait_until(lambda: proxy.seen[("call", "ws_open")] == CAP, f"{CAP} ws_open calls reach the replica")
-            await asyncio.sleep(0.2)  # every other ws_open has reached the gateway by now
-            assert relay_tasks() == CAP
-            await asyncio.gather(*opening)
-            assert proxy.seen[("call", "ws_open")] == CLIENTS
-            for client in clients:
-                client.close()
-        finally:
-            await gateway.drain()
+    async with burst_of_opens(devnet) as (proxy, opening):
+        await asyncio.sleep(0.2)  # every other ws_open has reached the gateway by now
+        assert relay_tasks() == CAP
+        await asyncio.gather(*opening)
+        assert proxy.seen[("call", "ws_open")] == CLIENTS
 
 
 async def test_a_client_gone_while_its_ws_open_waits_for_a_slot_is_opened_then_closed(devnet: Devnet) -> None:
