@@ -159,8 +159,12 @@ def span_context(parent: TraceSpan) -> contextvars.Context | None:
     return ctx
 
 
-@contextlib.contextmanager
-def span(name: str, **attributes: AttributeValue) -> Iterator[TraceSpan]:
+# What span() hands out while tracing is off: one shared block, reusable and reentrant, that yields NO_SPAN.
+# A generator-based context manager per call cost 1.8 µs, paid twice per poll by the poller.
+_NO_SPAN_BLOCK = contextlib.nullcontext(NO_SPAN)
+
+
+def span(name: str, **attributes: AttributeValue) -> contextlib.AbstractContextManager[TraceSpan]:
     """A span named ``name`` around the block, child of the current span; :data:`NO_SPAN` when tracing is off.
 
     An exception leaving the block is recorded and marks the span as failed, except two that are
@@ -169,11 +173,15 @@ def span(name: str, **attributes: AttributeValue) -> Iterator[TraceSpan]:
     longer wanted), which set the ``outcome`` attribute instead.
     """
     if _tracer is None:
-        yield NO_SPAN
-        return
+        return _NO_SPAN_BLOCK
+    return _recorded_span(_tracer, name, attributes)
+
+
+@contextlib.contextmanager
+def _recorded_span(tracer: Any, name: str, attributes: Mapping[str, AttributeValue]) -> Iterator[TraceSpan]:
     from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 - imported already by setup_tracing
 
-    with _tracer.start_as_current_span(
+    with tracer.start_as_current_span(
         name, attributes=attributes, record_exception=False, set_status_on_exception=False
     ) as current:
         try:
