@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol, Unpack
+from collections.abc import Coroutine
+from typing import Any, Protocol, Unpack
 
 from icws_fast.errors import IcwsError
 from icws_fast.gateway import fanout
@@ -38,6 +39,35 @@ class PollingAgent(Protocol):
 def _consume(task: asyncio.Task[bytes]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+async def _within(timeout_s: float, call: Coroutine[Any, Any, bytes]) -> bytes:
+    """``await call``, raising :class:`TimeoutError` after ``timeout_s`` seconds, as ``asyncio.timeout`` does.
+
+    A timer that cancels the current task, rather than ``asyncio.timeout``: its context manager cost about 10 µs
+    per poll, this about 2. A cancellation from elsewhere (a poll no longer wanted, the poller stopped) stays a
+    cancellation, also when it comes together with the time-out.
+    """
+    task = asyncio.current_task()
+    assert task is not None, "a poll runs in its own task"
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        return await call
+    except asyncio.CancelledError as exc:
+        # uncancel() takes back the timer's cancel; 0 then means nobody else asked for one.
+        if expired and task.uncancel() == 0:
+            # No message, as asyncio.timeout's: the state machine's log line names the poll and the kind.
+            raise TimeoutError from exc
+        raise
+    finally:
+        timer.cancel()
 
 
 class CanisterFailure(IcwsError):
@@ -92,8 +122,8 @@ class CanisterPoller:
 
     async def _query(self, nonce: int) -> bytes:
         with span("poll", canister_id=self._label, nonce=nonce):
-            async with asyncio.timeout(self.poll_timeout_s):
-                return await self.agent.query(self.canister_id, "ws_get_messages", encode_get_messages_args(nonce))
+            query = self.agent.query(self.canister_id, "ws_get_messages", encode_get_messages_args(nonce))
+            return await _within(self.poll_timeout_s, query)
 
     async def run(self) -> None:
         """Poll until cancelled; raises :class:`CanisterFailure` when the canister fails for good.
