@@ -330,8 +330,10 @@ class ClientConnection(WSListener):
         try:
             while self._relays:
                 relay = self._relays.pop(0)
-                outcome = await self._relay_until_verdict(relay, holding_slot=holding_slot)
-                holding_slot = False
+                # The slot passes to the first call, which gives it back however it ends: from here on it is not
+                # this task's to give (given twice, the cap would grow by one).
+                handed, holding_slot = holding_slot, False
+                outcome = await self._relay_until_verdict(relay, holding_slot=handed)
                 session = self.session
                 if session is None:
                     continue

@@ -102,3 +102,35 @@ async def test_a_client_gone_while_its_ws_open_waits_for_a_slot_is_opened_then_c
             first.close()
         finally:
             await gateway.drain()
+
+
+async def test_a_relay_cancelled_during_its_first_call_gives_its_slot_back_once(devnet: Devnet) -> None:
+    """The slot a connection's task was handed goes back once, by whichever of the task or its call holds it."""
+    canister = devnet.canister_ids["test"]
+    async with FaultProxy(devnet.url) as proxy:
+        proxy.fault("delay", endpoint="call", method="ws_open", delay_s=HOLD_S)
+        gateway = await start_gateway(proxy.url, agent_root_key=devnet.root_key_der, max_concurrent_calls=CAP)
+        try:
+            url = f"ws://127.0.0.1:{gateway.port}"
+            first = await RawClient.connect(url)
+            abandoned = asyncio.ensure_future(first.open(canister, timeout=60))
+            await wait_until(lambda: proxy.seen[("call", "ws_open")] == 1, "the first ws_open reaches the replica")
+            (relaying,) = [
+                t
+                for t in asyncio.all_tasks()
+                if t.get_coro().__qualname__ == "ClientConnection._run_relays"  # type: ignore[union-attr]
+            ]
+            relaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relaying
+            abandoned.cancel()
+            clients = [await RawClient.connect(url) for _ in range(CLIENTS)]
+            opening = [asyncio.ensure_future(c.open(canister, timeout=60)) for c in clients]
+            await wait_until(lambda: proxy.seen[("call", "ws_open")] >= 1 + CAP, f"{CAP} more ws_open calls go out")
+            await asyncio.sleep(0.3)  # a slot given back twice would let one more out while those are held
+            assert proxy.seen[("call", "ws_open")] == 1 + CAP
+            await asyncio.gather(*opening)
+            for client in [first, *clients]:
+                client.close()
+        finally:
+            await gateway.drain()
